@@ -1,0 +1,153 @@
+"""Where verdicts come from: an OpenAI-compatible chat endpoint, or a baseline run on the pixels."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import openai
+from openai import AsyncOpenAI
+
+from defake_pipeline.core.errors import FatalEndpointError, ModelConfigError
+from defake_pipeline.core.images import open_rgb
+from defake_pipeline.core.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+class ChatBackend:
+    """One model behind the OpenAI chat-completions wire format (OpenAI itself, or vLLM)."""
+
+    def __init__(self, spec: ModelSpec, api_key: str | None):
+        if spec.backend == "openai" and not api_key:
+            raise ModelConfigError(f"model {spec.name!r} needs OPENAI_API_KEY, which is not set")
+        self.spec = spec
+        self.base_url = spec.resolved_base_url()
+        # vLLM accepts any key; the SDK insists on one, so a placeholder stands in.
+        self.client = AsyncOpenAI(
+            api_key=api_key or "no-key",
+            base_url=self.base_url,
+            timeout=spec.timeout_s,
+            max_retries=spec.max_retries,
+        )
+        self._model_id: str | None = spec.model
+
+    @property
+    def where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    async def model_id(self) -> str:
+        """The id to send: fixed for OpenAI presets, asked of ``/v1/models`` for self-hosted ones."""
+        if self._model_id is None:
+            try:
+                listing = await self.client.models.list()
+            except openai.APIConnectionError:
+                raise FatalEndpointError(
+                    f"cannot reach {self.where} for model {self.spec.name!r} (set BASE_URL to the vLLM server)"
+                ) from None
+            except openai.APIStatusError as exc:
+                raise _fatal_or_none(exc, self) or FatalEndpointError(
+                    f"{self.where}/models answered HTTP {exc.status_code}"
+                ) from None
+            if not listing.data:
+                raise FatalEndpointError(f"{self.where}/models lists no served model")
+            self._model_id = listing.data[0].id
+        return self._model_id
+
+    def wire_messages(self, messages: list[dict]) -> list[dict]:
+        """Messages as this model wants them (the seed folds a leading system turn for some models)."""
+        if self.spec.fold_system_prompt and messages and messages[0]["role"] == "system":
+            first = {"role": "user", "content": [{"type": "text", "text": messages[0]["content"]}]}
+            return [first, *messages[1:]]
+        return messages
+
+    def request_params(self) -> dict:
+        params: dict = {"max_tokens": self.spec.max_tokens}
+        if self.spec.temperature is not None:
+            params["temperature"] = self.spec.temperature
+        return params
+
+    async def complete(self, messages: list[dict]) -> ChatReply:
+        started = time.perf_counter()
+        try:
+            completion = await self.client.chat.completions.create(
+                model=await self.model_id(), messages=messages, **self.request_params()
+            )
+        except openai.APIStatusError as exc:
+            fatal = _fatal_or_none(exc, self)
+            if fatal:
+                raise fatal from None
+            raise
+        latency = time.perf_counter() - started
+        if not completion.choices or completion.choices[0].message.content is None:
+            raise ValueError("the endpoint returned no message content")
+        usage = completion.usage
+        return ChatReply(
+            text=completion.choices[0].message.content,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_s=latency,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _fatal_or_none(exc: openai.APIStatusError, backend: ChatBackend) -> FatalEndpointError | None:
+    # A rejected key fails every request the same way: stop at once instead of paying retries.
+    if exc.status_code in (401, 403):
+        return FatalEndpointError(
+            f"{backend.where} rejected the API key for model {backend.spec.name!r} (HTTP {exc.status_code})"
+        )
+    return None
+
+
+# --- baselines -------------------------------------------------------------------------
+
+CANNY_LOW, CANNY_HIGH = 100, 200
+# The seed's rule: an edge density above this is called real.
+CANNY_THRESHOLD = 0.0672
+# Spread of the logistic that turns density into a score; chosen so a density 0.05 away from
+# the threshold maps to about 0.92 / 0.08. It orders images for AUC; it is not calibrated.
+_CANNY_SCORE_SCALE = 0.02
+
+
+@dataclass(frozen=True)
+class BaselineReply:
+    text: str
+    score_fake: float
+
+
+def canny_edge_density(data: bytes) -> float:
+    """Share of pixels OpenCV's Canny (thresholds 100/200) marks as edges, on the grey image."""
+    grey = np.asarray(open_rgb(data).convert("L"))
+    edges = cv2.Canny(grey, CANNY_LOW, CANNY_HIGH)
+    return float(np.count_nonzero(edges)) / edges.size
+
+
+def canny_detect(data: bytes) -> BaselineReply:
+    density = canny_edge_density(data)
+    verdict = "real" if density > CANNY_THRESHOLD else "generated"
+    score = 1.0 / (1.0 + math.exp((density - CANNY_THRESHOLD) / _CANNY_SCORE_SCALE))
+    return BaselineReply(
+        text=f"edge density {density:.4f} against threshold {CANNY_THRESHOLD}: {verdict}", score_fake=score
+    )
+
+
+BASELINES = {"canny": canny_detect}
+BASELINE_VERSIONS = {"canny": f"canny-{CANNY_LOW}-{CANNY_HIGH}-{CANNY_THRESHOLD}-v1"}
+
+
+async def run_baseline(detector: str, data: bytes) -> BaselineReply:
+    # Pixel work is CPU-bound: a worker thread keeps the event loop free (OpenCV releases the GIL).
+    return await asyncio.to_thread(BASELINES[detector], data)

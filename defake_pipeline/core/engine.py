@@ -1,0 +1,314 @@
+"""The evaluation engine: asks a model (or runs a baseline) about each image, concurrently.
+
+One engine serves ``mllmdf infer``, ``mllmdf classify`` and the ``predictions`` asset.
+Turns of a multi-conversation prompt run in order for one image; images run concurrently,
+bounded by the model's concurrency. Every response goes to the journal as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from defake_pipeline.core.backends import BASELINE_VERSIONS, ChatBackend, run_baseline
+from defake_pipeline.core.decorators import Decorator, resolve_decorators
+from defake_pipeline.core.errors import DefakeError, PromptError
+from defake_pipeline.core.images import EncodingPolicy, encode_data_url
+from defake_pipeline.core.journal import JournalEntry, ResponseJournal
+from defake_pipeline.core.models import ModelSpec
+from defake_pipeline.core.prompts import RESULT_VARIABLE, LoadedPrompt
+from defake_pipeline.core.templating import TemplateError, render
+from defake_pipeline.core.verdict import PRED_OF_VERDICT, VERDICT_OF_LABEL, parse_verdict
+
+_ERROR_MAX_CHARS = 500
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to evaluate: where it is, what it is, and what it is labelled."""
+
+    path: Path
+    sha256: str
+    label: int = -1  # 1 real, 0 fake, -1 unknown
+    probe_error: str | None = None
+
+
+@dataclass
+class Prediction:
+    """One row of a predictions partition (and of ``mllmdf infer``'s CSV)."""
+
+    image_sha256: str
+    path: str
+    label: int
+    verdict: str
+    pred: int
+    score: float | None
+    response: str
+    turns: list[str]
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    n_requests: int
+    error: str | None
+    model: str
+    model_id: str
+    prompt: str
+    prompt_hash: str
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["turns"] = json.dumps(self.turns, ensure_ascii=False)
+        return row
+
+
+class LazyImage:
+    """The image a prompt's ``{image_url}`` stands for, encoded only when a request is sent.
+
+    Its cache token (sha256 + encoding policy) stands in for the data URL when the request
+    is hashed, so a warm rerun finds its answers without reading any image.
+    """
+
+    def __init__(self, job: ImageJob, policy: EncodingPolicy):
+        self.job = job
+        self.policy = policy
+        self._url: str | None = None
+
+    @property
+    def token(self) -> str:
+        return f"image:{self.job.sha256}:{self.policy.token}"
+
+    def data_url(self) -> str:
+        if self._url is None:
+            self._url = encode_data_url(self.job.path.read_bytes(), self.policy)
+        return self._url
+
+    def __str__(self) -> str:
+        return self.data_url()
+
+
+def _hash_request(payload: dict) -> str:
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=lambda o: o.token)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _materialize(messages: list[dict]) -> list[dict]:
+    """Replace LazyImage placeholders by their data URLs, for the wire."""
+    out = []
+    for msg in messages:
+        content = msg["content"]
+        if isinstance(content, list):
+            content = [
+                {"type": "image_url", "image_url": {"url": str(part["image_url"]["url"])}}
+                if part["type"] == "image_url"
+                else part
+                for part in content
+            ]
+        out.append({**msg, "content": content})
+    return out
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_MAX_CHARS]
+
+
+class Evaluator:
+    """Shared bookkeeping of the two evaluator kinds."""
+
+    def __init__(self, spec: ModelSpec, prompt: LoadedPrompt | None, journal: ResponseJournal):
+        self.spec = spec
+        self.prompt = prompt
+        self.journal = journal
+        self.model_id = spec.model or spec.name
+
+    @property
+    def prompt_key(self) -> str:
+        return self.prompt.key if self.prompt else "none"
+
+    @property
+    def prompt_hash(self) -> str:
+        return self.prompt.content_hash if self.prompt else "none"
+
+    async def setup(self) -> None:
+        """Anything that needs the endpoint once per run (such as the served model id)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def predict(self, job: ImageJob) -> Prediction:
+        raise NotImplementedError
+
+    def prediction(self, job: ImageJob, response: str, **fields) -> Prediction:
+        verdict = parse_verdict(response) if fields.get("error") is None else "unknown"
+        defaults = dict(
+            score=None, turns=[response] if response else [], latency_s=0.0, prompt_tokens=0,
+            completion_tokens=0, cost_usd=0.0, n_requests=0, error=None,
+        )
+        defaults.update(fields)
+        return Prediction(
+            image_sha256=job.sha256, path=str(job.path), label=job.label, verdict=verdict,
+            pred=PRED_OF_VERDICT[verdict], response=response, model=self.spec.key, model_id=self.model_id,
+            prompt=self.prompt_key, prompt_hash=self.prompt_hash, **defaults,
+        )  # fmt: skip
+
+    def error_prediction(self, job: ImageJob, error: str) -> Prediction:
+        """An image that got no answer: recorded as an error, never as a wrong answer."""
+        return self.prediction(job, "", error=error)
+
+
+class BaselineEvaluator(Evaluator):
+    """A detector run here on the pixels; its answers are journaled like a model's."""
+
+    async def predict(self, job: ImageJob) -> Prediction:
+        detector = self.spec.detector or self.spec.name
+        request_hash = BASELINE_VERSIONS[detector]
+        entry = self.journal.get(self.model_id, request_hash, job.sha256)
+        n_requests = 0
+        if entry is None:
+            reply = await run_baseline(detector, job.path.read_bytes())
+            entry = JournalEntry(reply.text, extra={"score_fake": reply.score_fake})
+            self.journal.put(self.model_id, request_hash, job.sha256, entry)
+            n_requests = 1
+        return self.prediction(job, entry.response, score=(entry.extra or {}).get("score_fake"), n_requests=n_requests)
+
+
+class ChatEvaluator(Evaluator):
+    """A v3 prompt run against an OpenAI-compatible chat endpoint."""
+
+    def __init__(self, spec: ModelSpec, prompt: LoadedPrompt, journal: ResponseJournal, api_key: str | None):
+        super().__init__(spec, prompt, journal)
+        self.decorators: dict[str, Decorator] = resolve_decorators(prompt)
+        self.backend = ChatBackend(spec, api_key)
+
+    async def setup(self) -> None:
+        self.model_id = await self.backend.model_id()
+
+    async def close(self) -> None:
+        await self.backend.aclose()
+
+    def _conversation_error(self, conv_id: str, exc: Exception) -> PromptError:
+        return PromptError(f"{self.prompt.path}: conversation {conv_id!r}: {exc}")
+
+    def _run_decorators(self, conv, cache: dict) -> None:
+        # Decorators see real data URLs (seed decorators decode cache["image_url"]);
+        # whatever they add or replace is copied back.
+        view = {k: (v.data_url() if isinstance(v, LazyImage) else v) for k, v in cache.items()}
+        before = dict(view)
+        for name in conv.decorators:
+            self.decorators[name](view)
+        for key, value in view.items():
+            if key not in before or before[key] is not value:
+                cache[key] = value
+
+    def _render(self, conv, cache: dict) -> list[dict]:
+        messages: list[dict] = []
+        try:
+            for item in conv.payload:
+                text = render(item.text, cache)
+                if item.role != "user":
+                    messages.append({"role": item.role, "content": text})
+                    continue
+                content: list[dict] = [{"type": "text", "text": text}]
+                if item.image is not None:
+                    var = item.image.strip()[1:-1] if item.image.strip().startswith("{") else None
+                    value = cache.get(var) if var else None
+                    url = value if isinstance(value, LazyImage) else render(item.image, cache)
+                    content.append({"type": "image_url", "image_url": {"url": url}})
+                messages.append({"role": "user", "content": content})
+        except TemplateError as exc:
+            raise self._conversation_error(conv.id, exc) from None
+        return messages
+
+    async def predict(self, job: ImageJob) -> Prediction:
+        cache: dict = {
+            "_image_path": job.path,
+            "image_url": LazyImage(job, self.spec.encoding_policy),
+            "label": VERDICT_OF_LABEL.get(job.label, "unknown"),
+        }
+        turns: list[str] = []
+        totals = {"latency_s": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
+        for conv in self.prompt.spec.conversations:
+            if conv.decorators:
+                self._run_decorators(conv, cache)
+            wire = self.backend.wire_messages(self._render(conv, cache))
+            request_hash = _hash_request({"model": self.model_id, "messages": wire, **self.backend.request_params()})
+            entry = self.journal.get(self.model_id, request_hash, job.sha256)
+            if entry is None:
+                reply = await self.backend.complete(_materialize(wire))
+                entry = JournalEntry(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s)
+                self.journal.put(self.model_id, request_hash, job.sha256, entry)
+                totals["n_requests"] += 1
+            cache[conv.response_var_name] = entry.response
+            turns.append(entry.response)
+            totals["latency_s"] += entry.latency_s
+            totals["prompt_tokens"] += entry.prompt_tokens
+            totals["completion_tokens"] += entry.completion_tokens
+        cost = self.spec.cost_usd(totals["prompt_tokens"], totals["completion_tokens"])
+        return self.prediction(job, str(cache[RESULT_VARIABLE]), turns=turns, cost_usd=cost, **totals)
+
+
+def make_evaluator(
+    spec: ModelSpec, prompt: LoadedPrompt | None, journal: ResponseJournal, api_key: str | None = None
+) -> Evaluator:
+    """The evaluator for a model: a baseline, or a prompt against a chat endpoint."""
+    if spec.backend == "baseline":
+        return BaselineEvaluator(spec, prompt, journal)
+    if prompt is None:
+        raise PromptError(f"model {spec.name!r} needs a prompt")
+    return ChatEvaluator(spec, prompt, journal, api_key)
+
+
+async def evaluate(
+    jobs: Iterable[ImageJob],
+    evaluator: Evaluator,
+    *,
+    concurrency: int | None = None,
+    on_result: Callable[[Prediction], None] | None = None,
+) -> list[Prediction]:
+    """Evaluate every job; one bad image or failed request never stops the others.
+
+    A DefakeError (a prompt that cannot render, a rejected API key) stops the run: it
+    would fail every image the same way.
+    """
+    results: list[Prediction] = []
+    fatal: list[DefakeError] = []
+    pending = iter(jobs)
+
+    async def worker() -> None:
+        # Workers pull from one shared iterator, so memory holds only the jobs in flight.
+        for job in pending:
+            if fatal:
+                return
+            if job.probe_error:
+                pred = evaluator.error_prediction(job, job.probe_error)
+            else:
+                try:
+                    pred = await evaluator.predict(job)
+                except DefakeError as exc:
+                    fatal.append(exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - per-image failures become error rows
+                    pred = evaluator.error_prediction(job, _error_text(exc))
+            results.append(pred)
+            if on_result:
+                on_result(pred)
+
+    try:
+        await evaluator.setup()
+        await asyncio.gather(*(worker() for _ in range(concurrency or evaluator.spec.concurrency)))
+    finally:
+        await evaluator.close()
+    if fatal:
+        raise fatal[0]
+    return results
+
+
+def evaluate_sync(jobs: Iterable[ImageJob], evaluator: Evaluator, **kwargs) -> list[Prediction]:
+    """``evaluate`` for callers without an event loop (the CLI, Dagster assets)."""
+    return asyncio.run(evaluate(jobs, evaluator, **kwargs))

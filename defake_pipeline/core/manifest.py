@@ -1,0 +1,90 @@
+"""The image manifest: one row per image, with what its bytes say it is.
+
+Rebuilding reuses the previous manifest's probe for any file whose path, size and
+modification time are unchanged, so a rescan of unchanged files hashes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from defake_pipeline.core.datasets import DatasetSpec, LabeledImage, list_images
+from defake_pipeline.core.engine import ImageJob
+from defake_pipeline.core.images import ImageProbe, probe_image
+
+MANIFEST_COLUMNS = [
+    "dataset", "path", "rel_path", "label", "subset", "sha256", "size_bytes", "mtime_ns",
+    "width", "height", "format", "probe_error", "provenance",
+]  # fmt: skip
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _previous_probes(previous: pd.DataFrame | None) -> dict[tuple[str, int, int], dict]:
+    if previous is None or previous.empty:
+        return {}
+    rows = previous.to_dict("records")
+    return {(r["path"], int(r["size_bytes"] or 0), int(r["mtime_ns"] or 0)): r for r in rows if r["sha256"]}
+
+
+def _rel_path(path: Path, roots: Iterable[Path]) -> str:
+    for root in roots:
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            continue
+    return path.name
+
+
+def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, progress=None) -> pd.DataFrame:
+    """Probe every image of a dataset; ``previous`` lets unchanged files skip hashing."""
+    reuse = _previous_probes(previous)
+    roots = spec.watched_dirs()
+    rows = []
+    images: list[LabeledImage] = list_images(spec)
+    for item in images:
+        stat = _stat_key(item.path)
+        old = reuse.get((str(item.path), *stat)) if stat else None
+        if old is not None:
+            row = {**old, "label": item.label, "subset": item.subset}
+        else:
+            probe: ImageProbe = probe_image(item.path)
+            fields = asdict(probe)
+            row = {
+                "path": str(item.path), "label": item.label, "subset": item.subset,
+                "sha256": fields["sha256"], "size_bytes": fields["size_bytes"],
+                "mtime_ns": stat[1] if stat else None, "width": fields["width"], "height": fields["height"],
+                "format": fields["format"], "probe_error": fields["error"],
+                "provenance": json.dumps(fields["provenance"], ensure_ascii=False) if fields["provenance"] else None,
+            }  # fmt: skip
+        row["dataset"] = spec.key
+        row["rel_path"] = _rel_path(item.path, roots)
+        rows.append(row)
+        if progress:
+            progress(1)
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return frame.astype({"label": "int64", "size_bytes": "Int64", "mtime_ns": "Int64", "width": "Int64", "height": "Int64"})
+
+
+def jobs_from_manifest(manifest: pd.DataFrame) -> list[ImageJob]:
+    """One evaluation job per distinct image content (the same bytes are asked about once)."""
+    jobs: dict[str, ImageJob] = {}
+    for row in manifest.itertuples(index=False):
+        key = row.sha256 or f"missing:{row.path}"
+        if key not in jobs:
+            jobs[key] = ImageJob(
+                path=Path(row.path), sha256=key, label=int(row.label),
+                probe_error=row.probe_error if isinstance(row.probe_error, str) and row.probe_error else None,
+            )  # fmt: skip
+    return list(jobs.values())

@@ -1,0 +1,126 @@
+"""Model presets and user model entries, resolved to one validated ``ModelSpec``.
+
+The preset table is data (``presets.toml``); a project may add or override entries in a
+``models.toml`` at its root, which also lists the models registered for the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from defake_pipeline.core.errors import ModelConfigError
+from defake_pipeline.core.images import EncodingPolicy
+from defake_pipeline.core.paths import project_dirs, slugify
+
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to query one model, or run one baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    backend: Literal["openai", "self_hosted", "baseline"]
+    model: str | None = None  # fixed model id; None asks /v1/models
+    detector: str | None = None  # baseline detector name
+    base_url: str | None = None  # explicit URL; otherwise from the environment
+    fold_system_prompt: bool = False
+    encoding: str = "original"
+    max_tokens: int = 1000
+    temperature: float | None = None
+    concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    price_in: float = 0.0
+    price_out: float = 0.0
+    aliases: list[str] = Field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The model's partition key."""
+        return slugify(self.name)
+
+    @property
+    def encoding_policy(self) -> EncodingPolicy:
+        return EncodingPolicy.parse(self.encoding)
+
+    def resolved_base_url(self) -> str | None:
+        """Where requests go: explicit, else OPENAI_BASE_URL (OpenAI presets) or BASE_URL (self-hosted)."""
+        if self.base_url:
+            return self.base_url
+        if self.backend == "openai":
+            return os.environ.get("OPENAI_BASE_URL") or None
+        return os.environ.get("BASE_URL") or DEFAULT_BASE_URL
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1_000_000
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelConfigError(f"{path}: invalid TOML ({exc})") from None
+
+
+def registry_files() -> list[Path]:
+    """``models.toml`` files, the working directory's first."""
+    return [d / "models.toml" for d in project_dirs(".") if (d / "models.toml").is_file()]
+
+
+@cache
+def _model_table(files: tuple[Path, ...]) -> dict[str, ModelSpec]:
+    raw: dict[str, dict] = {name: dict(entry) for name, entry in _read_toml(PRESETS_FILE).items()}
+    origin = {name: PRESETS_FILE for name in raw}
+    # Later files are the project's own; the working directory's models.toml wins, so read it last.
+    for file in reversed(files):
+        for name, entry in _read_toml(file).get("models", {}).items():
+            base = raw.get(entry.get("preset", name), {})
+            raw[name] = {**base, **{k: v for k, v in entry.items() if k != "preset"}}
+            origin[name] = file
+    table: dict[str, ModelSpec] = {}
+    for name, entry in raw.items():
+        try:
+            spec = ModelSpec(name=name, **entry)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ModelConfigError(f"{origin[name]}: model {name!r}: {loc}: {err['msg']}") from None
+        table[name] = spec
+        for alias in spec.aliases:
+            table.setdefault(alias, spec)
+    return table
+
+
+def model_table() -> dict[str, ModelSpec]:
+    """All known models by name and alias."""
+    return _model_table(tuple(registry_files()))
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec for a model name or alias (case-insensitive), or a ModelConfigError listing the names."""
+    table = model_table()
+    spec = table.get(name) or table.get(name.lower())
+    if spec is None:
+        known = ", ".join(sorted(table))
+        raise ModelConfigError(f"unknown model {name!r}; known models: {known}")
+    return spec
+
+
+def registered_models() -> list[str]:
+    """Models registered for the pipeline's partitions (``registered = [...]`` in models.toml)."""
+    names: list[str] = []
+    for file in registry_files():
+        for name in _read_toml(file).get("registered", []):
+            if name not in names:
+                names.append(name)
+    return names or ["canny"]

@@ -1,0 +1,98 @@
+"""The pipeline's steps as plain functions. The Dagster assets and the CLI both call these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from defake_pipeline.core.datasets import DatasetSpec
+from defake_pipeline.core.engine import Prediction, evaluate_sync, make_evaluator
+from defake_pipeline.core.journal import ResponseJournal
+from defake_pipeline.core.manifest import build_manifest, jobs_from_manifest
+from defake_pipeline.core.models import ModelSpec
+from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.core.prompts import LoadedPrompt
+from defake_pipeline.core.store import predictions_frame, read_manifests, write_parquet_atomic
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    dataset: str
+    path: Path
+    n_images: int
+    n_real: int
+    n_fake: int
+    n_probe_errors: int
+
+
+def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None) -> ManifestSummary:
+    """Re-scan one dataset and write its manifest, reusing probes of unchanged files."""
+    target = layout.manifest_file(spec.key)
+    previous = pd.read_parquet(target) if target.exists() else None
+    manifest = build_manifest(spec, previous, progress=progress)
+    write_parquet_atomic(manifest, target)
+    return ManifestSummary(
+        dataset=spec.key,
+        path=target,
+        n_images=len(manifest),
+        n_real=int((manifest["label"] == 1).sum()),
+        n_fake=int((manifest["label"] == 0).sum()),
+        n_probe_errors=int(manifest["probe_error"].notna().sum()),
+    )
+
+
+@dataclass(frozen=True)
+class PartitionSummary:
+    model: str
+    prompt: str
+    path: Path
+    n_images: int
+    n_requests: int
+    n_errors: int
+    n_unknown: int
+    accuracy: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+def summarize(model: str, prompt: str, path: Path, preds: list[Prediction]) -> PartitionSummary:
+    valid = [p for p in preds if p.error is None and p.pred != -1]
+    correct = sum(1 for p in valid if p.pred == p.label)
+    return PartitionSummary(
+        model=model,
+        prompt=prompt,
+        path=path,
+        n_images=len(preds),
+        n_requests=sum(p.n_requests for p in preds),
+        n_errors=sum(1 for p in preds if p.error is not None),
+        n_unknown=sum(1 for p in preds if p.error is None and p.pred == -1),
+        accuracy=correct / len(valid) if valid else None,
+        prompt_tokens=sum(p.prompt_tokens for p in preds),
+        completion_tokens=sum(p.completion_tokens for p in preds),
+        cost_usd=sum(p.cost_usd for p in preds),
+    )
+
+
+def evaluate_partition(
+    layout: HomeLayout,
+    spec: ModelSpec,
+    prompt: LoadedPrompt,
+    api_key: str | None = None,
+    on_result: Callable[[Prediction], None] | None = None,
+) -> PartitionSummary:
+    """Evaluate every manifest image with one model × prompt and write the partition's Parquet file."""
+    manifest = read_manifests(layout)
+    journal = ResponseJournal(layout.journal)
+    try:
+        evaluator = make_evaluator(spec, prompt, journal, api_key)
+        preds = evaluate_sync(jobs_from_manifest(manifest), evaluator, on_result=on_result)
+    finally:
+        journal.close()
+    preds.sort(key=lambda p: p.path)
+    target = layout.predictions_file(spec.key, prompt.key)
+    write_parquet_atomic(predictions_frame([p.as_row() for p in preds]), target)
+    return summarize(spec.key, prompt.key, target, preds)

@@ -1,0 +1,89 @@
+"""Files under DEFAKE_HOME: manifests and prediction partitions as Parquet, and the DuckDB warehouse.
+
+DuckDB allows one writing process per file. Nothing here holds a DuckDB connection while
+a model is queried: each partition writes its own Parquet file (under a temporary name,
+then renamed), and ``rebuild_warehouse`` builds a fresh database beside the old one and
+renames it into place. Readers keep the file they opened; writers never meet a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from defake_pipeline.core.metrics import METRICS_SQL, SCORED_VIEW_SQL
+from defake_pipeline.core.paths import HomeLayout
+
+PREDICTION_COLUMNS = [
+    "image_sha256", "path", "label", "verdict", "pred", "score", "response", "turns", "latency_s",
+    "prompt_tokens", "completion_tokens", "cost_usd", "n_requests", "error", "model", "model_id",
+    "prompt", "prompt_hash", "created_at",
+]  # fmt: skip
+
+
+def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> Path:
+    """Write a Parquet file so that readers see the old file or the new one, never half of one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".parquet.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def predictions_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    return frame.astype({"label": "int64", "pred": "int64", "score": "float64", "n_requests": "int64"})
+
+
+def read_manifests(layout: HomeLayout) -> pd.DataFrame:
+    files = sorted(layout.manifests_dir.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
+    """Rebuild ``defake.duckdb`` from the Parquet files; returns row counts per table."""
+    manifests = sorted(layout.manifests_dir.glob("*.parquet"))
+    predictions = sorted(layout.predictions_dir.glob("model=*/prompt=*.parquet"))
+    if not manifests:
+        raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
+    layout.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".defake-", suffix=".duckdb.tmp", dir=layout.warehouse.parent)
+    os.close(fd)
+    os.unlink(tmp)  # DuckDB wants to create the file itself
+    try:
+        with duckdb.connect(tmp) as con:
+            con.execute("CREATE TABLE image_manifest AS SELECT * FROM read_parquet(?, union_by_name=true)", [list(map(str, manifests))])
+            if predictions:
+                con.execute(
+                    "CREATE TABLE predictions AS SELECT * FROM read_parquet(?, union_by_name=true)",
+                    [list(map(str, predictions))],
+                )
+            else:
+                empty = predictions_frame([])  # noqa: F841 - read by DuckDB's replacement scan
+                con.execute("CREATE TABLE predictions AS SELECT * FROM empty")
+            con.execute(SCORED_VIEW_SQL)
+            con.execute(f"CREATE TABLE metrics AS {METRICS_SQL}")
+            counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("image_manifest", "predictions", "metrics")}
+        os.replace(tmp, layout.warehouse)
+    finally:
+        for leftover in (tmp, tmp + ".wal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return counts
+
+
+def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:
+    """Read from the warehouse (read-only, so any number of readers can run at once)."""
+    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
+        return con.execute(sql, params or []).df()

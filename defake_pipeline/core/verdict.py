@@ -1,0 +1,26 @@
+"""Verdict parsing, exactly as the seed does it: the last keyword in the response wins."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Verdict = Literal["real", "fake", "unknown"]
+# CNNDetection's convention, kept by the seed's CSVs: 1 real, 0 fake, -1 unknown.
+PRED_OF_VERDICT: dict[str, int] = {"real": 1, "fake": 0, "unknown": -1}
+VERDICT_OF_LABEL: dict[int, str] = {1: "real", 0: "fake", -1: "unknown"}
+
+# " natural" keeps its leading space, as in the seed, so "unnatural" does not count as real.
+_REAL_MARKERS = ("real", " natural", "真实的")
+_FAKE_MARKERS = ("fake", "generated", "生成的")
+
+
+def parse_verdict(response: str | None) -> Verdict:
+    """``real``, ``fake`` or ``unknown`` from a model's final response text."""
+    if not response:
+        return "unknown"
+    text = response.lower().strip()
+    last_real = max(text.rfind(m) for m in _REAL_MARKERS)
+    last_fake = max(text.rfind(m) for m in _FAKE_MARKERS)
+    if last_real == -1 and last_fake == -1:
+        return "unknown"
+    return "real" if last_real > last_fake else "fake"

@@ -1,0 +1,1 @@
+"""The Dagster layer: thin assets, partitions and resources over ``defake_pipeline.core``."""

@@ -1,0 +1,31 @@
+"""The image manifest: every dataset under datasets/, probed and hashed."""
+
+import dagster as dg
+
+from defake_pipeline.core.datasets import dataset_specs
+from defake_pipeline.core.pipeline import refresh_manifest
+from defake_pipeline.defs.resources import DefakeStore
+
+
+@dg.asset(group_name="evaluation", kinds={"parquet"})
+def image_manifest(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
+    """One row per image of every dataset: label, subset, sha256, real format, size, probe error, provenance."""
+    layout = store.layout()
+    summaries = []
+    for spec in dataset_specs():
+        summary = refresh_manifest(layout, spec)
+        context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
+        summaries.append(summary)
+    table = "\n".join(
+        f"| {s.dataset} | {s.n_images} | {s.n_real} | {s.n_fake} | {s.n_probe_errors} |" for s in summaries
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "n_images": sum(s.n_images for s in summaries),
+            "n_probe_errors": sum(s.n_probe_errors for s in summaries),
+            "datasets": dg.MetadataValue.md(
+                "| dataset | images | real | fake | unreadable |\n| --- | ---: | ---: | ---: | ---: |\n" + table
+            ),
+            "path": dg.MetadataValue.path(str(layout.manifests_dir)),
+        }
+    )

@@ -1,0 +1,37 @@
+"""Predictions, one partition per model × prompt, each written to its own Parquet file."""
+
+import dagster as dg
+
+from defake_pipeline.core.pipeline import evaluate_partition
+from defake_pipeline.core.prompts import prompt_by_key
+from defake_pipeline.defs.manifests import image_manifest
+from defake_pipeline.defs.partitions import model_prompt_partitions
+from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint
+
+
+@dg.asset(group_name="evaluation", partitions_def=model_prompt_partitions, deps=[image_manifest], kinds={"parquet"})
+def predictions(context: dg.AssetExecutionContext, store: DefakeStore, endpoint: ModelEndpoint) -> dg.MaterializeResult:
+    """Every manifest image asked of one model with one prompt; cached answers cost nothing."""
+    keys = context.partition_key.keys_by_dimension
+    spec = endpoint.spec(keys["model"])
+    prompt = prompt_by_key(keys["prompt"])
+    summary = evaluate_partition(store.layout(), spec, prompt, api_key=endpoint.api_key)
+    context.log.info(
+        f"{summary.n_images} images: {summary.n_requests} answered now, the rest cached; {summary.n_errors} errors, "
+        f"{summary.n_unknown} unknown"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "n_images": summary.n_images,
+            "n_requests": summary.n_requests,
+            "n_cached": summary.n_images - summary.n_requests - summary.n_errors,
+            "n_errors": summary.n_errors,
+            "n_unknown": summary.n_unknown,
+            "accuracy": dg.MetadataValue.float(summary.accuracy) if summary.accuracy is not None else None,
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+            "cost_usd": dg.MetadataValue.float(summary.cost_usd),
+            "prompt_hash": prompt.content_hash,
+            "path": dg.MetadataValue.path(str(summary.path)),
+        }
+    )
