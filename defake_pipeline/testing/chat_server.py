@@ -1,0 +1,203 @@
+"""A small OpenAI-compatible chat-completions server on 127.0.0.1, with fault injection.
+
+It speaks the wire format the ``openai`` SDK expects (``GET /v1/models``,
+``POST /v1/chat/completions``), answers deterministically, counts what it receives, and can
+be told to be slow, rate limited, or flaky. Tests start it as a fixture; benchmarks start it
+in a subprocess. It binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Faults:
+    """Shares of requests that fail, each way. Drawn from a seeded RNG, so runs repeat."""
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_malformed: float = 0.0
+    rate_empty: float = 0.0
+    rate_drop: float = 0.0
+    retry_after_s: float = 0.05
+    seed: int = 1234
+
+
+def default_responder(body: dict) -> str:
+    """Answer 'real' or 'generated' from a hash of the request's last image (or text)."""
+    last = body["messages"][-1]
+    content = last["content"]
+    key = json.dumps(content, sort_keys=True)
+    if isinstance(content, list):
+        images = [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+        key = images[-1] if images else key
+    digest = hashlib.sha256(key.encode()).digest()[0]
+    return "Looking at the textures, this is generated." if digest % 2 else "The lighting looks natural: real."
+
+
+@dataclass
+class ServerState:
+    served_model: str = "local/test-vlm"
+    latency_s: float = 0.0
+    rpm_limit: int | None = None
+    api_key: str | None = None  # when set, any other bearer token gets 401
+    faults: Faults = field(default_factory=Faults)
+    responder: Callable[[dict], str] = default_responder
+    keep_bodies: bool = True
+    # Counters (read by tests and benchmarks).
+    n_chat: int = 0
+    n_models: int = 0
+    n_ok: int = 0
+    n_429: int = 0
+    n_faults: int = 0
+    bodies: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.lock = threading.Lock()
+        self.rng = random.Random(self.faults.seed)
+        self._window: list[float] = []
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.n_chat = self.n_models = self.n_ok = self.n_429 = self.n_faults = 0
+            self.bodies.clear()
+            self._window.clear()
+
+    def over_rpm(self) -> float | None:
+        """Seconds until a slot frees, when the last minute already holds rpm_limit requests."""
+        if not self.rpm_limit:
+            return None
+        now = time.monotonic()
+        self._window = [t for t in self._window if now - t < 60.0]
+        if len(self._window) >= self.rpm_limit:
+            return 60.0 - (now - self._window[0])
+        self._window.append(now)
+        return None
+
+
+def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def _send(self, status: int, payload: dict | bytes, headers: dict | None = None) -> None:
+            raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def _authorized(self) -> bool:
+            if state.api_key is None:
+                return True
+            if self.headers.get("Authorization") == f"Bearer {state.api_key}":
+                return True
+            self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})
+            return False
+
+        def do_GET(self):
+            if not self.path.rstrip("/").endswith("/models"):
+                return self._send(404, {"error": {"message": "not found"}})
+            if not self._authorized():
+                return
+            with state.lock:
+                state.n_models += 1
+            self._send(200, {"object": "list", "data": [{"id": state.served_model, "object": "model", "created": 0, "owned_by": "local"}]})
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if not self.path.rstrip("/").endswith("/chat/completions"):
+                return self._send(404, {"error": {"message": "not found"}})
+            if not self._authorized():
+                return
+            with state.lock:
+                state.n_chat += 1
+                if state.keep_bodies:
+                    state.bodies.append(body)
+                wait = state.over_rpm()
+                f = state.faults
+                draw = state.rng.random()
+            if wait is not None:
+                with state.lock:
+                    state.n_429 += 1
+                return self._send(429, {"error": {"message": "rate limited", "type": "requests"}},
+                                  {"Retry-After": f"{max(wait, 0.001):.3f}", "retry-after-ms": str(int(wait * 1000))})
+            if state.latency_s:
+                time.sleep(state.latency_s)
+            edges = [("429", f.rate_429), ("500", f.rate_500), ("malformed", f.rate_malformed), ("empty", f.rate_empty), ("drop", f.rate_drop)]
+            acc = 0.0
+            for name, share in edges:
+                acc += share
+                if draw < acc:
+                    with state.lock:
+                        state.n_faults += 1
+                        state.n_429 += name == "429"
+                    return self._fault(name, f)
+            text = state.responder(body)
+            with state.lock:
+                state.n_ok += 1
+            prompt_tokens = max(1, length // 4)
+            self._send(200, {
+                "id": f"chatcmpl-{state.n_chat}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model", state.served_model),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "total_tokens": prompt_tokens + len(text.split())},
+            })
+
+        def _fault(self, name: str, f: Faults) -> None:
+            if name == "429":
+                return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": str(f.retry_after_s)})
+            if name == "500":
+                return self._send(500, {"error": {"message": "internal error"}})
+            if name == "malformed":
+                return self._send(200, b'{"id": "chatcmpl-x", "choices": [')
+            if name == "empty":
+                return self._send(200, {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
+            # drop: close the socket without a response
+            self.close_connection = True
+            self.connection.shutdown(2)
+
+    return Handler
+
+
+class ChatServer:
+    """Run the server in a background thread: ``with ChatServer() as server: server.base_url``."""
+
+    def __init__(self, state: ServerState | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.state = state or ServerState()
+        self.httpd = ThreadingHTTPServer((host, port), _handler_for(self.state))
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> ChatServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> ChatServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from defake_pipeline.core.datasets import get_dataset
+from defake_pipeline.core.manifest import build_manifest, jobs_from_manifest
+from defake_pipeline.testing.chat_server import ChatServer, ServerState
+
+REPO = Path(__file__).resolve().parents[1]
+UPSTREAM = REPO.parent / "shared" / "upstream"
+
+
+def upstream_or_skip(*parts: str) -> Path:
+    path = UPSTREAM.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} is absent (../shared/upstream is not beside this checkout)")
+    return path
+
+
+@pytest.fixture
+def chat_server():
+    """A real OpenAI-compatible HTTP server on 127.0.0.1; tests reach into .state to script it."""
+    with ChatServer(ServerState()) as server:
+        yield server
+
+
+@pytest.fixture
+def defake_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "defake_home"
+    monkeypatch.setenv("DEFAKE_HOME", str(home))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_manifest():
+    return build_manifest(get_dataset("demo"))
+
+
+@pytest.fixture
+def demo_jobs(demo_manifest):
+    return jobs_from_manifest(demo_manifest)

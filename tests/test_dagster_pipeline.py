@@ -1,0 +1,86 @@
+"""The Dagster layer on a real instance: graph shape, and the whole graph materialized on the demo data."""
+
+import duckdb
+import dagster as dg
+import pytest
+from click.testing import CliRunner
+
+from defake_pipeline.cli import main
+from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.definitions import defs
+from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint
+from defake_pipeline.defs.runs import materialize_evaluation
+
+EXPECTED_DEPS = {
+    "image_manifest": set(),
+    "predictions": {"image_manifest"},
+    "metrics": {"predictions"},
+    "model_report": {"metrics"},
+    "leaderboard": {"metrics"},
+}
+
+
+def test_definitions_load_with_the_expected_asset_graph():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == set(EXPECTED_DEPS)
+    for key, deps in EXPECTED_DEPS.items():
+        parents = {p.to_user_string() for p in graph.get(dg.AssetKey(key)).parent_keys}
+        assert parents == deps, key
+    partitions = graph.get(dg.AssetKey("predictions")).partitions_def
+    assert isinstance(partitions, dg.MultiPartitionsDefinition)
+    assert {d.name for d in partitions.partitions_defs} == {"model", "prompt"}
+    assert all(isinstance(d.partitions_def, dg.DynamicPartitionsDefinition) for d in partitions.partitions_defs)
+
+
+def _tables(layout: HomeLayout) -> dict[str, int]:
+    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("image_manifest", "predictions", "metrics")}
+
+
+def test_whole_graph_on_demo_with_baseline(defake_home):
+    instance = dg.DagsterInstance.ephemeral()
+    results = materialize_evaluation(instance, ["canny"], ["simple"])
+    assert all(r.success for r in results)
+    layout = HomeLayout(defake_home)
+    assert _tables(layout) == {"image_manifest": 16, "predictions": 16, "metrics": 2}
+    report = layout.report_file("canny", "simple").read_text()
+    assert "## Wrong predictions" in report and "## Correct predictions" in report
+    board = layout.leaderboard_file.read_text()
+    assert "`canny`" in board and "canny__simple.md" in board
+    # The report is also attached to the materialization, as markdown metadata.
+    event = instance.get_latest_materialization_event(dg.AssetKey("model_report"))
+    assert event.asset_materialization.metadata["report"].value == report
+    # A second run reuses every journaled answer.
+    materialize_evaluation(instance, ["canny"], ["simple"])
+    event = instance.get_latest_materialization_event(dg.AssetKey("predictions"))
+    assert event.asset_materialization.metadata["n_requests"].value == 0
+
+
+def test_self_hosted_model_through_the_endpoint_resource(defake_home, chat_server):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"store": DefakeStore(home=str(defake_home)), "endpoint": ModelEndpoint(base_url=chat_server.base_url)}
+    results = materialize_evaluation(instance, ["qwen2vl", "canny"], ["simple"], resources=resources)
+    assert all(r.success for r in results)
+    assert chat_server.state.n_chat == 16
+    with duckdb.connect(str(HomeLayout(defake_home).warehouse), read_only=True) as con:
+        rows = con.execute("SELECT model, n_images, n_error FROM metrics WHERE subset = 'all' ORDER BY model").fetchall()
+    assert rows == [("canny", 16, 0), ("qwen2vl", 16, 0)]
+
+
+def test_cli_materialize_runs_on_the_local_instance(defake_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    result = CliRunner().invoke(main, ["materialize", "--model", "canny", "--prompt", "simple"])
+    assert result.exit_code == 0, result.output
+    assert "# Leaderboard" in result.output and "canny__simple.md" in result.output
+    config = (tmp_path / "dagster_home" / "dagster.yaml").read_text()
+    assert "enabled: false" in config
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster_home"))
+    assert len(instance.get_runs()) == 4
+
+
+def test_cli_reports_bad_model_on_one_line(defake_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    result = CliRunner().invoke(main, ["materialize", "--model", "no-such-model"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: unknown model 'no-such-model'")

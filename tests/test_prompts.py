@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from conftest import upstream_or_skip
+from defake_pipeline.core.decorators import resolve_decorators
+from defake_pipeline.core.errors import PromptError
+from defake_pipeline.core.prompts import load_prompt, prompt_files
+
+
+def write(tmp_path, data, name="p.json"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+GOOD = {
+    "format_version": "3",
+    "name": "t",
+    "conversations": [
+        {"id": "c1", "payload": [["user", "What is it?", "{image_url}"]], "response_var_name": "thing"},
+        {"id": "c2", "payload": [["system", "s"], ["user", "Is {thing} real?"]], "response_var_name": "result"},
+    ],
+}
+
+
+def test_valid_prompt_loads_with_key_and_hash(tmp_path):
+    prompt = load_prompt(write(tmp_path, GOOD, "My Prompt.json"))
+    assert prompt.key == "my-prompt"
+    assert len(prompt.content_hash) == 16
+    assert [c.id for c in prompt.spec.conversations] == ["c1", "c2"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(format_version="2"), 'format_version must be "3"'),
+        (lambda d: d["conversations"][1].update(response_var_name="other"), "no conversation sets the 'result'"),
+        (lambda d: d["conversations"][0]["payload"].append(["robot", "hi"]), "unknown role 'robot'"),
+        (lambda d: d["conversations"][1]["payload"].append(["user", "{nobody}"]), "variable {nobody} is set by nothing"),
+        (lambda d: d["conversations"][1]["payload"].append(["user", "{image_url.__class__}"]), "only {name} placeholders"),
+        (lambda d: d["conversations"][0].pop("payload"), "conversations.0.payload: Field required"),
+        (lambda d: d["conversations"][0]["payload"].append(["assistant", "x", "{image_url}"]), "only user turns may carry an image"),
+    ],
+)
+def test_invalid_prompts_name_file_and_cause_on_one_line(tmp_path, mutate, message):
+    data = json.loads(json.dumps(GOOD))
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(PromptError) as info:
+        load_prompt(path)
+    text = str(info.value)
+    assert str(path) in text and message in text and "\n" not in text
+
+
+def test_invalid_json_is_one_line(tmp_path):
+    path = write(tmp_path, "{not json")
+    with pytest.raises(PromptError, match="invalid JSON"):
+        load_prompt(path)
+
+
+def test_project_prompts_all_load():
+    files = prompt_files()
+    assert files, "the project ships prompts/"
+    for path in files:
+        resolve_decorators(load_prompt(path))
+
+
+@pytest.mark.parametrize("name", ["simple", "p1", "p3", "p5", "p6"])
+def test_upstream_prompts_without_decorators_load_unchanged(name):
+    prompt = load_prompt(upstream_or_skip("prompts", "paper", f"{name}.json"))
+    assert prompt.spec.conversations[-1].response_var_name == "result"
+
+
+@pytest.mark.parametrize(("name", "decorator"), [("fusion", "fusion.v1"), ("p4", "two_shot.v2")])
+def test_upstream_prompts_naming_unshipped_decorators_fail_clearly(name, decorator):
+    prompt = load_prompt(upstream_or_skip("prompts", "paper", f"{name}.json"))
+    with pytest.raises(PromptError) as info:
+        resolve_decorators(prompt)
+    assert decorator in str(info.value) and "conversation" in str(info.value)
