@@ -19,7 +19,7 @@ def _md_metadata(text: str, path) -> dg.MetadataValue:
     return dg.MetadataValue.md(text)
 
 
-@dg.asset(group_name="reporting", partitions_def=model_prompt_partitions, deps=[metrics], kinds={"markdown"})
+@dg.asset(group_name="evaluation", partitions_def=model_prompt_partitions, deps=[metrics], kinds={"markdown"})
 def model_report(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
     """The report of one model × prompt: metrics, confusion matrix, wrong then correct predictions."""
     keys = context.partition_key.keys_by_dimension
@@ -37,7 +37,7 @@ def model_report(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.Ma
     )
 
 
-@dg.asset(group_name="reporting", deps=[metrics], kinds={"markdown"})
+@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"})
 def leaderboard(store: DefakeStore) -> dg.MaterializeResult:
     """Every model × prompt ranked per dataset, with accuracy intervals and cost."""
     path, text = write_leaderboard(store.layout())
