@@ -72,8 +72,7 @@ def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
             else:
                 empty = predictions_frame([])  # noqa: F841 - read by DuckDB's replacement scan
                 con.execute("CREATE TABLE predictions AS SELECT * FROM empty")
-            con.execute(SCORED_VIEW_SQL)
-            con.execute(f"CREATE TABLE metrics AS {METRICS_SQL}")
+            create_metrics(con)
             counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("image_manifest", "predictions", "metrics")}
         os.replace(tmp, layout.warehouse)
     finally:
@@ -81,6 +80,12 @@ def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
             if os.path.exists(leftover):
                 os.unlink(leftover)
     return counts
+
+
+def create_metrics(con: duckdb.DuckDBPyConnection) -> None:
+    """The ``scored`` view and ``metrics`` table, over ``image_manifest`` and ``predictions`` tables."""
+    con.execute(SCORED_VIEW_SQL)
+    con.execute(f"CREATE TABLE metrics AS {METRICS_SQL}")
 
 
 def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:
