@@ -84,3 +84,23 @@ def test_cli_reports_bad_model_on_one_line(defake_home, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["materialize", "--model", "no-such-model"])
     assert result.exit_code == 2
     assert result.output.startswith("error: unknown model 'no-such-model'")
+
+
+def test_dataset_selection_refreshes_only_that_dataset_and_keeps_other_rows(defake_home, tmp_path, monkeypatch):
+    from PIL import Image
+
+    for label in ("real", "fake"):
+        (tmp_path / "extra" / label).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "white" if label == "fake" else "black").save(tmp_path / "extra" / label / "x.png")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "extra.toml").write_text('layout = "real_fake"\nroot = "../extra"\n')
+    monkeypatch.chdir(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["canny"], ["simple"], datasets=["demo"])
+    layout = HomeLayout(defake_home)
+    assert _tables(layout)["predictions"] == 16
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "simple", "-d", "extra"], env={"DAGSTER_HOME": str(tmp_path / "dh")})
+    assert result.exit_code == 0, result.output
+    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
+        per_dataset = dict(con.execute("SELECT dataset, n_images FROM metrics WHERE subset = 'all'").fetchall())
+    assert per_dataset == {"demo": 16, "extra": 2}

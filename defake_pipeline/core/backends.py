@@ -72,7 +72,7 @@ class ChatBackend:
         return messages
 
     def request_params(self) -> dict:
-        params: dict = {"max_tokens": self.spec.max_tokens}
+        params: dict = {self.spec.token_param: self.spec.max_tokens}
         if self.spec.temperature is not None:
             params["temperature"] = self.spec.temperature
         return params

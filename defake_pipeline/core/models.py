@@ -35,6 +35,8 @@ class ModelSpec(BaseModel):
     fold_system_prompt: bool = False
     encoding: str = "original"
     max_tokens: int = 1000
+    # Newer OpenAI models (gpt-5, o-series) reject max_tokens and take max_completion_tokens.
+    token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     temperature: float | None = None
     concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)

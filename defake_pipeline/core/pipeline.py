@@ -82,17 +82,30 @@ def evaluate_partition(
     spec: ModelSpec,
     prompt: LoadedPrompt,
     api_key: str | None = None,
+    datasets: list[str] | None = None,
     on_result: Callable[[Prediction], None] | None = None,
 ) -> PartitionSummary:
-    """Evaluate every manifest image with one model × prompt and write the partition's Parquet file."""
+    """Evaluate manifest images with one model × prompt and write the partition's Parquet file.
+
+    With ``datasets``, only their images are evaluated; the partition keeps its earlier rows
+    for images of other datasets that are still in the manifest.
+    """
     manifest = read_manifests(layout)
+    chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
     journal = ResponseJournal(layout.journal)
     try:
         evaluator = make_evaluator(spec, prompt, journal, api_key)
-        preds = evaluate_sync(jobs_from_manifest(manifest), evaluator, on_result=on_result)
+        preds = evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=on_result)
     finally:
         journal.close()
-    preds.sort(key=lambda p: p.path)
+    rows = [p.as_row() for p in preds]
     target = layout.predictions_file(spec.key, prompt.key)
-    write_parquet_atomic(predictions_frame([p.as_row() for p in preds]), target)
+    if datasets and target.exists():
+        fresh = {r["image_sha256"] for r in rows}
+        still_listed = set(manifest["sha256"].dropna())
+        kept = pd.read_parquet(target)
+        kept = kept[~kept["image_sha256"].isin(fresh) & kept["image_sha256"].isin(still_listed)]
+        rows = kept.to_dict("records") + rows
+    rows.sort(key=lambda r: r["path"])
+    write_parquet_atomic(predictions_frame(rows), target)
     return summarize(spec.key, prompt.key, target, preds)

@@ -7,12 +7,22 @@ from defake_pipeline.core.pipeline import refresh_manifest
 from defake_pipeline.defs.resources import DefakeStore
 
 
+class DatasetSelection(dg.Config):
+    """Restrict a run to some datasets (keys from datasets/); empty means every dataset."""
+
+    datasets: list[str] = []
+
+
 @dg.asset(group_name="evaluation", kinds={"parquet"})
-def image_manifest(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
+def image_manifest(
+    context: dg.AssetExecutionContext, config: DatasetSelection, store: DefakeStore
+) -> dg.MaterializeResult:
     """One row per image of every dataset: label, subset, sha256, real format, size, probe error, provenance."""
     layout = store.layout()
     summaries = []
     for spec in dataset_specs():
+        if config.datasets and spec.key not in config.datasets:
+            continue
         summary = refresh_manifest(layout, spec)
         context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
         summaries.append(summary)

@@ -15,7 +15,11 @@ _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def materialize_evaluation(
-    instance: dg.DagsterInstance, models: list[str], prompts: list[str], resources: dict | None = None
+    instance: dg.DagsterInstance,
+    models: list[str],
+    prompts: list[str],
+    resources: dict | None = None,
+    datasets: list[str] | None = None,
 ) -> list[dg.ExecuteInProcessResult]:
     """Manifest, then every model × prompt partition, then the warehouse, reports and leaderboard.
 
@@ -25,9 +29,12 @@ def materialize_evaluation(
     resources = resources or default_resources()
     keys = [partition_key(m, p) for m in models for p in prompts]
 
+    selection = {"config": {"datasets": list(datasets or [])}}
+
     def run(assets, key=None):
+        ops = {a.key.to_python_identifier(): selection for a in assets if a in (image_manifest, predictions)}
         return dg.materialize(
-            assets, instance=instance, resources=resources, partition_key=key, run_config=_QUIET_CONSOLE
+            assets, instance=instance, resources=resources, partition_key=key, run_config={**_QUIET_CONSOLE, "ops": ops}
         )
 
     results = [run([image_manifest])]

@@ -1,0 +1,134 @@
+"""Seed parity: the original tool's commands, run through the installed mllmdf script."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, upstream_or_skip
+
+MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
+
+
+def mllmdf(args, cwd, env_extra=None, check=True):
+    env = {k: v for k, v in os.environ.items() if k not in ("DEFAKE_HOME", "OPENAI_API_KEY", "BASE_URL", "OPENAI_BASE_URL")}
+    env.update(env_extra or {})
+    proc = subprocess.run([MLLMDF, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def seed_cwd(tmp_path):
+    """A working directory laid out like the seed's checkout: demo/real and demo/fake."""
+    upstream_demo = upstream_or_skip("demo")
+    (tmp_path / "demo").symlink_to(upstream_demo)
+    return tmp_path
+
+
+@pytest.mark.parametrize("model", ["vllm", "canny"])
+def test_seed_readme_commands(seed_cwd, chat_server, model):
+    env = {"BASE_URL": chat_server.base_url}
+    out = mllmdf(["classify", "demo/real/img118131.jpg", "--model", model], seed_cwd, env)
+    assert out.stdout in ("real\n", "fake\n", "unknown\n")
+
+    out = mllmdf(["infer", "--model", model, "--real_dir", "demo/real", "--fake_dir", "demo/fake"], seed_cwd, env)
+    csv_path = seed_cwd / "outputs" / f"ImageFolders-10_{model}_simple.csv"
+    assert out.stdout.strip() == str(csv_path)
+    frame = pd.read_csv(csv_path)
+    assert list(frame.columns[:4]) == ["path", "label", "pred", "response"]
+    assert sorted(frame["label"]) == [0, 0, 0, 1, 1, 1]
+    assert set(frame["pred"]) <= {1, 0, -1} and frame["error"].isna().all()
+    assert frame["path"].str.startswith("demo/").all()
+
+    out = mllmdf(["doc"], seed_cwd, env)
+    report = (seed_cwd / "outputs" / f"ImageFolders-10_{model}_simple.md").read_text()
+    assert "## Wrong predictions" in report and "img118131.jpg" in report
+    if model == "vllm":
+        # classify asked about one image; infer found that answer in the journal; doc asks nothing.
+        assert chat_server.state.n_chat == 6
+
+
+def test_classify_verbose_sends_turns_to_stderr(seed_cwd, chat_server):
+    out = mllmdf(["classify", "demo/fake/img007937.jpg", "--model", "qwen2vl", "-v"], seed_cwd, {"BASE_URL": chat_server.base_url})
+    assert out.stdout.strip() in ("real", "fake")
+    assert "turn 1/1" in out.stderr and chat_server.state.bodies[0]["messages"][-1]["content"][1]["type"] == "image_url"
+
+
+def test_infer_refuses_to_overwrite_then_continues_without_paying_twice(seed_cwd, chat_server):
+    env = {"BASE_URL": chat_server.base_url}
+    args = ["infer", "--model", "vllm", "--real_dir", "demo/real", "--fake_dir", "demo/fake", "-o", "run1"]
+    mllmdf(args, seed_cwd, env)
+    again = mllmdf(args, seed_cwd, env, check=False)
+    assert again.returncode == 2 and "--continue" in again.stderr and "Traceback" not in again.stderr
+    # Drop the last rows as an interrupted run would leave them, then resume.
+    path = seed_cwd / "outputs" / "run1.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))
+    before = chat_server.state.n_chat
+    mllmdf([*args, "--continue"], seed_cwd, env)
+    frame = pd.read_csv(path)
+    assert len(frame) == 6 and frame["path"].is_unique
+    assert chat_server.state.n_chat == before  # every answer came from the journal
+    mllmdf([*args, "--overwrite"], seed_cwd, env)
+    assert len(pd.read_csv(path)) == 6
+
+
+def test_infer_sampling_options(seed_cwd):
+    base = ["infer", "--model", "canny", "--real_dir", "demo/real", "--fake_dir", "demo/fake"]
+    mllmdf([*base, "--count", "2", "--seed", "7", "-o", "two"], seed_cwd)
+    assert sorted(pd.read_csv(seed_cwd / "outputs" / "two.csv")["label"]) == [0, 0, 1, 1]
+    mllmdf([*base, "--real_only", "-o", "reals"], seed_cwd)
+    assert set(pd.read_csv(seed_cwd / "outputs" / "reals.csv")["label"]) == {1}
+    mllmdf([*base, "--job_split", "1/3", "-o", "split", "-l", "part1"], seed_cwd)
+    assert len(pd.read_csv(seed_cwd / "outputs" / "split.csv")) == 2
+    assert (seed_cwd / "outputs" / "logs" / "part1.log").exists()
+    bad = mllmdf([*base, "--job_split", "4/3"], seed_cwd, check=False)
+    assert bad.returncode == 2 and "--job_split" in bad.stderr
+
+
+def test_doc_renders_a_csv_written_by_the_seed(tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    rows = [
+        ("demo/real/a.jpg", 1, 1, "It is real."),
+        ("demo/real/b.jpg", 1, 0, "Looks generated | odd\nsecond line <b>"),
+        ("demo/fake/c.png", 0, 0, "generated"),
+        ("demo/fake/d.png", 0, -1, "no idea"),
+    ]
+    with (outputs / "WildFakeResampled-2_gpt4o_simple.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "pred", "response"])
+        writer.writerows(rows)
+    out = mllmdf(["doc", "--summarize_to", "summary.csv"], tmp_path)
+    report = (outputs / "WildFakeResampled-2_gpt4o_simple.md").read_text()
+    assert "Looks generated \\| odd<br>second line &lt;b&gt;" in report
+    summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    assert list(pd.read_csv(tmp_path / "summary.csv").columns) == [
+        "experiment_name", "dataset", "model", "prompt", "count", "output_path", "total_images", "count_real",
+        "count_fake", "accuracy", "precision", "recall", "real_accuracy", "fake_accuracy", "fails",
+    ]  # fmt: skip
+    assert (summary.dataset, summary.model, summary.prompt, summary["count"]) == ("WildFakeResampled", "gpt4o", "simple", 2)
+    assert (summary.total_images, summary.count_real, summary.count_fake, summary.fails) == (3, 2, 1, 1)
+    assert summary.accuracy == pytest.approx(2 / 3) and summary.precision == pytest.approx(1.0)
+    assert summary.recall == pytest.approx(0.5) and summary.fake_accuracy == pytest.approx(1.0)
+    assert "accuracy 66.667%" in out.stdout
+
+
+def test_unknown_decorator_and_unset_variable_fail_on_one_line(tmp_path, chat_server):
+    upstream_or_skip("prompts", "paper")
+    env = {"BASE_URL": chat_server.base_url}
+    shutil.copytree(REPO / "demo", tmp_path / "demo")
+    for name, needle in (("fusion", "'fusion.v1'"), ("p4", "'two_shot.v2'"), ("p2", "'roi.dinov2'")):
+        prompt = upstream_or_skip("prompts", "paper", f"{name}.json")
+        out = mllmdf(["classify", "demo/real/coffee.jpg", "--model", "vllm", "--prompt", str(prompt)], tmp_path, env, check=False)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "conversation" in lines[0] and str(prompt) in lines[0]
+    assert chat_server.state.n_chat == 0
