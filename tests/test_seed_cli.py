@@ -82,7 +82,8 @@ def test_infer_refuses_to_overwrite_then_continues_without_paying_twice(seed_cwd
 
 def test_infer_sampling_options(seed_cwd):
     base = ["infer", "--model", "canny", "--real_dir", "demo/real", "--fake_dir", "demo/fake"]
-    mllmdf([*base, "--count", "2", "--seed", "7", "-o", "two"], seed_cwd)
+    out = mllmdf([*base, "--count", "2", "--seed", "7", "-o", "two"], seed_cwd)
+    assert "all=" in out.stderr and "reals=" in out.stderr and "fakes=" in out.stderr  # the progress bar
     assert sorted(pd.read_csv(seed_cwd / "outputs" / "two.csv")["label"]) == [0, 0, 1, 1]
     mllmdf([*base, "--real_only", "-o", "reals"], seed_cwd)
     assert set(pd.read_csv(seed_cwd / "outputs" / "reals.csv")["label"]) == {1}

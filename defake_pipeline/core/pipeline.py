@@ -44,6 +44,16 @@ def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None) -> Ma
     )
 
 
+def prune_manifests(layout: HomeLayout, keep: list[str]) -> list[str]:
+    """Delete manifests of datasets no longer defined, so their images leave the warehouse."""
+    removed = []
+    for file in layout.manifests_dir.glob("*.parquet"):
+        if file.stem not in keep:
+            file.unlink()
+            removed.append(file.stem)
+    return removed
+
+
 @dataclass(frozen=True)
 class PartitionSummary:
     model: str

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from defake_pipeline.core.datasets import dataset_specs
-from defake_pipeline.core.pipeline import refresh_manifest
+from defake_pipeline.core.pipeline import prune_manifests, refresh_manifest
 from defake_pipeline.defs.resources import DefakeStore
 
 
@@ -19,8 +19,12 @@ def image_manifest(
 ) -> dg.MaterializeResult:
     """One row per image of every dataset: label, subset, sha256, real format, size, probe error, provenance."""
     layout = store.layout()
+    specs = dataset_specs()
+    if not config.datasets:
+        for gone in prune_manifests(layout, [s.key for s in specs]):
+            context.log.info(f"dataset {gone} is no longer defined; its manifest was removed")
     summaries = []
-    for spec in dataset_specs():
+    for spec in specs:
         if config.datasets and spec.key not in config.datasets:
             continue
         summary = refresh_manifest(layout, spec)
