@@ -94,9 +94,10 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
 @click.option("--real_only", is_flag=True, help="Evaluate real images only.")
 @click.option("--fake_only", is_flag=True, help="Evaluate fake images only.")
 @click.option("--job_split", default="", help="Evaluate the m-th of n slices, such as 1/4.")
-@click.option("--concurrency", type=int, default=None, help="Requests in flight at once (default: the model's).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Most requests in flight (default: the model's); adapts down on 429.")
+@click.option("--max-cost", "max_cost", type=click.FloatRange(min=0), default=None, help="Stop sending requests once the next could take spending past this many USD.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every turn's response to stderr.")
-def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, output, resume, overwrite, real_only, fake_only, job_split, concurrency, verbose) -> None:  # noqa: E501
+def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, output, resume, overwrite, real_only, fake_only, job_split, concurrency, max_cost, verbose) -> None:  # noqa: E501
     """Evaluate a model × prompt on sampled images and write DEFAKE_HOME/<name>.csv."""
     from tqdm import tqdm
 
@@ -110,6 +111,8 @@ def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, outpu
     layout = HomeLayout()
     _setup_logging(layout, log_id, verbose)
     spec, loaded = get_model(model), load_prompt(find_prompt(prompt))
+    if concurrency:
+        spec = spec.model_copy(update={"concurrency": concurrency})
     ds = resolve_dataset(dataset, real_dir, fake_dir)
     images = select_samples(list_images(ds), count, seed, real_only, fake_only, job_split)
     name = output or default_output_name(ds.name, count, spec.name, loaded.name, log_id)
@@ -130,13 +133,14 @@ def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, outpu
 
         preds = run_experiment(
             layout, spec, loaded, images, target, resume=resume, overwrite=overwrite,
-            api_key=os.environ.get("OPENAI_API_KEY"), concurrency=concurrency, on_result=on_result,
+            api_key=os.environ.get("OPENAI_API_KEY"), max_cost_usd=max_cost, on_result=on_result,
         )  # fmt: skip
     bar.total = len(preds)
     summary = running.postfix()
     log.info("done: %s", summary)
     click.echo(f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}); "
-               f"{sum(p.error is not None for p in preds)} errors; {sum(p.n_requests for p in preds)} new requests", err=True)
+               f"{sum(p.error is not None for p in preds)} errors; {sum(p.n_requests for p in preds)} new requests; "
+               f"${sum(p.cost_usd for p in preds):.4f}", err=True)
     click.echo(str(target))
 
 

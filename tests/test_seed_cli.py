@@ -133,3 +133,13 @@ def test_unknown_decorator_and_unset_variable_fail_on_one_line(tmp_path, chat_se
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "conversation" in lines[0] and str(prompt) in lines[0]
     assert chat_server.state.n_chat == 0
+
+
+def test_rerun_under_another_output_name_makes_zero_calls(seed_cwd, chat_server):
+    env = {"BASE_URL": chat_server.base_url}
+    base = ["infer", "--model", "vllm", "--real_dir", "demo/real", "--fake_dir", "demo/fake"]
+    mllmdf([*base, "-o", "first"], seed_cwd, env)
+    assert chat_server.state.n_chat == 6
+    out = mllmdf([*base, "-o", "second", "--max-cost", "0"], seed_cwd, env)
+    assert chat_server.state.n_chat == 6 and "0 new requests" in out.stderr
+    assert pd.read_csv(seed_cwd / "outputs" / "second.csv")["error"].isna().all()  # journal hits cost nothing

@@ -15,6 +15,8 @@ from openai import AsyncOpenAI
 from defake_pipeline.core.errors import FatalEndpointError, ModelConfigError
 from defake_pipeline.core.images import open_rgb
 from defake_pipeline.core.models import ModelSpec
+from defake_pipeline.core.retry import AdaptiveLimiter, EmptyResponseError, RetryPolicy, classify_error, retry_after_s
+from defake_pipeline.core.verdict import score_from_logprobs
 
 
 @dataclass(frozen=True)
@@ -23,22 +25,27 @@ class ChatReply:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    score_fake: float | None = None
 
 
 class ChatBackend:
-    """One model behind the OpenAI chat-completions wire format (OpenAI itself, or vLLM)."""
+    """One model behind the OpenAI chat-completions wire format (OpenAI itself, or vLLM).
 
-    def __init__(self, spec: ModelSpec, api_key: str | None):
+    Requests go through the model's AIMD limiter and the retry policy; the SDK's own
+    retries are off so that one policy, in ``retry.py``, decides.
+    """
+
+    def __init__(self, spec: ModelSpec, api_key: str | None, policy: RetryPolicy | None = None):
         if spec.backend == "openai" and not api_key:
             raise ModelConfigError(f"model {spec.name!r} needs OPENAI_API_KEY, which is not set")
         self.spec = spec
         self.base_url = spec.resolved_base_url()
+        self.policy = policy or RetryPolicy(max_attempts=spec.max_retries + 1, base_delay_s=spec.backoff_base_s)
+        self.limiter = AdaptiveLimiter(spec.concurrency)
+        self.n_retries = 0
         # vLLM accepts any key; the SDK insists on one, so a placeholder stands in.
         self.client = AsyncOpenAI(
-            api_key=api_key or "no-key",
-            base_url=self.base_url,
-            timeout=spec.timeout_s,
-            max_retries=spec.max_retries,
+            api_key=api_key or "no-key", base_url=self.base_url, timeout=spec.timeout_s, max_retries=0
         )
         self._model_id: str | None = spec.model
 
@@ -56,13 +63,19 @@ class ChatBackend:
                     f"cannot reach {self.where} for model {self.spec.name!r} (set BASE_URL to the vLLM server)"
                 ) from None
             except openai.APIStatusError as exc:
-                raise _fatal_or_none(exc, self) or FatalEndpointError(
-                    f"{self.where}/models answered HTTP {exc.status_code}"
-                ) from None
+                if classify_error(exc) == "fatal":
+                    raise self._rejected(exc) from None
+                raise FatalEndpointError(f"{self.where}/models answered HTTP {exc.status_code}") from None
             if not listing.data:
                 raise FatalEndpointError(f"{self.where}/models lists no served model")
             self._model_id = listing.data[0].id
         return self._model_id
+
+    def _rejected(self, exc: openai.APIStatusError) -> FatalEndpointError:
+        # A rejected key fails every request the same way: stop at once instead of paying retries.
+        return FatalEndpointError(
+            f"{self.where} rejected the API key for model {self.spec.name!r} (HTTP {exc.status_code})"
+        )
 
     def wire_messages(self, messages: list[dict]) -> list[dict]:
         """Messages as this model wants them (the seed folds a leading system turn for some models)."""
@@ -75,41 +88,59 @@ class ChatBackend:
         params: dict = {self.spec.token_param: self.spec.max_tokens}
         if self.spec.temperature is not None:
             params["temperature"] = self.spec.temperature
+        if self.spec.logprobs:
+            params.update(logprobs=True, top_logprobs=self.spec.top_logprobs)
         return params
 
-    async def complete(self, messages: list[dict]) -> ChatReply:
+    async def _attempt(self, messages: list[dict]) -> ChatReply:
         started = time.perf_counter()
-        try:
-            completion = await self.client.chat.completions.create(
-                model=await self.model_id(), messages=messages, **self.request_params()
-            )
-        except openai.APIStatusError as exc:
-            fatal = _fatal_or_none(exc, self)
-            if fatal:
-                raise fatal from None
-            raise
+        completion = await self.client.chat.completions.create(
+            model=await self.model_id(), messages=messages, **self.request_params()
+        )
         latency = time.perf_counter() - started
         if not completion.choices or completion.choices[0].message.content is None:
-            raise ValueError("the endpoint returned no message content")
+            raise EmptyResponseError("the endpoint returned no message content")
+        choice = completion.choices[0]
         usage = completion.usage
+        score = None
+        if self.spec.logprobs and choice.logprobs and choice.logprobs.content:
+            score = score_from_logprobs(choice.logprobs.content)
         return ChatReply(
-            text=completion.choices[0].message.content,
+            text=choice.message.content,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=latency,
+            score_fake=score,
         )
+
+    async def complete(self, messages: list[dict]) -> ChatReply:
+        """One answer, retrying transient failures; raises the last error when retries run out."""
+        for attempt in range(1, self.policy.max_attempts + 1):
+            epoch = await self.limiter.acquire()
+            try:
+                reply = await self._attempt(messages)
+            except asyncio.CancelledError:
+                await self.limiter.release(epoch, "permanent")
+                raise
+            except Exception as exc:
+                kind = classify_error(exc)
+                retry = kind in ("rate_limited", "transient") and attempt < self.policy.max_attempts
+                # Only the server's own Retry-After pauses every worker; backoff delays are per request.
+                pause = retry_after_s(exc) if kind == "rate_limited" else None
+                await self.limiter.release(epoch, kind, pause_s=pause)
+                if kind == "fatal" and isinstance(exc, openai.APIStatusError):
+                    raise self._rejected(exc) from None
+                if not retry:
+                    raise
+                self.n_retries += 1
+                await asyncio.sleep(self.policy.delay(attempt, exc))
+                continue
+            await self.limiter.release(epoch, "ok")
+            return reply
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def aclose(self) -> None:
         await self.client.close()
-
-
-def _fatal_or_none(exc: openai.APIStatusError, backend: ChatBackend) -> FatalEndpointError | None:
-    # A rejected key fails every request the same way: stop at once instead of paying retries.
-    if exc.status_code in (401, 403):
-        return FatalEndpointError(
-            f"{backend.where} rejected the API key for model {backend.spec.name!r} (HTTP {exc.status_code})"
-        )
-    return None
 
 
 # --- baselines -------------------------------------------------------------------------

@@ -114,6 +114,52 @@ def _materialize(messages: list[dict]) -> list[dict]:
     return out
 
 
+class BudgetExhausted(RuntimeError):
+    """The next request could take spending past --max-cost; it was not sent."""
+
+
+class CostBudget:
+    """Stops new requests once the next one could exceed a spending limit.
+
+    Until a first answer arrives, a request is estimated from its size (text at 4 characters
+    a token, 1000 tokens an image, and the full output allowance); after that, from the
+    dearest request seen so far. Requests in flight hold their estimate until they settle.
+    """
+
+    IMAGE_TOKENS = 1000
+
+    def __init__(self, limit_usd: float):
+        self.limit_usd = limit_usd
+        self.spent_usd = 0.0
+        self.reserved_usd = 0.0
+        self.dearest_usd = 0.0
+
+    def estimate(self, spec: ModelSpec, messages: list[dict]) -> float:
+        if self.dearest_usd:
+            return self.dearest_usd
+        chars, images = 0, 0
+        for msg in messages:
+            parts = msg["content"] if isinstance(msg["content"], list) else [{"type": "text", "text": msg["content"]}]
+            for part in parts:
+                if part["type"] == "text":
+                    chars += len(part["text"])
+                else:
+                    images += 1
+        return spec.cost_usd(chars // 4 + images * self.IMAGE_TOKENS, spec.max_tokens)
+
+    def reserve(self, estimate: float) -> None:
+        if self.spent_usd + self.reserved_usd + estimate > self.limit_usd:
+            raise BudgetExhausted(
+                f"--max-cost ${self.limit_usd:.4f} reached (spent ${self.spent_usd:.4f}); request not sent"
+            )
+        self.reserved_usd += estimate
+
+    def settle(self, estimate: float, actual: float) -> None:
+        self.reserved_usd -= estimate
+        self.spent_usd += actual
+        self.dearest_usd = max(self.dearest_usd, actual)
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_ERROR_MAX_CHARS]
 
@@ -181,10 +227,18 @@ class BaselineEvaluator(Evaluator):
 class ChatEvaluator(Evaluator):
     """A v3 prompt run against an OpenAI-compatible chat endpoint."""
 
-    def __init__(self, spec: ModelSpec, prompt: LoadedPrompt, journal: ResponseJournal, api_key: str | None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        prompt: LoadedPrompt,
+        journal: ResponseJournal,
+        api_key: str | None,
+        budget: CostBudget | None = None,
+    ):
         super().__init__(spec, prompt, journal)
         self.decorators: dict[str, Decorator] = resolve_decorators(prompt)
         self.backend = ChatBackend(spec, api_key)
+        self.budget = budget
 
     async def setup(self) -> None:
         self.model_id = await self.backend.model_id()
@@ -232,6 +286,7 @@ class ChatEvaluator(Evaluator):
             "label": VERDICT_OF_LABEL.get(job.label, "unknown"),
         }
         turns: list[str] = []
+        score = None
         totals = {"latency_s": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
         for conv in self.prompt.spec.conversations:
             if conv.decorators:
@@ -240,28 +295,50 @@ class ChatEvaluator(Evaluator):
             request_hash = _hash_request({"model": self.model_id, "messages": wire, **self.backend.request_params()})
             entry = self.journal.get(self.model_id, request_hash, job.sha256)
             if entry is None:
-                reply = await self.backend.complete(_materialize(wire))
-                entry = JournalEntry(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s)
+                entry = await self._ask(wire)
                 self.journal.put(self.model_id, request_hash, job.sha256, entry)
                 totals["n_requests"] += 1
+            if conv.response_var_name == RESULT_VARIABLE:
+                score = (entry.extra or {}).get("score_fake")
             cache[conv.response_var_name] = entry.response
             turns.append(entry.response)
             totals["latency_s"] += entry.latency_s
             totals["prompt_tokens"] += entry.prompt_tokens
             totals["completion_tokens"] += entry.completion_tokens
         cost = self.spec.cost_usd(totals["prompt_tokens"], totals["completion_tokens"])
-        return self.prediction(job, str(cache[RESULT_VARIABLE]), turns=turns, cost_usd=cost, **totals)
+        return self.prediction(job, str(cache[RESULT_VARIABLE]), turns=turns, score=score, cost_usd=cost, **totals)
+
+    async def _ask(self, wire: list[dict]) -> JournalEntry:
+        """Send one request (within the budget, if any) and return its journal entry."""
+        estimate = 0.0
+        if self.budget:
+            estimate = self.budget.estimate(self.spec, wire)
+            self.budget.reserve(estimate)
+        actual = 0.0
+        try:
+            reply = await self.backend.complete(_materialize(wire))
+            actual = self.spec.cost_usd(reply.prompt_tokens, reply.completion_tokens)
+        finally:
+            if self.budget:
+                self.budget.settle(estimate, actual)
+        extra = {"score_fake": reply.score_fake} if reply.score_fake is not None else None
+        return JournalEntry(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra)
 
 
 def make_evaluator(
-    spec: ModelSpec, prompt: LoadedPrompt | None, journal: ResponseJournal, api_key: str | None = None
+    spec: ModelSpec,
+    prompt: LoadedPrompt | None,
+    journal: ResponseJournal,
+    api_key: str | None = None,
+    max_cost_usd: float | None = None,
 ) -> Evaluator:
     """The evaluator for a model: a baseline, or a prompt against a chat endpoint."""
     if spec.backend == "baseline":
         return BaselineEvaluator(spec, prompt, journal)
     if prompt is None:
         raise PromptError(f"model {spec.name!r} needs a prompt")
-    return ChatEvaluator(spec, prompt, journal, api_key)
+    budget = CostBudget(max_cost_usd) if max_cost_usd is not None else None
+    return ChatEvaluator(spec, prompt, journal, api_key, budget)
 
 
 async def evaluate(

@@ -155,7 +155,7 @@ def run_experiment(
     resume: bool = False,
     overwrite: bool = False,
     api_key: str | None = None,
-    concurrency: int | None = None,
+    max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
 ) -> list[Prediction]:
     """Evaluate images and append one CSV row per image the moment its answer arrives."""
@@ -180,8 +180,8 @@ def run_experiment(
                 on_result(pred)
 
         try:
-            evaluator = make_evaluator(spec, prompt, journal, api_key)
-            return evaluate_sync(jobs_for(todo), evaluator, concurrency=concurrency, on_result=write)
+            evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
+            return evaluate_sync(jobs_for(todo), evaluator, on_result=write)
         finally:
             journal.close()
 

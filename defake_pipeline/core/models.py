@@ -38,9 +38,12 @@ class ModelSpec(BaseModel):
     # Newer OpenAI models (gpt-5, o-series) reject max_tokens and take max_completion_tokens.
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     temperature: float | None = None
-    concurrency: int = Field(default=8, ge=1)
+    concurrency: int = Field(default=16, ge=1)  # the most requests in flight; AIMD adapts below it
     timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=4, ge=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_base_s: float = Field(default=0.5, gt=0)  # first retry waits up to this, doubling after
+    logprobs: bool = False  # ask for token log-probabilities and derive a score P(fake)
+    top_logprobs: int = Field(default=5, ge=1, le=20)
     price_in: float = 0.0
     price_out: float = 0.0
     aliases: list[str] = Field(default_factory=list)

@@ -93,6 +93,7 @@ def evaluate_partition(
     prompt: LoadedPrompt,
     api_key: str | None = None,
     datasets: list[str] | None = None,
+    max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
 ) -> PartitionSummary:
     """Evaluate manifest images with one model × prompt and write the partition's Parquet file.
@@ -104,7 +105,7 @@ def evaluate_partition(
     chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
     journal = ResponseJournal(layout.journal)
     try:
-        evaluator = make_evaluator(spec, prompt, journal, api_key)
+        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
         preds = evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=on_result)
     finally:
         journal.close()

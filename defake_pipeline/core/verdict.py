@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 Verdict = Literal["real", "fake", "unknown"]
@@ -24,3 +25,33 @@ def parse_verdict(response: str | None) -> Verdict:
     if last_real == -1 and last_fake == -1:
         return "unknown"
     return "real" if last_real > last_fake else "fake"
+
+
+def _marker_class(token: str) -> str | None:
+    """'real' or 'fake' when a (possibly partial) token starts one of the verdict words."""
+    t = token.strip().lower().strip(".,:;!\"'*")
+    if len(t) < 2:
+        return None
+    for cls, markers in (("real", ("real", "natural", "真实")), ("fake", ("fake", "generated", "生成"))):
+        if any(m.startswith(t) or t.startswith(m) for m in markers):
+            return cls
+    return None
+
+
+def score_from_logprobs(tokens) -> float | None:
+    """P(fake) at the last verdict token, from its top alternatives' probabilities.
+
+    ``tokens`` is the chat-completions ``logprobs.content`` list (objects with ``token``,
+    ``logprob`` and ``top_logprobs``). None when no verdict token is found.
+    """
+    for item in reversed(tokens):
+        if _marker_class(item.token) is None:
+            continue
+        mass = {"real": 0.0, "fake": 0.0}
+        for alt in item.top_logprobs or [item]:
+            cls = _marker_class(alt.token)
+            if cls:
+                mass[cls] += math.exp(alt.logprob)
+        total = mass["real"] + mass["fake"]
+        return mass["fake"] / total if total > 0 else None
+    return None

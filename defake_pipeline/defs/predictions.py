@@ -5,19 +5,27 @@ import dagster as dg
 from defake_pipeline.core.pipeline import evaluate_partition
 from defake_pipeline.core.prompts import prompt_by_key
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
+
+
+class PredictionsConfig(DatasetSelection):
+    """Which datasets to evaluate (empty: all), and an optional spending limit for this run."""
+
+    max_cost_usd: float | None = None
 from defake_pipeline.defs.partitions import model_prompt_partitions
 from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint
 
 
 @dg.asset(group_name="evaluation", partitions_def=model_prompt_partitions, deps=[image_manifest], kinds={"parquet"})
 def predictions(
-    context: dg.AssetExecutionContext, config: DatasetSelection, store: DefakeStore, endpoint: ModelEndpoint
+    context: dg.AssetExecutionContext, config: PredictionsConfig, store: DefakeStore, endpoint: ModelEndpoint
 ) -> dg.MaterializeResult:
     """Every manifest image asked of one model with one prompt; cached answers cost nothing."""
     keys = context.partition_key.keys_by_dimension
     spec = endpoint.spec(keys["model"])
     prompt = prompt_by_key(keys["prompt"])
-    summary = evaluate_partition(store.layout(), spec, prompt, api_key=endpoint.api_key, datasets=config.datasets)
+    summary = evaluate_partition(
+        store.layout(), spec, prompt, api_key=endpoint.api_key, datasets=config.datasets, max_cost_usd=config.max_cost_usd
+    )
     context.log.info(
         f"{summary.n_images} images: {summary.n_requests} answered now, the rest cached; {summary.n_errors} errors, "
         f"{summary.n_unknown} unknown"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import threading
 import time
@@ -27,6 +28,7 @@ class Faults:
     rate_malformed: float = 0.0
     rate_empty: float = 0.0
     rate_drop: float = 0.0
+    rate_400: float = 0.0  # a permanent refusal, such as an image the model cannot take
     retry_after_s: float = 0.05
     seed: int = 1234
 
@@ -52,35 +54,68 @@ class ServerState:
     faults: Faults = field(default_factory=Faults)
     responder: Callable[[dict], str] = default_responder
     keep_bodies: bool = True
+    # With logprobs requested, the verdict token gets this probability, its rival the rest.
+    verdict_probability: float = 0.8
     # Counters (read by tests and benchmarks).
     n_chat: int = 0
     n_models: int = 0
     n_ok: int = 0
     n_429: int = 0
     n_faults: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    request_times: list[float] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)
-        self._window: list[float] = []
+        self._tokens: float | None = None
+        self._refilled = time.monotonic()
 
     def reset_counters(self) -> None:
         with self.lock:
             self.n_chat = self.n_models = self.n_ok = self.n_429 = self.n_faults = 0
+            self.peak_in_flight = 0
             self.bodies.clear()
-            self._window.clear()
+            self.request_times.clear()
+            self._tokens, self._refilled = None, time.monotonic()
 
     def over_rpm(self) -> float | None:
-        """Seconds until a slot frees, when the last minute already holds rpm_limit requests."""
+        """Seconds until the next request is allowed, or None when one is allowed now.
+
+        The limit is a token bucket refilled at rpm_limit/60 per second and holding one
+        second's worth, the way hosted APIs enforce a per-minute limit over short periods.
+        """
         if not self.rpm_limit:
             return None
+        rate = self.rpm_limit / 60.0
+        capacity = max(1.0, rate)
         now = time.monotonic()
-        self._window = [t for t in self._window if now - t < 60.0]
-        if len(self._window) >= self.rpm_limit:
-            return 60.0 - (now - self._window[0])
-        self._window.append(now)
-        return None
+        tokens = capacity if self._tokens is None else min(capacity, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return None
+        self._tokens = tokens
+        return (1.0 - tokens) / rate
+
+
+def _logprobs(text: str, p_verdict: float) -> list[dict]:
+    """Token log-probabilities for a whitespace-split answer; verdict words get a rival alternative."""
+    rivals = {"real": "generated", "generated": "real", "fake": "real"}
+    out = []
+    for word in text.split(" "):
+        token = " " + word
+        bare = word.strip(".,:;!").lower()
+        top = [{"token": token, "logprob": 0.0, "bytes": None}]
+        if bare in rivals:
+            top = [
+                {"token": token, "logprob": math.log(p_verdict), "bytes": None},
+                {"token": " " + rivals[bare], "logprob": math.log(1 - p_verdict), "bytes": None},
+            ]
+        out.append({"token": token, "logprob": top[0]["logprob"], "bytes": None, "top_logprobs": top})
+    return out
 
 
 def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
@@ -126,19 +161,31 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return
             with state.lock:
                 state.n_chat += 1
+                state.request_times.append(time.monotonic())
                 if state.keep_bodies:
                     state.bodies.append(body)
                 wait = state.over_rpm()
-                f = state.faults
-                draw = state.rng.random()
             if wait is not None:
                 with state.lock:
                     state.n_429 += 1
                 return self._send(429, {"error": {"message": "rate limited", "type": "requests"}},
                                   {"Retry-After": f"{max(wait, 0.001):.3f}", "retry-after-ms": str(int(wait * 1000))})
+            with state.lock:
+                state.in_flight += 1
+                state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+            try:
+                self._answer(body, length)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def _answer(self, body: dict, length: int) -> None:
+            f = state.faults
+            with state.lock:
+                draw = state.rng.random()
             if state.latency_s:
                 time.sleep(state.latency_s)
-            edges = [("429", f.rate_429), ("500", f.rate_500), ("malformed", f.rate_malformed), ("empty", f.rate_empty), ("drop", f.rate_drop)]
+            edges = [("429", f.rate_429), ("500", f.rate_500), ("malformed", f.rate_malformed), ("empty", f.rate_empty), ("drop", f.rate_drop), ("400", f.rate_400)]
             acc = 0.0
             for name, share in edges:
                 acc += share
@@ -151,16 +198,21 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             with state.lock:
                 state.n_ok += 1
             prompt_tokens = max(1, length // 4)
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            if body.get("logprobs"):
+                choice["logprobs"] = {"content": _logprobs(text, state.verdict_probability)}
             self._send(200, {
                 "id": f"chatcmpl-{state.n_chat}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", state.served_model),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [choice],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "total_tokens": prompt_tokens + len(text.split())},
             })
 
         def _fault(self, name: str, f: Faults) -> None:
             if name == "429":
                 return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": str(f.retry_after_s)})
+            if name == "400":
+                return self._send(400, {"error": {"message": "Invalid image data", "type": "invalid_request_error"}})
             if name == "500":
                 return self._send(500, {"error": {"message": "internal error"}})
             if name == "malformed":
@@ -174,13 +226,23 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # Clients that hang up mid-answer (killed processes, dropped connections) are expected here.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class ChatServer:
     """Run the server in a background thread: ``with ChatServer() as server: server.base_url``."""
 
     def __init__(self, state: ServerState | None = None, host: str = "127.0.0.1", port: int = 0):
         self.state = state or ServerState()
-        self.httpd = ThreadingHTTPServer((host, port), _handler_for(self.state))
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer((host, port), _handler_for(self.state))
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

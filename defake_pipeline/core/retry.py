@@ -1,0 +1,122 @@
+"""The one retry policy of the engine, and the adaptive concurrency limit it feeds.
+
+Transient failures (429, 408, 409, 5xx, dropped connections, timeouts, malformed or empty
+bodies) are retried with full-jitter exponential backoff, or after the server's
+``retry-after-ms`` / ``Retry-After`` when it sends one. A rejected key (401/403) is fatal.
+Anything else (400, 404, 413, 422, ...) is permanent: the image gets an error row.
+
+Concurrency follows AIMD, as inspect_ai, lmms-eval and promptfoo do: a 429 halves the
+limit (once per round of requests, as TCP does per round trip) and pauses new requests
+for the server's Retry-After; each success grows the limit by 1/limit, so by about one
+per round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import openai
+
+ErrorKind = Literal["rate_limited", "transient", "permanent", "fatal"]
+
+
+class EmptyResponseError(ValueError):
+    """A 200 answer with no message content (no choices, or a null message)."""
+
+
+def classify_error(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in (401, 403):
+            return "fatal"
+        if exc.status_code in (408, 409) or exc.status_code >= 500:
+            return "transient"
+        return "permanent"
+    if isinstance(exc, (openai.APIConnectionError, json.JSONDecodeError, EmptyResponseError, openai.APIResponseValidationError)):
+        return "transient"
+    return "permanent"
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or a date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    if (value := headers.get("retry-after")) is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 60.0
+
+    def delay(self, attempt: int, exc: BaseException) -> float:
+        """Wait before retry number ``attempt`` (1-based): the server's word, else full jitter."""
+        asked = retry_after_s(exc)
+        if asked is not None:
+            return min(asked, self.max_delay_s)
+        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
+
+
+class AdaptiveLimiter:
+    """An AIMD bound on requests in flight, shared by every worker querying one model."""
+
+    def __init__(self, max_limit: int, min_limit: int = 1):
+        self.max_limit = max_limit
+        self.min_limit = min_limit
+        self.limit = float(max_limit)
+        self.in_flight = 0
+        self.epoch = 0  # bumped at each decrease; a 429 from an older round does not halve again
+        self.paused_until = 0.0
+        self.n_rate_limited = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> int:
+        async with self._cond:
+            while True:
+                wait = self.paused_until - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(self._cond.wait(), timeout=wait)
+                    except TimeoutError:
+                        pass
+                    continue
+                if self.in_flight < int(self.limit):
+                    self.in_flight += 1
+                    return self.epoch
+                await self._cond.wait()
+
+    async def release(self, epoch: int, outcome: ErrorKind | Literal["ok"], pause_s: float | None = None) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            if outcome == "ok":
+                self.limit = min(self.max_limit, self.limit + 1 / self.limit)
+            elif outcome == "rate_limited":
+                self.n_rate_limited += 1
+                if epoch == self.epoch:
+                    self.limit = max(self.min_limit, self.limit / 2)
+                    self.epoch += 1
+                if pause_s:
+                    self.paused_until = max(self.paused_until, time.monotonic() + pause_s)
+            self._cond.notify_all()
