@@ -38,3 +38,6 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 
 clean:
 	rm -rf outputs .dagster_home
+
+bench: install
+	$(BIN)/python benchmarks/engine_bench.py

@@ -43,4 +43,4 @@ def demo_manifest():
 
 @pytest.fixture
 def demo_jobs(demo_manifest):
-    return jobs_from_manifest(demo_manifest)
+    return list(jobs_from_manifest(demo_manifest))

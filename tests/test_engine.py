@@ -55,6 +55,7 @@ def many_jobs(tmp_path, n):
 def test_aimd_halves_on_429_once_per_round_and_grows_back():
     async def scenario():
         limiter = AdaptiveLimiter(16)
+        limiter.latency_s = 0.0  # as if a first request had come back; otherwise it goes alone
         epochs = [await limiter.acquire() for _ in range(4)]
         for e in epochs:  # four 429s from the same round: one halving
             await limiter.release(e, "rate_limited")
@@ -64,8 +65,8 @@ def test_aimd_halves_on_429_once_per_round_and_grows_back():
         assert limiter.limit == 4
         for _ in range(20):
             e = await limiter.acquire()
-            await limiter.release(e, "ok")
-        assert 7 < limiter.limit <= 16
+            await limiter.release(e, "ok", latency_s=0.001)
+        assert 5.5 < limiter.limit < 7  # half a request per round of `limit` successes
 
     asyncio.run(scenario())
 
@@ -212,3 +213,15 @@ def test_sigkill_midway_resumes_without_asking_again(chat_server, tmp_path):
     # Only the images without a journaled answer were asked about: the lost ones were in flight.
     assert asked_again == 24 - answered_before
     assert sent_before - answered_before <= 4
+
+
+def test_rate_limited_endpoint_is_paced_not_hammered(chat_server, tmp_path):
+    chat_server.state.rpm_limit = 600  # 10 requests a second, one second of burst
+    chat_server.state.latency_s = 0.1
+    preds, evaluator = run(spec_for(chat_server, concurrency=32, backoff_base_s=0.05), many_jobs(tmp_path, 50), tmp_path)
+    state = chat_server.state
+    assert all(p.error is None for p in preds)
+    # 32 requests in flight at 0.1 s would be 320 a second, 97% of them refused; pacing and
+    # AIMD bring the client down to the limit within a few refusals.
+    assert state.n_429 <= 0.35 * state.n_chat
+    assert evaluator.backend.limiter.limit < 32

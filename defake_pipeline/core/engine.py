@@ -347,8 +347,12 @@ async def evaluate(
     *,
     concurrency: int | None = None,
     on_result: Callable[[Prediction], None] | None = None,
+    collect: bool = True,
 ) -> list[Prediction]:
     """Evaluate every job; one bad image or failed request never stops the others.
+
+    With ``collect=False`` nothing is kept: ``on_result`` sees each prediction, and memory
+    holds only the images in flight, whatever the number of images.
 
     A DefakeError (a prompt that cannot render, a rejected API key) stops the run: it
     would fail every image the same way.
@@ -372,7 +376,8 @@ async def evaluate(
                     return
                 except Exception as exc:  # noqa: BLE001 - per-image failures become error rows
                     pred = evaluator.error_prediction(job, _error_text(exc))
-            results.append(pred)
+            if collect:
+                results.append(pred)
             if on_result:
                 on_result(pred)
 

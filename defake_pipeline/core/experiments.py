@@ -10,7 +10,7 @@ import csv
 import os
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from defake_pipeline.core.engine import ImageJob, Prediction, evaluate_sync, mak
 from defake_pipeline.core.errors import DatasetError, DefakeError
 from defake_pipeline.core.images import probe_image
 from defake_pipeline.core.journal import ResponseJournal
+from defake_pipeline.core.manifest import job_key
 from defake_pipeline.core.metrics import ALL_SUBSETS
 from defake_pipeline.core.models import ModelSpec, model_table
 from defake_pipeline.core.paths import HomeLayout
@@ -137,12 +138,11 @@ class RunningAccuracy:
         return {"all": pct(self.right, self.valid), "reals": pct(self.real_right, self.reals), "fakes": pct(self.fake_right, self.fakes)}
 
 
-def jobs_for(images: list[LabeledImage]) -> list[ImageJob]:
-    jobs = []
+def jobs_for(images: list[LabeledImage]) -> Iterator[ImageJob]:
+    """Probe each image as the engine takes it, so hashing overlaps with requests in flight."""
     for item in images:
         probe = probe_image(item.path)
-        jobs.append(ImageJob(path=item.path, sha256=probe.sha256 or f"missing:{item.path}", label=item.label, probe_error=probe.error))
-    return jobs
+        yield ImageJob(path=item.path, sha256=job_key(probe.sha256, str(item.path)), label=item.label, probe_error=probe.error)
 
 
 def run_experiment(

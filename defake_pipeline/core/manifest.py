@@ -7,7 +7,7 @@ modification time are unchanged, so a rescan of unchanged files hashes nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,14 +77,23 @@ def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, prog
     return frame.astype({"label": "int64", "size_bytes": "Int64", "mtime_ns": "Int64", "width": "Int64", "height": "Int64"})
 
 
-def jobs_from_manifest(manifest: pd.DataFrame) -> list[ImageJob]:
-    """One evaluation job per distinct image content (the same bytes are asked about once)."""
-    jobs: dict[str, ImageJob] = {}
-    for row in manifest.itertuples(index=False):
-        key = row.sha256 or f"missing:{row.path}"
-        if key not in jobs:
-            jobs[key] = ImageJob(
-                path=Path(row.path), sha256=key, label=int(row.label),
-                probe_error=row.probe_error if isinstance(row.probe_error, str) and row.probe_error else None,
-            )  # fmt: skip
-    return list(jobs.values())
+def job_key(sha256: str | None, path: str) -> str:
+    """The key an image's predictions are stored under: its sha256, or its path when unreadable."""
+    return sha256 or f"missing:{path}"
+
+
+def jobs_from_manifest(manifest: pd.DataFrame) -> Iterator[ImageJob]:
+    """One evaluation job per distinct image content (the same bytes are asked about once).
+
+    A generator: jobs are made as the engine takes them, so memory holds the manifest only.
+    """
+    seen: set[str] = set()
+    for row in manifest[["path", "sha256", "label", "probe_error"]].itertuples(index=False):
+        key = job_key(row.sha256, row.path)
+        if key in seen:
+            continue
+        seen.add(key)
+        yield ImageJob(
+            path=Path(row.path), sha256=key, label=int(row.label),
+            probe_error=row.probe_error if isinstance(row.probe_error, str) and row.probe_error else None,
+        )  # fmt: skip

@@ -11,11 +11,11 @@ import pandas as pd
 from defake_pipeline.core.datasets import DatasetSpec
 from defake_pipeline.core.engine import Prediction, evaluate_sync, make_evaluator
 from defake_pipeline.core.journal import ResponseJournal
-from defake_pipeline.core.manifest import build_manifest, jobs_from_manifest
+from defake_pipeline.core.manifest import build_manifest, job_key, jobs_from_manifest
 from defake_pipeline.core.models import ModelSpec
 from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.core.prompts import LoadedPrompt
-from defake_pipeline.core.store import predictions_frame, read_manifests, write_parquet_atomic
+from defake_pipeline.core.store import PredictionWriter, read_manifests, write_parquet_atomic
 
 
 @dataclass(frozen=True)
@@ -54,37 +54,40 @@ def prune_manifests(layout: HomeLayout, keep: list[str]) -> list[str]:
     return removed
 
 
-@dataclass(frozen=True)
+@dataclass
 class PartitionSummary:
+    """Totals of one partition run, tallied as predictions arrive."""
+
     model: str
     prompt: str
-    path: Path
-    n_images: int
-    n_requests: int
-    n_errors: int
-    n_unknown: int
-    accuracy: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
+    path: Path | None = None
+    n_images: int = 0
+    n_requests: int = 0
+    n_errors: int = 0
+    n_unknown: int = 0
+    n_valid: int = 0
+    n_correct: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
 
+    def add(self, p: Prediction) -> None:
+        self.n_images += 1
+        self.n_requests += p.n_requests
+        self.prompt_tokens += p.prompt_tokens
+        self.completion_tokens += p.completion_tokens
+        self.cost_usd += p.cost_usd
+        if p.error is not None:
+            self.n_errors += 1
+        elif p.pred == -1:
+            self.n_unknown += 1
+        else:
+            self.n_valid += 1
+            self.n_correct += p.pred == p.label
 
-def summarize(model: str, prompt: str, path: Path, preds: list[Prediction]) -> PartitionSummary:
-    valid = [p for p in preds if p.error is None and p.pred != -1]
-    correct = sum(1 for p in valid if p.pred == p.label)
-    return PartitionSummary(
-        model=model,
-        prompt=prompt,
-        path=path,
-        n_images=len(preds),
-        n_requests=sum(p.n_requests for p in preds),
-        n_errors=sum(1 for p in preds if p.error is not None),
-        n_unknown=sum(1 for p in preds if p.error is None and p.pred == -1),
-        accuracy=correct / len(valid) if valid else None,
-        prompt_tokens=sum(p.prompt_tokens for p in preds),
-        completion_tokens=sum(p.completion_tokens for p in preds),
-        cost_usd=sum(p.cost_usd for p in preds),
-    )
+    @property
+    def accuracy(self) -> float | None:
+        return self.n_correct / self.n_valid if self.n_valid else None
 
 
 def evaluate_partition(
@@ -103,20 +106,30 @@ def evaluate_partition(
     """
     manifest = read_manifests(layout)
     chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
+    target = layout.predictions_file(spec.key, prompt.key)
+    summary = PartitionSummary(model=spec.key, prompt=prompt.key, path=target)
+    writer = PredictionWriter(target)
     journal = ResponseJournal(layout.journal)
+
+    def record(pred: Prediction) -> None:
+        writer.add(pred.as_row())
+        summary.add(pred)
+        if on_result:
+            on_result(pred)
+
     try:
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-        preds = evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=on_result)
+        evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=record, collect=False)
+        if datasets and target.exists():
+            # Earlier rows for images of other datasets stay, while those images are still listed.
+            fresh = {job_key(s, p) for s, p in zip(chosen["sha256"], chosen["path"], strict=True)}
+            kept = pd.read_parquet(target)
+            kept = kept[~kept["image_sha256"].isin(fresh) & kept["image_sha256"].isin(set(manifest["sha256"].dropna()))]
+            writer.add_frame(kept)
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
     finally:
         journal.close()
-    rows = [p.as_row() for p in preds]
-    target = layout.predictions_file(spec.key, prompt.key)
-    if datasets and target.exists():
-        fresh = {r["image_sha256"] for r in rows}
-        still_listed = set(manifest["sha256"].dropna())
-        kept = pd.read_parquet(target)
-        kept = kept[~kept["image_sha256"].isin(fresh) & kept["image_sha256"].isin(still_listed)]
-        rows = kept.to_dict("records") + rows
-    rows.sort(key=lambda r: r["path"])
-    write_parquet_atomic(predictions_frame(rows), target)
-    return summarize(spec.key, prompt.key, target, preds)
+    return summary

@@ -7,8 +7,7 @@ Anything else (400, 404, 413, 422, ...) is permanent: the image gets an error ro
 
 Concurrency follows AIMD, as inspect_ai, lmms-eval and promptfoo do: a 429 halves the
 limit (once per round of requests, as TCP does per round trip) and pauses new requests
-for the server's Retry-After; each success grows the limit by 1/limit, so by about one
-per round.
+for the server's Retry-After; successes grow it back by half a request per round.
 """
 
 from __future__ import annotations
@@ -80,7 +79,21 @@ class RetryPolicy:
 
 
 class AdaptiveLimiter:
-    """An AIMD bound on requests in flight, shared by every worker querying one model."""
+    """An AIMD bound on requests in flight, shared by every worker querying one model.
+
+    Starts are also paced, one every ``latency / limit`` seconds, so requests reach the
+    server spread out rather than in bursts: when a rate limit is hit, the 429 comes back
+    before more than a request or two are on their way, and the pause stops the rest. The
+    first request goes alone, to learn the latency.
+    """
+
+    _LATENCY_WEIGHT = 0.2  # EWMA weight of the newest latency sample
+    # Starts may run at up to twice the rate the limit sustains, so pacing never becomes the
+    # bottleneck while still spreading requests out.
+    PACING_HEADROOM = 2.0
+    # Additive increase: the limit grows by this much per round of `limit` successes. Half a
+    # request per round keeps 429s under 5% against a token-bucket rate limit (make bench).
+    GROWTH_PER_ROUND = 0.5
 
     def __init__(self, max_limit: int, min_limit: int = 1):
         self.max_limit = max_limit
@@ -89,29 +102,47 @@ class AdaptiveLimiter:
         self.in_flight = 0
         self.epoch = 0  # bumped at each decrease; a 429 from an older round does not halve again
         self.paused_until = 0.0
+        self.next_start = 0.0
+        self.latency_s: float | None = None
         self.n_rate_limited = 0
         self._cond = asyncio.Condition()
+
+    def _wait_s(self, now: float) -> float | None:
+        """How long the next start must wait (None: until a release)."""
+        if self.paused_until > now:
+            return self.paused_until - now
+        if self.in_flight >= int(self.limit) or (self.latency_s is None and self.in_flight > 0):
+            return None
+        if self.next_start > now:
+            return self.next_start - now
+        return 0.0
 
     async def acquire(self) -> int:
         async with self._cond:
             while True:
-                wait = self.paused_until - time.monotonic()
-                if wait > 0:
-                    try:
-                        await asyncio.wait_for(self._cond.wait(), timeout=wait)
-                    except TimeoutError:
-                        pass
-                    continue
-                if self.in_flight < int(self.limit):
-                    self.in_flight += 1
-                    return self.epoch
-                await self._cond.wait()
+                now = time.monotonic()
+                wait = self._wait_s(now)
+                if wait == 0.0:
+                    break
+                try:
+                    await asyncio.wait_for(self._cond.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+            self.in_flight += 1
+            spacing = (self.latency_s or 0.0) / (self.PACING_HEADROOM * self.limit)
+            self.next_start = max(now, self.next_start) + spacing
+            return self.epoch
 
-    async def release(self, epoch: int, outcome: ErrorKind | Literal["ok"], pause_s: float | None = None) -> None:
+    async def release(
+        self, epoch: int, outcome: ErrorKind | Literal["ok"], pause_s: float | None = None, latency_s: float | None = None
+    ) -> None:
         async with self._cond:
             self.in_flight -= 1
+            if latency_s is not None and outcome != "rate_limited":
+                w = self._LATENCY_WEIGHT
+                self.latency_s = latency_s if self.latency_s is None else (1 - w) * self.latency_s + w * latency_s
             if outcome == "ok":
-                self.limit = min(self.max_limit, self.limit + 1 / self.limit)
+                self.limit = min(self.max_limit, self.limit + self.GROWTH_PER_ROUND / self.limit)
             elif outcome == "rate_limited":
                 self.n_rate_limited += 1
                 if epoch == self.epoch:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from defake_pipeline.core.metrics import METRICS_SQL, SCORED_VIEW_SQL
 from defake_pipeline.core.paths import HomeLayout
@@ -37,6 +39,65 @@ def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("image_sha256", pa.string()), ("path", pa.string()), ("label", pa.int64()), ("verdict", pa.string()),
+        ("pred", pa.int64()), ("score", pa.float64()), ("response", pa.string()), ("turns", pa.string()),
+        ("latency_s", pa.float64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+        ("cost_usd", pa.float64()), ("n_requests", pa.int64()), ("error", pa.string()), ("model", pa.string()),
+        ("model_id", pa.string()), ("prompt", pa.string()), ("prompt_hash", pa.string()), ("created_at", pa.string()),
+    ]
+)  # fmt: skip
+assert PREDICTION_SCHEMA.names == PREDICTION_COLUMNS
+
+
+class PredictionWriter:
+    """Streams prediction rows to a partition's Parquet file in batches, so memory stays flat.
+
+    Rows go to a temporary file that replaces the target only on ``commit``; a crash
+    leaves the previous partition file untouched (the journal keeps every answer).
+    """
+
+    BATCH_ROWS = 2000
+
+    def __init__(self, target: Path):
+        self.target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".parquet.tmp", dir=target.parent)
+        os.close(fd)
+        self._writer = pq.ParquetWriter(self._tmp, PREDICTION_SCHEMA)
+        self._batch: list[dict] = []
+        self.n_rows = 0
+
+    def add(self, row: dict) -> None:
+        self._batch.append(row)
+        if len(self._batch) >= self.BATCH_ROWS:
+            self._flush()
+
+    def add_frame(self, frame: pd.DataFrame) -> None:
+        """Rows read back from an earlier partition file (pandas NaN becomes null)."""
+        self._flush()
+        self._writer.write_table(pa.Table.from_pandas(frame[PREDICTION_COLUMNS], schema=PREDICTION_SCHEMA, preserve_index=False))
+        self.n_rows += len(frame)
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=PREDICTION_SCHEMA))
+            self.n_rows += len(self._batch)
+            self._batch = []
+
+    def commit(self) -> Path:
+        self._flush()
+        self._writer.close()
+        os.replace(self._tmp, self.target)
+        return self.target
+
+    def discard(self) -> None:
+        self._writer.close()
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)
 
 
 def predictions_frame(rows: list[dict]) -> pd.DataFrame:

@@ -62,6 +62,7 @@ class ServerState:
     n_ok: int = 0
     n_429: int = 0
     n_faults: int = 0
+    bytes_received: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
     request_times: list[float] = field(default_factory=list)
@@ -75,11 +76,15 @@ class ServerState:
 
     def reset_counters(self) -> None:
         with self.lock:
-            self.n_chat = self.n_models = self.n_ok = self.n_429 = self.n_faults = 0
+            self.n_chat = self.n_models = self.n_ok = self.n_429 = self.n_faults = self.bytes_received = 0
             self.peak_in_flight = 0
             self.bodies.clear()
             self.request_times.clear()
             self._tokens, self._refilled = None, time.monotonic()
+
+    def counters(self) -> dict:
+        names = ("n_chat", "n_models", "n_ok", "n_429", "n_faults", "bytes_received", "peak_in_flight")
+        return {n: getattr(self, n) for n in names}
 
     def over_rpm(self) -> float | None:
         """Seconds until the next request is allowed, or None when one is allowed now.
@@ -121,6 +126,9 @@ def _logprobs(text: str, p_verdict: float) -> list[dict]:
 def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes; without this, Nagle's algorithm holds the
+        # body back for the client's delayed ACK (~40 ms a request).
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):  # keep test output clean
             pass
@@ -144,6 +152,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             return False
 
         def do_GET(self):
+            if self.path == "/stats":
+                with state.lock:
+                    return self._send(200, state.counters())
             if not self.path.rstrip("/").endswith("/models"):
                 return self._send(404, {"error": {"message": "not found"}})
             if not self._authorized():
@@ -155,11 +166,17 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/reset":
+                state.reset_counters()
+                state.latency_s = float(body.get("latency_s", state.latency_s))
+                state.rpm_limit = body.get("rpm_limit", state.rpm_limit)
+                return self._send(200, {})
             if not self.path.rstrip("/").endswith("/chat/completions"):
                 return self._send(404, {"error": {"message": "not found"}})
             if not self._authorized():
                 return
             with state.lock:
+                state.bytes_received += length
                 state.n_chat += 1
                 state.request_times.append(time.monotonic())
                 if state.keep_bodies:
@@ -228,6 +245,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # benchmarks open 64+ connections at once
 
     def handle_error(self, request, client_address):
         # Clients that hang up mid-answer (killed processes, dropped connections) are expected here.
@@ -263,3 +281,17 @@ class ChatServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    # Standalone, for benchmarks: prints "PORT <n>" and serves until killed.
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rpm", type=int, default=None)
+    args = parser.parse_args()
+    server = ChatServer(ServerState(latency_s=args.latency, rpm_limit=args.rpm, keep_bodies=False), port=args.port)
+    print(f"PORT {server.httpd.server_address[1]}", flush=True)
+    server.httpd.serve_forever()
