@@ -63,6 +63,7 @@ class PartitionSummary:
     path: Path | None = None
     n_images: int = 0
     n_requests: int = 0
+    n_cached: int = 0  # images answered entirely from the journal
     n_errors: int = 0
     n_unknown: int = 0
     n_valid: int = 0
@@ -77,6 +78,8 @@ class PartitionSummary:
         self.prompt_tokens += p.prompt_tokens
         self.completion_tokens += p.completion_tokens
         self.cost_usd += p.cost_usd
+        if p.error is None and p.n_requests == 0:
+            self.n_cached += 1
         if p.error is not None:
             self.n_errors += 1
         elif p.pred == -1:

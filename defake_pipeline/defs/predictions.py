@@ -27,14 +27,15 @@ def predictions(
         store.layout(), spec, prompt, api_key=endpoint.api_key, datasets=config.datasets, max_cost_usd=config.max_cost_usd
     )
     context.log.info(
-        f"{summary.n_images} images: {summary.n_requests} answered now, the rest cached; {summary.n_errors} errors, "
+        f"{summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new requests; "
+        f"{summary.n_errors} errors, "
         f"{summary.n_unknown} unknown"
     )
     return dg.MaterializeResult(
         metadata={
             "n_images": summary.n_images,
             "n_requests": summary.n_requests,
-            "n_cached": summary.n_images - summary.n_requests - summary.n_errors,
+            "n_cached": summary.n_cached,
             "n_errors": summary.n_errors,
             "n_unknown": summary.n_unknown,
             "accuracy": dg.MetadataValue.float(summary.accuracy) if summary.accuracy is not None else None,
