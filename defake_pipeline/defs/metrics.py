@@ -11,7 +11,17 @@ from defake_pipeline.defs.resources import DefakeStore
 DUCKDB_WRITER_POOL = "duckdb_writer"
 
 
-@dg.asset(group_name="evaluation", deps=[predictions], kinds={"duckdb"}, pool=DUCKDB_WRITER_POOL)
+# Metrics and reports follow the predictions on their own, unless a blocking check failed.
+FOLLOW_UPSTREAM = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+@dg.asset(
+    group_name="evaluation",
+    deps=[predictions],
+    kinds={"duckdb"},
+    pool=DUCKDB_WRITER_POOL,
+    automation_condition=FOLLOW_UPSTREAM,
+)
 def metrics(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
     """Metrics per dataset × model × prompt × subset, computed in SQL (tables image_manifest, predictions, metrics)."""
     layout = store.layout()

@@ -4,7 +4,7 @@ import dagster as dg
 
 from defake_pipeline.core.reports import write_leaderboard, write_report
 from defake_pipeline.core.store import query
-from defake_pipeline.defs.metrics import metrics
+from defake_pipeline.defs.metrics import FOLLOW_UPSTREAM, metrics
 from defake_pipeline.defs.partitions import model_prompt_partitions
 from defake_pipeline.defs.resources import DefakeStore
 
@@ -19,7 +19,13 @@ def _md_metadata(text: str, path) -> dg.MetadataValue:
     return dg.MetadataValue.md(text)
 
 
-@dg.asset(group_name="evaluation", partitions_def=model_prompt_partitions, deps=[metrics], kinds={"markdown"})
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=model_prompt_partitions,
+    deps=[metrics],
+    kinds={"markdown"},
+    automation_condition=FOLLOW_UPSTREAM,
+)
 def model_report(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
     """The report of one model × prompt: metrics, confusion matrix, wrong then correct predictions."""
     keys = context.partition_key.keys_by_dimension
@@ -37,7 +43,7 @@ def model_report(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.Ma
     )
 
 
-@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"})
+@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_UPSTREAM)
 def leaderboard(store: DefakeStore) -> dg.MaterializeResult:
     """Every model × prompt ranked per dataset, with accuracy intervals and cost."""
     path, text = write_leaderboard(store.layout())

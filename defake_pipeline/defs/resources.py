@@ -32,6 +32,17 @@ class ModelEndpoint(dg.ConfigurableResource):
         return spec
 
 
+class QualityGate(dg.ConfigurableResource):
+    """Thresholds of the blocking checks on each predictions partition.
+
+    A partition over either rate fails its check, and metrics and reports do not update from
+    it: a broken endpoint or a prompt the model cannot answer never reaches the leaderboard.
+    """
+
+    max_error_rate: float = 0.2
+    max_unknown_rate: float = 0.5
+
+
 def _env_or_none(name: str) -> dg.EnvVar | None:
     # EnvVar fails a run when its variable is unset; baselines need no key, so an unset
     # variable leaves the field empty instead.
@@ -46,4 +57,5 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             base_url=_env_or_none("BASE_URL"),
             openai_base_url=_env_or_none("OPENAI_BASE_URL"),
         ),
+        "quality": QualityGate(),
     }

@@ -26,7 +26,7 @@ def materialize_evaluation(
     Each step is its own run, so all of them appear in the UI's run list and asset history.
     """
     register_partitions(instance, models, prompts)
-    resources = resources or default_resources()
+    resources = {**default_resources(), **(resources or {})}
     keys = [partition_key(m, p) for m in models for p in prompts]
 
     selection = {"config": {"datasets": list(datasets or [])}}

@@ -1,0 +1,22 @@
+"""Periodic reevaluation: refresh the manifests; predictions, metrics and reports follow."""
+
+import os
+
+import dagster as dg
+
+from defake_pipeline.defs.manifests import image_manifest
+
+# Daily at 03:00 by default; set DEFAKE_NIGHTLY_CRON to change it.
+NIGHTLY_CRON = os.environ.get("DEFAKE_NIGHTLY_CRON", "0 3 * * *")
+
+
+@dg.schedule(cron_schedule=NIGHTLY_CRON, target=[image_manifest], default_status=dg.DefaultScheduleStatus.RUNNING)
+def nightly_reevaluation(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Rescan every dataset. ``predictions_after_manifest_sensor`` then re-asks every model ×
+    prompt (paying only for images the journal lacks), and the automation conditions on
+    ``metrics``, ``model_report`` and ``leaderboard`` bring the tables and reports up to date."""
+    return dg.RunRequest(
+        run_key=f"nightly:{context.scheduled_execution_time.isoformat()}",
+        asset_selection=[image_manifest.key],
+        tags={"defake/trigger": "nightly_reevaluation"},
+    )

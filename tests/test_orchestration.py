@@ -1,0 +1,213 @@
+"""Sensors, schedule, checks, automation and parallel partition runs, on real Dagster instances."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.definitions import defs
+from defake_pipeline.defs.partitions import register_partitions
+from defake_pipeline.defs.runs import materialize_evaluation
+from defake_pipeline.defs.schedules import nightly_reevaluation
+from defake_pipeline.defs.sensors import (
+    model_registry_sensor,
+    new_images_sensor,
+    predictions_after_manifest_sensor,
+    prompt_files_sensor,
+)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, defake_home):
+    """A working directory with its own datasets/, prompts/ and models.toml (read before the project's)."""
+    root = tmp_path / "proj"
+    for label, colour in (("real", "white"), ("fake", "gray")):
+        (root / "data" / label).mkdir(parents=True)
+        Image.new("RGB", (32, 32), colour).save(root / "data" / label / "a.png")
+    (root / "datasets").mkdir()
+    (root / "datasets" / "local.toml").write_text('layout = "real_fake"\nroot = "../data"\n')
+    (root / "prompts").mkdir()
+    shutil.copy(REPO / "prompts" / "simple.json", root / "prompts" / "mine.json")
+    (root / "models.toml").write_text('registered = ["canny"]\n')
+    monkeypatch.chdir(root)
+    return root
+
+
+def tick(sensor, instance, cursor=None):
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+
+def test_new_images_sensor_cases(project):
+    instance = dg.DagsterInstance.ephemeral()
+    first = tick(new_images_sensor, instance)
+    assert {r.run_key.split(":")[1] for r in first.run_requests} == {"demo", "local"}
+    assert all(r.asset_selection == [dg.AssetKey("image_manifest")] for r in first.run_requests)
+    cursor = first.cursor
+
+    nothing = tick(new_images_sensor, instance, cursor)
+    assert isinstance(nothing, dg.SkipReason) and "no images added" in nothing.skip_message
+
+    Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")  # a new image
+    added = tick(new_images_sensor, instance, cursor)
+    [request] = added.run_requests
+    assert request.run_config["ops"]["image_manifest"]["config"]["datasets"] == ["local"]
+
+    os.utime(project / "data" / "real" / "a.png", ns=(1, 1))  # a changed image (new mtime)
+    changed = tick(new_images_sensor, instance, added.cursor)
+    assert [r.tags["defake/dataset"] for r in changed.run_requests] == ["local"]
+    assert changed.run_requests[0].run_key != request.run_key  # keys follow content
+
+    # A reset cursor asks again with the same content-derived keys (Dagster skips launched ones).
+    again = tick(new_images_sensor, instance, None)
+    assert changed.run_requests[0].run_key in {r.run_key for r in again.run_requests}
+
+
+def test_manifest_then_predictions_for_every_registered_pair(project):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny", "qwen2vl"], ["mine", "simple"])
+    assert isinstance(tick(predictions_after_manifest_sensor, instance), dg.SkipReason)
+    dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources)
+    result = tick(predictions_after_manifest_sensor, instance)
+    keys = {r.partition_key for r in result.run_requests}
+    assert keys == {"canny|mine", "canny|simple", "qwen2vl|mine", "qwen2vl|simple"}
+    assert isinstance(tick(predictions_after_manifest_sensor, instance, result.cursor), dg.SkipReason)
+
+
+def test_prompt_files_sensor_cases(project):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny", "qwen2vl"], [])
+    first = tick(prompt_files_sensor, instance)
+    added = first.dynamic_partitions_requests[0].partition_keys
+    assert "mine" in added and "simple" in added
+    assert {r.partition_key for r in first.run_requests if r.partition_key.endswith("|mine")} == {"canny|mine", "qwen2vl|mine"}
+    assert isinstance(tick(prompt_files_sensor, instance, first.cursor), dg.SkipReason)
+
+    (project / "prompts" / "new.json").write_text((REPO / "prompts" / "common_sense.json").read_text())
+    new = tick(prompt_files_sensor, instance, first.cursor)
+    assert new.dynamic_partitions_requests[0].partition_keys == ["new"]
+    assert {r.partition_key for r in new.run_requests} == {"canny|new", "qwen2vl|new"}
+
+    data = json.loads((project / "prompts" / "mine.json").read_text())
+    data["conversations"][0]["payload"][1][1] = "Photograph, or made by a model?"
+    (project / "prompts" / "mine.json").write_text(json.dumps(data))
+    changed = tick(prompt_files_sensor, instance, new.cursor)
+    assert {r.partition_key for r in changed.run_requests} == {"canny|mine", "qwen2vl|mine"}  # that prompt only
+    assert not changed.dynamic_partitions_requests
+
+    (project / "prompts" / "broken.json").write_text("{ not json")
+    bad = tick(prompt_files_sensor, instance, changed.cursor)
+    assert isinstance(bad, dg.SkipReason) and "broken.json" in bad.skip_message and "invalid JSON" in bad.skip_message
+    (project / "prompts" / "other.json").write_text((REPO / "prompts" / "stereotype.json").read_text())
+    mixed = tick(prompt_files_sensor, instance, changed.cursor)  # the bad file does not hold the others back
+    assert mixed.dynamic_partitions_requests[0].partition_keys == ["other"]
+
+
+def test_model_registry_sensor(project):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, [], ["mine"])
+    first = tick(model_registry_sensor, instance)
+    assert first.dynamic_partitions_requests[0].partition_keys == ["canny"]
+    assert [r.partition_key for r in first.run_requests] == ["canny|mine"]
+    register_partitions(instance, ["canny"], [])
+    assert isinstance(tick(model_registry_sensor, instance), dg.SkipReason)
+
+
+def test_nightly_schedule_refreshes_manifests():
+    context = dg.build_schedule_context(scheduled_execution_time=__import__("datetime").datetime(2026, 11, 24, 3))
+    request = nightly_reevaluation(context)
+    assert request.asset_selection == [dg.AssetKey("image_manifest")]
+    assert nightly_reevaluation.cron_schedule == "0 3 * * *"
+    assert request.run_key == "nightly:2026-11-24T03:00:00"
+
+
+def test_checks_flag_leaks_unreadable_and_generator_metadata(project):
+    from PIL.PngImagePlugin import PngInfo
+
+    shutil.copy(project / "data" / "real" / "a.png", project / "data" / "fake" / "leak.png")  # same bytes, both labels
+    (project / "data" / "real" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    info = PngInfo()
+    info.add_text("parameters", "a cat, Steps: 20, Sampler: Euler a")
+    Image.new("RGB", (8, 8), "red").save(project / "data" / "real" / "sd.png", pnginfo=info)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources, raise_on_error=False)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["no_label_leak"].passed and checks["no_label_leak"].metadata["n_images"].value == 2
+    assert not checks["readable_images"].passed and checks["readable_images"].severity == dg.AssetCheckSeverity.WARN
+    assert not checks["no_generator_metadata_on_real"].passed
+    assert "PNG text chunk 'parameters'" in checks["no_generator_metadata_on_real"].metadata["examples"].value
+
+
+def test_failing_prediction_check_blocks_metrics(defake_home, chat_server):
+    from defake_pipeline.defs.resources import ModelEndpoint, QualityGate
+
+    chat_server.state.faults.rate_400 = 1.0  # every request refused
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["qwen2vl"], ["simple"])
+    resources = {**defs.resources, "endpoint": ModelEndpoint(base_url=chat_server.base_url), "quality": QualityGate()}
+    assets = [defs.get_assets_def(k) for k in ("image_manifest", "predictions", "metrics")]
+    result = dg.materialize(assets, instance=instance, resources=resources, partition_key="qwen2vl|simple", raise_on_error=False)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["error_rate_below_threshold"] is False
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "predictions" in materialized and "metrics" not in materialized
+
+
+def test_automation_makes_metrics_and_reports_follow_predictions(defake_home):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny"], ["simple"])
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert quiet.total_requested == 0
+    dg.materialize([defs.get_assets_def(k) for k in ("image_manifest", "predictions")], instance=instance,
+                   resources=defs.resources, partition_key="canny|simple")  # fmt: skip
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert result.get_num_requested(dg.AssetKey("metrics")) == 1
+    assert result.get_num_requested(dg.AssetKey("leaderboard")) == 1  # in the same run as metrics
+    assert result.get_num_requested(dg.AssetKey("predictions")) == 0  # paid work is never automatic
+    dg.materialize([defs.get_assets_def(k) for k in ("metrics", "leaderboard")], instance=instance, resources=defs.resources)
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    # The partitioned report runs apart from the unpartitioned metrics, once they have landed.
+    assert after.get_num_requested(dg.AssetKey("model_report")) == 1
+
+
+def test_parallel_partition_runs_land_every_row(defake_home, tmp_path):
+    """Three partitions and two warehouse rebuilds at once, as separate processes on one instance."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(defake_home)}
+    instance = dg.DagsterInstance.from_config(str(home))
+    register_partitions(instance, ["canny"], ["simple", "common_sense", "fusion"])
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    base = [dagster, "asset", "materialize", "-m", "defake_pipeline.definitions"]
+    subprocess.run([*base, "--select", "image_manifest"], env=env, cwd=REPO, check=True, capture_output=True)
+    procs = [subprocess.Popen([*base, "--select", "predictions", "--partition", f"canny|{p}"], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for p in ("simple", "common_sense", "fusion")]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    procs = [subprocess.Popen([*base, "--select", "metrics"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert not any("Could not set lock" in o or "Conflicting lock" in o for o in outputs)
+    with duckdb.connect(str(HomeLayout(defake_home).warehouse), read_only=True) as con:
+        rows = dict(con.execute("SELECT prompt, count(*) FROM predictions GROUP BY prompt").fetchall())
+    assert rows == {"simple": 16, "common_sense": 16, "fusion": 16}
+
+
+def test_a_run_honours_defake_home(tmp_path, monkeypatch):
+    target = tmp_path / "elsewhere"
+    monkeypatch.setenv("DEFAKE_HOME", str(target))
+    monkeypatch.chdir(tmp_path)
+    materialize_evaluation(dg.DagsterInstance.ephemeral(), ["canny"], ["simple"])
+    assert (target / "defake.duckdb").exists() and (target / "reports" / "leaderboard.md").exists()
+    assert not (tmp_path / "outputs").exists()
