@@ -41,3 +41,4 @@ clean:
 
 bench: install
 	$(BIN)/python benchmarks/engine_bench.py
+	$(BIN)/python benchmarks/rescan_bench.py

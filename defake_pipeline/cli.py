@@ -183,7 +183,8 @@ def doc(experiment: str, summarize_to: str | None) -> None:
 @click.option("-m", "--model", "models", multiple=True, help="Model name (repeatable). Default: models.toml's registered list.")
 @click.option("-p", "--prompt", "prompts", multiple=True, help="Prompt name or path (repeatable). Default: every prompt file.")
 @click.option("-d", "--dataset", "datasets", multiple=True, help="Only refresh and evaluate these datasets (repeatable). Default: all.")
-def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...]) -> None:
+@click.option("-j", "--parallel", type=click.IntRange(min=1), default=2, show_default=True, help="Prediction partitions run at once, each in its own process.")
+def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...], parallel: int) -> None:
     """Materialize the asset graph for the chosen model × prompt partitions on the local Dagster instance."""
     from defake_pipeline.core.datasets import get_dataset
     from defake_pipeline.core.models import get_model, registered_models
@@ -197,7 +198,7 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
     dataset_keys = [get_dataset(d).key for d in datasets]
     click.echo(f"materializing {len(model_keys)} model(s) × {len(prompt_keys)} prompt(s): "
                f"{', '.join(model_keys)} × {', '.join(prompt_keys)}", err=True)
-    materialize_evaluation(local_instance(), model_keys, prompt_keys, datasets=dataset_keys)
+    materialize_evaluation(local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel)
     layout = HomeLayout()
     click.echo(layout.leaderboard_file.read_text(encoding="utf-8"))
     for m in model_keys:

@@ -1,5 +1,8 @@
 """Materializing the graph for chosen partitions, in process, on a given instance (used by the CLI)."""
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import dagster as dg
 
 from defake_pipeline.defs.manifests import image_manifest
@@ -20,10 +23,13 @@ def materialize_evaluation(
     prompts: list[str],
     resources: dict | None = None,
     datasets: list[str] | None = None,
+    max_parallel: int = 1,
 ) -> list[dg.ExecuteInProcessResult]:
     """Manifest, then every model × prompt partition, then the warehouse, reports and leaderboard.
 
     Each step is its own run, so all of them appear in the UI's run list and asset history.
+    With ``max_parallel`` > 1 on a persistent instance, prediction partitions run in that
+    many processes at once (they share only the journal, which takes concurrent writers).
     """
     register_partitions(instance, models, prompts)
     resources = {**default_resources(), **(resources or {})}
@@ -38,7 +44,26 @@ def materialize_evaluation(
         )
 
     results = [run([image_manifest])]
-    results += [run([predictions], key) for key in keys]
+    if max_parallel > 1 and len(keys) > 1 and not instance.is_ephemeral:
+        _run_partitions_in_processes(keys, datasets or [], max_parallel)
+    else:
+        results += [run([predictions], key) for key in keys]
     results.append(run([metrics, leaderboard]))
     results += [run([model_report], key) for key in keys]
     return results
+
+
+def _materialize_partition(key: str, datasets: list[str]) -> str:
+    """One predictions partition in a worker process, on the DAGSTER_HOME instance."""
+    instance = dg.DagsterInstance.get()
+    config = {**_QUIET_CONSOLE, "ops": {"predictions": {"config": {"datasets": datasets}}}}
+    dg.materialize([predictions], instance=instance, resources=default_resources(), partition_key=key, run_config=config)
+    return key
+
+
+def _run_partitions_in_processes(keys: list[dg.MultiPartitionKey], datasets: list[str], max_parallel: int) -> None:
+    # spawn, not fork: the parent holds Dagster and DuckDB state that must not be shared.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max_parallel, mp_context=context) as pool:
+        for future in [pool.submit(_materialize_partition, str(k), datasets) for k in keys]:
+            future.result()
