@@ -7,8 +7,9 @@ from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.core.store import predictions_frame, query, rebuild_warehouse, write_parquet_atomic
 
 
-def craft(tmp_path, rows):
-    """rows: (label, pred, error) per image; all in one dataset and subset."""
+def craft(tmp_path, rows, scores=None, extra_partitions=None):
+    """rows: (label, pred, error) per image in dataset d, model m, prompt p; scores: P(fake) per row.
+    extra_partitions: {(model, prompt): [pred per row]} for comparisons on the same images."""
     layout = HomeLayout(tmp_path / "home")
     manifest = pd.DataFrame(
         [
@@ -22,13 +23,16 @@ def craft(tmp_path, rows):
     preds = predictions_frame(
         [
             {"image_sha256": f"sha{i}", "path": f"/img/{i}.png", "label": label, "verdict": {1: "real", 0: "fake", -1: "unknown"}[pred],
-             "pred": pred, "score": None, "response": "", "turns": "[]", "latency_s": 0.1 * (i + 1), "prompt_tokens": 10,
+             "pred": pred, "score": scores[i] if scores else None, "response": "", "turns": "[]", "latency_s": 0.1 * (i + 1), "prompt_tokens": 10,
              "completion_tokens": 2, "cost_usd": 0.001, "n_requests": 1, "error": err, "model": "m", "model_id": "m",
              "prompt": "p", "prompt_hash": "h", "created_at": "t"}
             for i, (label, pred, err) in enumerate(rows)
         ]
     )
     write_parquet_atomic(preds, layout.predictions_file("m", "p"))
+    for (model, prompt), other_preds in (extra_partitions or {}).items():
+        other = preds.assign(pred=other_preds, model=model, prompt=prompt, error=None)
+        write_parquet_atomic(other, layout.predictions_file(model, prompt))
     rebuild_warehouse(layout)
     return query(layout, "SELECT * FROM metrics WHERE subset = 'all'").iloc[0]
 
@@ -60,3 +64,62 @@ def test_subsets_and_all_rows(tmp_path):
     craft(tmp_path, layout_rows)
     subsets = query(HomeLayout(tmp_path / "home"), "SELECT subset, n_images, accuracy FROM metrics ORDER BY subset")
     assert subsets.to_dict("list") == {"subset": ["all", "g1", "g2"], "n_images": [4, 2, 2], "accuracy": [0.75, 1.0, 0.5]}
+
+
+def test_perfect_and_inverted_predictions(tmp_path):
+    perfect = craft(tmp_path / "a", [(1, 1, None), (1, 1, None), (0, 0, None)])
+    assert (perfect.accuracy, perfect.precision, perfect.recall, perfect.f1, perfect.balanced_accuracy) == (1, 1, 1, 1, 1)
+    inverted = craft(tmp_path / "b", [(1, 0, None), (1, 0, None), (0, 1, None)])
+    assert (inverted.accuracy, inverted.precision, inverted.recall, inverted.real_accuracy, inverted.fake_accuracy) == (0, 0, 0, 0, 0)
+    assert inverted.f1 == 0 and inverted.accuracy_high < 0.6
+
+
+def test_one_class_missing(tmp_path):
+    m = craft(tmp_path, [(1, 1, None), (1, 0, None)], scores=[0.2, 0.7])
+    assert m.n_fake == 0 and m.accuracy == 0.5 and m.real_accuracy == 0.5
+    assert pd.isna(m.fake_accuracy) and pd.isna(m.balanced_accuracy)
+    assert pd.isna(m.auc) and pd.isna(m.average_precision)  # no fake images: undefined, not 0
+
+
+@pytest.mark.parametrize(
+    ("fake_scores", "real_scores", "auc", "ap"),
+    [
+        ([0.9, 0.8], [0.1, 0.2], 1.0, 1.0),  # perfect ranking
+        ([0.1, 0.2], [0.9, 0.8], 0.0, 0.5 * (1 / 3) + 0.5 * (2 / 4)),  # inverted
+        ([0.5, 0.5], [0.5, 0.5], 0.5, 0.5),  # all tied
+        ([0.8, 0.5], [0.5, 0.2], 3.5 / 4, 0.5 * 1 + 0.5 * (2 / 3)),  # one tie across classes counts half
+    ],
+)
+def test_auc_and_average_precision_by_hand(tmp_path, fake_scores, real_scores, auc, ap):
+    rows = [(0, 0, None)] * len(fake_scores) + [(1, 1, None)] * len(real_scores)
+    m = craft(tmp_path, rows, scores=fake_scores + real_scores)
+    assert m.n_scored == 4
+    assert m.auc == pytest.approx(auc) and m.average_precision == pytest.approx(ap)
+
+
+def test_errors_carry_no_score_into_auc(tmp_path):
+    m = craft(tmp_path, [(0, 0, None), (1, 1, None), (0, -1, "APIError: 500")], scores=[0.9, 0.1, 0.0])
+    assert m.n_scored == 2 and m.auc == 1.0
+
+
+def test_wilson_interval_by_hand(tmp_path):
+    m = craft(tmp_path, [(1, 1, None)] * 8 + [(1, 0, None)] * 2)
+    z, n, p = 1.959963984540054, 10, 0.8
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    assert m.accuracy_low == pytest.approx(centre - half) and m.accuracy_high == pytest.approx(centre + half)
+    assert m.real_accuracy_low == pytest.approx(centre - half)
+
+
+def test_mcnemar_exact_and_comparison_table(tmp_path):
+    from defake_pipeline.core.metrics import mcnemar_exact_p
+
+    assert mcnemar_exact_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(5, 5) == 1.0
+    # m/p right on all 12; m2/p right on 2 of them: only_a_right = 10, only_b_right = 0.
+    rows = [(1, 1, None)] * 6 + [(0, 0, None)] * 6
+    other = [1, 1] + [0] * 4 + [1] * 6  # right on 2 reals, wrong on 4 reals and on all 6 fakes
+    craft(tmp_path, rows, extra_partitions={("m2", "p"): other})
+    table = query(HomeLayout(tmp_path / "home"), "SELECT * FROM comparisons")
+    row = table.iloc[0]
+    assert (row.model_a, row.model_b, row.n_images, row.both_right, row.only_a_right, row.only_b_right) == ("m", "m2", 12, 2, 10, 0)
+    assert row.mcnemar_p == pytest.approx(2 / 1024)

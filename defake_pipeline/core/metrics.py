@@ -7,6 +7,8 @@ an unreadable image) are never counted as wrong answers: they are excluded from 
 accuracy and reported as ``n_error`` and ``error_rate``.
 """
 
+import math
+
 ALL_SUBSETS = "all"
 WILSON_Z = 1.959963984540054  # two-sided 95%
 
@@ -34,11 +36,17 @@ def _wilson(successes: str, trials: str, sign: str) -> str:
     )
 
 
+_GROUP = "dataset, model, prompt, grp"
+
 METRICS_SQL = f"""
-WITH counts AS (
+WITH grouped AS (
+    -- Every row counts in its own subset and in the whole-dataset row.
+    SELECT *, subset AS grp FROM scored
+    UNION ALL
+    SELECT *, '{ALL_SUBSETS}' AS grp FROM scored
+), counts AS (
     SELECT
-        dataset, model, prompt,
-        CASE WHEN grouping(subset) = 1 THEN '{ALL_SUBSETS}' ELSE subset END AS subset,
+        {_GROUP},
         any_value(prompt_hash) AS prompt_hash,
         count(*) AS n_images,
         count(*) FILTER (WHERE label = 1) AS n_real,
@@ -50,31 +58,100 @@ WITH counts AS (
         count(*) FILTER (WHERE is_valid AND label = 0 AND pred = 0) AS tn,
         count(*) FILTER (WHERE is_valid AND label = 0 AND pred = 1) AS fp,
         count(*) FILTER (WHERE is_valid AND label = 1 AND pred = 0) AS fn,
+        count(score) FILTER (WHERE NOT is_error) AS n_scored,
         coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
         coalesce(sum(completion_tokens), 0) AS completion_tokens,
         coalesce(sum(cost_usd), 0) AS cost_usd,
         quantile_cont(latency_s, 0.5) FILTER (WHERE NOT is_error) AS latency_p50_s,
         quantile_cont(latency_s, 0.95) FILTER (WHERE NOT is_error) AS latency_p95_s
-    FROM scored
-    GROUP BY GROUPING SETS ((dataset, model, prompt, subset), (dataset, model, prompt))
+    FROM grouped
+    GROUP BY {_GROUP}
+), scores AS (
+    -- Scores are P(fake): fake (label 0) is the positive class of AUC and average precision.
+    SELECT {_GROUP}, score, label = 0 AS positive FROM grouped WHERE NOT is_error AND score IS NOT NULL
+), ranked AS (
+    SELECT *,
+        rank() OVER (PARTITION BY {_GROUP} ORDER BY score)
+          + (count(*) OVER (PARTITION BY {_GROUP}, score) - 1) / 2.0 AS mid_rank  -- ties share their mean rank
+    FROM scores
+), auc AS (
+    -- Mann-Whitney U over mid-ranks: the probability a fake outscores a real, ties counting half.
+    SELECT {_GROUP},
+        (sum(mid_rank) FILTER (WHERE positive)
+            - count(*) FILTER (WHERE positive) * (count(*) FILTER (WHERE positive) + 1) / 2.0)
+        / nullif(count(*) FILTER (WHERE positive) * count(*) FILTER (WHERE NOT positive), 0) AS auc
+    FROM ranked GROUP BY {_GROUP}
+), thresholds AS (
+    SELECT {_GROUP}, score, count(*) FILTER (WHERE positive) AS pos, count(*) FILTER (WHERE NOT positive) AS neg
+    FROM scores GROUP BY {_GROUP}, score
+), cumulative AS (
+    SELECT *,
+        sum(pos) OVER w AS tp_at, sum(neg) OVER w AS fp_at,
+        sum(pos) OVER (PARTITION BY {_GROUP}) AS n_pos
+    FROM thresholds
+    WINDOW w AS (PARTITION BY {_GROUP} ORDER BY score DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+), ap AS (
+    -- Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_n-1) * P_n.
+    SELECT {_GROUP}, sum(pos::DOUBLE / nullif(n_pos, 0) * tp_at / (tp_at + fp_at)) AS average_precision
+    FROM cumulative GROUP BY {_GROUP}
 )
 SELECT
-    dataset, model, prompt, subset, prompt_hash,
+    c.dataset, c.model, c.prompt, c.grp AS subset, prompt_hash,
     n_images, n_real, n_fake, n_unknown, n_error, n_valid, tp, tn, fp, fn,
     (tp + tn)::DOUBLE / nullif(n_valid, 0) AS accuracy,
     {_wilson("tp + tn", "n_valid", "-")} AS accuracy_low,
     {_wilson("tp + tn", "n_valid", "+")} AS accuracy_high,
     (tp + tn)::DOUBLE / nullif(n_images - n_error, 0) AS accuracy_strict,
+    {_wilson("tp + tn", "n_images - n_error", "-")} AS accuracy_strict_low,
+    {_wilson("tp + tn", "n_images - n_error", "+")} AS accuracy_strict_high,
     tp::DOUBLE / nullif(tp + fp, 0) AS precision,
     tp::DOUBLE / nullif(tp + fn, 0) AS recall,
     2.0 * tp / nullif(2 * tp + fp + fn, 0) AS f1,
     tp::DOUBLE / nullif(tp + fn, 0) AS real_accuracy,
+    {_wilson("tp", "tp + fn", "-")} AS real_accuracy_low,
+    {_wilson("tp", "tp + fn", "+")} AS real_accuracy_high,
     tn::DOUBLE / nullif(tn + fp, 0) AS fake_accuracy,
+    {_wilson("tn", "tn + fp", "-")} AS fake_accuracy_low,
+    {_wilson("tn", "tn + fp", "+")} AS fake_accuracy_high,
     (tp::DOUBLE / nullif(tp + fn, 0) + tn::DOUBLE / nullif(tn + fp, 0)) / 2 AS balanced_accuracy,
     n_unknown::DOUBLE / nullif(n_images - n_error, 0) AS unknown_rate,
     n_error::DOUBLE / nullif(n_images, 0) AS error_rate,
+    n_scored, auc.auc, ap.average_precision,
     prompt_tokens, completion_tokens, prompt_tokens + completion_tokens AS total_tokens, cost_usd,
     latency_p50_s, latency_p95_s
-FROM counts
-ORDER BY dataset, model, prompt, subset = '{ALL_SUBSETS}' DESC, subset
+FROM counts AS c
+LEFT JOIN auc USING ({_GROUP})
+LEFT JOIN ap USING ({_GROUP})
+ORDER BY c.dataset, c.model, c.prompt, c.grp = '{ALL_SUBSETS}' DESC, c.grp
 """
+
+
+# Paired outcomes of every two model × prompt pairs on the same images of a dataset (answers only).
+COMPARISON_COUNTS_SQL = """
+WITH answers AS (
+    SELECT DISTINCT dataset, model, prompt, sha256, pred = label AS correct FROM scored WHERE is_valid
+)
+SELECT
+    a.dataset, a.model AS model_a, a.prompt AS prompt_a, b.model AS model_b, b.prompt AS prompt_b,
+    count(*) AS n_images,
+    count(*) FILTER (WHERE a.correct AND b.correct) AS both_right,
+    count(*) FILTER (WHERE a.correct AND NOT b.correct) AS only_a_right,
+    count(*) FILTER (WHERE NOT a.correct AND b.correct) AS only_b_right,
+    count(*) FILTER (WHERE NOT a.correct AND NOT b.correct) AS both_wrong
+FROM answers AS a
+JOIN answers AS b ON a.dataset = b.dataset AND a.sha256 = b.sha256 AND (a.model, a.prompt) < (b.model, b.prompt)
+GROUP BY ALL
+ORDER BY ALL
+"""
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs at p = 1/2."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    log_half_n = n * math.log(2)
+    lg = math.lgamma
+    tail = sum(math.exp(lg(n + 1) - lg(i + 1) - lg(n - i + 1) - log_half_n) for i in range(k + 1))
+    return min(1.0, 2 * tail)

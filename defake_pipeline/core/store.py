@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from defake_pipeline.core.metrics import METRICS_SQL, SCORED_VIEW_SQL
+from defake_pipeline.core.metrics import COMPARISON_COUNTS_SQL, METRICS_SQL, SCORED_VIEW_SQL, mcnemar_exact_p
 from defake_pipeline.core.paths import HomeLayout
 
 PREDICTION_COLUMNS = [
@@ -134,7 +134,8 @@ def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
                 empty = predictions_frame([])  # noqa: F841 - read by DuckDB's replacement scan
                 con.execute("CREATE TABLE predictions AS SELECT * FROM empty")
             create_metrics(con)
-            counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("image_manifest", "predictions", "metrics")}
+            tables = ("image_manifest", "predictions", "metrics", "comparisons")
+            counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
         os.replace(tmp, layout.warehouse)
     finally:
         for leftover in (tmp, tmp + ".wal"):
@@ -144,9 +145,15 @@ def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
 
 
 def create_metrics(con: duckdb.DuckDBPyConnection) -> None:
-    """The ``scored`` view and ``metrics`` table, over ``image_manifest`` and ``predictions`` tables."""
+    """The ``scored`` view and the ``metrics`` and ``comparisons`` tables, over the
+    ``image_manifest`` and ``predictions`` tables."""
     con.execute(SCORED_VIEW_SQL)
     con.execute(f"CREATE TABLE metrics AS {METRICS_SQL}")
+    pairs = con.execute(COMPARISON_COUNTS_SQL).df()
+    pairs["mcnemar_p"] = [mcnemar_exact_p(a, b) for a, b in zip(pairs["only_a_right"], pairs["only_b_right"], strict=True)]
+    con.register("comparison_frame", pairs)
+    con.execute("CREATE TABLE comparisons AS SELECT * FROM comparison_frame")
+    con.unregister("comparison_frame")
 
 
 def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:
