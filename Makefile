@@ -42,3 +42,4 @@ clean:
 bench: install
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/rescan_bench.py
+	$(BIN)/python benchmarks/report_bench.py

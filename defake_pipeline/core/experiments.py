@@ -255,7 +255,11 @@ def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list
         scored = con.execute("SELECT * FROM scored ORDER BY label DESC, path").df()
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text(
-        render_report(metrics, scored, markdown_path.parent, model or name, prompt or name), encoding="utf-8"
+        render_report(
+            metrics, scored, markdown_path.parent, model or name, prompt or name,
+            csv_name=os.path.relpath(csv_path.absolute(), markdown_path.parent.absolute()),
+        ),
+        encoding="utf-8",
     )
     m = metrics[metrics["subset"] == ALL_SUBSETS].iloc[0]
 

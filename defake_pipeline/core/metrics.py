@@ -66,33 +66,25 @@ WITH grouped AS (
         quantile_cont(latency_s, 0.95) FILTER (WHERE NOT is_error) AS latency_p95_s
     FROM grouped
     GROUP BY {_GROUP}
-), scores AS (
-    -- Scores are P(fake): fake (label 0) is the positive class of AUC and average precision.
-    SELECT {_GROUP}, score, label = 0 AS positive FROM grouped WHERE NOT is_error AND score IS NOT NULL
-), ranked AS (
-    SELECT *,
-        rank() OVER (PARTITION BY {_GROUP} ORDER BY score)
-          + (count(*) OVER (PARTITION BY {_GROUP}, score) - 1) / 2.0 AS mid_rank  -- ties share their mean rank
-    FROM scores
-), auc AS (
-    -- Mann-Whitney U over mid-ranks: the probability a fake outscores a real, ties counting half.
-    SELECT {_GROUP},
-        (sum(mid_rank) FILTER (WHERE positive)
-            - count(*) FILTER (WHERE positive) * (count(*) FILTER (WHERE positive) + 1) / 2.0)
-        / nullif(count(*) FILTER (WHERE positive) * count(*) FILTER (WHERE NOT positive), 0) AS auc
-    FROM ranked GROUP BY {_GROUP}
 ), thresholds AS (
-    SELECT {_GROUP}, score, count(*) FILTER (WHERE positive) AS pos, count(*) FILTER (WHERE NOT positive) AS neg
-    FROM scores GROUP BY {_GROUP}, score
+    -- Scores are P(fake): fake (label 0) is the positive class of AUC and average precision.
+    -- One row per distinct score, counting the fakes (pos) and reals (neg) that share it.
+    SELECT {_GROUP}, score, count(*) FILTER (WHERE label = 0) AS pos, count(*) FILTER (WHERE label = 1) AS neg
+    FROM grouped WHERE NOT is_error AND score IS NOT NULL
+    GROUP BY {_GROUP}, score
 ), cumulative AS (
     SELECT *,
-        sum(pos) OVER w AS tp_at, sum(neg) OVER w AS fp_at,
-        sum(pos) OVER (PARTITION BY {_GROUP}) AS n_pos
+        sum(pos) OVER down AS tp_at, sum(neg) OVER down AS fp_at,  -- at or above this score
+        sum(pos) OVER whole AS n_pos, sum(neg) OVER whole AS n_neg
     FROM thresholds
-    WINDOW w AS (PARTITION BY {_GROUP} ORDER BY score DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-), ap AS (
-    -- Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_n-1) * P_n.
-    SELECT {_GROUP}, sum(pos::DOUBLE / nullif(n_pos, 0) * tp_at / (tp_at + fp_at)) AS average_precision
+    WINDOW down AS (PARTITION BY {_GROUP} ORDER BY score DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           whole AS (PARTITION BY {_GROUP})
+), ranking AS (
+    SELECT {_GROUP},
+        -- AUC (Mann-Whitney U): each fake beats the reals scored below it; a tie counts half.
+        sum(pos * ((n_neg - fp_at) + 0.5 * neg))::DOUBLE / nullif(any_value(n_pos) * any_value(n_neg), 0) AS auc,
+        -- Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_n-1) * P_n.
+        sum(pos::DOUBLE / nullif(n_pos, 0) * tp_at / (tp_at + fp_at)) AS average_precision
     FROM cumulative GROUP BY {_GROUP}
 )
 SELECT
@@ -116,12 +108,11 @@ SELECT
     (tp::DOUBLE / nullif(tp + fn, 0) + tn::DOUBLE / nullif(tn + fp, 0)) / 2 AS balanced_accuracy,
     n_unknown::DOUBLE / nullif(n_images - n_error, 0) AS unknown_rate,
     n_error::DOUBLE / nullif(n_images, 0) AS error_rate,
-    n_scored, auc.auc, ap.average_precision,
+    n_scored, ranking.auc, ranking.average_precision,
     prompt_tokens, completion_tokens, prompt_tokens + completion_tokens AS total_tokens, cost_usd,
     latency_p50_s, latency_p95_s
 FROM counts AS c
-LEFT JOIN auc USING ({_GROUP})
-LEFT JOIN ap USING ({_GROUP})
+LEFT JOIN ranking USING ({_GROUP})
 ORDER BY c.dataset, c.model, c.prompt, c.grp = '{ALL_SUBSETS}' DESC, c.grp
 """
 

@@ -14,10 +14,17 @@ import pandas as pd
 from defake_pipeline.core.metrics import ALL_SUBSETS
 from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.core.store import query
+from defake_pipeline.core.thumbnails import ensure_thumbnails
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
-# Rows of wrong / correct predictions shown in one report; the CSV holds them all.
-MAX_ROWS_PER_SECTION = 1000
+# Rows of wrong / correct predictions shown in one report; the CSV beside it holds them all.
+MAX_ROWS_PER_SECTION = 300
+# The columns of `mllmdf infer` CSVs, seed's first, for the CSV written beside each report.
+REPORT_CSV_SQL = """
+SELECT path, label, pred, response, verdict, score, error, dataset, subset, sha256 AS image_sha256,
+       model, prompt, prompt_hash, latency_s, prompt_tokens, completion_tokens, cost_usd, created_at
+FROM scored WHERE model = ? AND prompt = ? ORDER BY dataset, label DESC, path
+"""
 LEADERBOARD_SORT = ["accuracy", "balanced_accuracy", "n_valid"]
 
 
@@ -35,6 +42,10 @@ def num(value, digits: int = 3) -> str:
 
 def usd(value) -> str:
     return "–" if _missing(value) else f"${float(value):.4f}"
+
+
+def integer(value) -> str:
+    return "–" if _missing(value) else f"{int(value):,}"
 
 
 def md_cell(value) -> str:
@@ -57,18 +68,20 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(pct=pct, num=num, usd=usd, md_cell=md_cell, link=md_link_target)
+_env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell, link=md_link_target)
 
 _VERDICT_WORD = {1: "real", 0: "fake", -1: "unknown"}
 
 
-def _image_rows(rows: pd.DataFrame, report_dir: Path) -> list[dict]:
+def _image_rows(rows: pd.DataFrame, report_dir: Path, thumbs: dict[str, Path]) -> list[dict]:
     out = []
     for r in rows.itertuples(index=False):
+        thumb = thumbs.get(r.sha256)
         out.append(
             {
                 "name": Path(r.path).name,
                 "link": os.path.relpath(r.path, report_dir),
+                "thumb": os.path.relpath(thumb, report_dir) if thumb else None,
                 "dataset": r.dataset,
                 "label": _VERDICT_WORD[int(r.label)],
                 "pred": "error" if r.is_error else _VERDICT_WORD[int(r.pred)],
@@ -96,13 +109,31 @@ def _confusion(rows: pd.DataFrame) -> list[dict]:
     return table
 
 
-def render_report(metrics: pd.DataFrame, scored: pd.DataFrame, report_dir: Path, model: str, prompt: str) -> str:
-    """Markdown for one model × prompt, from its metrics rows and its scored image rows."""
+def render_report(
+    metrics: pd.DataFrame,
+    scored: pd.DataFrame,
+    report_dir: Path,
+    model: str,
+    prompt: str,
+    csv_name: str | None = None,
+    thumbnails: bool = True,
+) -> str:
+    """Markdown for one model × prompt, from its metrics rows and its scored image rows.
+
+    Wrong answers (unknowns and errors included) come first, then correct ones; each shows a
+    thumbnail linked to the image by a relative path, so the file renders on GitHub.
+    """
     overall = metrics[metrics["subset"] == ALL_SUBSETS]
     subsets = metrics[metrics["subset"] != ALL_SUBSETS]
     correct_mask = (~scored["is_error"]) & (scored["pred"] == scored["label"])
-    wrong = scored[~correct_mask]
-    correct = scored[correct_mask]
+    wrong = scored[~correct_mask].head(MAX_ROWS_PER_SECTION)
+    correct = scored[correct_mask].head(MAX_ROWS_PER_SECTION)
+    shown = pd.concat([wrong, correct])
+    thumbs = (
+        ensure_thumbnails(dict(zip(shown["sha256"], shown["path"], strict=True)), report_dir / "thumbs")
+        if thumbnails and len(shown)
+        else {}
+    )
     return _env.get_template("report.md.j2").render(
         model=model,
         prompt=prompt,
@@ -112,22 +143,51 @@ def render_report(metrics: pd.DataFrame, scored: pd.DataFrame, report_dir: Path,
         overall=overall.to_dict("records"),
         subsets=subsets.to_dict("records") if subsets["subset"].nunique() > 1 else [],
         confusion={ds: _confusion(scored[scored["dataset"] == ds]) for ds in sorted(set(scored["dataset"]))},
-        wrong=_image_rows(wrong.head(MAX_ROWS_PER_SECTION), report_dir),
-        correct=_image_rows(correct.head(MAX_ROWS_PER_SECTION), report_dir),
-        n_wrong=len(wrong),
-        n_correct=len(correct),
+        wrong=_image_rows(wrong, report_dir, thumbs),
+        correct=_image_rows(correct, report_dir, thumbs),
+        n_wrong=int((~correct_mask).sum()),
+        n_correct=int(correct_mask.sum()),
         max_rows=MAX_ROWS_PER_SECTION,
+        csv_name=csv_name,
     )
 
 
-def render_leaderboard(metrics: pd.DataFrame, report_links: dict[tuple[str, str], str]) -> str:
-    overall = metrics[metrics["subset"] == ALL_SUBSETS].sort_values(
+def _sorted_overall(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics[metrics["subset"] == ALL_SUBSETS].sort_values(
         ["dataset", *LEADERBOARD_SORT], ascending=[True, False, False, False], na_position="last"
     )
+
+
+def render_accuracy_chart(rows: pd.DataFrame, title: str = "") -> str:
+    """An SVG bar chart of accuracy with its Wilson interval, one bar per model × prompt."""
+    bars = [
+        {
+            "label": f"{r.model} × {r.prompt}",
+            "accuracy": None if _missing(r.accuracy) else float(r.accuracy),
+            "low": 0.0 if _missing(r.accuracy_low) else float(r.accuracy_low),
+            "high": 0.0 if _missing(r.accuracy_high) else float(r.accuracy_high),
+        }
+        for r in rows.itertuples(index=False)
+    ]
+    return _env.get_template("accuracy.svg.j2").render(rows=bars, title=title)
+
+
+def render_leaderboard(
+    metrics: pd.DataFrame,
+    report_links: dict[tuple[str, str], str],
+    comparisons: pd.DataFrame | None = None,
+    charts: dict[str, str] | None = None,
+) -> str:
+    overall = _sorted_overall(metrics)
     boards = {ds: group.to_dict("records") for ds, group in overall.groupby("dataset", sort=True)}
+    pairs = {}
+    if comparisons is not None and len(comparisons):
+        for ds, group in comparisons.sort_values("mcnemar_p").groupby("dataset", sort=True):
+            pairs[ds] = group.head(20).to_dict("records")
     return _env.get_template("leaderboard.md.j2").render(
-        boards=boards, links=report_links, generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    )
+        boards=boards, links=report_links, pairs=pairs, charts=charts or {},
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )  # fmt: skip
 
 
 def write_report(layout: HomeLayout, model: str, prompt: str) -> tuple[Path, str]:
@@ -140,16 +200,29 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> tuple[Path, str
     )
     target = layout.report_file(model, prompt)
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(metrics, scored, target.parent, model, prompt)
+    csv_path = target.with_suffix(".csv")
+    query(layout, f"COPY ({REPORT_CSV_SQL}) TO '{_sql_path(csv_path)}' (HEADER)", [model, prompt], fetch=False)
+    text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name)
     target.write_text(text, encoding="utf-8")
     return target, text
 
 
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
 def write_leaderboard(layout: HomeLayout) -> tuple[Path, str]:
     metrics = query(layout, "SELECT * FROM metrics")
+    comparisons = query(layout, "SELECT * FROM comparisons")
     pairs = metrics[["model", "prompt"]].drop_duplicates().itertuples(index=False)
     links = {(m, p): layout.report_file(m, p).name for m, p in pairs}
-    text = render_leaderboard(metrics, links)
+    charts = {}
+    layout.reports_dir.mkdir(parents=True, exist_ok=True)
+    for dataset, rows in _sorted_overall(metrics).groupby("dataset", sort=True):
+        chart = layout.reports_dir / f"accuracy_{dataset}.svg"
+        chart.write_text(render_accuracy_chart(rows, title=dataset), encoding="utf-8")
+        charts[dataset] = chart.name
+    text = render_leaderboard(metrics, links, comparisons, charts)
     layout.leaderboard_file.parent.mkdir(parents=True, exist_ok=True)
     layout.leaderboard_file.write_text(text, encoding="utf-8")
     return layout.leaderboard_file, text

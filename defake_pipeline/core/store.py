@@ -156,7 +156,8 @@ def create_metrics(con: duckdb.DuckDBPyConnection) -> None:
     con.unregister("comparison_frame")
 
 
-def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:
+def query(layout: HomeLayout, sql: str, params: list | None = None, fetch: bool = True) -> pd.DataFrame | None:
     """Read from the warehouse (read-only, so any number of readers can run at once)."""
     with duckdb.connect(str(layout.warehouse), read_only=True) as con:
-        return con.execute(sql, params or []).df()
+        result = con.execute(sql, params or [])
+        return result.df() if fetch else None

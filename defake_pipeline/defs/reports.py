@@ -10,7 +10,10 @@ from defake_pipeline.defs.resources import DefakeStore
 
 # The UI renders markdown metadata inline; past this size the file on disk is the report.
 _METADATA_MD_LIMIT = 60_000
-_NUMERIC = ("accuracy", "accuracy_strict", "precision", "recall", "f1", "balanced_accuracy", "unknown_rate", "error_rate", "cost_usd")
+_NUMERIC = (
+    "accuracy", "accuracy_strict", "precision", "recall", "f1", "balanced_accuracy", "auc", "unknown_rate",
+    "error_rate", "cost_usd",
+)  # fmt: skip
 
 
 def _md_metadata(text: str, path) -> dg.MetadataValue:
