@@ -104,3 +104,23 @@ def test_dataset_selection_refreshes_only_that_dataset_and_keeps_other_rows(defa
     with duckdb.connect(str(layout.warehouse), read_only=True) as con:
         per_dataset = dict(con.execute("SELECT dataset, n_images FROM metrics WHERE subset = 'all'").fetchall())
     assert per_dataset == {"demo": 16, "extra": 2}
+
+
+def test_demo_report_links_resolve_and_chart_is_svg(defake_home):
+    import re
+    import xml.etree.ElementTree as ET
+
+    import pandas as pd
+
+    materialize_evaluation(dg.DagsterInstance.ephemeral(), ["canny"], ["simple"])
+    layout = HomeLayout(defake_home)
+    report = layout.report_file("canny", "simple")
+    targets = re.findall(r"\]\(<([^>]+)>\)", report.read_text())
+    thumbs = [t for t in targets if t.startswith("thumbs/")]
+    assert len(thumbs) == 16 and all((report.parent / t).is_file() for t in targets)
+    csv = pd.read_csv(report.with_suffix(".csv"))
+    assert list(csv.columns[:4]) == ["path", "label", "pred", "response"] and len(csv) == 16
+    board = layout.leaderboard_file.read_text()
+    assert "accuracy_demo.svg" in board
+    svg = ET.parse(layout.reports_dir / "accuracy_demo.svg").getroot()
+    assert svg.tag.endswith("svg") and "canny × simple" in ET.tostring(svg, encoding="unicode")
