@@ -107,9 +107,12 @@ def get_dataset(name: str) -> DatasetSpec:
 
 
 def _images_under(folder: Path) -> Iterator[Path]:
+    # Broken and looping symlinks are kept: they become manifest rows with a probe error
+    # rather than images that silently vanish.
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and is_image_candidate(path) and not any(p.startswith(".") for p in path.parts):
-            yield path
+        if (path.is_file() or path.is_symlink()) and is_image_candidate(path):
+            if not any(p.startswith(".") for p in path.relative_to(folder).parts):
+                yield path
 
 
 def _require_dir(spec_name: str, folder: Path) -> Path:

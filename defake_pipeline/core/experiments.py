@@ -25,7 +25,7 @@ from defake_pipeline.core.journal import ResponseJournal
 from defake_pipeline.core.manifest import job_key
 from defake_pipeline.core.metrics import ALL_SUBSETS
 from defake_pipeline.core.models import ModelSpec, model_table
-from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.core.paths import HomeLayout, printable
 from defake_pipeline.core.prompts import LoadedPrompt
 from defake_pipeline.core.reports import render_report
 from defake_pipeline.core.store import PREDICTION_COLUMNS, create_metrics
@@ -90,9 +90,9 @@ def select_samples(
 def display_path(path: Path) -> str:
     """Paths as the seed wrote them: relative to the working directory where possible."""
     try:
-        return str(path.relative_to(Path.cwd()))
+        return printable(str(path.relative_to(Path.cwd())))
     except ValueError:
-        return str(path)
+        return printable(str(path))
 
 
 def default_output_name(dataset: str, count: int, model: str, prompt_name: str, log_id: str = "") -> str:

@@ -63,11 +63,19 @@ def _provenance(img: Image.Image, data: bytes) -> dict[str, str]:
     return found
 
 
+def _decode_error(path: Path, exc: Exception) -> str:
+    if path.suffix.lower() in (".heic", ".heif", ".avif") and "cannot identify" in str(exc):
+        return f"{path.suffix[1:].upper()} is not supported by this Pillow build (convert the image to JPEG or PNG)"
+    return f"not a readable image: {exc}"
+
+
 def probe_image(path: Path) -> ImageProbe:
     """Hash and inspect one file. Never raises: a bad file gives a probe with ``error`` set."""
     try:
         data = path.read_bytes()
     except OSError as exc:
+        if path.is_symlink() and not path.exists():
+            return ImageProbe(sha256=None, size_bytes=None, error=f"broken or looping symlink ({exc.strerror or exc})")
         return ImageProbe(sha256=None, size_bytes=None, error=f"unreadable: {exc.strerror or exc}")
     sha = hashlib.sha256(data).hexdigest()
     if not data:
@@ -83,10 +91,14 @@ def probe_image(path: Path) -> ImageProbe:
                 width, height = img.size
                 fmt = img.format
                 provenance = _provenance(img, data)
-    except Image.DecompressionBombError as exc:
-        return ImageProbe(sha256=sha, size_bytes=len(data), error=f"refused: {exc}")
+                # A full decode finds truncated files that verify() lets through; JPEGs decode
+                # at reduced scale, which still reads every byte.
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return ImageProbe(sha256=sha, size_bytes=len(data), error=f"refused as a decompression bomb: {exc}")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-image probe error
-        return ImageProbe(sha256=sha, size_bytes=len(data), error=f"not a readable image: {exc}")
+        return ImageProbe(sha256=sha, size_bytes=len(data), error=_decode_error(path, exc))
     return ImageProbe(sha256=sha, size_bytes=len(data), width=width, height=height, format=fmt, provenance=provenance)
 
 

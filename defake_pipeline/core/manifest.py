@@ -16,6 +16,7 @@ import pandas as pd
 from defake_pipeline.core.datasets import DatasetSpec, LabeledImage, list_images
 from defake_pipeline.core.engine import ImageJob
 from defake_pipeline.core.images import ImageProbe, probe_image
+from defake_pipeline.core.paths import is_utf8, printable
 
 MANIFEST_COLUMNS = [
     "dataset", "path", "rel_path", "label", "subset", "sha256", "size_bytes", "mtime_ns",
@@ -70,6 +71,10 @@ def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, prog
             }  # fmt: skip
         row["dataset"] = spec.key
         row["rel_path"] = _rel_path(item.path, roots)
+        if not is_utf8(row["path"]):
+            # Parquet and DuckDB store UTF-8 only: keep the image listed, with a readable name and an error.
+            row = {**row, "path": printable(row["path"]), "rel_path": printable(row["rel_path"]),
+                   "probe_error": "file name is not valid UTF-8; rename the file"}  # fmt: skip
         rows.append(row)
         if progress:
             progress(1)

@@ -28,6 +28,20 @@ def project_dirs(name: str) -> list[Path]:
     return seen
 
 
+def is_utf8(text: str) -> bool:
+    """False for file names holding undecodable bytes (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """A file name safe to store as UTF-8, undecodable bytes shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def slugify(text: str) -> str:
     """A partition-safe key: lower case, no ``|`` or ``,``, never empty."""
     slug = _SLUG_RE.sub("-", text.strip().lower()).strip("-.")
