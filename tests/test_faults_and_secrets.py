@@ -1,0 +1,185 @@
+"""Endpoint faults, crash safety, secrets, concurrent writers and ports."""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from defake_pipeline.core.engine import ImageJob, evaluate_sync, make_evaluator
+from defake_pipeline.core.errors import FatalEndpointError
+from defake_pipeline.core.journal import ResponseJournal
+from defake_pipeline.core.models import get_model
+from defake_pipeline.core.prompts import find_prompt, load_prompt
+from defake_pipeline.core.verdict import parse_verdict
+from defake_pipeline.defs.partitions import register_partitions
+from defake_pipeline.testing.chat_server import Faults, default_responder
+
+BIN = Path(sys.executable).parent
+SIMPLE = load_prompt(find_prompt("simple"))
+SECRET = "sk-proj-PLANTED-7f3a9c1e-do-not-leak"
+
+
+def small_images(folder: Path, n: int) -> list[ImageJob]:
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (12, 12), (i % 256, i // 256, 99)).save(path)
+        jobs.append(ImageJob(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), label=i % 2))
+    return jobs
+
+
+def test_500_images_against_a_faulty_endpoint(chat_server, tmp_path):
+    chat_server.state.faults = Faults(rate_429=0.10, rate_500=0.05, rate_malformed=0.02, rate_empty=0.02, rate_drop=0.02, retry_after_s=0.02)
+    spec = get_model("vllm").model_copy(update={"base_url": chat_server.base_url, "backoff_base_s": 0.02, "concurrency": 32})
+    journal = ResponseJournal(tmp_path / "j.sqlite")
+    preds = evaluate_sync(small_images(tmp_path / "imgs", 500), make_evaluator(spec, SIMPLE, journal))
+    journal.close()
+    assert len(preds) == 500 and chat_server.state.n_faults > 50
+    for p in preds:
+        if p.error:  # retries ran out: recorded as an error, never as a verdict
+            assert p.pred == -1 and p.verdict == "unknown" and p.response == ""
+        else:  # an answer is the endpoint's real answer for this image
+            assert p.verdict == parse_verdict(p.response) != "unknown"
+    assert sum(p.error is None for p in preds) >= 495
+
+
+def test_unreachable_base_url_fails_fast_with_one_line(tmp_path, demo_jobs):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    spec = get_model("qwen2vl").model_copy(update={"base_url": f"http://127.0.0.1:{port}/v1"})
+    journal = ResponseJournal(tmp_path / "j.sqlite")
+    started = time.monotonic()
+    with pytest.raises(FatalEndpointError, match=f"cannot reach http://127.0.0.1:{port}/v1"):
+        evaluate_sync(demo_jobs, make_evaluator(spec, SIMPLE, journal))
+    journal.close()
+    assert time.monotonic() - started < spec.timeout_s
+    out = subprocess.run([str(BIN / "mllmdf"), "classify", str(demo_jobs[0].path), "--model", "qwen2vl"],
+                         env={**os.environ, "BASE_URL": f"http://127.0.0.1:{port}/v1", "DEFAKE_HOME": str(tmp_path)},
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
+
+
+@pytest.fixture
+def slow_project(tmp_path, chat_server, monkeypatch):
+    """A working directory registering a slow, narrow self-hosted model, and a Dagster home."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "models.toml").write_text('registered = ["slowvllm"]\n[models.slowvllm]\npreset = "vllm"\nconcurrency = 2\n')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": chat_server.base_url}
+    return root, env
+
+
+def test_sigkill_of_a_dagster_partition_run_loses_nothing_answered(slow_project, chat_server, tmp_path):
+    root, env = slow_project
+    chat_server.state.latency_s = 0.3
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    register_partitions(instance, ["slowvllm"], ["simple"])
+    base = [str(BIN / "dagster"), "asset", "materialize", "-m", "defake_pipeline.definitions"]
+    subprocess.run([*base, "--select", "image_manifest"], cwd=root, env=env, check=True, capture_output=True)
+    cmd = [*base, "--select", "predictions", "--partition", "slowvllm|simple"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while chat_server.state.n_ok < 6:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sent = chat_server.state.n_chat
+    journal = ResponseJournal(tmp_path / "out" / "cache" / "responses.sqlite")
+    answered = journal.count()
+    journal.close()
+    assert sent - answered <= 2  # only requests in flight were lost
+    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    assert chat_server.state.n_chat - sent == 16 - answered  # nothing answered was asked again
+    rows = pd.read_parquet(tmp_path / "out" / "predictions" / "model=slowvllm" / "prompt=simple.parquet")
+    assert len(rows) == 16 and rows["image_sha256"].is_unique and rows["error"].isna().all()
+
+
+def test_concurrent_writers_lose_no_rows(slow_project, chat_server, tmp_path):
+    root, env = slow_project
+    chat_server.state.latency_s = 0.05
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    register_partitions(instance, ["slowvllm"], ["simple", "common_sense"])
+    base = [str(BIN / "dagster"), "asset", "materialize", "-m", "defake_pipeline.definitions"]
+    subprocess.run([*base, "--select", "image_manifest"], cwd=root, env=env, check=True, capture_output=True)
+    demo = REPO / "demo"
+    infer = [str(BIN / "mllmdf"), "infer", "--model", "slowvllm", "--real_dir", str(demo / "real"),
+             "--fake_dir", str(demo / "fake"), "--count", "0"]  # fmt: skip
+    procs = [
+        subprocess.Popen([*infer, "-o", "one", "--prompt", "simple"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        subprocess.Popen([*infer, "-o", "two", "--prompt", "defect_query"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        subprocess.Popen([*base, "--select", "predictions", "--partition", "slowvllm|common_sense"], cwd=root, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert not any(re.search(r"database is locked|Could not set lock", o) for o in outputs)
+    out = tmp_path / "out"
+    assert len(pd.read_csv(out / "one.csv")) == 16 and len(pd.read_csv(out / "two.csv")) == 16
+    assert len(pd.read_parquet(out / "predictions" / "model=slowvllm" / "prompt=common_sense.parquet")) == 16
+    journal = ResponseJournal(out / "cache" / "responses.sqlite")
+    assert journal.count() == 3 * 16
+    journal.close()
+
+
+def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
+    chat_server.state.api_key = SECRET
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "models.toml").write_text('registered = ["gpt4omini"]\n')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    out = tmp_path / "out"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(out), "OPENAI_API_KEY": SECRET,
+           "OPENAI_BASE_URL": chat_server.base_url}  # fmt: skip
+    demo = REPO / "demo"
+    logs = []
+    for args in (
+        ["infer", "--model", "gpt4omini", "--real_dir", str(demo / "real"), "--fake_dir", str(demo / "fake"), "-v", "-l", "secret"],
+        ["materialize", "--model", "gpt4omini", "--prompt", "simple"],
+        ["doc"],
+    ):
+        proc = subprocess.run([str(BIN / "mllmdf"), *args], cwd=root, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        logs.append(proc.stdout + proc.stderr)
+    # A wrong key: its error message must not echo the key either (a new image, so no journal hit).
+    wrong = {**env, "OPENAI_API_KEY": SECRET + "-wrong"}
+    fresh = root / "fresh.png"
+    Image.new("RGB", (10, 10), "orange").save(fresh)
+    proc = subprocess.run([str(BIN / "mllmdf"), "classify", str(fresh), "--model", "gpt4omini"],
+                          cwd=root, env=wrong, capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.returncode == 2 and "rejected the API key" in proc.stderr
+    logs.append(proc.stdout + proc.stderr)
+    assert chat_server.state.n_ok > 0  # the key was really used
+    for text in logs:
+        assert SECRET not in text
+    scanned = 0
+    for folder in (out, home, root):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                scanned += 1
+                assert SECRET.encode() not in path.read_bytes(), path
+    assert scanned > 20
+
+
+def test_everything_served_binds_to_loopback(chat_server):
+    assert chat_server.httpd.server_address[0] == "127.0.0.1"
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"dagster dev -h 127\.0\.0\.1", makefile)
