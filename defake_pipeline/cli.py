@@ -103,8 +103,9 @@ def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, outpu
 
     from defake_pipeline.core.datasets import list_images
     from defake_pipeline.core.experiments import (
-        RunningAccuracy, default_output_name, output_csv_path, resolve_dataset, run_experiment, select_samples,
+        default_output_name, output_csv_path, resolve_dataset, run_experiment, select_samples,
     )  # fmt: skip
+    from defake_pipeline.core.engine import Tally
     from defake_pipeline.core.models import get_model
     from defake_pipeline.core.prompts import find_prompt, load_prompt
 
@@ -119,28 +120,26 @@ def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, outpu
     target = output_csv_path(layout, name)
     log.info("infer %s × %s on %s: %d images → %s", spec.name, loaded.key, ds.name, len(images), target)
     click.echo(f"{len(images)} images ({sum(i.label == 1 for i in images)} real) → {target}", err=True)
-    running = RunningAccuracy()
+    running = Tally()
     with tqdm(total=len(images), desc=f"{spec.name} × {loaded.key}", unit="img", file=sys.stderr) as bar:
 
         def on_result(pred) -> None:
             running.add(pred)
-            bar.set_postfix(running.postfix(), refresh=False)
+            bar.set_postfix(running.progress(), refresh=False)
             bar.update(1)
             log.debug("%s label=%s pred=%s error=%s", pred.path, pred.label, pred.pred, pred.error)
             if verbose:
                 bar.clear()
                 _print_turns(pred)
 
-        preds = run_experiment(
+        run_experiment(
             layout, spec, loaded, images, target, resume=resume, overwrite=overwrite,
             api_key=os.environ.get("OPENAI_API_KEY"), max_cost_usd=max_cost, on_result=on_result,
         )  # fmt: skip
-    bar.total = len(preds)
-    summary = running.postfix()
+    summary = running.progress()
     log.info("done: %s", summary)
     click.echo(f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}); "
-               f"{sum(p.error is not None for p in preds)} errors; {sum(p.n_requests for p in preds)} new requests; "
-               f"${sum(p.cost_usd for p in preds):.4f}", err=True)
+               f"{running.n_errors} errors; {running.n_requests} new requests; ${running.cost_usd:.4f}", err=True)
     click.echo(str(target))
 
 

@@ -11,7 +11,6 @@ import os
 import random
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -107,37 +106,6 @@ def output_csv_path(layout: HomeLayout, output: str) -> Path:
     return path if (path.parent != Path(".") or path.is_absolute()) else layout.home / path
 
 
-@dataclass
-class RunningAccuracy:
-    """The seed's progress-bar figures: accuracy overall, on reals and on fakes (unknowns excluded)."""
-
-    right: int = 0
-    valid: int = 0
-    real_right: int = 0
-    reals: int = 0
-    fake_right: int = 0
-    fakes: int = 0
-
-    def add(self, pred: Prediction) -> None:
-        if pred.error is not None or pred.pred == -1:
-            return
-        ok = pred.pred == pred.label
-        self.valid += 1
-        self.right += ok
-        if pred.label == 1:
-            self.reals += 1
-            self.real_right += ok
-        else:
-            self.fakes += 1
-            self.fake_right += ok
-
-    def postfix(self) -> dict[str, str]:
-        def pct(a: int, b: int) -> str:
-            return f"{100 * a / max(1, b):.2f}%"
-
-        return {"all": pct(self.right, self.valid), "reals": pct(self.real_right, self.reals), "fakes": pct(self.fake_right, self.fakes)}
-
-
 def jobs_for(images: list[LabeledImage]) -> Iterator[ImageJob]:
     """Probe each image as the engine takes it, so hashing overlaps with requests in flight."""
     for item in images:
@@ -157,7 +125,7 @@ def run_experiment(
     api_key: str | None = None,
     max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
-) -> list[Prediction]:
+) -> None:
     """Evaluate images and append one CSV row per image the moment its answer arrives."""
     if output.exists() and not (resume or overwrite):
         raise DefakeError(f"{output} already exists; pass --continue to resume it or --overwrite to start again")
@@ -181,7 +149,7 @@ def run_experiment(
 
         try:
             evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-            return evaluate_sync(jobs_for(todo), evaluator, on_result=write)
+            evaluate_sync(jobs_for(todo), evaluator, on_result=write, collect=False)
         finally:
             journal.close()
 

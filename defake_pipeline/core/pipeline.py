@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from defake_pipeline.core.datasets import DatasetSpec
-from defake_pipeline.core.engine import Prediction, evaluate_sync, make_evaluator
+from defake_pipeline.core.engine import Prediction, Tally, evaluate_sync, make_evaluator
 from defake_pipeline.core.journal import ResponseJournal
 from defake_pipeline.core.manifest import build_manifest, job_key, jobs_from_manifest
 from defake_pipeline.core.models import ModelSpec
@@ -55,42 +55,12 @@ def prune_manifests(layout: HomeLayout, keep: list[str]) -> list[str]:
 
 
 @dataclass
-class PartitionSummary:
-    """Totals of one partition run, tallied as predictions arrive."""
+class PartitionSummary(Tally):
+    """A partition run's totals, and where its predictions were written."""
 
-    model: str
-    prompt: str
+    model: str = ""
+    prompt: str = ""
     path: Path | None = None
-    n_images: int = 0
-    n_requests: int = 0
-    n_cached: int = 0  # images answered entirely from the journal
-    n_errors: int = 0
-    n_unknown: int = 0
-    n_valid: int = 0
-    n_correct: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def add(self, p: Prediction) -> None:
-        self.n_images += 1
-        self.n_requests += p.n_requests
-        self.prompt_tokens += p.prompt_tokens
-        self.completion_tokens += p.completion_tokens
-        self.cost_usd += p.cost_usd
-        if p.error is None and p.n_requests == 0:
-            self.n_cached += 1
-        if p.error is not None:
-            self.n_errors += 1
-        elif p.pred == -1:
-            self.n_unknown += 1
-        else:
-            self.n_valid += 1
-            self.n_correct += p.pred == p.label
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.n_correct / self.n_valid if self.n_valid else None
 
 
 def evaluate_partition(
