@@ -7,7 +7,6 @@ and prints one JSON object. Run with `make bench`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import resource

@@ -105,7 +105,7 @@ def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, outpu
     from defake_pipeline.core.experiments import (
         default_output_name, output_csv_path, resolve_dataset, run_experiment, select_samples,
     )  # fmt: skip
-    from defake_pipeline.core.engine import Tally
+    from defake_pipeline.core.tally import Tally
     from defake_pipeline.core.models import get_model
     from defake_pipeline.core.prompts import find_prompt, load_prompt
 

@@ -3,13 +3,11 @@
 import io
 import json
 import os
-import shutil
 import sys
 
 import pytest
 from PIL import Image
 
-from conftest import REPO
 from defake_pipeline.core.backends import canny_detect
 from defake_pipeline.core.datasets import load_dataset_spec
 from defake_pipeline.core.engine import evaluate_sync, make_evaluator
@@ -72,7 +70,7 @@ def messy(tmp_path):
 
 def test_every_bad_file_is_a_manifest_row_with_a_clear_error(messy):
     manifest = build_manifest(messy)
-    errors = dict(zip(manifest["rel_path"].map(lambda p: p.split("/")[-1]), manifest["probe_error"]))
+    errors = dict(zip(manifest["rel_path"].map(lambda p: p.split("/")[-1]), manifest["probe_error"], strict=True))
     assert "empty file" in errors["empty.jpg"]
     assert "truncated" in errors["truncated.jpg"].lower() and "truncated" in errors["truncated.png"].lower()
     assert "not a readable image" in errors["notes.jpg"]

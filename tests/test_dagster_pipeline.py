@@ -2,7 +2,6 @@
 
 import duckdb
 import dagster as dg
-import pytest
 from click.testing import CliRunner
 
 from defake_pipeline.cli import main

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import REPO, UPSTREAM, upstream_or_skip
+from conftest import REPO, upstream_or_skip
 from defake_pipeline.core.datasets import list_images, load_dataset_spec
 from defake_pipeline.core.engine import evaluate_sync, make_evaluator
 from defake_pipeline.core.errors import DatasetError, ModelConfigError

@@ -1,7 +1,6 @@
 """Engine behaviour against the local server: limits, retries, timeouts, encoding, cost, logprobs, crash safety."""
 
 import asyncio
-import io
 import os
 import signal
 import subprocess

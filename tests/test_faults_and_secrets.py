@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pandas as pd
 import pytest
 from PIL import Image
@@ -25,7 +24,7 @@ from defake_pipeline.core.models import get_model
 from defake_pipeline.core.prompts import find_prompt, load_prompt
 from defake_pipeline.core.verdict import parse_verdict
 from defake_pipeline.defs.partitions import register_partitions
-from defake_pipeline.testing.chat_server import Faults, default_responder
+from defake_pipeline.testing.chat_server import Faults
 
 BIN = Path(sys.executable).parent
 SIMPLE = load_prompt(find_prompt("simple"))

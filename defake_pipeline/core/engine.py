@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from defake_pipeline.core.backends import BASELINE_VERSIONS, ChatBackend, run_baseline
+from defake_pipeline.core.budget import CostBudget
 from defake_pipeline.core.decorators import Decorator, resolve_decorators
 from defake_pipeline.core.errors import DefakeError, PromptError
 from defake_pipeline.core.images import EncodingPolicy, encode_data_url
@@ -68,60 +69,6 @@ class Prediction:
         return row
 
 
-@dataclass
-class Tally:
-    """Running totals of predictions: the CLI's progress bar and a partition's metadata.
-
-    Accuracies follow the seed: unknown verdicts and errors are left out.
-    """
-
-    n_images: int = 0
-    n_requests: int = 0
-    n_cached: int = 0  # images answered entirely from the journal
-    n_errors: int = 0
-    n_unknown: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    # label -> [right, answered], for 1 (real) and 0 (fake)
-    by_label: dict[int, list[int]] = field(default_factory=lambda: {1: [0, 0], 0: [0, 0]})
-
-    def add(self, p: Prediction) -> None:
-        self.n_images += 1
-        self.n_requests += p.n_requests
-        self.prompt_tokens += p.prompt_tokens
-        self.completion_tokens += p.completion_tokens
-        self.cost_usd += p.cost_usd
-        if p.error is not None:
-            self.n_errors += 1
-            return
-        if p.n_requests == 0:
-            self.n_cached += 1
-        if p.pred == -1:
-            self.n_unknown += 1
-        elif p.label in self.by_label:
-            counts = self.by_label[p.label]
-            counts[0] += p.pred == p.label
-            counts[1] += 1
-
-    @staticmethod
-    def _share(right: int, total: int) -> float | None:
-        return right / total if total else None
-
-    @property
-    def accuracy(self) -> float | None:
-        right = sum(c[0] for c in self.by_label.values())
-        return self._share(right, sum(c[1] for c in self.by_label.values()))
-
-    def progress(self) -> dict[str, str]:
-        """The seed's progress-bar figures: accuracy overall, on reals and on fakes."""
-
-        def pct(value: float | None) -> str:
-            return f"{100 * (value or 0.0):.2f}%"
-
-        return {"all": pct(self.accuracy), "reals": pct(self._share(*self.by_label[1])), "fakes": pct(self._share(*self.by_label[0]))}
-
-
 class LazyImage:
     """The image a prompt's ``{image_url}`` stands for, encoded only when a request is sent.
 
@@ -166,52 +113,6 @@ def _materialize(messages: list[dict]) -> list[dict]:
             ]
         out.append({**msg, "content": content})
     return out
-
-
-class BudgetExhausted(RuntimeError):
-    """The next request could take spending past --max-cost; it was not sent."""
-
-
-class CostBudget:
-    """Stops new requests once the next one could exceed a spending limit.
-
-    Until a first answer arrives, a request is estimated from its size (text at 4 characters
-    a token, 1000 tokens an image, and the full output allowance); after that, from the
-    dearest request seen so far. Requests in flight hold their estimate until they settle.
-    """
-
-    IMAGE_TOKENS = 1000
-
-    def __init__(self, limit_usd: float):
-        self.limit_usd = limit_usd
-        self.spent_usd = 0.0
-        self.reserved_usd = 0.0
-        self.dearest_usd = 0.0
-
-    def estimate(self, spec: ModelSpec, messages: list[dict]) -> float:
-        if self.dearest_usd:
-            return self.dearest_usd
-        chars, images = 0, 0
-        for msg in messages:
-            parts = msg["content"] if isinstance(msg["content"], list) else [{"type": "text", "text": msg["content"]}]
-            for part in parts:
-                if part["type"] == "text":
-                    chars += len(part["text"])
-                else:
-                    images += 1
-        return spec.cost_usd(chars // 4 + images * self.IMAGE_TOKENS, spec.max_tokens)
-
-    def reserve(self, estimate: float) -> None:
-        if self.spent_usd + self.reserved_usd + estimate > self.limit_usd:
-            raise BudgetExhausted(
-                f"--max-cost ${self.limit_usd:.4f} reached (spent ${self.spent_usd:.4f}); request not sent"
-            )
-        self.reserved_usd += estimate
-
-    def settle(self, estimate: float, actual: float) -> None:
-        self.reserved_usd -= estimate
-        self.spent_usd += actual
-        self.dearest_usd = max(self.dearest_usd, actual)
 
 
 def _error_text(exc: BaseException) -> str:

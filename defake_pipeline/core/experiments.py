@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from defake_pipeline.core.datasets import DatasetSpec, LabeledImage, get_dataset, list_images
+from defake_pipeline.core.datasets import DatasetSpec, LabeledImage, get_dataset
 from defake_pipeline.core.engine import ImageJob, Prediction, evaluate_sync, make_evaluator
 from defake_pipeline.core.errors import DatasetError, DefakeError
 from defake_pipeline.core.images import probe_image

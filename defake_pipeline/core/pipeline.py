@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from defake_pipeline.core.datasets import DatasetSpec
-from defake_pipeline.core.engine import Prediction, Tally, evaluate_sync, make_evaluator
+from defake_pipeline.core.engine import Prediction, evaluate_sync, make_evaluator
+from defake_pipeline.core.tally import Tally
 from defake_pipeline.core.journal import ResponseJournal
 from defake_pipeline.core.manifest import build_manifest, job_key, jobs_from_manifest
 from defake_pipeline.core.models import ModelSpec
