@@ -271,7 +271,10 @@ class ChatEvaluator(Evaluator):
             self.budget.reserve(estimate)
         actual = 0.0
         try:
-            reply = await self.backend.complete(_materialize(wire))
+            # Reading, decoding and downscaling a large image takes tens of milliseconds:
+            # off the event loop, so other requests keep flowing meanwhile.
+            body = await asyncio.to_thread(_materialize, wire)
+            reply = await self.backend.complete(body)
             actual = self.spec.cost_usd(reply.prompt_tokens, reply.completion_tokens)
         finally:
             if self.budget:
