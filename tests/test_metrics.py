@@ -50,7 +50,9 @@ def test_seed_definitions_with_unknowns_and_errors(tmp_path):
     assert m.f1 == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
     assert m.balanced_accuracy == pytest.approx((3 / 4 + 2 / 4) / 2)
     assert m.unknown_rate == pytest.approx(1 / 9) and m.error_rate == pytest.approx(1 / 10)
-    assert m.cost_usd == pytest.approx(0.010)
+    assert m.cost_usd == pytest.approx(0.010) and m.total_tokens == 10 * (10 + 2)
+    # Latencies 0.1 … 1.0 s, the errored 0.6 s left out: median 0.5, p95 interpolated 0.9 → 1.0.
+    assert m.latency_p50_s == pytest.approx(0.5) and m.latency_p95_s == pytest.approx(0.96)
     assert m.accuracy_low < 5 / 8 < m.accuracy_high
 
 
