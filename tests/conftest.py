@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "upstream"
+
+
+def project_dagster_home(tmp_path: Path) -> Path:
+    """A fresh DAGSTER_HOME holding the project's dagster.yaml, as the Makefile sets one up."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    return home
 
 
 def upstream_or_skip(*parts: str) -> Path:

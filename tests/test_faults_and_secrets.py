@@ -3,7 +3,6 @@
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, project_dagster_home
 from defake_pipeline.core.engine import ImageJob, evaluate_sync, make_evaluator
 from defake_pipeline.core.errors import FatalEndpointError
 from defake_pipeline.core.journal import ResponseJournal
@@ -79,9 +78,7 @@ def slow_project(tmp_path, chat_server, monkeypatch):
     root = tmp_path / "proj"
     root.mkdir()
     (root / "models.toml").write_text('registered = ["slowvllm"]\n[models.slowvllm]\npreset = "vllm"\nconcurrency = 2\n')
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path)
     env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": chat_server.base_url}
     return root, env
 
@@ -142,9 +139,7 @@ def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
     root = tmp_path / "proj"
     root.mkdir()
     (root / "models.toml").write_text('registered = ["gpt4omini"]\n')
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path)
     out = tmp_path / "out"
     env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(out), "OPENAI_API_KEY": SECRET,
            "OPENAI_BASE_URL": chat_server.base_url}  # fmt: skip

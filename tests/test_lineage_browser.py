@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, project_dagster_home
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
@@ -31,9 +31,7 @@ def _free_port() -> int:
 def dagster_dev(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path)
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(tmp_path / "outputs")}
     dagster = str(Path(sys.executable).with_name("dagster"))

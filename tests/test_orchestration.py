@@ -12,7 +12,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, project_dagster_home
 from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import register_partitions
@@ -180,9 +180,7 @@ def test_automation_makes_metrics_and_reports_follow_predictions(defake_home):
 
 def test_parallel_partition_runs_land_every_row(defake_home, tmp_path):
     """Three partitions and two warehouse rebuilds at once, as separate processes on one instance."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path)
     env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(defake_home)}
     instance = dg.DagsterInstance.from_config(str(home))
     register_partitions(instance, ["canny"], ["simple", "common_sense", "fusion"])
