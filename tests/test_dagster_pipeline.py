@@ -2,6 +2,7 @@
 
 import duckdb
 import dagster as dg
+import pytest
 from click.testing import CliRunner
 
 from defake_pipeline.cli import main
@@ -123,3 +124,11 @@ def test_demo_report_links_resolve_and_chart_is_svg(defake_home):
     assert "accuracy_demo.svg" in board
     svg = ET.parse(layout.reports_dir / "accuracy_demo.svg").getroot()
     assert svg.tag.endswith("svg") and "canny × simple" in ET.tostring(svg, encoding="unicode")
+
+
+def test_report_metadata_carries_numeric_figures_per_dataset(defake_home):
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["canny"], ["simple"])
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("model_report")).asset_materialization.metadata
+    assert metadata["demo/accuracy"].value == pytest.approx(15 / 16)
+    assert metadata["demo/auc"].value > 0.9 and "demo/cost_usd" in metadata

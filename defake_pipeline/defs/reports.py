@@ -1,6 +1,7 @@
 """Markdown reports per model × prompt and the leaderboard, also attached as Dagster metadata."""
 
 import dagster as dg
+import pandas as pd
 
 from defake_pipeline.core.reports import write_leaderboard, write_report
 from defake_pipeline.core.store import query
@@ -37,10 +38,13 @@ def model_report(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.Ma
     overall = query(
         layout, "SELECT * FROM metrics WHERE model = ? AND prompt = ? AND subset = 'all'", [keys["model"], keys["prompt"]]
     )
-    numeric = {}
-    if len(overall) == 1:  # one dataset: its figures can be plotted over time
-        row = overall.iloc[0]
-        numeric = {k: dg.MetadataValue.float(float(row[k])) for k in _NUMERIC if row[k] == row[k] and row[k] is not None}
+    # Numeric entries are what the UI plots over time; one per dataset and figure.
+    numeric = {
+        f"{row['dataset']}/{k}": dg.MetadataValue.float(float(row[k]))
+        for _, row in overall.iterrows()
+        for k in _NUMERIC
+        if not pd.isna(row[k])
+    }
     return dg.MaterializeResult(
         metadata={"report": _md_metadata(text, path), "path": dg.MetadataValue.path(str(path)), **numeric}
     )
