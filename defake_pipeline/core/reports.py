@@ -228,12 +228,6 @@ def write_leaderboard(layout: HomeLayout) -> tuple[Path, str]:
     return layout.leaderboard_file, text
 
 
-def report_pairs(layout: HomeLayout) -> list[tuple[str, str]]:
-    """Every model × prompt that has predictions in the warehouse."""
-    frame = query(layout, "SELECT DISTINCT model, prompt FROM metrics ORDER BY model, prompt")
-    return list(frame.itertuples(index=False, name=None))
-
-
 def frame_to_markdown(frame: pd.DataFrame) -> str:
     """A plain markdown table of a small data frame (for previews in metadata and the terminal)."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"

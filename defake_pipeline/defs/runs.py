@@ -17,6 +17,13 @@ from defake_pipeline.defs.resources import default_resources
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
+def _run_config(assets: list, datasets: list[str] | None) -> dict:
+    """Quiet console logs, and the dataset selection for the assets that take one."""
+    selection = {"config": {"datasets": list(datasets or [])}}
+    ops = {a.key.to_python_identifier(): selection for a in assets if a in (image_manifest, predictions)}
+    return {**_QUIET_CONSOLE, "ops": ops}
+
+
 def materialize_evaluation(
     instance: dg.DagsterInstance,
     models: list[str],
@@ -35,12 +42,9 @@ def materialize_evaluation(
     resources = {**default_resources(), **(resources or {})}
     keys = [partition_key(m, p) for m in models for p in prompts]
 
-    selection = {"config": {"datasets": list(datasets or [])}}
-
     def run(assets, key=None):
-        ops = {a.key.to_python_identifier(): selection for a in assets if a in (image_manifest, predictions)}
         return dg.materialize(
-            assets, instance=instance, resources=resources, partition_key=key, run_config={**_QUIET_CONSOLE, "ops": ops}
+            assets, instance=instance, resources=resources, partition_key=key, run_config=_run_config(assets, datasets)
         )
 
     results = [run([image_manifest])]
@@ -56,7 +60,7 @@ def materialize_evaluation(
 def _materialize_partition(key: str, datasets: list[str]) -> str:
     """One predictions partition in a worker process, on the DAGSTER_HOME instance."""
     instance = dg.DagsterInstance.get()
-    config = {**_QUIET_CONSOLE, "ops": {"predictions": {"config": {"datasets": datasets}}}}
+    config = _run_config([predictions], datasets)
     dg.materialize([predictions], instance=instance, resources=default_resources(), partition_key=key, run_config=config)
     return key
 
