@@ -184,24 +184,41 @@ def doc(experiment: str, summarize_to: str | None) -> None:
 @click.option("-d", "--dataset", "datasets", multiple=True, help="Only refresh and evaluate these datasets (repeatable). Default: all.")
 @click.option("-j", "--parallel", type=click.IntRange(min=1), default=2, show_default=True, help="Prediction partitions run at once, each in its own process.")
 def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...], parallel: int) -> None:
-    """Materialize the asset graph for the chosen model × prompt partitions on the local Dagster instance."""
+    """Materialize the asset graph for the chosen model × prompt partitions on the local Dagster instance.
+
+    A model not registered in models.toml is first checked (key set, endpoint answering);
+    if the check fails, nothing is registered and nothing runs.
+    """
+    from defake_pipeline.core.backends import check_endpoint
     from defake_pipeline.core.datasets import get_dataset
     from defake_pipeline.core.models import get_model, registered_models
     from defake_pipeline.core.prompts import find_prompt, load_prompt, prompt_files
     from defake_pipeline.defs.instance import local_instance
-    from defake_pipeline.defs.runs import materialize_evaluation
+    from defake_pipeline.defs.resources import ModelEndpoint, default_resources
+    from defake_pipeline.defs.runs import gate_failures, materialize_evaluation
 
-    model_keys = [get_model(m).key for m in (models or registered_models())]
+    specs = [get_model(m) for m in (models or registered_models())]
     prompt_paths = [find_prompt(p) for p in prompts] if prompts else prompt_files()
     prompt_keys = list(dict.fromkeys(load_prompt(p).key for p in prompt_paths))
     dataset_keys = [get_dataset(d).key for d in datasets]
+    registered = {get_model(m).key for m in registered_models()}
+    endpoint = default_resources()["endpoint"]
+    assert isinstance(endpoint, ModelEndpoint)
+    for spec in specs:
+        if spec.key not in registered:
+            check_endpoint(endpoint.spec(spec), os.environ.get("OPENAI_API_KEY"))
+    model_keys = list(dict.fromkeys(s.key for s in specs))
     click.echo(f"materializing {len(model_keys)} model(s) × {len(prompt_keys)} prompt(s): "
                f"{', '.join(model_keys)} × {', '.join(prompt_keys)}", err=True)
     materialize_evaluation(local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel)
     layout = HomeLayout()
     click.echo(layout.leaderboard_file.read_text(encoding="utf-8"))
-    for m in model_keys:
-        for p in prompt_keys:
+    pairs = [(m, p) for m in model_keys for p in prompt_keys]
+    failures = gate_failures(layout, pairs)
+    for line in failures:
+        click.echo(f"warning: {line}; left off the leaderboard", err=True)
+    for m, p in pairs:
+        if layout.report_file(m, p).exists():
             click.echo(f"report: {layout.report_file(m, p)}")
     click.echo(f"warehouse: {layout.warehouse}")
 

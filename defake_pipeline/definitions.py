@@ -2,29 +2,28 @@
 
 import dagster as dg
 
+from defake_pipeline.defs.jobs import evaluation_jobs
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.predictions import predictions
-from defake_pipeline.defs.reports import leaderboard, model_report
+from defake_pipeline.defs.reports import leaderboard, model_reports
 from defake_pipeline.defs.resources import default_resources
 from defake_pipeline.defs.schedules import nightly_reevaluation
-from defake_pipeline.defs.sensors import (
-    model_registry_sensor,
-    new_images_sensor,
-    predictions_after_manifest_sensor,
-    prompt_files_sensor,
-)
+from defake_pipeline.defs.sensors import new_images_sensor, registry_sensor
 
 defs = dg.Definitions(
-    assets=[image_manifest, predictions, metrics, model_report, leaderboard],
+    assets=[image_manifest, predictions, metrics, model_reports, leaderboard],
+    jobs=evaluation_jobs,
     sensors=[
         new_images_sensor,
-        predictions_after_manifest_sensor,
-        prompt_files_sensor,
-        model_registry_sensor,
-        # Evaluates the automation conditions that make metrics and reports follow predictions.
+        registry_sensor,
+        # Evaluates the automation conditions (defs/automation.py): predictions follow new
+        # partitions and new manifest content; the warehouse, reports and leaderboard follow.
         dg.AutomationConditionSensorDefinition(
-            "automation_sensor", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING
+            "automation_sensor",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=5,
         ),
     ],
     schedules=[nightly_reevaluation],

@@ -57,20 +57,23 @@ class ChatBackend:
     async def model_id(self) -> str:
         """The id to send: fixed for OpenAI presets, asked of ``/v1/models`` for self-hosted ones."""
         if self._model_id is None:
-            try:
-                listing = await self.client.models.list()
-            except openai.APIConnectionError:
-                raise FatalEndpointError(
-                    f"cannot reach {self.where} for model {self.spec.name!r} (set BASE_URL to the vLLM server)"
-                ) from None
-            except openai.APIStatusError as exc:
-                if classify_error(exc) == "fatal":
-                    raise self._rejected(exc) from None
-                raise FatalEndpointError(f"{self.where}/models answered HTTP {exc.status_code}") from None
-            if not listing.data:
-                raise FatalEndpointError(f"{self.where}/models lists no served model")
-            self._model_id = listing.data[0].id
+            self._model_id = (await self.served_models())[0]
         return self._model_id
+
+    async def served_models(self) -> list[str]:
+        """The ids ``/v1/models`` lists; a one-line FatalEndpointError when it cannot be read."""
+        try:
+            listing = await self.client.models.list()
+        except openai.APIConnectionError:
+            hint = " (set BASE_URL to the vLLM server)" if self.spec.backend == "self_hosted" else ""
+            raise FatalEndpointError(f"cannot reach {self.where} for model {self.spec.name!r}{hint}") from None
+        except openai.APIStatusError as exc:
+            if classify_error(exc) == "fatal":
+                raise self._rejected(exc) from None
+            raise FatalEndpointError(f"{self.where}/models answered HTTP {exc.status_code}") from None
+        if not listing.data:
+            raise FatalEndpointError(f"{self.where}/models lists no served model")
+        return [m.id for m in listing.data]
 
     def _rejected(self, exc: openai.APIStatusError) -> FatalEndpointError:
         # A rejected key fails every request the same way: stop at once instead of paying retries.
@@ -164,6 +167,27 @@ _CANNY_SCORE_SCALE = 0.02
 class BaselineReply:
     text: str
     score_fake: float
+
+
+# A preflight answers quickly or not at all: it only asks the endpoint to list its models.
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+def check_endpoint(spec: ModelSpec, api_key: str | None) -> None:
+    """Raise a one-line error unless the model can be asked: the key is set (OpenAI presets),
+    the endpoint answers ``/v1/models`` and accepts the key. Baselines always can."""
+    if spec.backend == "baseline":
+        return
+
+    async def probe() -> None:
+        quick = spec.model_copy(update={"timeout_s": min(spec.timeout_s, PREFLIGHT_TIMEOUT_S)})
+        backend = ChatBackend(quick, api_key)
+        try:
+            await backend.served_models()
+        finally:
+            await backend.aclose()
+
+    asyncio.run(probe())
 
 
 def canny_edge_density(data: bytes) -> float:

@@ -6,6 +6,7 @@ modification time are unchanged, so a rescan of unchanged files hashes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
@@ -102,3 +103,14 @@ def jobs_from_manifest(manifest: pd.DataFrame) -> Iterator[ImageJob]:
             path=Path(row.path), sha256=key, label=int(row.label),
             probe_error=row.probe_error if isinstance(row.probe_error, str) and row.probe_error else None,
         )  # fmt: skip
+
+
+# The columns whose change means the images asked, or what is known of them, changed.
+_CONTENT_COLUMNS = ["dataset", "path", "label", "subset", "sha256", "probe_error"]
+
+
+def manifest_content_hash(manifest: pd.DataFrame) -> str:
+    """A hash of what the evaluation depends on: equal for a rescan that found nothing new."""
+    rows = manifest[_CONTENT_COLUMNS].sort_values(["dataset", "path"]).reset_index(drop=True)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:32]

@@ -120,7 +120,10 @@ ORDER BY c.dataset, c.model, c.prompt, c.grp = '{ALL_SUBSETS}' DESC, c.grp
 # Paired outcomes of every two model × prompt pairs on the same images of a dataset (answers only).
 COMPARISON_COUNTS_SQL = """
 WITH answers AS (
-    SELECT DISTINCT dataset, model, prompt, sha256, pred = label AS correct FROM scored WHERE is_valid
+    SELECT DISTINCT s.dataset, s.model, s.prompt, s.sha256, s.pred = s.label AS correct
+    FROM scored AS s
+    SEMI JOIN partition_gate AS g ON g.model = s.model AND g.prompt = s.prompt AND g.status = 'passed'
+    WHERE s.is_valid
 )
 SELECT
     a.dataset, a.model AS model_a, a.prompt AS prompt_a, b.model AS model_b, b.prompt AS prompt_b,

@@ -82,8 +82,14 @@ def registry_files() -> list[Path]:
     return [d / "models.toml" for d in project_dirs(".") if (d / "models.toml").is_file()]
 
 
+def _file_stamp(path: Path) -> tuple[Path, int, int]:
+    stat = path.stat()
+    return path, stat.st_mtime_ns, stat.st_size
+
+
 @cache
-def _model_table(files: tuple[Path, ...]) -> dict[str, ModelSpec]:
+def _model_table(stamps: tuple[tuple[Path, int, int], ...]) -> dict[str, ModelSpec]:
+    files = [path for path, _, _ in stamps]
     raw: dict[str, dict] = {name: dict(entry) for name, entry in _read_toml(PRESETS_FILE).items()}
     origin = {name: PRESETS_FILE for name in raw}
     # Later files are the project's own; the working directory's models.toml wins, so read it last.
@@ -107,8 +113,12 @@ def _model_table(files: tuple[Path, ...]) -> dict[str, ModelSpec]:
 
 
 def model_table() -> dict[str, ModelSpec]:
-    """All known models by name and alias."""
-    return _model_table(tuple(registry_files()))
+    """All known models by name and alias.
+
+    Cached by each file's modification time and size, so a long-running process (the
+    Dagster code server) sees an edited ``models.toml`` on its next call, without a reload.
+    """
+    return _model_table(tuple(_file_stamp(f) for f in registry_files()))
 
 
 def get_model(name: str) -> ModelSpec:
@@ -119,6 +129,15 @@ def get_model(name: str) -> ModelSpec:
         known = ", ".join(sorted(table))
         raise ModelConfigError(f"unknown model {name!r}; known models: {known}")
     return spec
+
+
+def model_by_key(key: str) -> ModelSpec:
+    """The spec whose partition key (slug of its name) is ``key``; names and aliases also work."""
+    table = model_table()
+    for spec in table.values():
+        if spec.key == key:
+            return spec
+    return get_model(key)
 
 
 def registered_models() -> list[str]:

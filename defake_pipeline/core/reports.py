@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import math
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -73,15 +76,23 @@ _env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell,
 _VERDICT_WORD = {1: "real", 0: "fake", -1: "unknown"}
 
 
-def _image_rows(rows: pd.DataFrame, report_dir: Path, thumbs: dict[str, Path]) -> list[dict]:
+def data_uri(path: Path, mime: str) -> str:
+    """A file inlined as a data URI, for markdown shown where relative paths do not resolve
+    (the Dagster UI's metadata view)."""
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _image_rows(rows: pd.DataFrame, report_dir: Path, thumbs: dict[str, Path], embed: bool) -> list[dict]:
     out = []
     for r in rows.itertuples(index=False):
         thumb = thumbs.get(r.sha256)
+        if thumb:
+            thumb = data_uri(thumb, "image/jpeg") if embed else os.path.relpath(thumb, report_dir)
         out.append(
             {
                 "name": Path(r.path).name,
-                "link": os.path.relpath(r.path, report_dir),
-                "thumb": os.path.relpath(thumb, report_dir) if thumb else None,
+                "link": None if embed else os.path.relpath(r.path, report_dir),
+                "thumb": thumb,
                 "dataset": r.dataset,
                 "label": _VERDICT_WORD[int(r.label)],
                 "pred": "error" if r.is_error else _VERDICT_WORD[int(r.pred)],
@@ -117,17 +128,20 @@ def render_report(
     prompt: str,
     csv_name: str | None = None,
     thumbnails: bool = True,
+    embed: bool = False,
+    max_rows: int = MAX_ROWS_PER_SECTION,
 ) -> str:
     """Markdown for one model × prompt, from its metrics rows and its scored image rows.
 
     Wrong answers (unknowns and errors included) come first, then correct ones; each shows a
-    thumbnail linked to the image by a relative path, so the file renders on GitHub.
+    thumbnail linked to the image by a relative path, so the file renders on GitHub. With
+    ``embed``, thumbnails are inlined as data URIs and files are not linked (for the UI).
     """
     overall = metrics[metrics["subset"] == ALL_SUBSETS]
     subsets = metrics[metrics["subset"] != ALL_SUBSETS]
     correct_mask = (~scored["is_error"]) & (scored["pred"] == scored["label"])
-    wrong = scored[~correct_mask].head(MAX_ROWS_PER_SECTION)
-    correct = scored[correct_mask].head(MAX_ROWS_PER_SECTION)
+    wrong = scored[~correct_mask].head(max_rows)
+    correct = scored[correct_mask].head(max_rows)
     shown = pd.concat([wrong, correct])
     thumbs = (
         ensure_thumbnails(dict(zip(shown["sha256"], shown["path"], strict=True)), report_dir / "thumbs")
@@ -143,12 +157,12 @@ def render_report(
         overall=overall.to_dict("records"),
         subsets=subsets.to_dict("records") if subsets["subset"].nunique() > 1 else [],
         confusion={ds: _confusion(scored[scored["dataset"] == ds]) for ds in sorted(set(scored["dataset"]))},
-        wrong=_image_rows(wrong, report_dir, thumbs),
-        correct=_image_rows(correct, report_dir, thumbs),
+        wrong=_image_rows(wrong, report_dir, thumbs, embed),
+        correct=_image_rows(correct, report_dir, thumbs, embed),
         n_wrong=int((~correct_mask).sum()),
         n_correct=int(correct_mask.sum()),
-        max_rows=MAX_ROWS_PER_SECTION,
-        csv_name=csv_name,
+        max_rows=max_rows,
+        csv_name=None if embed else csv_name,
     )
 
 
@@ -177,7 +191,10 @@ def render_leaderboard(
     report_links: dict[tuple[str, str], str],
     comparisons: pd.DataFrame | None = None,
     charts: dict[str, str] | None = None,
+    unranked: pd.DataFrame | None = None,
 ) -> str:
+    """Ranks the metrics rows given (the caller keeps only partitions that passed the gate);
+    ``unranked`` lists the others apart, with the gate's reason."""
     overall = _sorted_overall(metrics)
     boards = {ds: group.to_dict("records") for ds, group in overall.groupby("dataset", sort=True)}
     pairs = {}
@@ -186,11 +203,38 @@ def render_leaderboard(
             pairs[ds] = group.head(20).to_dict("records")
     return _env.get_template("leaderboard.md.j2").render(
         boards=boards, links=report_links, pairs=pairs, charts=charts or {},
+        unranked=[] if unranked is None else unranked.to_dict("records"),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )  # fmt: skip
 
 
-def write_report(layout: HomeLayout, model: str, prompt: str) -> tuple[Path, str]:
+# Report inputs: the digest changes whenever a row the report shows, or its metrics, change.
+_REPORT_DIGEST_SQL = """
+SELECT count(*) AS n, sum(hash(dataset, subset, path, label, pred, score, response, error, prompt_hash))::VARCHAR AS h
+FROM scored WHERE model = ? AND prompt = ?
+"""
+# Markdown attached to a Dagster materialization: rows per section with inlined thumbnails.
+UI_ROWS_PER_SECTION = 6
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    model: str
+    prompt: str
+    path: Path
+    ui_markdown: str  # the same report with inlined thumbnails and fewer rows, for the UI
+
+
+def _digests_file(layout: HomeLayout) -> Path:
+    return layout.reports_dir / ".inputs.json"
+
+
+def passed_partitions(layout: HomeLayout) -> list[tuple[str, str]]:
+    rows = query(layout, "SELECT model, prompt FROM partition_gate WHERE status = 'passed' ORDER BY ALL")
+    return list(rows.itertuples(index=False, name=None))
+
+
+def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
     """Render and write the report of one model × prompt from the warehouse."""
     metrics = query(layout, "SELECT * FROM metrics WHERE model = ? AND prompt = ?", [model, prompt])
     scored = query(
@@ -204,28 +248,66 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> tuple[Path, str
     query(layout, f"COPY ({REPORT_CSV_SQL}) TO '{_sql_path(csv_path)}' (HEADER)", [model, prompt], fetch=False)
     text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name)
     target.write_text(text, encoding="utf-8")
-    return target, text
+    ui = render_report(metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION)
+    return WrittenReport(model, prompt, target, ui)
+
+
+def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[Path]]:
+    """Bring the reports in line with the warehouse: one per partition that passed the gate.
+
+    A report is rendered again only when its rows or metrics changed; the report of a
+    partition that failed its gate, or left the registry, is removed. Returns the reports
+    written and the files removed.
+    """
+    wanted = passed_partitions(layout)
+    digests_file = _digests_file(layout)
+    old = json.loads(digests_file.read_text(encoding="utf-8")) if digests_file.exists() else {}
+    digests, written = {}, []
+    for model, prompt in wanted:
+        name = layout.report_file(model, prompt).name
+        row = query(layout, _REPORT_DIGEST_SQL, [model, prompt]).iloc[0]
+        digests[name] = f"{row['n']}:{row['h']}"
+        if old.get(name) != digests[name] or not layout.report_file(model, prompt).exists():
+            written.append(write_report(layout, model, prompt))
+    removed = []
+    keep = {layout.report_file(m, p).name for m, p in wanted}
+    for stale in layout.reports_dir.glob("*__*.md") if layout.reports_dir.exists() else []:
+        if stale.name not in keep:
+            for file in (stale, stale.with_suffix(".csv")):
+                file.unlink(missing_ok=True)
+            removed.append(stale)
+    layout.reports_dir.mkdir(parents=True, exist_ok=True)
+    digests_file.write_text(json.dumps(digests, indent=1, sort_keys=True), encoding="utf-8")
+    return written, removed
 
 
 def _sql_path(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-def write_leaderboard(layout: HomeLayout) -> tuple[Path, str]:
-    metrics = query(layout, "SELECT * FROM metrics")
+def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
+    """Write the leaderboard; returns its path, its markdown, and the markdown for the UI
+    (the charts inlined as data URIs)."""
+    ranked = query(
+        layout,
+        "SELECT m.* FROM metrics AS m SEMI JOIN partition_gate AS g "
+        "ON g.model = m.model AND g.prompt = m.prompt AND g.status = 'passed'",
+    )
+    unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY model, prompt")
     comparisons = query(layout, "SELECT * FROM comparisons")
-    pairs = metrics[["model", "prompt"]].drop_duplicates().itertuples(index=False)
+    pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)
     links = {(m, p): layout.report_file(m, p).name for m, p in pairs}
-    charts = {}
+    charts, inlined = {}, {}
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
-    for dataset, rows in _sorted_overall(metrics).groupby("dataset", sort=True):
+    for dataset, rows in _sorted_overall(ranked).groupby("dataset", sort=True):
         chart = layout.reports_dir / f"accuracy_{dataset}.svg"
-        chart.write_text(render_accuracy_chart(rows, title=dataset), encoding="utf-8")
+        chart.write_text(render_accuracy_chart(rows, title=str(dataset)), encoding="utf-8")
         charts[dataset] = chart.name
-    text = render_leaderboard(metrics, links, comparisons, charts)
-    layout.leaderboard_file.parent.mkdir(parents=True, exist_ok=True)
+        inlined[dataset] = data_uri(chart, "image/svg+xml")
+    text = render_leaderboard(ranked, links, comparisons, charts, unranked)
+    ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked)
     layout.leaderboard_file.write_text(text, encoding="utf-8")
-    return layout.leaderboard_file, text
+    return layout.leaderboard_file, text, ui_text
 
 
 def frame_to_markdown(frame: pd.DataFrame) -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from defake_pipeline.core.gate import GateThresholds, create_gate_table
 from defake_pipeline.core.metrics import COMPARISON_COUNTS_SQL, METRICS_SQL, SCORED_VIEW_SQL, mcnemar_exact_p
 from defake_pipeline.core.paths import HomeLayout
 
@@ -112,10 +113,22 @@ def read_manifests(layout: HomeLayout) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
-    """Rebuild ``defake.duckdb`` from the Parquet files; returns row counts per table."""
+def rebuild_warehouse(
+    layout: HomeLayout,
+    thresholds: GateThresholds | None = None,
+    partitions: list[tuple[str, str]] | None = None,
+) -> dict[str, int]:
+    """Rebuild ``defake.duckdb`` from the Parquet files; returns row counts per table.
+
+    With ``partitions`` (the registered model × prompt pairs), only their files are read,
+    so a removed prompt or model leaves the warehouse, and a registered pair with no file
+    is listed as ``missing`` in ``partition_gate``.
+    """
     manifests = sorted(layout.manifests_dir.glob("*.parquet"))
-    predictions = sorted(layout.predictions_dir.glob("model=*/prompt=*.parquet"))
+    if partitions is None:
+        predictions = sorted(layout.predictions_dir.glob("model=*/prompt=*.parquet"))
+    else:
+        predictions = [f for m, p in partitions if (f := layout.predictions_file(m, p)).exists()]
     if not manifests:
         raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
     layout.warehouse.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +146,8 @@ def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
             else:
                 empty = predictions_frame([])  # noqa: F841 - read by DuckDB's replacement scan
                 con.execute("CREATE TABLE predictions AS SELECT * FROM empty")
-            create_metrics(con)
-            tables = ("image_manifest", "predictions", "metrics", "comparisons")
+            create_metrics(con, thresholds or GateThresholds(), partitions)
+            tables = ("image_manifest", "predictions", "partition_gate", "metrics", "comparisons")
             counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
         os.replace(tmp, layout.warehouse)
     finally:
@@ -144,11 +157,23 @@ def rebuild_warehouse(layout: HomeLayout) -> dict[str, int]:
     return counts
 
 
-def create_metrics(con: duckdb.DuckDBPyConnection) -> None:
-    """The ``scored`` view and the ``metrics`` and ``comparisons`` tables, over the
-    ``image_manifest`` and ``predictions`` tables."""
+def create_metrics(
+    con: duckdb.DuckDBPyConnection,
+    thresholds: GateThresholds | None = None,
+    partitions: list[tuple[str, str]] | None = None,
+) -> None:
+    """The ``partition_gate`` table, the ``scored`` view and the ``metrics`` and ``comparisons``
+    tables, over the ``image_manifest`` and ``predictions`` tables.
+
+    Every partition gets metrics, each row carrying its ``gate_status``; comparisons pair
+    only partitions that passed the gate.
+    """
+    create_gate_table(con, thresholds or GateThresholds(), partitions)
     con.execute(SCORED_VIEW_SQL)
-    con.execute(f"CREATE TABLE metrics AS {METRICS_SQL}")
+    con.execute(
+        f"CREATE TABLE metrics AS SELECT m.*, g.status AS gate_status FROM ({METRICS_SQL}) AS m "
+        "LEFT JOIN partition_gate AS g ON g.model = m.model AND g.prompt = m.prompt"
+    )
     pairs = con.execute(COMPARISON_COUNTS_SQL).df()
     pairs["mcnemar_p"] = [mcnemar_exact_p(a, b) for a, b in zip(pairs["only_a_right"], pairs["only_b_right"], strict=True)]
     con.register("comparison_frame", pairs)

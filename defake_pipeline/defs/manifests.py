@@ -5,6 +5,7 @@ import dagster as dg
 from defake_pipeline.core import quality
 from defake_pipeline.core.datasets import dataset_specs
 from defake_pipeline.core.pipeline import prune_manifests, refresh_manifest
+from defake_pipeline.core.manifest import manifest_content_hash
 from defake_pipeline.core.store import read_manifests
 from defake_pipeline.defs.resources import DefakeStore
 
@@ -73,6 +74,8 @@ def image_manifest(
     )
     manifest = read_manifests(layout)
     return dg.MaterializeResult(
+        # Downstream predictions run only when this changes (see defs/automation.py).
+        data_version=dg.DataVersion(manifest_content_hash(manifest)),
         metadata={
             "n_images": len(manifest),
             "n_probe_errors": int(manifest["probe_error"].notna().sum()),

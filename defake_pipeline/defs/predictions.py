@@ -1,28 +1,46 @@
 """Predictions, one partition per model × prompt, each written to its own Parquet file."""
 
-import dagster as dg
-import pandas as pd
+import warnings
 
+import dagster as dg
+
+from defake_pipeline.core.gate import GATE_PASSED, partition_gate
+from defake_pipeline.core.models import model_by_key
 from defake_pipeline.core.pipeline import evaluate_partition
 from defake_pipeline.core.prompts import prompt_by_key
+from defake_pipeline.defs.automation import PREDICTIONS_FOLLOW_MANIFEST
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
+from defake_pipeline.defs.partitions import model_prompt_partitions, split_partition_key
+from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint, QualityGate
+
+
+# BackfillPolicy is marked beta in this Dagster release; the warning says nothing to users.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
 class PredictionsConfig(DatasetSelection):
     """Which datasets to evaluate (empty: all), and an optional spending limit for this run."""
 
     max_cost_usd: float | None = None
-from defake_pipeline.defs.partitions import model_prompt_partitions
-from defake_pipeline.core.quality import partition_rates
-from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint, QualityGate
 
 
+# Not blocking: the gate is enforced on the data (the warehouse's partition_gate table), so a
+# failed partition stays out of every ranking while the other partitions still flow on.
 _CHECKS = [
-    dg.AssetCheckSpec("error_rate_below_threshold", asset="predictions", blocking=True,
+    dg.AssetCheckSpec("error_rate_below_threshold", asset="predictions",
                       description="Share of images with no answer (after retries) stays under QualityGate.max_error_rate."),
-    dg.AssetCheckSpec("unknown_rate_below_threshold", asset="predictions", blocking=True,
+    dg.AssetCheckSpec("unknown_rate_below_threshold", asset="predictions",
                       description="Share of answers with no verdict stays under QualityGate.max_unknown_rate."),
 ]  # fmt: skip
+
+
+def _gate_table(gates: dict[str, dict]) -> dg.MetadataValue:
+    lines = ["| partition | images | error rate | unknown rate | gate |", "| --- | ---: | ---: | ---: | --- |"]
+    for key, g in gates.items():
+        err = "–" if g["error_rate"] is None else f"{100 * g['error_rate']:.1f}%"
+        unk = "–" if g["unknown_rate"] is None else f"{100 * g['unknown_rate']:.1f}%"
+        lines.append(f"| {key} | {g['n_images']} | {err} | {unk} | {g['status']} {g['reason'] or ''} |")
+    return dg.MetadataValue.md("\n".join(lines))
 
 
 @dg.asset(
@@ -31,6 +49,9 @@ _CHECKS = [
     deps=[image_manifest],
     kinds={"parquet"},
     check_specs=_CHECKS,
+    automation_condition=PREDICTIONS_FOLLOW_MANIFEST,
+    # A backfill of many partitions is one run: one process start, not one per partition.
+    backfill_policy=dg.BackfillPolicy.single_run(),
 )
 def predictions(
     context: dg.AssetExecutionContext,
@@ -40,41 +61,43 @@ def predictions(
     quality: QualityGate,
 ) -> dg.MaterializeResult:
     """Every manifest image asked of one model with one prompt; cached answers cost nothing."""
-    keys = context.partition_key.keys_by_dimension
-    spec = endpoint.spec(keys["model"])
-    prompt = prompt_by_key(keys["prompt"])
-    summary = evaluate_partition(
-        store.layout(), spec, prompt, api_key=endpoint.api_key, datasets=config.datasets, max_cost_usd=config.max_cost_usd
-    )
-    context.log.info(
-        f"{summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new requests; "
-        f"{summary.n_errors} errors, "
-        f"{summary.n_unknown} unknown"
-    )
-    rates = partition_rates(pd.read_parquet(summary.path, columns=["error", "pred"]))
+    layout = store.layout()
+    totals = {"n_images": 0, "n_requests": 0, "n_cached": 0, "n_errors": 0, "n_unknown": 0, "cost_usd": 0.0}
+    gates: dict[str, dict] = {}
+    for key in context.partition_keys:
+        model, prompt_key = split_partition_key(key)
+        spec = endpoint.spec(model_by_key(model))
+        prompt = prompt_by_key(prompt_key)
+        summary = evaluate_partition(
+            layout, spec, prompt, api_key=endpoint.api_key, datasets=config.datasets, max_cost_usd=config.max_cost_usd
+        )
+        context.log.info(
+            f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "
+            f"requests; {summary.n_errors} errors, {summary.n_unknown} unknown"
+        )
+        for name in totals:
+            totals[name] += getattr(summary, name)
+        gates[key] = partition_gate(summary.path, quality.thresholds())
+        if gates[key]["status"] != GATE_PASSED:
+            context.log.warning(f"{key}: quality gate {gates[key]['status']}: {gates[key]['reason']}")
+    failed_error = [k for k, g in gates.items() if (g["error_rate"] or 0) > quality.max_error_rate]
+    failed_unknown = [k for k, g in gates.items() if (g["unknown_rate"] or 0) > quality.max_unknown_rate]
     check_results = [
         dg.AssetCheckResult(
-            check_name="error_rate_below_threshold", passed=rates.error_rate <= quality.max_error_rate,
-            metadata={"error_rate": rates.error_rate, "threshold": quality.max_error_rate},
+            check_name="error_rate_below_threshold", passed=not failed_error,
+            metadata={"failed": ", ".join(failed_error) or "none", "threshold": quality.max_error_rate},
         ),
         dg.AssetCheckResult(
-            check_name="unknown_rate_below_threshold", passed=rates.unknown_rate <= quality.max_unknown_rate,
-            metadata={"unknown_rate": rates.unknown_rate, "threshold": quality.max_unknown_rate},
+            check_name="unknown_rate_below_threshold", passed=not failed_unknown,
+            metadata={"failed": ", ".join(failed_unknown) or "none", "threshold": quality.max_unknown_rate},
         ),
     ]  # fmt: skip
     return dg.MaterializeResult(
         check_results=check_results,
         metadata={
-            "n_images": summary.n_images,
-            "n_requests": summary.n_requests,
-            "n_cached": summary.n_cached,
-            "n_errors": summary.n_errors,
-            "n_unknown": summary.n_unknown,
-            "accuracy": dg.MetadataValue.float(summary.accuracy) if summary.accuracy is not None else None,
-            "prompt_tokens": summary.prompt_tokens,
-            "completion_tokens": summary.completion_tokens,
-            "cost_usd": dg.MetadataValue.float(summary.cost_usd),
-            "prompt_hash": prompt.content_hash,
-            "path": dg.MetadataValue.path(str(summary.path)),
-        }
+            **totals,
+            "cost_usd": dg.MetadataValue.float(totals["cost_usd"]),
+            "partitions": _gate_table(gates),
+            "path": dg.MetadataValue.path(str(layout.predictions_dir)),
+        },
     )

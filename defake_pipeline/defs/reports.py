@@ -1,12 +1,12 @@
-"""Markdown reports per model × prompt and the leaderboard, also attached as Dagster metadata."""
+"""Markdown reports of every model × prompt that passed the gate, and the leaderboard."""
 
 import dagster as dg
 import pandas as pd
 
-from defake_pipeline.core.reports import write_leaderboard, write_report
+from defake_pipeline.core.reports import write_leaderboard, write_reports
 from defake_pipeline.core.store import query
-from defake_pipeline.defs.metrics import FOLLOW_UPSTREAM, metrics
-from defake_pipeline.defs.partitions import model_prompt_partitions
+from defake_pipeline.defs.automation import FOLLOW_INPUTS
+from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.resources import DefakeStore
 
 # The UI renders markdown metadata inline; past this size the file on disk is the report.
@@ -23,37 +23,34 @@ def _md_metadata(text: str, path) -> dg.MetadataValue:
     return dg.MetadataValue.md(text)
 
 
-@dg.asset(
-    group_name="evaluation",
-    partitions_def=model_prompt_partitions,
-    deps=[metrics],
-    kinds={"markdown"},
-    automation_condition=FOLLOW_UPSTREAM,
-)
-def model_report(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
-    """The report of one model × prompt: metrics, confusion matrix, wrong then correct predictions."""
-    keys = context.partition_key.keys_by_dimension
+@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_INPUTS)
+def model_reports(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
+    """One report per model × prompt whose predictions passed the gate: metrics, confusion
+    matrix, wrong then correct predictions. Only reports whose rows changed are rendered."""
     layout = store.layout()
-    path, text = write_report(layout, keys["model"], keys["prompt"])
-    overall = query(
-        layout, "SELECT * FROM metrics WHERE model = ? AND prompt = ? AND subset = 'all'", [keys["model"], keys["prompt"]]
-    )
-    # Numeric entries are what the UI plots over time; one per dataset and figure.
-    numeric = {
-        f"{row['dataset']}/{k}": dg.MetadataValue.float(float(row[k]))
-        for _, row in overall.iterrows()
-        for k in _NUMERIC
-        if not pd.isna(row[k])
+    written, removed = write_reports(layout)
+    for gone in removed:
+        context.log.info(f"removed {gone.name}: its partition did not pass the gate or left the registry")
+    overall = query(layout, "SELECT * FROM metrics WHERE subset = 'all' AND gate_status = 'passed'")
+    metadata: dict[str, dg.MetadataValue] = {
+        "n_rendered": dg.MetadataValue.int(len(written)),
+        "n_removed": dg.MetadataValue.int(len(removed)),
+        "path": dg.MetadataValue.path(str(layout.reports_dir)),
     }
-    return dg.MaterializeResult(
-        metadata={"report": _md_metadata(text, path), "path": dg.MetadataValue.path(str(path)), **numeric}
-    )
+    for report in written:
+        metadata[f"{report.model}__{report.prompt}"] = _md_metadata(report.ui_markdown, report.path)
+    # Numeric entries are what the UI plots over time; one per partition, dataset and figure.
+    for _, row in overall.iterrows():
+        for k in _NUMERIC:
+            if not pd.isna(row[k]):
+                name = f"{row['model']}__{row['prompt']}/{row['dataset']}/{k}"
+                metadata[name] = dg.MetadataValue.float(float(row[k]))
+    return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_UPSTREAM)
+@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_INPUTS)
 def leaderboard(store: DefakeStore) -> dg.MaterializeResult:
-    """Every model × prompt ranked per dataset, with accuracy intervals and cost."""
-    path, text = write_leaderboard(store.layout())
-    return dg.MaterializeResult(
-        metadata={"leaderboard": _md_metadata(text, path), "path": dg.MetadataValue.path(str(path))}
-    )
+    """Every model × prompt that passed the gate, ranked per dataset, with accuracy intervals
+    and cost; the others are listed apart with the reason."""
+    path, _, ui_text = write_leaderboard(store.layout())
+    return dg.MaterializeResult(metadata={"leaderboard": _md_metadata(ui_text, path), "path": dg.MetadataValue.path(str(path))})

@@ -4,7 +4,8 @@ import os
 
 import dagster as dg
 
-from defake_pipeline.core.models import ModelSpec, get_model
+from defake_pipeline.core.gate import GateThresholds
+from defake_pipeline.core.models import ModelSpec, model_by_key
 from defake_pipeline.core.paths import HomeLayout
 
 
@@ -24,8 +25,9 @@ class ModelEndpoint(dg.ConfigurableResource):
     base_url: str | None = None  # self-hosted presets (vLLM)
     openai_base_url: str | None = None  # OpenAI presets
 
-    def spec(self, model: str) -> ModelSpec:
-        spec = get_model(model)
+    def spec(self, model: ModelSpec | str) -> ModelSpec:
+        """The spec with this resource's URLs filled in (``model``: a spec, or a partition key)."""
+        spec = model if isinstance(model, ModelSpec) else model_by_key(model)
         override = self.openai_base_url if spec.backend == "openai" else self.base_url
         if override and spec.backend != "baseline" and not spec.base_url:
             spec = spec.model_copy(update={"base_url": override})
@@ -35,12 +37,16 @@ class ModelEndpoint(dg.ConfigurableResource):
 class QualityGate(dg.ConfigurableResource):
     """Thresholds of the blocking checks on each predictions partition.
 
-    A partition over either rate fails its check, and metrics and reports do not update from
-    it: a broken endpoint or a prompt the model cannot answer never reaches the leaderboard.
+    A partition over either rate fails its check, and the warehouse marks it failed in
+    ``partition_gate``: it gets no report and no place in any ranking or comparison, so a
+    broken endpoint or a prompt the model cannot answer never reaches the leaderboard.
     """
 
-    max_error_rate: float = 0.2
-    max_unknown_rate: float = 0.5
+    max_error_rate: float = GateThresholds.max_error_rate
+    max_unknown_rate: float = GateThresholds.max_unknown_rate
+
+    def thresholds(self) -> GateThresholds:
+        return GateThresholds(self.max_error_rate, self.max_unknown_rate)
 
 
 def _env_or_none(name: str) -> dg.EnvVar | None:

@@ -1,4 +1,4 @@
-"""Sensors that keep the evaluation current: new images, new or changed prompts, new models.
+"""Sensors that keep the evaluation current: new images, and the registry of models and prompts.
 
 Cursors record what was last seen (fingerprints, content hashes); run keys are derived
 from that content, so a reset cursor re-requests exactly the runs Dagster has not yet
@@ -6,12 +6,14 @@ launched, and nothing is dropped silently.
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 
 from defake_pipeline.core.datasets import dataset_specs
 from defake_pipeline.core.errors import DefakeError
 from defake_pipeline.core.models import get_model, registered_models
+from defake_pipeline.core.prompts import prompt_key_for
 from defake_pipeline.core.scan import dataset_fingerprint, scan_prompts
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.partitions import model_partitions, partition_key, prompt_partitions
@@ -29,11 +31,11 @@ def _predictions_request(model: str, prompt: str, run_key: str, reason: str) -> 
     )
 
 
-@dg.sensor(target=[image_manifest], minimum_interval_seconds=60, default_status=RUNNING)
+@dg.sensor(target=[image_manifest], minimum_interval_seconds=10, default_status=RUNNING)
 def new_images_sensor(context: dg.SensorEvaluationContext):
     """Refresh a dataset's manifest when its images are added, changed or removed.
 
-    Once the manifest has materialized, ``predictions_after_manifest_sensor`` asks every
+    When the manifest's content changed, the predictions' automation condition asks every
     registered model × prompt again; the journal makes those runs pay only for new images.
     """
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
@@ -60,64 +62,64 @@ def new_images_sensor(context: dg.SensorEvaluationContext):
     return dg.SensorResult(run_requests=requests, cursor=json.dumps({**seen, **changed}, sort_keys=True))
 
 
-def _latest_manifest_storage_id(instance: dg.DagsterInstance) -> int | None:
-    records = instance.fetch_materializations(image_manifest.key, limit=1).records
-    return records[0].storage_id if records else None
+def _registry_cursor(raw: str | None) -> dict:
+    cursor = json.loads(raw) if raw else {}
+    return {"prompts": cursor.get("prompts", {}), "models": cursor.get("models", [])}
 
 
-@dg.sensor(target=[predictions], minimum_interval_seconds=30, default_status=RUNNING)
-def predictions_after_manifest_sensor(context: dg.SensorEvaluationContext):
-    """After each manifest materialization, re-evaluate every registered model × prompt."""
-    latest = _latest_manifest_storage_id(context.instance)
-    done = int(context.cursor) if context.cursor else -1
-    if latest is None or latest <= done:
-        return dg.SkipReason("no new manifest materialization")
-    models = context.instance.get_dynamic_partitions(model_partitions.name)
-    prompts = context.instance.get_dynamic_partitions(prompt_partitions.name)
-    requests = [
-        _predictions_request(m, p, f"after-manifest:{latest}:{m}|{p}", "manifest_updated") for m in models for p in prompts
-    ]
-    return dg.SensorResult(run_requests=requests, cursor=str(latest))
+@dg.sensor(target=[predictions], minimum_interval_seconds=10, default_status=RUNNING)
+def registry_sensor(context: dg.SensorEvaluationContext):
+    """``models.toml`` and ``prompts/`` are the truth: partitions are added and removed to match.
 
-
-@dg.sensor(target=[predictions], minimum_interval_seconds=30, default_status=RUNNING)
-def prompt_files_sensor(context: dg.SensorEvaluationContext):
-    """A new prompt file gets a partition and a run per model; a changed one, runs for itself only."""
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    A new model or prompt only gets its partition here; the predictions' automation
+    condition runs every newly missing partition. A changed prompt file re-runs that
+    prompt's partitions. A model that ``models.toml`` listed and no longer lists is removed;
+    one registered by ``mllmdf materialize`` (after checking its endpoint) is left alone.
+    An invalid prompt file keeps its partition and is reported.
+    """
+    seen = _registry_cursor(context.cursor)
     scan = scan_prompts()
     for file, error in scan.invalid.items():
         context.log.warning(f"skipped invalid prompt {file}: {error}")
-    new = sorted(k for k in scan.valid if k not in seen)
-    changed = sorted(k for k in scan.valid if k in seen and seen[k] != scan.valid[k])
-    models = context.instance.get_dynamic_partitions(model_partitions.name)
+    try:
+        wanted_models = list(dict.fromkeys(get_model(name).key for name in registered_models()))
+    except DefakeError as exc:
+        context.log.warning(f"models.toml not usable, models left as they are: {exc}")
+        wanted_models = None
+    instance = context.instance
+    models = instance.get_dynamic_partitions(model_partitions.name)
+    prompts = instance.get_dynamic_partitions(prompt_partitions.name)
+    present_prompts = set(scan.valid) | {prompt_key_for(Path(f)) for f in scan.invalid}
+
+    new_prompts = sorted(k for k in scan.valid if k not in prompts)
+    gone_prompts = sorted(k for k in prompts if k not in present_prompts)
+    changed = sorted(k for k in scan.valid if k in prompts and k in seen["prompts"] and seen["prompts"][k] != scan.valid[k])
+    new_models = [m for m in wanted_models or [] if m not in models]
+    gone_models = [m for m in models if wanted_models is not None and m in seen["models"] and m not in wanted_models]
+
+    changes = []
+    if new_prompts:
+        changes.append(prompt_partitions.build_add_request(new_prompts))
+    if gone_prompts:
+        changes.append(prompt_partitions.build_delete_request(gone_prompts))
+    if new_models:
+        changes.append(model_partitions.build_add_request(new_models))
+    if gone_models:
+        changes.append(model_partitions.build_delete_request(gone_models))
+    kept_models = [m for m in models if m not in gone_models]
     requests = [
-        _predictions_request(m, p, f"prompt:{p}:{scan.valid[p]}:{m}", "new_prompt" if p in new else "changed_prompt")
-        for p in new + changed
-        for m in models
+        _predictions_request(m, p, f"prompt:{p}:{scan.valid[p]}:{m}", "changed_prompt") for p in changed for m in kept_models
     ]
-    if not new and not changed:
-        reason = "no prompt added or changed"
+    for verb, keys in (("added", new_prompts + new_models), ("removed", gone_prompts + gone_models), ("changed", changed)):
+        if keys:
+            context.log.info(f"{verb}: {', '.join(keys)}")
+    cursor = json.dumps(
+        {"prompts": {**seen["prompts"], **scan.valid}, "models": wanted_models if wanted_models is not None else seen["models"]},
+        sort_keys=True,
+    )
+    if not changes and not requests:
+        reason = "models.toml and prompts/ match the partitions"
         if scan.invalid:
             reason += "; skipped invalid: " + "; ".join(scan.invalid.values())
-        return dg.SkipReason(reason)
-    return dg.SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[prompt_partitions.build_add_request(new)] if new else [],
-        cursor=json.dumps({**seen, **scan.valid}, sort_keys=True),
-    )
-
-
-@dg.sensor(target=[predictions], minimum_interval_seconds=60, default_status=RUNNING)
-def model_registry_sensor(context: dg.SensorEvaluationContext):
-    """A model newly listed in models.toml gets a partition and a run per prompt."""
-    try:
-        wanted = [get_model(name).key for name in registered_models()]
-    except DefakeError as exc:
-        return dg.SkipReason(f"models.toml not usable: {exc}")
-    existing = set(context.instance.get_dynamic_partitions(model_partitions.name))
-    new = [m for m in dict.fromkeys(wanted) if m not in existing]
-    if not new:
-        return dg.SkipReason(f"no new model among {len(wanted)} registered")
-    prompts = context.instance.get_dynamic_partitions(prompt_partitions.name)
-    requests = [_predictions_request(m, p, f"model:{m}:{p}", "new_model") for m in new for p in prompts]
-    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=[model_partitions.build_add_request(new)])
+        return dg.SkipReason(reason) if cursor == context.cursor else dg.SensorResult(skip_reason=reason, cursor=cursor)
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=changes, cursor=cursor)
