@@ -24,8 +24,14 @@ defs = dg.Definitions(
             target=dg.AssetSelection.all(),
             default_status=dg.DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=5,
+            # Many prediction partitions requested at once become one backfill, which the
+            # single-run backfill policy turns into one run.
+            emit_backfills=True,
         ),
     ],
     schedules=[nightly_reevaluation],
     resources=default_resources(),
+    # Steps run in the run's own process: a fresh process per step costs seconds of imports,
+    # and the steps here are short or wait on endpoints (the engine is already concurrent).
+    executor=dg.in_process_executor,
 )

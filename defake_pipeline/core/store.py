@@ -106,6 +106,21 @@ def predictions_frame(rows: list[dict]) -> pd.DataFrame:
     return frame.astype({"label": "int64", "pred": "int64", "score": "float64", "n_requests": "int64"})
 
 
+def predictions_content_hash(files: list[Path]) -> str:
+    """A hash of what the partition files say (answers, verdicts, errors; not timestamps): equal
+    for a rerun that found nothing new."""
+    existing = [str(f) for f in files if f.exists()]
+    if not existing:
+        return "empty"
+    with duckdb.connect() as con:
+        row = con.execute(
+            "SELECT count(*), sum(hash(model, prompt, image_sha256, path, label, pred, score, response, error, "
+            "prompt_hash)) FROM read_parquet(?, union_by_name=true)",
+            [existing],
+        ).fetchone()
+    return f"{row[0]}-{row[1]}"
+
+
 def read_manifests(layout: HomeLayout) -> pd.DataFrame:
     files = sorted(layout.manifests_dir.glob("*.parquet"))
     if not files:

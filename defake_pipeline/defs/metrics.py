@@ -4,7 +4,7 @@ import dagster as dg
 
 from defake_pipeline.core.reports import frame_to_markdown
 from defake_pipeline.core.store import query, rebuild_warehouse
-from defake_pipeline.defs.automation import FOLLOW_INPUTS
+from defake_pipeline.defs.automation import WAREHOUSE_FOLLOWS_INPUTS
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.partitions import registered_pairs
 from defake_pipeline.defs.predictions import predictions
@@ -19,7 +19,7 @@ DUCKDB_WRITER_POOL = "duckdb_writer"
     deps=[image_manifest, predictions],
     kinds={"duckdb"},
     pool=DUCKDB_WRITER_POOL,
-    automation_condition=FOLLOW_INPUTS,
+    automation_condition=WAREHOUSE_FOLLOWS_INPUTS,
 )
 def metrics(context: dg.AssetExecutionContext, store: DefakeStore, quality: QualityGate) -> dg.MaterializeResult:
     """Metrics per dataset × model × prompt × subset, computed in SQL, and each partition's

@@ -8,6 +8,7 @@ from defake_pipeline.core.gate import GATE_PASSED, partition_gate
 from defake_pipeline.core.models import model_by_key
 from defake_pipeline.core.pipeline import evaluate_partition
 from defake_pipeline.core.prompts import prompt_by_key
+from defake_pipeline.core.store import predictions_content_hash
 from defake_pipeline.defs.automation import PREDICTIONS_FOLLOW_MANIFEST
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
 from defake_pipeline.defs.partitions import model_prompt_partitions, split_partition_key
@@ -64,6 +65,7 @@ def predictions(
     layout = store.layout()
     totals = {"n_images": 0, "n_requests": 0, "n_cached": 0, "n_errors": 0, "n_unknown": 0, "cost_usd": 0.0}
     gates: dict[str, dict] = {}
+    files = []
     for key in context.partition_keys:
         model, prompt_key = split_partition_key(key)
         spec = endpoint.spec(model_by_key(model))
@@ -75,6 +77,7 @@ def predictions(
             f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "
             f"requests; {summary.n_errors} errors, {summary.n_unknown} unknown"
         )
+        files.append(summary.path)
         for name in totals:
             totals[name] += getattr(summary, name)
         gates[key] = partition_gate(summary.path, quality.thresholds())
@@ -94,6 +97,8 @@ def predictions(
     ]  # fmt: skip
     return dg.MaterializeResult(
         check_results=check_results,
+        # The warehouse rebuilds only when this changes (see defs/automation.py).
+        data_version=dg.DataVersion(predictions_content_hash(files)),
         metadata={
             **totals,
             "cost_usd": dg.MetadataValue.float(totals["cost_usd"]),

@@ -5,7 +5,7 @@ import pandas as pd
 
 from defake_pipeline.core.reports import write_leaderboard, write_reports
 from defake_pipeline.core.store import query
-from defake_pipeline.defs.automation import FOLLOW_INPUTS
+from defake_pipeline.defs.automation import FOLLOW_WAREHOUSE
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.resources import DefakeStore
 
@@ -23,7 +23,7 @@ def _md_metadata(text: str, path) -> dg.MetadataValue:
     return dg.MetadataValue.md(text)
 
 
-@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_INPUTS)
+@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_WAREHOUSE)
 def model_reports(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
     """One report per model × prompt whose predictions passed the gate: metrics, confusion
     matrix, wrong then correct predictions. Only reports whose rows changed are rendered."""
@@ -48,7 +48,7 @@ def model_reports(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.M
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_INPUTS)
+@dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_WAREHOUSE)
 def leaderboard(store: DefakeStore) -> dg.MaterializeResult:
     """Every model × prompt that passed the gate, ranked per dataset, with accuracy intervals
     and cost; the others are listed apart with the reason."""

@@ -5,6 +5,7 @@ from that content, so a reset cursor re-requests exactly the runs Dagster has no
 launched, and nothing is dropped silently.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from defake_pipeline.core.prompts import prompt_key_for
 from defake_pipeline.core.scan import dataset_fingerprint, scan_prompts
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.partitions import model_partitions, partition_key, prompt_partitions
+from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.predictions import predictions
+from defake_pipeline.defs.reports import leaderboard, model_reports
 
 RUNNING = dg.DefaultSensorStatus.RUNNING
 
@@ -31,7 +34,7 @@ def _predictions_request(model: str, prompt: str, run_key: str, reason: str) -> 
     )
 
 
-@dg.sensor(target=[image_manifest], minimum_interval_seconds=10, default_status=RUNNING)
+@dg.sensor(target=[image_manifest], minimum_interval_seconds=5, default_status=RUNNING)
 def new_images_sensor(context: dg.SensorEvaluationContext):
     """Refresh a dataset's manifest when its images are added, changed or removed.
 
@@ -67,7 +70,7 @@ def _registry_cursor(raw: str | None) -> dict:
     return {"prompts": cursor.get("prompts", {}), "models": cursor.get("models", [])}
 
 
-@dg.sensor(target=[predictions], minimum_interval_seconds=10, default_status=RUNNING)
+@dg.sensor(target=[predictions, metrics, model_reports, leaderboard], minimum_interval_seconds=5, default_status=RUNNING)
 def registry_sensor(context: dg.SensorEvaluationContext):
     """``models.toml`` and ``prompts/`` are the truth: partitions are added and removed to match.
 
@@ -110,6 +113,16 @@ def registry_sensor(context: dg.SensorEvaluationContext):
     requests = [
         _predictions_request(m, p, f"prompt:{p}:{scan.valid[p]}:{m}", "changed_prompt") for p in changed for m in kept_models
     ]
+    if gone_prompts or gone_models:
+        # Nothing upstream changes when a partition goes, so the rebuild is asked for here.
+        gone = ",".join(gone_prompts + gone_models)
+        requests.append(
+            dg.RunRequest(
+                run_key=f"removed:{gone}:{hashlib.sha256(json.dumps(scan.valid, sort_keys=True).encode()).hexdigest()[:12]}",
+                asset_selection=[metrics.key, model_reports.key, leaderboard.key],
+                tags={"defake/trigger": "registry_removed"},
+            )
+        )
     for verb, keys in (("added", new_prompts + new_models), ("removed", gone_prompts + gone_models), ("changed", changed)):
         if keys:
             context.log.info(f"{verb}: {', '.join(keys)}")
