@@ -194,7 +194,6 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
     from defake_pipeline.core.models import get_model, registered_models
     from defake_pipeline.core.prompts import find_prompt, load_prompt, prompt_files
     from defake_pipeline.defs.instance import local_instance
-    from defake_pipeline.defs.resources import ModelEndpoint, default_resources
     from defake_pipeline.defs.runs import gate_failures, materialize_evaluation
 
     specs = [get_model(m) for m in (models or registered_models())]
@@ -202,11 +201,9 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
     prompt_keys = list(dict.fromkeys(load_prompt(p).key for p in prompt_paths))
     dataset_keys = [get_dataset(d).key for d in datasets]
     registered = {get_model(m).key for m in registered_models()}
-    endpoint = default_resources()["endpoint"]
-    assert isinstance(endpoint, ModelEndpoint)
     for spec in specs:
         if spec.key not in registered:
-            check_endpoint(endpoint.spec(spec), os.environ.get("OPENAI_API_KEY"))
+            check_endpoint(spec, os.environ.get("OPENAI_API_KEY"))
     model_keys = list(dict.fromkeys(s.key for s in specs))
     click.echo(f"materializing {len(model_keys)} model(s) × {len(prompt_keys)} prompt(s): "
                f"{', '.join(model_keys)} × {', '.join(prompt_keys)}", err=True)
