@@ -14,8 +14,8 @@ from defake_pipeline.defs.runs import materialize_evaluation
 EXPECTED_DEPS = {
     "image_manifest": set(),
     "predictions": {"image_manifest"},
-    "metrics": {"predictions"},
-    "model_report": {"metrics"},
+    "metrics": {"image_manifest", "predictions"},
+    "model_reports": {"metrics"},
     "leaderboard": {"metrics"},
 }
 
@@ -48,9 +48,12 @@ def test_whole_graph_on_demo_with_baseline(defake_home):
     assert "## Wrong predictions" in report and "## Correct predictions" in report
     board = layout.leaderboard_file.read_text()
     assert "`canny`" in board and "canny__simple.md" in board
-    # The report is also attached to the materialization, as markdown metadata.
-    event = instance.get_latest_materialization_event(dg.AssetKey("model_report"))
-    assert event.asset_materialization.metadata["report"].value == report
+    # The report is also attached to the materialization, as markdown metadata the UI can
+    # render whole: thumbnails inlined, since the UI cannot load the report's relative paths.
+    event = instance.get_latest_materialization_event(dg.AssetKey("model_reports"))
+    attached = event.asset_materialization.metadata["canny__simple"].value
+    assert attached.split("## Metrics")[1].split("## Wrong")[0] == report.split("## Metrics")[1].split("## Wrong")[0]
+    assert attached.count("](<data:image/jpeg;base64,") == 7 and "thumbs/" not in attached  # 1 wrong, 6 correct
     # A second run reuses every journaled answer.
     materialize_evaluation(instance, ["canny"], ["simple"])
     event = instance.get_latest_materialization_event(dg.AssetKey("predictions"))
@@ -76,7 +79,12 @@ def test_cli_materialize_runs_on_the_local_instance(defake_home, tmp_path, monke
     config = (tmp_path / "dagster_home" / "dagster.yaml").read_text()
     assert "enabled: false" in config
     instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster_home"))
-    assert len(instance.get_runs()) == 4
+    runs = instance.get_runs()
+    # Named jobs, tagged with where they came from and, for a partition, the model and prompt.
+    assert sorted(r.job_name for r in runs) == ["evaluate", "publish", "refresh_manifests"]
+    assert all(r.tags["defake/source"] == "cli" for r in runs)
+    [evaluate] = [r for r in runs if r.job_name == "evaluate"]
+    assert evaluate.tags["defake/model"] == "canny" and evaluate.tags["defake/prompt"] == "simple"
 
 
 def test_cli_reports_bad_model_on_one_line(defake_home, tmp_path, monkeypatch):
@@ -129,6 +137,6 @@ def test_demo_report_links_resolve_and_chart_is_svg(defake_home):
 def test_report_metadata_carries_numeric_figures_per_dataset(defake_home):
     instance = dg.DagsterInstance.ephemeral()
     materialize_evaluation(instance, ["canny"], ["simple"])
-    metadata = instance.get_latest_materialization_event(dg.AssetKey("model_report")).asset_materialization.metadata
-    assert metadata["demo/accuracy"].value == pytest.approx(15 / 16)
-    assert metadata["demo/auc"].value > 0.9 and "demo/cost_usd" in metadata
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("model_reports")).asset_materialization.metadata
+    assert metadata["canny__simple/demo/accuracy"].value == pytest.approx(15 / 16)
+    assert metadata["canny__simple/demo/auc"].value > 0.9 and "canny__simple/demo/cost_usd" in metadata

@@ -18,12 +18,7 @@ from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import register_partitions
 from defake_pipeline.defs.runs import materialize_evaluation
 from defake_pipeline.defs.schedules import nightly_reevaluation
-from defake_pipeline.defs.sensors import (
-    model_registry_sensor,
-    new_images_sensor,
-    predictions_after_manifest_sensor,
-    prompt_files_sensor,
-)
+from defake_pipeline.defs.sensors import new_images_sensor, registry_sensor
 
 
 @pytest.fixture
@@ -71,54 +66,71 @@ def test_new_images_sensor_cases(project):
     assert changed.run_requests[0].run_key in {r.run_key for r in again.run_requests}
 
 
-def test_manifest_then_predictions_for_every_registered_pair(project):
+def test_predictions_follow_new_manifest_content_only(project):
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, ["canny", "qwen2vl"], ["mine", "simple"])
-    assert isinstance(tick(predictions_after_manifest_sensor, instance), dg.SkipReason)
-    dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources)
-    result = tick(predictions_after_manifest_sensor, instance)
-    keys = {r.partition_key for r in result.run_requests}
-    assert keys == {"canny|mine", "canny|simple", "qwen2vl|mine", "qwen2vl|simple"}
-    assert isinstance(tick(predictions_after_manifest_sensor, instance, result.cursor), dg.SkipReason)
+    register_partitions(instance, ["canny"], ["mine", "simple"])
+    manifest = [defs.get_assets_def("image_manifest")]
+    dg.materialize(manifest, instance=instance, resources=defs.resources)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    # Missing partitions on the first evaluation run (they were registered while no daemon ran).
+    assert first.get_num_requested(dg.AssetKey("predictions")) == 2
+    dg.materialize([defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|mine")
+    dg.materialize([defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|simple")
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    dg.materialize(manifest, instance=instance, resources=defs.resources)  # a rescan that found nothing new
+    same = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    assert same.get_num_requested(dg.AssetKey("predictions")) == 0
+    Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")
+    dg.materialize(manifest, instance=instance, resources=defs.resources)
+    changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=same.cursor)
+    assert changed.get_num_requested(dg.AssetKey("predictions")) == 2
 
 
-def test_prompt_files_sensor_cases(project):
+def test_registry_sensor_prompts(project):
     instance = dg.DagsterInstance.ephemeral()
     register_partitions(instance, ["canny", "qwen2vl"], [])
-    first = tick(prompt_files_sensor, instance)
+    first = tick(registry_sensor, instance)
     added = first.dynamic_partitions_requests[0].partition_keys
     assert "mine" in added and "simple" in added
-    assert {r.partition_key for r in first.run_requests if r.partition_key.endswith("|mine")} == {"canny|mine", "qwen2vl|mine"}
-    assert isinstance(tick(prompt_files_sensor, instance, first.cursor), dg.SkipReason)
+    assert not first.run_requests  # new partitions run through the predictions' automation condition
+    register_partitions(instance, [], added)
+    assert isinstance(tick(registry_sensor, instance, first.cursor), dg.SkipReason)
 
     (project / "prompts" / "new.json").write_text((REPO / "prompts" / "common_sense.json").read_text())
-    new = tick(prompt_files_sensor, instance, first.cursor)
+    new = tick(registry_sensor, instance, first.cursor)
     assert new.dynamic_partitions_requests[0].partition_keys == ["new"]
-    assert {r.partition_key for r in new.run_requests} == {"canny|new", "qwen2vl|new"}
+    register_partitions(instance, [], ["new"])
 
     data = json.loads((project / "prompts" / "mine.json").read_text())
     data["conversations"][0]["payload"][1][1] = "Photograph, or made by a model?"
     (project / "prompts" / "mine.json").write_text(json.dumps(data))
-    changed = tick(prompt_files_sensor, instance, new.cursor)
+    changed = tick(registry_sensor, instance, new.cursor)
     assert {r.partition_key for r in changed.run_requests} == {"canny|mine", "qwen2vl|mine"}  # that prompt only
     assert not changed.dynamic_partitions_requests
 
     (project / "prompts" / "broken.json").write_text("{ not json")
-    bad = tick(prompt_files_sensor, instance, changed.cursor)
-    assert isinstance(bad, dg.SkipReason) and "broken.json" in bad.skip_message and "invalid JSON" in bad.skip_message
-    (project / "prompts" / "other.json").write_text((REPO / "prompts" / "stereotype.json").read_text())
-    mixed = tick(prompt_files_sensor, instance, changed.cursor)  # the bad file does not hold the others back
-    assert mixed.dynamic_partitions_requests[0].partition_keys == ["other"]
+    bad = tick(registry_sensor, instance, changed.cursor)
+    assert "broken.json" in bad.skip_message and "invalid JSON" in bad.skip_message
+
+    (project / "prompts" / "new.json").unlink()
+    removed = tick(registry_sensor, instance, changed.cursor)
+    [delete] = removed.dynamic_partitions_requests
+    assert isinstance(delete, dg.DeleteDynamicPartitionsRequest) and delete.partition_keys == ["new"]
+    [rebuild] = removed.run_requests
+    assert rebuild.asset_selection == [dg.AssetKey("metrics"), dg.AssetKey("model_reports"), dg.AssetKey("leaderboard")]
 
 
-def test_model_registry_sensor(project):
+def test_registry_sensor_models(project):
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, [], ["mine"])
-    first = tick(model_registry_sensor, instance)
-    assert first.dynamic_partitions_requests[0].partition_keys == ["canny"]
-    assert [r.partition_key for r in first.run_requests] == ["canny|mine"]
-    register_partitions(instance, ["canny"], [])
-    assert isinstance(tick(model_registry_sensor, instance), dg.SkipReason)
+    register_partitions(instance, ["adhoc"], [p.stem for p in (REPO / "prompts").glob("*.json")] + ["mine"])
+    (project / "models.toml").write_text('registered = ["canny", "My Qwen"]\n[models."My Qwen"]\npreset = "qwen2vl"\n')
+    first = tick(registry_sensor, instance)
+    assert first.dynamic_partitions_requests[0].partition_keys == ["canny", "my-qwen"]  # slugs of the names
+    register_partitions(instance, ["canny", "my-qwen"], [])
+    (project / "models.toml").write_text('registered = ["canny"]\n')
+    removed = tick(registry_sensor, instance, first.cursor)
+    # A model models.toml stopped listing goes; one the CLI registered ("adhoc") stays.
+    assert [r.partition_keys for r in removed.dynamic_partitions_requests] == [["my-qwen"]]
 
 
 def test_nightly_schedule_refreshes_manifests():
@@ -146,36 +158,51 @@ def test_checks_flag_leaks_unreadable_and_generator_metadata(project):
     assert "PNG text chunk 'parameters'" in checks["no_generator_metadata_on_real"].metadata["examples"].value
 
 
-def test_failing_prediction_check_blocks_metrics(defake_home, chat_server):
-    from defake_pipeline.defs.resources import ModelEndpoint, QualityGate
+def test_failed_gate_keeps_a_partition_off_every_ranking(defake_home, chat_server):
+    from defake_pipeline.core.store import query
+    from defake_pipeline.defs.resources import ModelEndpoint
 
     chat_server.state.faults.rate_400 = 1.0  # every request refused
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, ["qwen2vl"], ["simple"])
-    resources = {**defs.resources, "endpoint": ModelEndpoint(base_url=chat_server.base_url), "quality": QualityGate()}
-    assets = [defs.get_assets_def(k) for k in ("image_manifest", "predictions", "metrics")]
-    result = dg.materialize(assets, instance=instance, resources=resources, partition_key="qwen2vl|simple", raise_on_error=False)
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks["error_rate_below_threshold"] is False
-    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "predictions" in materialized and "metrics" not in materialized
+    resources = {"endpoint": ModelEndpoint(base_url=chat_server.base_url)}
+    results = materialize_evaluation(instance, ["qwen2vl", "canny"], ["simple"], resources=resources)
+    checks = {e.check_name: e.passed for r in results for e in r.get_asset_check_evaluations()
+              if e.asset_check_key.asset_key == dg.AssetKey("predictions") and not e.passed}  # fmt: skip
+    assert checks == {"error_rate_below_threshold": False}
+    layout = HomeLayout(defake_home)
+    gate = query(layout, "SELECT model, status, reason FROM partition_gate ORDER BY model")
+    assert gate.to_dict("records") == [
+        {"model": "canny", "status": "passed", "reason": ""},
+        {"model": "qwen2vl", "status": "failed", "reason": "error rate 100.0% over the 20% limit"},
+    ]
+    # The rest of the graph ran: canny is ranked and reported; qwen2vl is listed apart, unreported.
+    board = layout.leaderboard_file.read_text()
+    ranked, unranked = board.split("## Not ranked")
+    assert "`canny`" in ranked and "`qwen2vl`" not in ranked and "error rate 100.0%" in unranked
+    assert layout.report_file("canny", "simple").exists() and not layout.report_file("qwen2vl", "simple").exists()
+    assert query(layout, "SELECT count(*) AS n FROM comparisons")["n"][0] == 0
 
 
 def test_automation_makes_metrics_and_reports_follow_predictions(defake_home):
     instance = dg.DagsterInstance.ephemeral()
     register_partitions(instance, ["canny"], ["simple"])
+    dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources)
+    dg.materialize([defs.get_assets_def("predictions")], instance=instance, resources=defs.resources,
+                   partition_key="canny|simple")  # fmt: skip
     quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert quiet.total_requested == 0
-    dg.materialize([defs.get_assets_def(k) for k in ("image_manifest", "predictions")], instance=instance,
-                   resources=defs.resources, partition_key="canny|simple")  # fmt: skip
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
-    assert result.get_num_requested(dg.AssetKey("metrics")) == 1
-    assert result.get_num_requested(dg.AssetKey("leaderboard")) == 1  # in the same run as metrics
-    assert result.get_num_requested(dg.AssetKey("predictions")) == 0  # paid work is never automatic
-    dg.materialize([defs.get_assets_def(k) for k in ("metrics", "leaderboard")], instance=instance, resources=defs.resources)
-    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
-    # The partitioned report runs apart from the unpartitioned metrics, once they have landed.
-    assert after.get_num_requested(dg.AssetKey("model_report")) == 1
+    dg.materialize([defs.get_assets_def("predictions")], instance=instance, resources=defs.resources,
+                   partition_key="canny|simple")  # fmt: skip
+    same = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert same.total_requested == 0  # nothing new in the predictions: no rebuild
+    (defake_home / "predictions" / "model=canny" / "prompt=simple.parquet").unlink()
+    dg.materialize([defs.get_assets_def("predictions")], instance=instance, resources=defs.resources,
+                   partition_key="canny|simple", run_config={"ops": {"predictions": {"config": {"datasets": ["nope"]}}}})  # fmt: skip
+    changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=same.cursor)
+    # The warehouse, the reports and the leaderboard (unpartitioned, so one run).
+    assert {k: changed.get_num_requested(dg.AssetKey(k)) for k in ("metrics", "model_reports", "leaderboard", "predictions")} == {
+        "metrics": 1, "model_reports": 1, "leaderboard": 1, "predictions": 0
+    }
 
 
 def test_parallel_partition_runs_land_every_row(defake_home, tmp_path):

@@ -4,7 +4,6 @@ import dagster as dg
 
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.metrics import metrics
-from defake_pipeline.defs.partitions import model_prompt_partitions
 from defake_pipeline.defs.predictions import predictions
 from defake_pipeline.defs.reports import leaderboard, model_reports
 
@@ -14,7 +13,6 @@ refresh_manifests_job = dg.define_asset_job(
 evaluate_job = dg.define_asset_job(
     "evaluate",
     selection=[predictions],
-    partitions_def=model_prompt_partitions,
     description="Ask one model × prompt partition about every manifest image (cached answers cost nothing).",
 )
 publish_job = dg.define_asset_job(
