@@ -16,7 +16,7 @@ from conftest import REPO, project_dagster_home
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-ASSETS = ["image_manifest", "predictions", "metrics", "model_report", "leaderboard"]
+ASSETS = ["image_manifest", "predictions", "metrics", "model_reports", "leaderboard"]
 
 pytestmark = pytest.mark.browser
 
@@ -61,16 +61,16 @@ def dagster_dev(tmp_path):
         log.close()
 
 
+_CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
 def test_global_lineage_draws_every_asset(dagster_dev):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=_CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(f"{dagster_dev}/asset-groups", wait_until="domcontentloaded")
         skip = page.get_by_role("button", name="Skip")
@@ -94,3 +94,41 @@ def test_global_lineage_draws_every_asset(dagster_dev):
     # Sidebar list plus graph node: each name is drawn at least twice.
     assert sorted(nodes) == sorted(ASSETS)
     assert (ARTIFACTS / "lineage.png").stat().st_size > 10_000
+
+
+def test_report_markdown_in_the_ui_renders_its_images(tmp_path):
+    """The markdown attached to model_reports and leaderboard shows its thumbnails and chart."""
+    from playwright.sync_api import sync_playwright
+
+    from defake_pipeline.testing.live import LiveDagster, make_project
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    live = LiveDagster(make_project(tmp_path / "project"), tmp_path)
+    live.cli("materialize", "--model", "canny", "--prompt", "simple")
+    live.start()
+    ARTIFACTS.mkdir(exist_ok=True)
+    loaded = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=_CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            for asset, kind in (("leaderboard", "svg+xml"), ("model_reports", "jpeg")):
+                page.goto(f"{live.url}/assets/{asset}", wait_until="domcontentloaded")
+                try:
+                    page.get_by_role("button", name="Skip").click(timeout=5_000)
+                except Exception:  # noqa: BLE001 - the first-visit dialog shows once, if at all
+                    pass
+                page.get_by_text("[Show Markdown]").first.click(timeout=60_000)
+                page.locator(f'img[src^="data:image/{kind}"]').first.wait_for(timeout=30_000)
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(ARTIFACTS / f"ui_{asset}.png"))
+                # Decoded images only: naturalWidth is 0 for a picture the browser could not load.
+                loaded[asset] = page.evaluate(
+                    f"""[...document.querySelectorAll('img[src^="data:image/{kind}"]')].map(i => i.naturalWidth)"""
+                )
+            browser.close()
+    finally:
+        live.stop()
+    assert loaded["leaderboard"] and all(w > 100 for w in loaded["leaderboard"])  # the accuracy chart
+    assert len(loaded["model_reports"]) == 7 and all(w > 0 for w in loaded["model_reports"])  # 1 wrong, 6 correct

@@ -209,6 +209,19 @@ def test_mistaken_cli_run_leaves_nothing_behind(scenarios):
     assert not list((live.defake_home / "reports").glob("gpt4o__*"))
 
 
+def test_cli_run_while_the_daemon_runs_sets_nothing_off(scenarios):
+    live = scenarios.live
+    since = time.time()
+    live.cli("materialize", "--model", "canny", "--prompt", "simple")
+    time.sleep(30)
+    runs = [r for r in live.runs() if r["creationTime"] >= since]
+    # The CLI's own three runs; nothing new in the manifest or the predictions, so no daemon run.
+    assert sorted(r["jobName"] for r in runs) == ["evaluate", "publish", "refresh_manifests"]
+    assert all(r["tags"].get("defake/source") == "cli" for r in runs)
+    scenarios.figures["cli_while_daemon"] = {"runs": len(runs), "daemon_runs": 0}
+    assert consistent(live)
+
+
 def test_idle_five_minutes_launch_nothing(scenarios):
     live = scenarios.live
     since = time.time()

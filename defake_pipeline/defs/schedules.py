@@ -12,9 +12,9 @@ NIGHTLY_CRON = os.environ.get("DEFAKE_NIGHTLY_CRON", "0 3 * * *")
 
 @dg.schedule(cron_schedule=NIGHTLY_CRON, target=[image_manifest], default_status=dg.DefaultScheduleStatus.RUNNING)
 def nightly_reevaluation(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Rescan every dataset. ``predictions_after_manifest_sensor`` then re-asks every model ×
-    prompt (paying only for images the journal lacks), and the automation conditions on
-    ``metrics``, ``model_report`` and ``leaderboard`` bring the tables and reports up to date."""
+    """Rescan every dataset. Where the manifest's content changed, the automation conditions
+    re-ask every model × prompt (paying only for images the journal lacks), then rebuild the
+    warehouse, the reports and the leaderboard; where nothing changed, nothing else runs."""
     return dg.RunRequest(
         run_key=f"nightly:{context.scheduled_execution_time.isoformat()}",
         asset_selection=[image_manifest.key],
