@@ -44,26 +44,53 @@ def tick(sensor, instance, cursor=None):
 def test_new_images_sensor_cases(project):
     instance = dg.DagsterInstance.ephemeral()
     first = tick(new_images_sensor, instance)
-    assert {r.run_key.split(":")[1] for r in first.run_requests} == {"demo", "local"}
-    assert all(r.asset_selection == [dg.AssetKey("image_manifest")] for r in first.run_requests)
+    [request] = first.run_requests
+    assert request.tags["defake/dataset"] == "demo,local"
+    assert request.asset_selection == [dg.AssetKey("image_manifest"), dg.AssetKey("metrics"),
+                                       dg.AssetKey("model_reports"), dg.AssetKey("leaderboard")]  # fmt: skip
     cursor = first.cursor
 
     nothing = tick(new_images_sensor, instance, cursor)
     assert isinstance(nothing, dg.SkipReason) and "no images added" in nothing.skip_message
 
+    register_partitions(instance, ["canny", "my-qwen"], ["mine", "simple"])
     Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")  # a new image
-    added = tick(new_images_sensor, instance, cursor)
-    [request] = added.run_requests
-    assert request.run_config["ops"]["image_manifest"]["config"]["datasets"] == ["local"]
+    [added] = tick(new_images_sensor, instance, cursor).run_requests
+    # One run: the manifest, every registered partition (as a range), the warehouse and reports.
+    assert added.run_config["ops"]["image_manifest"]["config"]["datasets"] == ["local"]
+    assert added.run_config["ops"]["predictions"]["config"]["datasets"] == ["local"]
+    assert dg.AssetKey("predictions") in added.asset_selection
+    assert (added.tags["dagster/asset_partition_range_start"], added.tags["dagster/asset_partition_range_end"]) == (
+        "canny|mine", "my-qwen|simple"
+    )
+    added_cursor = tick(new_images_sensor, instance, cursor).cursor
 
     os.utime(project / "data" / "real" / "a.png", ns=(1, 1))  # a changed image (new mtime)
-    changed = tick(new_images_sensor, instance, added.cursor)
-    assert [r.tags["defake/dataset"] for r in changed.run_requests] == ["local"]
-    assert changed.run_requests[0].run_key != request.run_key  # keys follow content
+    [changed] = tick(new_images_sensor, instance, added_cursor).run_requests
+    assert changed.tags["defake/dataset"] == "local"
+    assert changed.run_key != added.run_key  # keys follow content
 
-    # A reset cursor asks again with the same content-derived keys (Dagster skips launched ones).
+    # A reset cursor asks again with content-derived keys (Dagster skips launched ones).
     again = tick(new_images_sensor, instance, None)
-    assert changed.run_requests[0].run_key in {r.run_key for r in again.run_requests}
+    assert again.run_requests[0].run_key == tick(new_images_sensor, instance, None).run_requests[0].run_key
+
+
+def test_new_images_run_lands_the_image_in_every_report(project, defake_home):
+    """The sensor's one run, executed: manifest, a range of partitions, warehouse, reports."""
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["canny"], ["mine", "simple"])
+    Image.new("RGB", (48, 48), "purple").save(project / "data" / "fake" / "new.png")
+    request = tick(new_images_sensor, instance, json.dumps({"demo": "unchanged"}))
+    [run] = request.run_requests
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance, asset_selection=run.asset_selection, run_config=run.run_config, tags=run.tags
+    )
+    assert result.success
+    partitions = {e.partition for e in result.get_asset_materialization_events() if e.partition}
+    assert partitions == {"canny|mine", "canny|simple"}
+    layout = HomeLayout(defake_home)
+    assert all("new.png" in layout.report_file("canny", p).read_text() for p in ("mine", "simple"))
 
 
 def test_predictions_follow_new_manifest_content_only(project):

@@ -17,12 +17,20 @@ from defake_pipeline.core.models import get_model, registered_models
 from defake_pipeline.core.prompts import prompt_key_for
 from defake_pipeline.core.scan import dataset_fingerprint, scan_prompts
 from defake_pipeline.defs.manifests import image_manifest
-from defake_pipeline.defs.partitions import model_partitions, partition_key, prompt_partitions
+from defake_pipeline.defs.partitions import (
+    model_partitions,
+    model_prompt_partitions,
+    partition_key,
+    prompt_partitions,
+)
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.predictions import predictions
 from defake_pipeline.defs.reports import leaderboard, model_reports
 
 RUNNING = dg.DefaultSensorStatus.RUNNING
+# The tags by which a run covers a range of partitions (what a single-run backfill sets).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def _predictions_request(model: str, prompt: str, run_key: str, reason: str) -> dg.RunRequest:
@@ -34,13 +42,39 @@ def _predictions_request(model: str, prompt: str, run_key: str, reason: str) -> 
     )
 
 
-@dg.sensor(target=[image_manifest], minimum_interval_seconds=5, default_status=RUNNING)
-def new_images_sensor(context: dg.SensorEvaluationContext):
-    """Refresh a dataset's manifest when its images are added, changed or removed.
+# What a changed dataset needs, in one run: its manifest, every registered prediction
+# partition (only its images are asked, and the journal answers all but the new ones), then
+# the warehouse, the reports and the leaderboard.
+_NEW_IMAGES_ASSETS = [image_manifest, predictions, metrics, model_reports, leaderboard]
 
-    When the manifest's content changed, the predictions' automation condition asks every
-    registered model × prompt again; the journal makes those runs pay only for new images.
+
+def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) -> dg.RunRequest:
+    """One run for the changed datasets (``{dataset: fingerprint}``).
+
+    Dagster's automation would ask for the prediction partitions after the manifest run, as
+    a backfill that the backfill daemon (every 30 s) turns into a run: a new image would wait
+    twice. A partition range in the run's tags gives the same single run at once.
     """
+    datasets = sorted(changed)
+    selection = {"config": {"datasets": datasets}}
+    keys = [str(k) for k in model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)]
+    assets = _NEW_IMAGES_ASSETS if keys else [a for a in _NEW_IMAGES_ASSETS if a is not predictions]
+    tags = {"defake/trigger": "new_images", "defake/dataset": ",".join(datasets)}
+    if keys:
+        tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+    content = json.dumps([changed, keys], sort_keys=True).encode()
+    return dg.RunRequest(
+        run_key=f"images:{hashlib.sha256(content).hexdigest()[:16]}",
+        asset_selection=[a.key for a in assets],
+        run_config={"ops": {"image_manifest": selection, **({"predictions": selection} if keys else {})}},
+        tags=tags,
+    )
+
+
+@dg.sensor(target=_NEW_IMAGES_ASSETS, minimum_interval_seconds=5, default_status=RUNNING)
+def new_images_sensor(context: dg.SensorEvaluationContext):
+    """When a dataset's images are added, changed or removed, refresh its manifest and carry the
+    change through to the leaderboard, in one run."""
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     changed: dict[str, str] = {}
     for spec in dataset_specs():
@@ -53,16 +87,10 @@ def new_images_sensor(context: dg.SensorEvaluationContext):
             changed[spec.key] = fingerprint
     if not changed:
         return dg.SkipReason(f"no images added, changed or removed in {len(seen)} dataset(s)")
-    requests = [
-        dg.RunRequest(
-            run_key=f"manifest:{dataset}:{fingerprint}",
-            asset_selection=[image_manifest.key],
-            run_config={"ops": {"image_manifest": {"config": {"datasets": [dataset]}}}},
-            tags={"defake/trigger": "new_images", "defake/dataset": dataset},
-        )
-        for dataset, fingerprint in changed.items()
-    ]
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps({**seen, **changed}, sort_keys=True))
+    return dg.SensorResult(
+        run_requests=[new_images_request(context.instance, changed)],
+        cursor=json.dumps({**seen, **changed}, sort_keys=True),
+    )
 
 
 def _registry_cursor(raw: str | None) -> dict:
