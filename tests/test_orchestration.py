@@ -54,6 +54,8 @@ def test_new_images_sensor_cases(project):
     assert isinstance(nothing, dg.SkipReason) and "no images added" in nothing.skip_message
 
     register_partitions(instance, ["canny", "my-qwen"], ["mine", "simple"])
+    for key in ("canny|mine", "canny|simple", "my-qwen|mine", "my-qwen|simple"):  # evaluated before
+        instance.report_runless_asset_event(dg.AssetMaterialization("predictions", partition=key))
     Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")  # a new image
     [added] = tick(new_images_sensor, instance, cursor).run_requests
     # One run: the manifest, every registered partition (as a range), the warehouse and reports.

@@ -57,7 +57,10 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
     """
     datasets = sorted(changed)
     selection = {"config": {"datasets": datasets}}
-    keys = [str(k) for k in model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)]
+    # Partitions evaluated before; missing ones are the automation condition's to run, and
+    # including them here would evaluate them twice.
+    done = instance.get_materialized_partitions(predictions.key)
+    keys = [k for k in map(str, model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)) if k in done]
     assets = _NEW_IMAGES_ASSETS if keys else [a for a in _NEW_IMAGES_ASSETS if a is not predictions]
     tags = {"defake/trigger": "new_images", "defake/dataset": ",".join(datasets)}
     if keys:
