@@ -134,6 +134,13 @@ class LiveDagster:
             run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
         return runs
 
+    def open_backfills(self) -> list[dict]:
+        """Backfills the daemon has not finished (it turns them into runs every 30 s)."""
+        data = self.graphql(
+            "{ partitionBackfillsOrError(status: REQUESTED) { ... on PartitionBackfills { results { id status } } } }"
+        )
+        return data["partitionBackfillsOrError"]["results"]
+
     def wait_quiet(self, since: float, settle_s: float = 25, timeout_s: float = 240) -> float:
         """Wait until no run is queued or running and none started for ``settle_s`` seconds;
         returns the time the last run launched after ``since`` ended (or ``since``)."""
@@ -142,6 +149,7 @@ class LiveDagster:
         while time.monotonic() < deadline:
             runs = [r for r in self.runs() if (r["creationTime"] or 0) >= since]
             busy = [r for r in runs if r["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")]
+            busy += self.open_backfills()
             if busy:
                 quiet_since = None
             elif quiet_since is None:
