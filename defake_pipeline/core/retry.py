@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -104,14 +105,23 @@ class AdaptiveLimiter:
         self.paused_until = 0.0
         self.next_start = 0.0
         self.latency_s: float | None = None
+        # Slow start, as TCP's: after the first answer the window doubles each round (one
+        # more request per answer) until the first 429 or the limit, so a rate limit is met
+        # with a few requests in flight rather than with the whole limit at once.
+        self.window: float | None = None
         self.n_rate_limited = 0
         self._cond = asyncio.Condition()
+
+    @property
+    def cap(self) -> float:
+        """Requests allowed in flight now: the AIMD limit, or the slow-start window below it."""
+        return self.limit if self.window is None else min(self.limit, self.window)
 
     def _wait_s(self, now: float) -> float | None:
         """How long the next start must wait (None: until a release)."""
         if self.paused_until > now:
             return self.paused_until - now
-        if self.in_flight >= int(self.limit) or (self.latency_s is None and self.in_flight > 0):
+        if self.in_flight >= int(self.cap) or (self.latency_s is None and self.in_flight > 0):
             return None
         if self.next_start > now:
             return self.next_start - now
@@ -129,7 +139,7 @@ class AdaptiveLimiter:
                 except TimeoutError:
                     pass
             self.in_flight += 1
-            spacing = (self.latency_s or 0.0) / (self.PACING_HEADROOM * self.limit)
+            spacing = (self.latency_s or 0.0) / (self.PACING_HEADROOM * self.cap)
             self.next_start = max(now, self.next_start) + spacing
             return self.epoch
 
@@ -142,11 +152,17 @@ class AdaptiveLimiter:
                 w = self._LATENCY_WEIGHT
                 self.latency_s = latency_s if self.latency_s is None else (1 - w) * self.latency_s + w * latency_s
             if outcome == "ok":
-                self.limit = min(self.max_limit, self.limit + self.GROWTH_PER_ROUND / self.limit)
+                if self.window is None:
+                    self.window = 2.0
+                elif self.window < self.limit:
+                    self.window += 1.0
+                else:
+                    self.limit = min(self.max_limit, self.limit + self.GROWTH_PER_ROUND / self.limit)
             elif outcome == "rate_limited":
                 self.n_rate_limited += 1
                 if epoch == self.epoch:
-                    self.limit = max(self.min_limit, self.limit / 2)
+                    self.limit = max(self.min_limit, self.cap / 2)
+                    self.window = math.inf  # slow start ends at the first 429
                     self.epoch += 1
                 if pause_s:
                     self.paused_until = max(self.paused_until, time.monotonic() + pause_s)
