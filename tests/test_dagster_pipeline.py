@@ -140,3 +140,19 @@ def test_report_metadata_carries_numeric_figures_per_dataset(defake_home):
     metadata = instance.get_latest_materialization_event(dg.AssetKey("model_reports")).asset_materialization.metadata
     assert metadata["canny__simple/demo/accuracy"].value == pytest.approx(15 / 16)
     assert metadata["canny__simple/demo/auc"].value > 0.9 and "canny__simple/demo/cost_usd" in metadata
+
+
+def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home, tmp_path, monkeypatch, chat_server):
+    chat_server.state.faults.rate_400 = 1.0  # the endpoint refuses every image
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("BASE_URL", chat_server.base_url)
+    result = CliRunner().invoke(main, ["materialize", "-m", "qwen2vl", "-m", "canny", "-p", "simple"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: qwen2vl|simple: quality gate failed: error rate 100.0% over the 20% limit; left off the leaderboard"
+    ]
+    layout = HomeLayout(defake_home)
+    assert "report: " + str(layout.report_file("canny", "simple")) in result.output
+    assert not layout.report_file("qwen2vl", "simple").exists()
