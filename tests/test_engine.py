@@ -225,3 +225,28 @@ def test_rate_limited_endpoint_is_paced_not_hammered(chat_server, tmp_path):
     # AIMD bring the client down to the limit within a few refusals.
     assert state.n_429 <= 0.35 * state.n_chat
     assert evaluator.backend.limiter.limit < 32
+
+
+def test_hostile_retry_after_values_never_stall_or_deadlock(chat_server, tmp_path):
+    """#11 item 6: `Retry-After: 100000` is capped (max_retry_wait_s); `Retry-After: soon` is
+    ignored, and the limiter's slot is released either way."""
+    chat_server.state.faults.rate_429 = 1.0
+    spec = spec_for(chat_server, concurrency=4, max_retries=1, backoff_base_s=0.01, max_retry_wait_s=0.2)
+    for header in ("100000", "soon", "nan", "Wed, 99 Foo 2026"):
+        chat_server.state.faults.retry_after_header = header
+        started = time.monotonic()
+        preds, evaluator = run(spec, many_jobs(tmp_path / header.replace(" ", "_"), 6), tmp_path / header[:4])
+        assert time.monotonic() - started < 10, header
+        assert all(p.error for p in preds) and len(preds) == 6, header  # recorded, never a verdict
+        assert evaluator.backend.limiter.in_flight == 0, header  # every slot released
+
+
+def test_retry_after_parsing_ignores_what_does_not_parse():
+    class Answer(Exception):
+        def __init__(self, headers):
+            self.response = type("R", (), {"headers": headers})()
+
+    assert retry_after_s(Answer({"retry-after": "soon"})) is None
+    assert retry_after_s(Answer({"retry-after": "inf"})) is None
+    assert retry_after_s(Answer({"retry-after-ms": "x", "retry-after": "2"})) == 2.0
+    assert RetryPolicy(max_delay_s=60).server_pause(Answer({"retry-after": "100000"})) == 60

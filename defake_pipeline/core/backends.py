@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletion
 from defake_pipeline.core.errors import FatalEndpointError, ModelConfigError
 from defake_pipeline.core.images import open_rgb
 from defake_pipeline.core.models import ModelSpec
-from defake_pipeline.core.retry import AdaptiveLimiter, EmptyResponseError, RetryPolicy, classify_error, retry_after_s
+from defake_pipeline.core.retry import AdaptiveLimiter, EmptyResponseError, RetryPolicy, classify_error
 from defake_pipeline.core.verdict import score_from_logprobs
 
 
@@ -41,7 +41,9 @@ class ChatBackend:
             raise ModelConfigError(f"model {spec.name!r} needs OPENAI_API_KEY, which is not set")
         self.spec = spec
         self.base_url = spec.resolved_base_url()
-        self.policy = policy or RetryPolicy(max_attempts=spec.max_retries + 1, base_delay_s=spec.backoff_base_s)
+        self.policy = policy or RetryPolicy(
+            max_attempts=spec.max_retries + 1, base_delay_s=spec.backoff_base_s, max_delay_s=spec.max_retry_wait_s
+        )
         self.limiter = AdaptiveLimiter(spec.concurrency)
         self.n_retries = 0
         # vLLM accepts any key; the SDK insists on one, so a placeholder stands in.
@@ -136,7 +138,7 @@ class ChatBackend:
                 kind = classify_error(exc)
                 retry = kind in ("rate_limited", "transient") and attempt < self.policy.max_attempts
                 # Only the server's own Retry-After pauses every worker; backoff delays are per request.
-                pause = retry_after_s(exc) if kind == "rate_limited" else None
+                pause = self.policy.server_pause(exc) if kind == "rate_limited" else None
                 await self.limiter.release(epoch, kind, pause_s=pause, latency_s=time.perf_counter() - started)
                 if kind == "fatal" and isinstance(exc, openai.APIStatusError):
                     raise self._rejected(exc) from None

@@ -42,6 +42,7 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
     backoff_base_s: float = Field(default=0.5, gt=0)  # first retry waits up to this, doubling after
+    max_retry_wait_s: float = Field(default=60.0, gt=0)  # cap on any wait, the server's Retry-After too
     logprobs: bool = False  # ask for token log-probabilities and derive a score P(fake)
     top_logprobs: int = Field(default=5, ge=1, le=20)
     price_in: float = 0.0

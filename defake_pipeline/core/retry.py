@@ -45,24 +45,32 @@ def classify_error(exc: BaseException) -> ErrorKind:
 
 
 def retry_after_s(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or a date)."""
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or
+    a date). A value that does not parse, or is not a finite number, is ignored (None)."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if not headers:
         return None
-    if (ms := headers.get("retry-after-ms")) is not None:
+    if (ms := _finite(headers.get("retry-after-ms"))) is not None:
+        return max(0.0, ms / 1000)
+    value = headers.get("retry-after")
+    if (seconds := _finite(value)) is not None:
+        return max(0.0, seconds)
+    if value:
         try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    if (value := headers.get("retry-after")) is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
     return None
+
+
+def _finite(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,17 @@ class RetryPolicy:
     base_delay_s: float = 0.5
     max_delay_s: float = 60.0
 
+    def server_pause(self, exc: BaseException) -> float | None:
+        """The server's Retry-After, capped at ``max_delay_s``: a hostile or mistaken value
+        (100000 s) must not stall a run."""
+        asked = retry_after_s(exc)
+        return None if asked is None else min(asked, self.max_delay_s)
+
     def delay(self, attempt: int, exc: BaseException) -> float:
         """Wait before retry number ``attempt`` (1-based): the server's word, else full jitter."""
-        asked = retry_after_s(exc)
+        asked = self.server_pause(exc)
         if asked is not None:
-            return min(asked, self.max_delay_s)
+            return asked
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
 
 

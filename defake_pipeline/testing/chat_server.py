@@ -30,6 +30,7 @@ class Faults:
     rate_drop: float = 0.0
     rate_400: float = 0.0  # a permanent refusal, such as an image the model cannot take
     retry_after_s: float = 0.05
+    retry_after_header: str | None = None  # sent verbatim in place of retry_after_s (hostile values)
     seed: int = 1234
 
 
@@ -227,7 +228,8 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
 
         def _fault(self, name: str, f: Faults) -> None:
             if name == "429":
-                return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": str(f.retry_after_s)})
+                header = f.retry_after_header if f.retry_after_header is not None else str(f.retry_after_s)
+                return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": header})
             if name == "400":
                 return self._send(400, {"error": {"message": "Invalid image data", "type": "invalid_request_error"}})
             if name == "500":
