@@ -143,3 +143,23 @@ def test_rerun_under_another_output_name_makes_zero_calls(seed_cwd, chat_server)
     out = mllmdf([*base, "-o", "second", "--max-cost", "0"], seed_cwd, env)
     assert chat_server.state.n_chat == 6 and "0 new requests" in out.stderr
     assert pd.read_csv(seed_cwd / "outputs" / "second.csv")["error"].isna().all()  # journal hits cost nothing
+
+
+def test_failed_infer_start_leaves_no_csv_and_doc_skips_header_only(tmp_path):
+    """#11 item 22: no CSV before the first row; `doc all` skips a header-only CSV with a note."""
+    for label in ("real", "fake"):
+        (tmp_path / "d" / label).mkdir(parents=True)
+        shutil.copy(REPO / "demo" / label / sorted(os.listdir(REPO / "demo" / label))[0], tmp_path / "d" / label)
+    env = {"DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": "http://127.0.0.1:9/v1"}  # nothing listens
+    args = ["infer", "--model", "vllm", "--real_dir", "d/real", "--fake_dir", "d/fake", "-o", "run"]
+    first = mllmdf(args, tmp_path, env, check=False)
+    assert first.returncode == 2 and "cannot reach" in first.stderr
+    assert not (tmp_path / "out" / "run.csv").exists()
+    again = mllmdf(args, tmp_path, env, check=False)
+    assert "already exists" not in again.stderr
+    good = mllmdf(["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-o", "good"], tmp_path, env)
+    assert good.returncode == 0
+    (tmp_path / "out" / "empty.csv").write_text("path,label,pred,response\n")
+    doc = mllmdf(["doc", "all"], tmp_path, env)
+    assert "good.md: accuracy" in doc.stdout
+    assert "skipped" in doc.stderr and "empty.csv" in doc.stderr and "Traceback" not in doc.stderr

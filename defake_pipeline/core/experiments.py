@@ -133,25 +133,33 @@ def run_experiment(
     if resume and output.exists():
         done = set(pd.read_csv(output, usecols=["path"])["path"].astype(str))
     todo = [i for i in images if display_path(i.path) not in done]
-    output.parent.mkdir(parents=True, exist_ok=True)
     fresh = not (resume and output.exists())
     journal = ResponseJournal(layout.journal)
-    with output.open("w" if fresh else "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        if fresh:
-            writer.writeheader()
+    # The file is opened at the first row: a run that fails before any answer (unreachable
+    # endpoint, missing decorator) leaves no header-only CSV that a rerun would refuse.
+    opened: list = []
 
-        def write(pred: Prediction) -> None:
-            writer.writerow({**pred.as_row(), "path": display_path(Path(pred.path))})
-            handle.flush()
-            if on_result:
-                on_result(pred)
+    def write(pred: Prediction) -> None:
+        if not opened:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            handle = output.open("w" if fresh else "a", newline="", encoding="utf-8")
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            if fresh:
+                writer.writeheader()
+            opened.extend([handle, writer])
+        handle, writer = opened
+        writer.writerow({**pred.as_row(), "path": display_path(Path(pred.path))})
+        handle.flush()
+        if on_result:
+            on_result(pred)
 
-        try:
-            evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-            evaluate_sync(jobs_for(todo), evaluator, on_result=write, collect=False)
-        finally:
-            journal.close()
+    try:
+        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
+        evaluate_sync(jobs_for(todo), evaluator, on_result=write, collect=False)
+    finally:
+        journal.close()
+        if opened:
+            opened[0].close()
 
 
 # --- doc ---------------------------------------------------------------------------------
@@ -216,6 +224,8 @@ def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list
     missing = [c for c in SEED_CSV_COLUMNS if c not in frame.columns]
     if missing:
         raise DefakeError(f"{csv_path}: not an experiment CSV (missing column {missing[0]!r}; needs path,label,pred,response)")
+    if frame.empty:
+        raise DefakeError(f"{csv_path}: no predictions yet (header only), nothing to document")
     name = csv_path.stem
     dataset, model, prompt, count = guess_experiment_setup(name, dataset_names)
     with _experiment_tables(frame, dataset, model, prompt) as con:
