@@ -136,10 +136,17 @@ def infer(model, prompt, dataset, real_dir, fake_dir, count, seed, log_id, outpu
             layout, spec, loaded, images, target, resume=resume, overwrite=overwrite,
             api_key=os.environ.get("OPENAI_API_KEY"), max_cost_usd=max_cost, on_result=on_result,
         )  # fmt: skip
-    summary = running.progress()
+    # The summary covers the whole output CSV (earlier runs of --continue included), not only
+    # the images this invocation answered.
+    import pandas as pd
+
+    rows = pd.read_csv(target, usecols=["label", "pred", "error"]) if target.exists() else None
+    whole = Tally.from_rows(rows["label"], rows["pred"], rows["error"]) if rows is not None else Tally()
+    summary = whole.progress()
     log.info("done: %s", summary)
-    click.echo(f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}); "
-               f"{running.n_errors} errors; {running.n_requests} new requests; ${running.cost_usd:.4f}", err=True)
+    click.echo(f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}) over "
+               f"{whole.n_images} rows, {whole.n_errors} errors; this run: {running.n_images} images, "
+               f"{running.n_requests} new requests, ${running.cost_usd:.4f}", err=True)
     click.echo(str(target))
 
 

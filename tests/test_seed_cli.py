@@ -163,3 +163,23 @@ def test_failed_infer_start_leaves_no_csv_and_doc_skips_header_only(tmp_path):
     doc = mllmdf(["doc", "all"], tmp_path, env)
     assert "good.md: accuracy" in doc.stdout
     assert "skipped" in doc.stderr and "empty.csv" in doc.stderr and "Traceback" not in doc.stderr
+
+
+def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
+    """#11 item 5: the summary covers the output CSV, not only this invocation's new images."""
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    env = {"DEFAKE_HOME": str(tmp_path / "out")}
+    args = ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "0", "-o", "all16"]
+    first = mllmdf(args, tmp_path, env)
+    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) over 16 rows" in first.stderr
+    again = mllmdf([*args, "--continue"], tmp_path, env)  # nothing left to do
+    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) over 16 rows" in again.stderr
+    assert "this run: 0 images" in again.stderr
+
+
+def test_summary_says_n_a_when_nothing_was_answered():
+    from defake_pipeline.core.tally import Tally
+
+    assert Tally().progress() == {"all": "n/a", "reals": "n/a", "fakes": "n/a"}
+    assert Tally.from_rows([1, 0], [-1, 0], ["", "timeout"]).progress()["all"] == "n/a"

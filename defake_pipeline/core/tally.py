@@ -43,6 +43,21 @@ class Tally:
             counts[0] += p.pred == p.label
             counts[1] += 1
 
+    @classmethod
+    def from_rows(cls, labels, preds, errors) -> Tally:
+        """Totals of rows read back (an output CSV): label and pred 1/0/-1, error text or empty."""
+        tally = cls()
+        for label, pred, error in zip(labels, preds, errors, strict=True):
+            tally.n_images += 1
+            if isinstance(error, str) and error:
+                tally.n_errors += 1
+            elif pred == -1:
+                tally.n_unknown += 1
+            elif label in tally.by_label:
+                tally.by_label[label][0] += pred == label
+                tally.by_label[label][1] += 1
+        return tally
+
     @staticmethod
     def _share(right: int, total: int) -> float | None:
         return right / total if total else None
@@ -56,6 +71,6 @@ class Tally:
         """The seed's progress-bar figures: accuracy overall, on reals and on fakes."""
 
         def pct(value: float | None) -> str:
-            return f"{100 * (value or 0.0):.2f}%"
+            return "n/a" if value is None else f"{100 * value:.2f}%"
 
         return {"all": pct(self.accuracy), "reals": pct(self._share(*self.by_label[1])), "fakes": pct(self._share(*self.by_label[0]))}
