@@ -1,10 +1,9 @@
-"""Data-quality findings on a manifest and on a prediction partition (used by the asset checks)."""
+"""Data-quality findings on a manifest (used by the asset checks; a partition's gate is core/gate.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
 import pandas as pd
 
@@ -56,19 +55,3 @@ def generator_metadata_on_real(manifest: pd.DataFrame) -> list[tuple[str, str]]:
         if evidence:
             found.append((f"{row.dataset}/{row.rel_path}", evidence))
     return found
-
-
-@dataclass(frozen=True)
-class PartitionRates:
-    n_images: int
-    error_rate: float
-    unknown_rate: float
-
-
-def partition_rates(predictions: pd.DataFrame) -> PartitionRates:
-    """Error rate over all images; unknown rate over the images that got an answer."""
-    n = len(predictions)
-    errors = int(predictions["error"].notna().sum())
-    answered = n - errors
-    unknown = int(((predictions["error"].isna()) & (predictions["pred"] == -1)).sum())
-    return PartitionRates(n, errors / n if n else 0.0, unknown / answered if answered else 0.0)
