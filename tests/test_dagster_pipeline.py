@@ -67,7 +67,7 @@ def test_self_hosted_model_through_the_endpoint_resource(defake_home, chat_serve
     assert all(r.success for r in results)
     assert chat_server.state.n_chat == 16
     with duckdb.connect(str(HomeLayout(defake_home).warehouse), read_only=True) as con:
-        rows = con.execute("SELECT model, n_images, n_error FROM metrics WHERE subset = 'all' ORDER BY model").fetchall()
+        rows = con.execute("SELECT model, n_images, n_error FROM metrics WHERE scope = 'dataset' ORDER BY model").fetchall()
     assert rows == [("canny", 16, 0), ("qwen2vl", 16, 0)]
 
 
@@ -110,7 +110,7 @@ def test_dataset_selection_refreshes_only_that_dataset_and_keeps_other_rows(defa
     result = CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "simple", "-d", "extra"], env={"DAGSTER_HOME": str(tmp_path / "dh")})
     assert result.exit_code == 0, result.output
     with duckdb.connect(str(layout.warehouse), read_only=True) as con:
-        per_dataset = dict(con.execute("SELECT dataset, n_images FROM metrics WHERE subset = 'all'").fetchall())
+        per_dataset = dict(con.execute("SELECT dataset, n_images FROM metrics WHERE scope = 'dataset'").fetchall())
     assert per_dataset == {"demo": 16, "extra": 2}
 
 

@@ -7,14 +7,18 @@ from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.core.store import predictions_frame, query, rebuild_warehouse, write_parquet_atomic
 
 
-def craft(tmp_path, rows, scores=None, extra_partitions=None):
+def craft(tmp_path, rows, scores=None, extra_partitions=None, subsets=None, shas=None):
     """rows: (label, pred, error) per image in dataset d, model m, prompt p; scores: P(fake) per row.
-    extra_partitions: {(model, prompt): [pred per row]} for comparisons on the same images."""
+    extra_partitions: {(model, prompt): [pred per row]} for comparisons on the same images.
+    subsets / shas: per row (default: g1/g2 alternating, and a distinct content per row); rows
+    sharing a sha are one content, answered once (the first row's prediction)."""
     layout = HomeLayout(tmp_path / "home")
+    subsets = subsets or ["g1" if i % 2 else "g2" for i in range(len(rows))]
+    shas = shas or [f"sha{i}" for i in range(len(rows))]
     manifest = pd.DataFrame(
         [
-            {"dataset": "d", "path": f"/img/{i}.png", "rel_path": f"{i}.png", "label": label, "subset": "g1" if i % 2 else "g2",
-             "sha256": f"sha{i}", "size_bytes": 1, "mtime_ns": 1, "width": 1, "height": 1, "format": "PNG",
+            {"dataset": "d", "path": f"/img/{i}.png", "rel_path": f"{i}.png", "label": label, "subset": subsets[i],
+             "sha256": shas[i], "size_bytes": 1, "mtime_ns": 1, "width": 1, "height": 1, "format": "PNG",
              "probe_error": None, "provenance": None}
             for i, (label, _pred, _err) in enumerate(rows)
         ]
@@ -22,19 +26,19 @@ def craft(tmp_path, rows, scores=None, extra_partitions=None):
     write_parquet_atomic(manifest, layout.manifest_file("d"))
     preds = predictions_frame(
         [
-            {"image_sha256": f"sha{i}", "path": f"/img/{i}.png", "label": label, "verdict": {1: "real", 0: "fake", -1: "unknown"}[pred],
+            {"image_sha256": shas[i], "path": f"/img/{i}.png", "label": label, "verdict": {1: "real", 0: "fake", -1: "unknown"}[pred],
              "pred": pred, "score": scores[i] if scores else None, "response": "", "turns": "[]", "latency_s": 0.1 * (i + 1), "prompt_tokens": 10,
              "completion_tokens": 2, "cost_usd": 0.001, "n_requests": 1, "error": err, "model": "m", "model_id": "m",
              "prompt": "p", "prompt_hash": "h", "created_at": "t"}
             for i, (label, pred, err) in enumerate(rows)
         ]
     )
-    write_parquet_atomic(preds, layout.predictions_file("m", "p"))
+    write_parquet_atomic(preds.drop_duplicates("image_sha256"), layout.predictions_file("m", "p"))
     for (model, prompt), other_preds in (extra_partitions or {}).items():
-        other = preds.assign(pred=other_preds, model=model, prompt=prompt, error=None)
+        other = preds.assign(pred=other_preds, model=model, prompt=prompt, error=None).drop_duplicates("image_sha256")
         write_parquet_atomic(other, layout.predictions_file(model, prompt))
     rebuild_warehouse(layout)
-    return query(layout, "SELECT * FROM metrics WHERE subset = 'all'").iloc[0]
+    return query(layout, "SELECT * FROM metrics WHERE scope = 'dataset'").iloc[0]
 
 
 def test_seed_definitions_with_unknowns_and_errors(tmp_path):
@@ -66,6 +70,31 @@ def test_subsets_and_all_rows(tmp_path):
     craft(tmp_path, layout_rows)
     subsets = query(HomeLayout(tmp_path / "home"), "SELECT subset, n_images, accuracy FROM metrics ORDER BY subset")
     assert subsets.to_dict("list") == {"subset": ["all", "g1", "g2"], "n_images": [4, 2, 2], "accuracy": [0.75, 1.0, 0.5]}
+
+
+def test_a_subset_named_all_keeps_its_own_row(tmp_path):
+    # Generator folders sdxl/ and all/: the whole-dataset row must not merge with the subset "all".
+    rows = [(0, 0, None), (0, 0, None), (0, 1, None), (1, 1, None)] + [(0, 1, None)] * 3 + [(1, 1, None)]
+    whole = craft(tmp_path, rows, subsets=["sdxl"] * 4 + ["all"] * 4)
+    assert (whole.scope, whole.subset, whole.n_images, whole.accuracy) == ("dataset", None, 8, 0.5)
+    layout = HomeLayout(tmp_path / "home")
+    by_subset = query(layout, "SELECT subset, n_images, accuracy FROM metrics WHERE scope = 'subset' ORDER BY subset")
+    assert by_subset.to_dict("list") == {"subset": ["all", "sdxl"], "n_images": [4, 4], "accuracy": [0.25, 0.75]}
+
+
+def test_comparisons_pair_each_content_once_and_leave_out_leaks(tmp_path):
+    from defake_pipeline.core.reports import write_leaderboard
+
+    # Content A at three paths (fake), B filed as real and as fake (a leak), C once (real).
+    shas = ["A", "A", "A", "B", "B", "C"]
+    rows = [(0, 0, None)] * 3 + [(1, 1, None), (0, 1, None), (1, 1, None)]
+    other = [1, 1, 1, 0, 0, 1]  # m2: wrong on A, right on C
+    craft(tmp_path, rows, shas=shas, extra_partitions={("m2", "p"): other})
+    layout = HomeLayout(tmp_path / "home")
+    row = query(layout, "SELECT * FROM comparisons").iloc[0]
+    assert (row.n_images, row.both_right, row.only_a_right, row.only_b_right, row.both_wrong) == (2, 1, 1, 0, 0)
+    _path, text, _ui = write_leaderboard(layout)
+    assert "content filed under both labels is left out (1 such image in this dataset)" in text
 
 
 def test_perfect_and_inverted_predictions(tmp_path):

@@ -183,3 +183,18 @@ def test_summary_says_n_a_when_nothing_was_answered():
 
     assert Tally().progress() == {"all": "n/a", "reals": "n/a", "fakes": "n/a"}
     assert Tally.from_rows([1, 0], [-1, 0], ["", "timeout"]).progress()["all"] == "n/a"
+
+
+def test_doc_counts_each_csv_row_once_when_paths_share_content(tmp_path):
+    # One image copied to three more paths (same image_sha256): a CSV row is one prediction.
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    with (outputs / "copies.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "pred", "response", "image_sha256"])
+        writer.writerows([(f"x/{name}.png", 1, 1, "real", "same") for name in "abcd"])
+        writer.writerow(("x/e.png", 0, 1, "real", "other"))
+    mllmdf(["doc", "copies", "--summarize_to", "summary.csv"], tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    assert (summary.total_images, summary.count_real, summary.count_fake) == (5, 4, 1)
+    assert summary.accuracy == pytest.approx(4 / 5)

@@ -7,6 +7,7 @@ cache hit for the ``predictions`` asset, and the reverse.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import random
 import re
@@ -22,7 +23,7 @@ from defake_pipeline.core.errors import DatasetError, DefakeError
 from defake_pipeline.core.images import probe_image
 from defake_pipeline.core.journal import ResponseJournal
 from defake_pipeline.core.manifest import job_key
-from defake_pipeline.core.metrics import ALL_SUBSETS
+from defake_pipeline.core.metrics import DATASET_SCOPE
 from defake_pipeline.core.models import ModelSpec, model_table
 from defake_pipeline.core.paths import HomeLayout, printable
 from defake_pipeline.core.prompts import LoadedPrompt
@@ -189,7 +190,13 @@ def _numeric(frame: pd.DataFrame, name: str, default: float) -> pd.Series:
 def _experiment_tables(frame: pd.DataFrame, dataset: str, model: str, prompt: str) -> duckdb.DuckDBPyConnection:
     """An in-memory warehouse holding one CSV, so ``doc`` uses the pipeline's own metrics and templates."""
     frame = frame.drop_duplicates("path", keep="last").reset_index(drop=True)
-    key = _column(frame, "image_sha256", None).fillna(frame["path"]).astype(str)
+    # A CSV row is one prediction: the join key is the row's own (paths are unique after the
+    # de-duplication above), so an image stored at k paths counts k times, not k².
+    content = _column(frame, "image_sha256", None).fillna("").astype(str)
+    key = pd.Series(
+        [hashlib.sha256(f"{p}\0{c}".encode()).hexdigest() for p, c in zip(frame["path"], content, strict=True)],
+        index=frame.index,
+    )
     pred = _numeric(frame, "pred", -1).astype("int64")
     error = _column(frame, "error", None)
     manifest = pd.DataFrame({
@@ -239,7 +246,7 @@ def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list
         ),
         encoding="utf-8",
     )
-    m = metrics[metrics["subset"] == ALL_SUBSETS].iloc[0]
+    m = metrics[metrics["scope"] == DATASET_SCOPE].iloc[0]
 
     def seed_value(v) -> float:  # the seed's sklearn calls use zero_division=0
         return 0.0 if pd.isna(v) else float(v)

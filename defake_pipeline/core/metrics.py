@@ -9,7 +9,10 @@ accuracy and reported as ``n_error`` and ``error_rate``.
 
 import math
 
-ALL_SUBSETS = "all"
+# The whole-dataset row has scope 'dataset' and subset NULL, so no real subset name (a generator
+# folder may well be called "all") can merge into it; per-subset rows have scope 'subset'.
+DATASET_SCOPE = "dataset"
+SUBSET_SCOPE = "subset"
 WILSON_Z = 1.959963984540054  # two-sided 95%
 
 SCORED_VIEW_SQL = """
@@ -36,14 +39,14 @@ def _wilson(successes: str, trials: str, sign: str) -> str:
     )
 
 
-_GROUP = "dataset, model, prompt, grp"
+_GROUP = "dataset, model, prompt, scope, grp"
 
 METRICS_SQL = f"""
 WITH grouped AS (
     -- Every row counts in its own subset and in the whole-dataset row.
-    SELECT *, subset AS grp FROM scored
+    SELECT *, '{SUBSET_SCOPE}' AS scope, subset AS grp FROM scored
     UNION ALL
-    SELECT *, '{ALL_SUBSETS}' AS grp FROM scored
+    SELECT *, '{DATASET_SCOPE}' AS scope, NULL::VARCHAR AS grp FROM scored
 ), counts AS (
     SELECT
         {_GROUP},
@@ -88,7 +91,7 @@ WITH grouped AS (
     FROM cumulative GROUP BY {_GROUP}
 )
 SELECT
-    c.dataset, c.model, c.prompt, c.grp AS subset, prompt_hash,
+    c.dataset, c.model, c.prompt, c.scope, c.grp AS subset, prompt_hash,
     n_images, n_real, n_fake, n_unknown, n_error, n_valid, tp, tn, fp, fn,
     (tp + tn)::DOUBLE / nullif(n_valid, 0) AS accuracy,
     {_wilson("tp + tn", "n_valid", "-")} AS accuracy_low,
@@ -108,20 +111,29 @@ SELECT
     (tp::DOUBLE / nullif(tp + fn, 0) + tn::DOUBLE / nullif(tn + fp, 0)) / 2 AS balanced_accuracy,
     n_unknown::DOUBLE / nullif(n_images - n_error, 0) AS unknown_rate,
     n_error::DOUBLE / nullif(n_images, 0) AS error_rate,
-    n_scored, ranking.auc, ranking.average_precision,
+    n_scored, r.auc, r.average_precision,
     prompt_tokens, completion_tokens, prompt_tokens + completion_tokens AS total_tokens, cost_usd,
     latency_p50_s, latency_p95_s
 FROM counts AS c
-LEFT JOIN ranking USING ({_GROUP})
-ORDER BY c.dataset, c.model, c.prompt, c.grp = '{ALL_SUBSETS}' DESC, c.grp
+LEFT JOIN ranking AS r
+    ON (r.dataset, r.model, r.prompt, r.scope) = (c.dataset, c.model, c.prompt, c.scope)
+    AND r.grp IS NOT DISTINCT FROM c.grp  -- the whole-dataset row's grp is NULL
+ORDER BY c.dataset, c.model, c.prompt, c.scope = '{DATASET_SCOPE}' DESC, c.grp
 """
 
 
 # Paired outcomes of every two model × prompt pairs on the same images of a dataset (answers only).
+# A pair is one distinct content (sha256), however many paths hold it: a model answers each
+# content once. Content filed under both labels has no single truth and is left out.
 COMPARISON_COUNTS_SQL = """
-WITH answers AS (
-    SELECT DISTINCT s.dataset, s.model, s.prompt, s.sha256, s.pred = s.label AS correct
+WITH truth AS (
+    SELECT dataset, sha256, any_value(label) AS label
+    FROM image_manifest WHERE sha256 IS NOT NULL
+    GROUP BY ALL HAVING count(DISTINCT label) = 1
+), answers AS (
+    SELECT DISTINCT s.dataset, s.model, s.prompt, s.sha256, s.pred = t.label AS correct
     FROM scored AS s
+    JOIN truth AS t USING (dataset, sha256)
     SEMI JOIN partition_gate AS g ON g.model = s.model AND g.prompt = s.prompt AND g.status = 'passed'
     WHERE s.is_valid
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from defake_pipeline.core.metrics import ALL_SUBSETS
+from defake_pipeline.core.metrics import DATASET_SCOPE
 from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.core.store import query
 from defake_pipeline.core.thumbnails import ensure_thumbnails
@@ -137,8 +137,8 @@ def render_report(
     thumbnail linked to the image by a relative path, so the file renders on GitHub. With
     ``embed``, thumbnails are inlined as data URIs and files are not linked (for the UI).
     """
-    overall = metrics[metrics["subset"] == ALL_SUBSETS]
-    subsets = metrics[metrics["subset"] != ALL_SUBSETS]
+    overall = metrics[metrics["scope"] == DATASET_SCOPE]
+    subsets = metrics[metrics["scope"] != DATASET_SCOPE]
     correct_mask = (~scored["is_error"]) & (scored["pred"] == scored["label"])
     wrong = scored[~correct_mask].head(max_rows)
     correct = scored[correct_mask].head(max_rows)
@@ -167,7 +167,7 @@ def render_report(
 
 
 def _sorted_overall(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics[metrics["subset"] == ALL_SUBSETS].sort_values(
+    return metrics[metrics["scope"] == DATASET_SCOPE].sort_values(
         ["dataset", *LEADERBOARD_SORT], ascending=[True, False, False, False], na_position="last"
     )
 
@@ -192,6 +192,7 @@ def render_leaderboard(
     comparisons: pd.DataFrame | None = None,
     charts: dict[str, str] | None = None,
     unranked: pd.DataFrame | None = None,
+    leaks: dict[str, int] | None = None,
 ) -> str:
     """Ranks the metrics rows given (the caller keeps only partitions that passed the gate);
     ``unranked`` lists the others apart, with the gate's reason."""
@@ -202,7 +203,7 @@ def render_leaderboard(
         for ds, group in comparisons.sort_values("mcnemar_p").groupby("dataset", sort=True):
             pairs[ds] = group.head(20).to_dict("records")
     return _env.get_template("leaderboard.md.j2").render(
-        boards=boards, links=report_links, pairs=pairs, charts=charts or {},
+        boards=boards, links=report_links, pairs=pairs, charts=charts or {}, leaks=leaks or {},
         unranked=[] if unranked is None else unranked.to_dict("records"),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )  # fmt: skip
@@ -285,6 +286,15 @@ def _sql_path(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
+# Distinct contents per dataset filed under both labels (left out of paired comparisons).
+_LABEL_LEAKS_SQL = """
+SELECT dataset, count(*)::INTEGER AS n FROM (
+    SELECT dataset, sha256 FROM image_manifest WHERE sha256 IS NOT NULL
+    GROUP BY ALL HAVING count(DISTINCT label) > 1
+) GROUP BY dataset
+"""
+
+
 def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
     """Write the leaderboard; returns its path, its markdown, and the markdown for the UI
     (the charts inlined as data URIs)."""
@@ -295,6 +305,7 @@ def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
     )
     unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY model, prompt")
     comparisons = query(layout, "SELECT * FROM comparisons")
+    leaks = dict(query(layout, _LABEL_LEAKS_SQL).itertuples(index=False, name=None))
     pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)
     links = {(m, p): layout.report_file(m, p).name for m, p in pairs}
     charts, inlined = {}, {}
@@ -304,8 +315,8 @@ def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
         chart.write_text(render_accuracy_chart(rows, title=str(dataset)), encoding="utf-8")
         charts[dataset] = chart.name
         inlined[dataset] = data_uri(chart, "image/svg+xml")
-    text = render_leaderboard(ranked, links, comparisons, charts, unranked)
-    ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked)
+    text = render_leaderboard(ranked, links, comparisons, charts, unranked, leaks)
+    ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked, leaks)
     layout.leaderboard_file.write_text(text, encoding="utf-8")
     return layout.leaderboard_file, text, ui_text
 

@@ -30,7 +30,7 @@ def metrics(context: dg.AssetExecutionContext, store: DefakeStore, quality: Qual
     preview = query(
         layout,
         "SELECT dataset, model, prompt, gate_status, n_images, n_unknown, n_error, round(accuracy, 4) AS accuracy "
-        "FROM metrics WHERE subset = 'all' ORDER BY accuracy DESC NULLS LAST LIMIT 50",
+        "FROM metrics WHERE scope = 'dataset' ORDER BY accuracy DESC NULLS LAST LIMIT 50",
     )
     gate = query(layout, "SELECT model, prompt, status, reason FROM partition_gate WHERE status <> 'passed'")
     return dg.MaterializeResult(

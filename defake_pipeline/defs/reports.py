@@ -31,7 +31,7 @@ def model_reports(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.M
     written, removed = write_reports(layout)
     for gone in removed:
         context.log.info(f"removed {gone.name}: its partition did not pass the gate or left the registry")
-    overall = query(layout, "SELECT * FROM metrics WHERE subset = 'all' AND gate_status = 'passed'")
+    overall = query(layout, "SELECT * FROM metrics WHERE scope = 'dataset' AND gate_status = 'passed'")
     metadata: dict[str, dg.MetadataValue] = {
         "n_rendered": dg.MetadataValue.int(len(written)),
         "n_removed": dg.MetadataValue.int(len(removed)),
