@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -15,7 +16,7 @@ from defake_pipeline.core.images import EncodingPolicy, encode_data_url, open_rg
 from defake_pipeline.core.journal import ResponseJournal
 from defake_pipeline.core.manifest import build_manifest, jobs_from_manifest
 from defake_pipeline.core.models import get_model
-from defake_pipeline.core.prompts import load_prompt
+from defake_pipeline.core.prompts import find_prompt, load_prompt
 
 
 def save(img, path, **kw):
@@ -156,3 +157,27 @@ def test_a_decorator_that_raises_fails_that_image_only(tmp_path, chat_server, de
     failed = [p for p in preds if p.error]
     assert len(failed) == 1 and "no ROI found" in failed[0].error and "coffee" in failed[0].path
     assert chat_server.state.n_chat == len(demo_jobs) - 1
+
+
+def test_a_dataset_scoped_run_keeps_the_error_rows_of_other_datasets(tmp_path):
+    from defake_pipeline.core.datasets import DatasetSpec
+    from defake_pipeline.core.paths import HomeLayout
+    from defake_pipeline.core.pipeline import evaluate_partition, refresh_manifest
+
+    layout = HomeLayout(tmp_path / "home")
+    specs = {}
+    for name, shade in (("a", 0), ("b", 1)):
+        root = tmp_path / name
+        save(Image.new("RGB", (32, 32), (shade, 0, 0)), root / "real" / "x.png")
+        save(Image.new("RGB", (32, 32), (255, 255, shade)), root / "fake" / "y.png")
+        specs[name] = DatasetSpec(name=name, root=root)
+    (tmp_path / "a" / "fake" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # no bytes: keyed missing:<path>
+    for spec in specs.values():
+        refresh_manifest(layout, spec)
+    canny, prompt = get_model("canny"), load_prompt(find_prompt("simple"))
+    evaluate_partition(layout, canny, prompt)
+    before = pd.read_parquet(layout.predictions_file("canny", "simple"))
+    assert before["image_sha256"].str.startswith("missing:").sum() == 1 and len(before) == 5
+    evaluate_partition(layout, canny, prompt, datasets=["b"])
+    after = pd.read_parquet(layout.predictions_file("canny", "simple"))
+    assert sorted(after["image_sha256"]) == sorted(before["image_sha256"])

@@ -84,8 +84,14 @@ def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, prog
 
 
 def job_key(sha256: str | None, path: str) -> str:
-    """The key an image's predictions are stored under: its sha256, or its path when unreadable."""
-    return sha256 or f"missing:{path}"
+    """The key an image's predictions are stored under: its sha256, or its path when unreadable.
+
+    pandas' string columns hold a missing sha256 as NaN (truthy), so test for a real string."""
+    return sha256 if isinstance(sha256, str) and sha256 else f"missing:{path}"
+
+
+def job_keys(manifest: pd.DataFrame) -> set[str]:
+    return {job_key(s, p) for s, p in zip(manifest["sha256"], manifest["path"], strict=True)}
 
 
 def jobs_from_manifest(manifest: pd.DataFrame) -> Iterator[ImageJob]:

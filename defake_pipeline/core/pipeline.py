@@ -12,7 +12,7 @@ from defake_pipeline.core.datasets import DatasetSpec
 from defake_pipeline.core.engine import Prediction, evaluate_sync, make_evaluator
 from defake_pipeline.core.tally import Tally
 from defake_pipeline.core.journal import ResponseJournal
-from defake_pipeline.core.manifest import build_manifest, job_key, jobs_from_manifest
+from defake_pipeline.core.manifest import build_manifest, job_keys, jobs_from_manifest
 from defake_pipeline.core.models import ModelSpec
 from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.core.prompts import LoadedPrompt
@@ -96,9 +96,11 @@ def evaluate_partition(
         evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=record, collect=False)
         if datasets and target.exists():
             # Earlier rows for images of other datasets stay, while those images are still listed.
-            fresh = {job_key(s, p) for s, p in zip(chosen["sha256"], chosen["path"], strict=True)}
+            # Rows match on the job key, which is also how an unreadable image's `missing:<path>`
+            # error row is keyed (it has no sha256 in the manifest).
+            fresh, listed = job_keys(chosen), job_keys(manifest)
             kept = pd.read_parquet(target)
-            kept = kept[~kept["image_sha256"].isin(fresh) & kept["image_sha256"].isin(set(manifest["sha256"].dropna()))]
+            kept = kept[~kept["image_sha256"].isin(fresh) & kept["image_sha256"].isin(listed)]
             writer.add_frame(kept)
         writer.commit()
     except BaseException:
