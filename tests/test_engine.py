@@ -250,3 +250,48 @@ def test_retry_after_parsing_ignores_what_does_not_parse():
     assert retry_after_s(Answer({"retry-after": "inf"})) is None
     assert retry_after_s(Answer({"retry-after-ms": "x", "retry-after": "2"})) == 2.0
     assert RetryPolicy(max_delay_s=60).server_pause(Answer({"retry-after": "100000"})) == 60
+
+
+def _bounded(coro_fn, limit_s):
+    """Run the engine under a wall-clock bound, so a hang fails the test instead of the suite."""
+    async def bounded():
+        return await asyncio.wait_for(asyncio.to_thread(coro_fn), timeout=limit_s)
+
+    return asyncio.run(bounded())
+
+
+def test_a_trickling_endpoint_ends_at_the_overall_deadline(chat_server, tmp_path):
+    """#11 item 7: a byte every 0.5 s never trips a per-read timeout; the request deadline does."""
+    chat_server.state.faults = Faults(rate_trickle=1.0, trickle_interval_s=0.5)
+    spec = spec_for(chat_server, timeout_s=1.0, max_retries=1, backoff_base_s=0.01)
+    started = time.monotonic()
+    preds, _ = _bounded(lambda: run(spec, many_jobs(tmp_path, 2), tmp_path), 15)
+    # bound: (timeout + capped backoff) × attempts = (1 + 0.01) × 2 s
+    assert time.monotonic() - started < 4
+    assert all(p.error and "no complete answer within timeout_s=1 s" in p.error for p in preds)
+
+
+def test_an_html_body_is_retried_and_named(chat_server, tmp_path):
+    """#11 item 8: a 200 answer holding a proxy's HTML page is retried, then recorded by its type."""
+    chat_server.state.faults = Faults(rate_html=1.0)
+    preds, evaluator = run(spec_for(chat_server, max_retries=2, backoff_base_s=0.01), many_jobs(tmp_path, 2), tmp_path)
+    assert all(p.error == "NonJSONBodyError: endpoint returned a non-JSON body (text/html)" for p in preds)
+    assert evaluator.backend.n_retries == 4 and chat_server.state.n_chat == 6
+
+
+def test_a_badly_encoded_answer_is_journaled_once_and_flagged(chat_server, tmp_path):
+    """#11 item 12: invalid UTF-8 and a lone surrogate are stored (as U+FFFD), so no rerun pays again."""
+    chat_server.state.faults = Faults(rate_bad_encoding=1.0)
+    jobs = many_jobs(tmp_path, 4)
+    preds, _ = run(spec_for(chat_server), jobs, tmp_path)
+    assert all(p.error is None and "\ufffd" in p.response and p.verdict != "unknown" for p in preds), preds[0]
+    assert chat_server.state.n_chat == 4
+    journal = ResponseJournal(tmp_path / "journal.sqlite")
+    try:
+        flags = [row[0] for row in journal._conn.execute("SELECT extra FROM responses")]
+    finally:
+        journal.close()
+    assert flags == ['{"repaired_encoding": true}'] * 4
+    again, _ = run(spec_for(chat_server), jobs, tmp_path)
+    answers = {p.image_sha256: p.response for p in preds}
+    assert chat_server.state.n_chat == 4 and {p.image_sha256: p.response for p in again} == answers

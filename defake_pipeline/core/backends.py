@@ -13,11 +13,16 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 
+from defake_pipeline.core.completions import parse_completion
 from defake_pipeline.core.errors import FatalEndpointError, ModelConfigError
 from defake_pipeline.core.images import open_rgb
 from defake_pipeline.core.models import ModelSpec
-from defake_pipeline.core.retry import AdaptiveLimiter, EmptyResponseError, RetryPolicy, classify_error
+from defake_pipeline.core.retry import AdaptiveLimiter, RequestTimeoutError, RetryPolicy, classify_error
 from defake_pipeline.core.verdict import score_from_logprobs
+
+
+# The header behind the SDK's documented `.with_raw_response`: the call returns the raw response.
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class ChatReply:
     completion_tokens: int
     latency_s: float
     score_fake: float | None = None
+    repaired_encoding: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
 
 
 class ChatBackend:
@@ -102,26 +108,35 @@ class ChatBackend:
         started = time.perf_counter()
         # client.post is the SDK's documented way to send a raw body: our messages are already
         # wire-format dicts, and chat.completions.create would re-walk every one against its
-        # TypedDicts (about a millisecond of CPU per request, the largest client cost).
-        completion = await self.client.post(
-            "/chat/completions",
-            cast_to=ChatCompletion,
-            body={"model": await self.model_id(), "messages": messages, **self.request_params()},
-        )
+        # TypedDicts (about a millisecond of CPU per request, the largest client cost). The raw
+        # response (what `.with_raw_response` returns) gives the headers and the body's bytes.
+        # timeout_s bounds each read; the deadline bounds the whole request, so an endpoint
+        # that trickles a byte at a time cannot hold a slot forever.
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                raw = await self.client.post(
+                    "/chat/completions",
+                    cast_to=ChatCompletion,
+                    body={"model": await self.model_id(), "messages": messages, **self.request_params()},
+                    options={"headers": {_RAW_RESPONSE_HEADER: "true"}},
+                )
+                body = raw.content
+        except TimeoutError:
+            raise RequestTimeoutError(f"no complete answer within timeout_s={self.spec.timeout_s:g} s") from None
         latency = time.perf_counter() - started
-        if not completion.choices or completion.choices[0].message.content is None:
-            raise EmptyResponseError("the endpoint returned no message content")
+        completion, repaired = parse_completion(raw.headers.get("content-type"), body)
         choice = completion.choices[0]
         usage = completion.usage
         score = None
         if self.spec.logprobs and choice.logprobs and choice.logprobs.content:
             score = score_from_logprobs(choice.logprobs.content)
         return ChatReply(
-            text=choice.message.content,
+            text=choice.message.content or "",
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=latency,
             score_fake=score,
+            repaired_encoding=repaired,
         )
 
     async def complete(self, messages: list[dict]) -> ChatReply:

@@ -279,8 +279,10 @@ class ChatEvaluator(Evaluator):
         finally:
             if self.budget:
                 self.budget.settle(estimate, actual)
-        extra = {"score_fake": reply.score_fake} if reply.score_fake is not None else None
-        return JournalEntry(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra)
+        extra = {"score_fake": reply.score_fake} if reply.score_fake is not None else {}
+        if reply.repaired_encoding:
+            extra["repaired_encoding"] = True  # paid for: kept with U+FFFD where bytes were invalid
+        return JournalEntry(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra or None)
 
 
 def make_evaluator(

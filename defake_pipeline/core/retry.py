@@ -1,7 +1,7 @@
 """The one retry policy of the engine, and the adaptive concurrency limit it feeds.
 
-Transient failures (429, 408, 409, 5xx, dropped connections, timeouts, malformed or empty
-bodies) are retried with full-jitter exponential backoff, or after the server's
+Transient failures (429, 408, 409, 5xx, dropped connections, timeouts, the overall request
+deadline, malformed, empty or non-JSON bodies) are retried with full-jitter exponential backoff, or after the server's
 ``retry-after-ms`` / ``Retry-After`` when it sends one. A rejected key (401/403) is fatal.
 Anything else (400, 404, 413, 422, ...) is permanent: the image gets an error row.
 
@@ -30,6 +30,15 @@ class EmptyResponseError(ValueError):
     """A 200 answer with no message content (no choices, or a null message)."""
 
 
+class NonJSONBodyError(ValueError):
+    """A 2xx answer whose body is not a JSON object (such as a proxy's HTML error page)."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """No complete answer within the request's overall deadline (an endpoint that trickles
+    bytes never trips a per-read timeout)."""
+
+
 def classify_error(exc: BaseException) -> ErrorKind:
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited"
@@ -39,7 +48,11 @@ def classify_error(exc: BaseException) -> ErrorKind:
         if exc.status_code in (408, 409) or exc.status_code >= 500:
             return "transient"
         return "permanent"
-    if isinstance(exc, (openai.APIConnectionError, json.JSONDecodeError, EmptyResponseError, openai.APIResponseValidationError)):
+    transient = (
+        openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError,
+        EmptyResponseError, NonJSONBodyError, RequestTimeoutError,
+    )  # fmt: skip
+    if isinstance(exc, transient):
         return "transient"
     return "permanent"
 

@@ -29,6 +29,10 @@ class Faults:
     rate_empty: float = 0.0
     rate_drop: float = 0.0
     rate_400: float = 0.0  # a permanent refusal, such as an image the model cannot take
+    rate_html: float = 0.0  # 200 with a proxy's HTML error page
+    rate_trickle: float = 0.0  # a valid answer sent one byte every trickle_interval_s
+    rate_bad_encoding: float = 0.0  # a valid answer whose text holds invalid UTF-8 and a lone surrogate
+    trickle_interval_s: float = 0.5
     retry_after_s: float = 0.05
     retry_after_header: str | None = None  # sent verbatim in place of retry_after_s (hostile values)
     seed: int = 1234
@@ -203,7 +207,8 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 draw = state.rng.random()
             if state.latency_s:
                 time.sleep(state.latency_s)
-            edges = [("429", f.rate_429), ("500", f.rate_500), ("malformed", f.rate_malformed), ("empty", f.rate_empty), ("drop", f.rate_drop), ("400", f.rate_400)]
+            edges = [("429", f.rate_429), ("500", f.rate_500), ("malformed", f.rate_malformed), ("empty", f.rate_empty), ("drop", f.rate_drop), ("400", f.rate_400),
+                     ("html", f.rate_html), ("trickle", f.rate_trickle), ("bad_encoding", f.rate_bad_encoding)]
             acc = 0.0
             for name, share in edges:
                 acc += share
@@ -211,22 +216,47 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                     with state.lock:
                         state.n_faults += 1
                         state.n_429 += name == "429"
-                    return self._fault(name, f)
+                    return self._fault(name, f, body, length)
             text = state.responder(body)
             with state.lock:
                 state.n_ok += 1
+            self._send(200, self._completion(body, length, text))
+
+        def _completion(self, body: dict, length: int, text: str) -> dict:
             prompt_tokens = max(1, length // 4)
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             if body.get("logprobs"):
                 choice["logprobs"] = {"content": _logprobs(text, state.verdict_probability)}
-            self._send(200, {
+            return {
                 "id": f"chatcmpl-{state.n_chat}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", state.served_model),
                 "choices": [choice],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "total_tokens": prompt_tokens + len(text.split())},
-            })
+            }
 
-        def _fault(self, name: str, f: Faults) -> None:
+        def _fault(self, name: str, f: Faults, body: dict | None = None, length: int = 0) -> None:
+            if name == "html":
+                page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                return self.wfile.write(page)
+            if name == "trickle":
+                raw = json.dumps(self._completion(body or {}, length, "real")).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                for i in range(len(raw)):  # each read succeeds: only an overall deadline ends this
+                    self.wfile.write(raw[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(f.trickle_interval_s)
+                return None
+            if name == "bad_encoding":
+                text = state.responder(body or {})
+                raw = json.dumps(self._completion(body or {}, length, text + " \ud800 MARK")).encode()
+                return self._send(200, raw.replace(b"MARK", b"\xff\xfe"))
             if name == "429":
                 header = f.retry_after_header if f.retry_after_header is not None else str(f.retry_after_s)
                 return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": header})
