@@ -181,3 +181,30 @@ def test_a_dataset_scoped_run_keeps_the_error_rows_of_other_datasets(tmp_path):
     evaluate_partition(layout, canny, prompt, datasets=["b"])
     after = pd.read_parquet(layout.predictions_file("canny", "simple"))
     assert sorted(after["image_sha256"]) == sorted(before["image_sha256"])
+
+
+def test_decorators_run_off_the_loop_and_a_slow_one_fails_its_image_only(tmp_path, chat_server, demo_jobs, monkeypatch):
+    """#11 item 9: decorators run on threads, so a 1 s decorator does not serialize the run; one
+    past its deadline fails that image only."""
+    import time
+
+    (tmp_path / "decorators").mkdir()
+    (tmp_path / "decorators" / "slow.py").write_text(
+        "import time\n\ndef nap(cache):\n    time.sleep(4 if 'coffee' in str(cache['_image_path']) else 1)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    data = json.loads(json.dumps(PROMPT))
+    data["conversations"][0]["decorators"] = ["slow.nap"]
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    spec = get_model("vllm").model_copy(update={"base_url": chat_server.base_url, "concurrency": 16})
+    journal = ResponseJournal(tmp_path / "j.sqlite")
+    evaluator = make_evaluator(spec, load_prompt(tmp_path / "p.json"), journal)
+    evaluator.decorator_timeout_s = 2.0
+    started = time.monotonic()
+    preds = evaluate_sync(demo_jobs, evaluator)
+    elapsed = time.monotonic() - started
+    journal.close()
+    failed = [p for p in preds if p.error]
+    assert len(failed) == 1 and "coffee" in failed[0].path
+    assert failed[0].error == "DecoratorTimeoutError: decorator 'slow.nap' gave no result within 2 s"
+    assert len(demo_jobs) >= 8 and elapsed < 3.5  # in parallel: about 1 s, plus the 2 s deadline at most

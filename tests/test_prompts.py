@@ -78,3 +78,25 @@ def test_upstream_prompts_naming_unshipped_decorators_fail_clearly(name, decorat
     with pytest.raises(PromptError) as info:
         resolve_decorators(prompt)
     assert decorator in str(info.value) and "conversation" in str(info.value)
+
+
+def test_a_decorator_module_that_fails_to_import_is_one_line_and_shadows_nothing(tmp_path, monkeypatch):
+    """#11 item 21: the original tool's decorators/ folder in the working directory (its modules
+    import mllm_defake) neither raises a traceback nor hides the project's own two_shot.v1."""
+    from defake_pipeline.core.paths import PACKAGE_ROOT
+
+    folder = tmp_path / "decorators"
+    folder.mkdir()
+    for module in ("two_shot", "fusion"):
+        (folder / f"{module}.py").write_text("from mllm_defake.utils import encode_image\n\ndef v1(cache):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    data = json.loads(json.dumps(GOOD))
+    data["conversations"][0]["decorators"] = ["two_shot.v1"]
+    resolved = resolve_decorators(load_prompt(write(tmp_path, data, "ours.json")))
+    assert resolved["two_shot.v1"].__code__.co_filename == str(PACKAGE_ROOT / "decorators" / "two_shot.py")
+    data["conversations"][1]["decorators"] = ["fusion.v1"]
+    with pytest.raises(PromptError) as info:
+        resolve_decorators(load_prompt(write(tmp_path, data, "theirs.json")))
+    message = str(info.value)
+    assert "\n" not in message and "'fusion.v1' is not shipped" in message
+    assert f"{folder / 'fusion.py'} failed to import (ModuleNotFoundError: No module named 'mllm_defake')" in message

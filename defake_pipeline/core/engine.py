@@ -17,7 +17,7 @@ from pathlib import Path
 
 from defake_pipeline.core.backends import BASELINE_VERSIONS, ChatBackend, run_baseline
 from defake_pipeline.core.budget import CostBudget
-from defake_pipeline.core.decorators import Decorator, resolve_decorators
+from defake_pipeline.core.decorators import DECORATOR_TIMEOUT_S, Decorator, call_decorator, resolve_decorators
 from defake_pipeline.core.errors import DefakeError, PromptError
 from defake_pipeline.core.images import EncodingPolicy, encode_data_url
 from defake_pipeline.core.journal import JournalEntry, ResponseJournal
@@ -192,6 +192,7 @@ class ChatEvaluator(Evaluator):
     ):
         super().__init__(spec, prompt, journal)
         self.decorators: dict[str, Decorator] = resolve_decorators(prompt)
+        self.decorator_timeout_s = DECORATOR_TIMEOUT_S
         self.backend = ChatBackend(spec, api_key)
         self.budget = budget
 
@@ -204,13 +205,15 @@ class ChatEvaluator(Evaluator):
     def _conversation_error(self, conv_id: str, exc: Exception) -> PromptError:
         return PromptError(f"{self.prompt.path}: conversation {conv_id!r}: {exc}")
 
-    def _run_decorators(self, conv, cache: dict) -> None:
+    async def _run_decorators(self, conv, cache: dict) -> None:
         # Decorators see real data URLs (seed decorators decode cache["image_url"]);
-        # whatever they add or replace is copied back.
-        view = {k: (v.data_url() if isinstance(v, LazyImage) else v) for k, v in cache.items()}
+        # whatever they add or replace is copied back. Encoding and the calls run off the loop.
+        view = await asyncio.to_thread(
+            lambda: {k: (v.data_url() if isinstance(v, LazyImage) else v) for k, v in cache.items()}
+        )
         before = dict(view)
         for name in conv.decorators:
-            self.decorators[name](view)
+            await call_decorator(self.decorators[name], view, name, self.decorator_timeout_s)
         for key, value in view.items():
             if key not in before or before[key] is not value:
                 cache[key] = value
@@ -245,7 +248,7 @@ class ChatEvaluator(Evaluator):
         totals = {"latency_s": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
         for conv in self.prompt.spec.conversations:
             if conv.decorators:
-                self._run_decorators(conv, cache)
+                await self._run_decorators(conv, cache)
             wire = self.backend.wire_messages(self._render(conv, cache))
             request_hash = _hash_request({"model": self.model_id, "messages": wire, **self.backend.request_params()})
             entry = self.journal.get(self.model_id, request_hash, job.sha256)
