@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from defake_pipeline.core.errors import DefakeError
+from defake_pipeline.core.errors import DefakeError, RunInterrupted
 from defake_pipeline.core.paths import HomeLayout
 
 log = logging.getLogger("mllmdf")
@@ -23,7 +24,10 @@ class DefakeGroup(click.Group):
             return super().invoke(ctx)
         except DefakeError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except KeyboardInterrupt:
+            click.echo(f"error: {RunInterrupted(signal.SIGINT)}", err=True)
+            sys.exit(128 + signal.SIGINT)
 
 
 def _setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:

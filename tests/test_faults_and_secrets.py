@@ -177,3 +177,34 @@ def test_everything_served_binds_to_loopback(chat_server):
     assert chat_server.httpd.server_address[0] == "127.0.0.1"
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"dagster dev -h 127\.0\.0\.1", makefile)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_materialize_stops_every_worker_with_one_line(slow_project, chat_server, tmp_path, how):
+    """#11 item 10: SIGTERM (to the CLI process, as `kill` sends it) or SIGINT (to the group, as
+    Ctrl-C sends it) stops every worker at once, keeps what was journaled, and prints one line."""
+    root, env = slow_project
+    chat_server.state.latency_s = 0.3
+    cmd = [str(BIN / "mllmdf"), "materialize", "-m", "slowvllm", "-p", "simple", "-p", "common_sense", "-p", "defect_query", "-j", "2"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while chat_server.state.n_ok < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    stopped = chat_server.state.n_chat
+    time.sleep(2)
+    assert chat_server.state.n_chat == stopped, "a worker kept sending after the signal"
+    assert proc.returncode == 128 + getattr(signal, how)
+    assert "Traceback" not in err and err.count(f"stopped by {how}") == 1, err
+    assert err.strip().splitlines()[-1].startswith(f"error: stopped by {how}")
+    journal = ResponseJournal(tmp_path / "out" / "cache" / "responses.sqlite")
+    answered = journal.count()
+    journal.close()
+    assert answered >= 8 and stopped - answered <= 2 * 2  # only requests in flight were lost
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    runs = dg.DagsterInstance.from_config(env["DAGSTER_HOME"]).get_runs()
+    assert not [r.run_id for r in runs if r.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING)]

@@ -19,3 +19,14 @@ class ModelConfigError(DefakeError):
 
 class FatalEndpointError(DefakeError):
     """The endpoint refuses every request (for example a wrong API key); retrying cannot help."""
+
+
+class RunInterrupted(DefakeError):
+    """SIGTERM or SIGINT stopped the run; what was journaled is kept."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        import signal
+
+        self.exit_code = 128 + signum  # the shell's convention for a death by signal
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}{detail}; every answer received is in the journal, and a rerun resumes from it")

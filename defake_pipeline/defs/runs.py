@@ -6,11 +6,15 @@ model and prompt, so the UI shows where each came from.
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import dagster as dg
 
+from defake_pipeline.core.errors import DefakeError, RunInterrupted
 from defake_pipeline.core.store import query
 from defake_pipeline.defs.partitions import partition_key, register_partitions
 
@@ -79,12 +83,86 @@ def _evaluate_in_worker(key: str, datasets: list[str]) -> str:
     return key
 
 
+class _Worker:
+    """A partition evaluated in a child process of its own session: the terminal's Ctrl-C
+    reaches only the parent, which relays the worker's log lines until it stops it."""
+
+    def __init__(self, key: str, datasets: list[str]):
+        self.key = key
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "defake_pipeline.defs.runs", key, *datasets],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", start_new_session=True,
+        )  # fmt: skip
+        self.relaying = True
+        self.last_line = ""
+        self._relay = threading.Thread(target=self._relay_lines, daemon=True)
+        self._relay.start()
+
+    def _relay_lines(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if self.relaying:
+                sys.stderr.write(line)
+                self.last_line = line.strip() or self.last_line
+
+    def finish(self) -> str | None:
+        """Wait for the worker; None, or its failure in one line."""
+        code = self.proc.wait()
+        self._relay.join()
+        if code == 0:
+            return None
+        detail = self.last_line.removeprefix("error: ") or f"exited with code {code}"
+        return f"partition {self.key}: {detail}"
+
+    def stop(self) -> None:
+        # Dagster maps SIGTERM to its own interrupt during a run: the run is recorded as
+        # interrupted and the partition's temporary file removed. Its account stays off the terminal.
+        self.relaying = False
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+
+# How long stopped workers get to record the interruption before they are killed.
+_WORKER_GRACE_S = 20.0
+
+
 def _run_partitions_in_processes(keys: list[dg.MultiPartitionKey], datasets: list[str], max_parallel: int) -> None:
-    # spawn, not fork: the parent holds Dagster and DuckDB state that must not be shared.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max_parallel, mp_context=context) as pool:
-        for future in [pool.submit(_evaluate_in_worker, str(k), datasets) for k in keys]:
-            future.result()
+    """Run partitions in up to ``max_parallel`` worker processes. A worker's failure is raised
+    once the others finish; SIGTERM or SIGINT to this process stops every worker at once."""
+    todo, running, failures = [str(k) for k in keys], [], []
+
+    def interrupt(signum, _frame):
+        raise RunInterrupted(signum, f" ({len(running)} running partition workers stopped)")
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while todo or running:
+            while todo and len(running) < max_parallel:
+                running.append(_Worker(todo.pop(0), datasets))
+            done = next((w for w in running if w.proc.poll() is not None), None)
+            if done is None:
+                time.sleep(0.05)
+                continue
+            running.remove(done)
+            if (failure := done.finish()) is not None:
+                failures.append(failure)
+    except BaseException:
+        for s in previous:  # a second signal must not cut the workers' unwinding short
+            signal.signal(s, signal.SIG_IGN)
+        for worker in running:
+            worker.stop()
+        for worker in running:
+            try:
+                worker.proc.wait(_WORKER_GRACE_S)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if failures:
+        raise DefakeError(failures[0])
 
 
 def gate_failures(layout, pairs: list[tuple[str, str]]) -> list[str]:
@@ -96,3 +174,11 @@ def gate_failures(layout, pairs: list[tuple[str, str]]) -> list[str]:
         for r in gate.itertuples(index=False)
         if (r.model, r.prompt) in wanted
     ]
+
+
+if __name__ == "__main__":  # a worker of _run_partitions_in_processes: KEY [DATASET ...]
+    try:
+        _evaluate_in_worker(sys.argv[1], sys.argv[2:])
+    except DefakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
