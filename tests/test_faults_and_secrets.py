@@ -208,3 +208,52 @@ def test_a_signal_to_materialize_stops_every_worker_with_one_line(slow_project, 
     assert not list((tmp_path / "out").rglob("*.tmp"))
     runs = dg.DagsterInstance.from_config(env["DAGSTER_HOME"]).get_runs()
     assert not [r.run_id for r in runs if r.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING)]
+
+
+FULL_DISK_RUN = """
+import resource, signal, sys
+from defake_pipeline.core.errors import DefakeError
+from defake_pipeline.core.models import get_model
+from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.core.pipeline import evaluate_partition
+from defake_pipeline.core.prompts import find_prompt, load_prompt
+
+layout, base_url, limit = HomeLayout(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+spec = get_model("vllm").model_copy(update={"base_url": base_url, "concurrency": 4})
+prompt = load_prompt(find_prompt("simple"))
+# No file may grow past `limit` bytes from here on: the disk is full for every file written.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    evaluate_partition(layout, spec, prompt)
+except DefakeError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_full_disk_stops_new_requests_at_once_and_leaves_no_temporary_file(chat_server, tmp_path):
+    """#11 item 11: once an answer cannot be journaled, nothing more is sent (a rerun would pay
+    for every answer sent after it), and the partition's temporary Parquet file is removed.
+    RLIMIT_FSIZE stands in for a full disk: every write past the limit fails with EFBIG."""
+    from defake_pipeline.core.datasets import DatasetSpec
+    from defake_pipeline.core.paths import HomeLayout
+    from defake_pipeline.core.pipeline import refresh_manifest
+
+    for i in range(80):
+        folder = tmp_path / "data" / ("real" if i % 2 else "fake")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (i, 3, 7)).save(folder / f"{i}.png")
+    layout = HomeLayout(tmp_path / "home")
+    refresh_manifest(layout, DatasetSpec(name="d", root=tmp_path / "data"))
+    ResponseJournal(layout.journal).close()  # the journal exists, as after any earlier run
+    chat_server.state.latency_s = 0.02
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_RUN, str(layout.home), chat_server.base_url, str(48 * 1024)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "cannot store an answer" in proc.stderr, proc.stderr
+    journal = ResponseJournal(layout.journal)
+    journaled = journal.count()
+    journal.close()
+    sent = chat_server.state.n_chat
+    assert 0 < journaled < 80 and sent - journaled <= 4, (sent, journaled)  # only those in flight
+    assert not list(layout.home.rglob("*.tmp"))

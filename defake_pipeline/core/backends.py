@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 
 from defake_pipeline.core.completions import parse_completion
-from defake_pipeline.core.errors import FatalEndpointError, ModelConfigError
+from defake_pipeline.core.errors import DefakeError, FatalEndpointError, ModelConfigError
 from defake_pipeline.core.images import open_rgb
 from defake_pipeline.core.models import ModelSpec
 from defake_pipeline.core.retry import AdaptiveLimiter, RequestTimeoutError, RetryPolicy, classify_error
@@ -52,6 +52,7 @@ class ChatBackend:
         )
         self.limiter = AdaptiveLimiter(spec.concurrency)
         self.n_retries = 0
+        self.halted: DefakeError | None = None  # set when the run stops; no request is sent after
         # vLLM accepts any key; the SDK insists on one, so a placeholder stands in.
         self.client = AsyncOpenAI(
             api_key=api_key or "no-key", base_url=self.base_url, timeout=spec.timeout_s, max_retries=0
@@ -143,6 +144,9 @@ class ChatBackend:
         """One answer, retrying transient failures; raises the last error when retries run out."""
         for attempt in range(1, self.policy.max_attempts + 1):
             epoch = await self.limiter.acquire()
+            if self.halted is not None:  # the run is stopping: nothing more is sent
+                await self.limiter.release(epoch, "permanent")
+                raise self.halted
             started = time.perf_counter()
             try:
                 reply = await self._attempt(messages)

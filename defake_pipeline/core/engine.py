@@ -142,6 +142,9 @@ class Evaluator:
     async def close(self) -> None:
         """Release connections."""
 
+    def halt(self, reason: DefakeError) -> None:
+        """Send nothing more: requests waiting for a slot fail with ``reason``."""
+
     async def predict(self, job: ImageJob) -> Prediction:
         raise NotImplementedError
 
@@ -201,6 +204,9 @@ class ChatEvaluator(Evaluator):
 
     async def close(self) -> None:
         await self.backend.aclose()
+
+    def halt(self, reason: DefakeError) -> None:
+        self.backend.halted = reason
 
     def _conversation_error(self, conv_id: str, exc: Exception) -> PromptError:
         return PromptError(f"{self.prompt.path}: conversation {conv_id!r}: {exc}")
@@ -317,8 +323,9 @@ async def evaluate(
     With ``collect=False`` nothing is kept: ``on_result`` sees each prediction, and memory
     holds only the images in flight, whatever the number of images.
 
-    A DefakeError (a prompt that cannot render, a rejected API key) stops the run: it
-    would fail every image the same way.
+    A DefakeError (a prompt that cannot render, a rejected API key, an answer the journal
+    cannot store) stops the run at once: it would fail every image the same way, or pay for
+    answers that are then lost.
     """
     results: list[Prediction] = []
     fatal: list[DefakeError] = []
@@ -336,6 +343,7 @@ async def evaluate(
                     pred = await evaluator.predict(job)
                 except DefakeError as exc:
                     fatal.append(exc)
+                    evaluator.halt(exc)  # requests waiting for a slot are not sent
                     return
                 except Exception as exc:  # noqa: BLE001 - per-image failures become error rows
                     pred = evaluator.error_prediction(job, _error_text(exc))

@@ -21,6 +21,10 @@ class FatalEndpointError(DefakeError):
     """The endpoint refuses every request (for example a wrong API key); retrying cannot help."""
 
 
+class JournalWriteError(DefakeError):
+    """An answer could not be stored (a full disk): sending more would pay for answers lost."""
+
+
 class RunInterrupted(DefakeError):
     """SIGTERM or SIGINT stopped the run; what was journaled is kept."""
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from defake_pipeline.core.errors import JournalWriteError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     model_id TEXT NOT NULL,
@@ -66,6 +68,16 @@ class ResponseJournal:
         return JournalEntry(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None)
 
     def put(self, model_id: str, request_hash: str, image_sha256: str, entry: JournalEntry) -> None:
+        """Store one answer; a JournalWriteError (one line) when it cannot be stored."""
+        try:
+            self._put(model_id, request_hash, image_sha256, entry)
+        except sqlite3.Error as exc:
+            raise JournalWriteError(
+                f"{self.path}: cannot store an answer ({exc}); no further requests are sent, "
+                "every answer stored before is kept"
+            ) from None
+
+    def _put(self, model_id: str, request_hash: str, image_sha256: str, entry: JournalEntry) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?)",

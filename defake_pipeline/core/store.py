@@ -96,9 +96,11 @@ class PredictionWriter:
         return self.target
 
     def discard(self) -> None:
-        self._writer.close()
-        if os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        try:
+            self._writer.close()  # may fail too (a full disk): the file goes either way
+        finally:
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
 
 
 def predictions_frame(rows: list[dict]) -> pd.DataFrame:
