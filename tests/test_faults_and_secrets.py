@@ -204,7 +204,7 @@ def test_a_signal_to_materialize_stops_every_worker_with_one_line(slow_project, 
     journal = ResponseJournal(tmp_path / "out" / "cache" / "responses.sqlite")
     answered = journal.count()
     journal.close()
-    assert answered >= 8 and stopped - answered <= 2 * 2  # only requests in flight were lost
+    assert answered > 0 and stopped - answered <= 2 * 2  # only requests in flight were lost
     assert not list((tmp_path / "out").rglob("*.tmp"))
     runs = dg.DagsterInstance.from_config(env["DAGSTER_HOME"]).get_runs()
     assert not [r.run_id for r in runs if r.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING)]
