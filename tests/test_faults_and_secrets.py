@@ -257,3 +257,21 @@ def test_a_full_disk_stops_new_requests_at_once_and_leaves_no_temporary_file(cha
     sent = chat_server.state.n_chat
     assert 0 < journaled < 80 and sent - journaled <= 4, (sent, journaled)  # only those in flight
     assert not list(layout.home.rglob("*.tmp"))
+
+
+def test_two_runners_over_the_same_images_pay_once(slow_project, chat_server, tmp_path):
+    """#11 item 13: a runner waits for the answer another runner is already asking for (the
+    journal's leases), so two concurrent runs over the same images pay for each answer once."""
+    root, env = slow_project
+    chat_server.state.latency_s = 0.2
+    demo = REPO / "demo"
+    infer = [str(BIN / "mllmdf"), "infer", "--model", "slowvllm", "--prompt", "simple", "--real_dir", str(demo / "real"),
+             "--fake_dir", str(demo / "fake"), "--count", "0"]  # fmt: skip
+    procs = [subprocess.Popen([*infer, "-o", name], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("one", "two")]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    out = tmp_path / "out"
+    one, two = pd.read_csv(out / "one.csv"), pd.read_csv(out / "two.csv")
+    assert len(one) == len(two) == 16 and one["error"].isna().all() and two["error"].isna().all()
+    assert chat_server.state.n_chat == 16  # no answer paid for twice

@@ -27,6 +27,8 @@ from defake_pipeline.core.templating import TemplateError, render
 from defake_pipeline.core.verdict import PRED_OF_VERDICT, VERDICT_OF_LABEL, parse_verdict
 
 _ERROR_MAX_CHARS = 500
+# How often a runner waiting for another runner's answer to the same request looks again.
+LEASE_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,9 @@ class ChatEvaluator(Evaluator):
         super().__init__(spec, prompt, journal)
         self.decorators: dict[str, Decorator] = resolve_decorators(prompt)
         self.decorator_timeout_s = DECORATOR_TIMEOUT_S
+        # A lease outlives the longest an image can take: every attempt at its deadline and
+        # the longest wait between attempts (a dead runner's lease ends with its process).
+        self.lease_ttl_s = (spec.timeout_s + spec.max_retry_wait_s) * (spec.max_retries + 1)
         self.backend = ChatBackend(spec, api_key)
         self.budget = budget
 
@@ -259,9 +264,8 @@ class ChatEvaluator(Evaluator):
             request_hash = _hash_request({"model": self.model_id, "messages": wire, **self.backend.request_params()})
             entry = self.journal.get(self.model_id, request_hash, job.sha256)
             if entry is None:
-                entry = await self._ask(wire)
-                self.journal.put(self.model_id, request_hash, job.sha256, entry)
-                totals["n_requests"] += 1
+                entry, asked = await self._answer(wire, request_hash, job.sha256)
+                totals["n_requests"] += asked
             if conv.response_var_name == RESULT_VARIABLE:
                 score = (entry.extra or {}).get("score_fake")
             cache[conv.response_var_name] = entry.response
@@ -271,6 +275,25 @@ class ChatEvaluator(Evaluator):
             totals["completion_tokens"] += entry.completion_tokens
         cost = self.spec.cost_usd(totals["prompt_tokens"], totals["completion_tokens"])
         return self.prediction(job, str(cache[RESULT_VARIABLE]), turns=turns, score=score, cost_usd=cost, **totals)
+
+    async def _answer(self, wire: list[dict], request_hash: str, sha256: str) -> tuple[JournalEntry, bool]:
+        """The answer to one request, and whether this runner paid for it: while another
+        runner holds the key's lease (it is asking), wait for its answer instead."""
+        key = (self.model_id, request_hash, sha256)
+        while True:
+            claimed = self.journal.claim(*key, ttl_s=self.lease_ttl_s)
+            if isinstance(claimed, JournalEntry):
+                return claimed, False
+            if claimed:
+                break
+            await asyncio.sleep(LEASE_POLL_S)
+        try:
+            entry = await self._ask(wire)
+        except BaseException:
+            self.journal.release(*key)
+            raise
+        self.journal.put(*key, entry)
+        return entry, True
 
     async def _ask(self, wire: list[dict]) -> JournalEntry:
         """Send one request (within the budget, if any) and return its journal entry."""
