@@ -27,6 +27,7 @@ from defake_pipeline.testing.chat_server import Faults
 
 BIN = Path(sys.executable).parent
 SIMPLE = load_prompt(find_prompt("simple"))
+URL_PASSWORD = "pw-in-the-url-" + hashlib.sha256(b"url").hexdigest()[:12]
 SECRET = "sk-proj-PLANTED-7f3a9c1e-do-not-leak"
 
 
@@ -135,14 +136,17 @@ def test_concurrent_writers_lose_no_rows(slow_project, chat_server, tmp_path):
 
 
 def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
+    """The key, and a password inside the base URL (#11 item 14), appear in no output or file;
+    the Bearer key is what authenticates (httpx would send the URL's userinfo as Basic auth)."""
     chat_server.state.api_key = SECRET
     root = tmp_path / "proj"
     root.mkdir()
     (root / "models.toml").write_text('registered = ["gpt4omini"]\n')
     home = project_dagster_home(tmp_path)
     out = tmp_path / "out"
+    with_password = chat_server.base_url.replace("http://", f"http://defake:{URL_PASSWORD}@")
     env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(out), "OPENAI_API_KEY": SECRET,
-           "OPENAI_BASE_URL": chat_server.base_url}  # fmt: skip
+           "OPENAI_BASE_URL": with_password}  # fmt: skip
     demo = REPO / "demo"
     logs = []
     for args in (
@@ -162,14 +166,24 @@ def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
     assert proc.returncode == 2 and "rejected the API key" in proc.stderr
     logs.append(proc.stdout + proc.stderr)
     assert chat_server.state.n_ok > 0  # the key was really used
+    # Nothing listening: the "cannot reach" line names the URL, without its password.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    unreachable = {**env, "BASE_URL": f"http://defake:{URL_PASSWORD}@127.0.0.1:{port}/v1"}
+    proc = subprocess.run([str(BIN / "mllmdf"), "classify", str(fresh), "--model", "qwen2vl"],
+                          cwd=root, env=unreachable, capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.returncode == 2 and f"cannot reach http://127.0.0.1:{port}/v1" in proc.stderr, proc.stderr
+    logs.append(proc.stdout + proc.stderr)
     for text in logs:
-        assert SECRET not in text
+        assert SECRET not in text and URL_PASSWORD not in text
     scanned = 0
     for folder in (out, home, root):
         for path in folder.rglob("*"):
             if path.is_file():
                 scanned += 1
                 assert SECRET.encode() not in path.read_bytes(), path
+                assert URL_PASSWORD.encode() not in path.read_bytes(), path
     assert scanned > 20
 
 

@@ -11,6 +11,7 @@ import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -60,15 +61,29 @@ class ModelSpec(BaseModel):
         return EncodingPolicy.parse(self.encoding)
 
     def resolved_base_url(self) -> str | None:
-        """Where requests go: explicit, else OPENAI_BASE_URL (OpenAI presets) or BASE_URL (self-hosted)."""
+        """Where requests go: explicit, else OPENAI_BASE_URL (OpenAI presets) or BASE_URL (self-hosted).
+
+        Credentials inside the URL (``http://user:pw@host/v1``) are dropped: they would be
+        printed in every error line, and httpx would send them as Basic auth in place of the
+        Bearer key. The key goes in OPENAI_API_KEY."""
         if self.base_url:
-            return self.base_url
-        if self.backend == "openai":
-            return os.environ.get("OPENAI_BASE_URL") or None
-        return os.environ.get("BASE_URL") or DEFAULT_BASE_URL
+            url = self.base_url
+        elif self.backend == "openai":
+            url = os.environ.get("OPENAI_BASE_URL") or None
+        else:
+            url = os.environ.get("BASE_URL") or DEFAULT_BASE_URL
+        return without_userinfo(url) if url else None
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1_000_000
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part (everything else unchanged)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _read_toml(path: Path) -> dict:
