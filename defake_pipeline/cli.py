@@ -12,6 +12,7 @@ import click
 
 from defake_pipeline.core.errors import DefakeError, RunInterrupted
 from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.core.safe_text import visible_controls
 
 log = logging.getLogger("mllmdf")
 
@@ -41,10 +42,12 @@ def _setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:
 
 
 def _print_turns(pred) -> None:
+    # Answers and file names are shown, never acted on: escape sequences in them are made visible.
+    name = visible_controls(Path(pred.path).name)
     for i, turn in enumerate(pred.turns):
-        click.echo(f"--- {Path(pred.path).name} · turn {i + 1}/{len(pred.turns)} ---\n{turn}", err=True)
+        click.echo(f"--- {name} · turn {i + 1}/{len(pred.turns)} ---\n{visible_controls(turn)}", err=True)
     if pred.error:
-        click.echo(f"--- {Path(pred.path).name} · error: {pred.error}", err=True)
+        click.echo(f"--- {name} · error: {visible_controls(pred.error)}", err=True)
 
 
 @click.group(cls=DefakeGroup)
@@ -77,7 +80,7 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     if verbose:
         _print_turns(pred)
     if pred.error:
-        click.echo(f"error: {Path(image)}: {pred.error}", err=True)
+        click.echo(f"error: {visible_controls(f'{Path(image)}: {pred.error}')}", err=True)
     click.echo(pred.verdict)
     if pred.error:
         sys.exit(1)

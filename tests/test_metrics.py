@@ -68,8 +68,10 @@ def test_all_unknown_leaves_accuracy_undefined_not_zero(tmp_path):
 def test_subsets_and_all_rows(tmp_path):
     layout_rows = [(1, 1, None), (0, 0, None), (1, 0, None), (0, 0, None)]
     craft(tmp_path, layout_rows)
-    subsets = query(HomeLayout(tmp_path / "home"), "SELECT subset, n_images, accuracy FROM metrics ORDER BY subset")
-    assert subsets.to_dict("list") == {"subset": ["all", "g1", "g2"], "n_images": [4, 2, 2], "accuracy": [0.75, 1.0, 0.5]}
+    subsets = query(HomeLayout(tmp_path / "home"), "SELECT scope, subset, n_images, accuracy FROM metrics ORDER BY scope, subset")
+    assert subsets.fillna("–").to_dict("list") == {
+        "scope": ["dataset", "subset", "subset"], "subset": ["–", "g1", "g2"], "n_images": [4, 2, 2], "accuracy": [0.75, 1.0, 0.5],
+    }  # fmt: skip
 
 
 def test_a_subset_named_all_keeps_its_own_row(tmp_path):

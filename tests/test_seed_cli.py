@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import REPO, upstream_or_skip
 
@@ -198,3 +199,65 @@ def test_doc_counts_each_csv_row_once_when_paths_share_content(tmp_path):
     summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
     assert (summary.total_images, summary.count_real, summary.count_fake) == (5, 4, 1)
     assert summary.accuracy == pytest.approx(4 / 5)
+
+
+def _rendered(markdown: str):
+    """The report as a markdown renderer makes it (CommonMark with GFM tables), as HTML parts."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    class Parts(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls, self.tags, self.rows, self.row = [], [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+            if tag == "tr":
+                self.row = 0
+            elif tag in ("td", "th") and self.row is not None:
+                self.row += 1
+
+        def handle_endtag(self, tag):
+            if tag == "tr":
+                self.rows.append(self.row)
+                self.row = None
+
+    parts = Parts()
+    parts.feed(MarkdownIt("commonmark").enable("table").render(markdown))
+    return parts
+
+
+def test_file_names_and_answers_inject_no_markup(tmp_path):
+    """#11 items 15 and 16: HTML, pipes, link syntax and line breaks in file names, and remote
+    images or escape sequences in answers, are shown as text."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    names = ["<img src=x onerror=alert(1)>.png", "a|b.png", "x](https://evil.example).png", "line\nbreak.png"]
+    answers = ["![x](https://evil.example/t.png) real", "<script>alert(1)</script> generated",
+               "\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\ \x1b[31mreal", "a | b\nc generated"]  # fmt: skip
+    with (outputs / "hostile.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "pred", "response"])
+        writer.writerows((f"demo/{n}", i % 2, i % 2, a) for i, (n, a) in enumerate(zip(names, answers, strict=True)))
+    mllmdf(["doc", "hostile"], tmp_path)
+    report = (outputs / "hostile.md").read_text()
+    assert "\x1b" not in report and "\\x1b" in report
+    parts = _rendered(report)
+    assert not [u for u in parts.urls if u.startswith(("http:", "https:", "//"))], parts.urls
+    assert "script" not in parts.tags and parts.tags.count("img") == 0  # no thumbnails: the files do not exist
+    image_rows = [n for n in parts.rows if n == 6]  # Image, Dataset, Label, Prediction, Score, Response
+    assert len(image_rows) == 2 + 4, parts.rows  # two header rows, one row per image
+    # every table keeps its own column count: header 2, metrics 18, confusion 5, images 6
+    assert parts.rows == [2] * 6 + [18] * 2 + [5] * 3 + [6] * 4 + [6] * 2, parts.rows
+
+
+def test_verbose_turns_show_escape_sequences_as_text(tmp_path, chat_server):
+    chat_server.state.responder = lambda body: "\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\ \x1b[2J\x9b31m real"
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), "red").save(image)
+    out = mllmdf(["classify", str(image), "--model", "vllm", "-v"], tmp_path, {"BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path)})
+    assert out.stdout == "real\n"
+    assert "\x1b" not in out.stderr and "\x9b" not in out.stderr and "\\x1b]8;;https://evil.example" in out.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import pandas as pd
 
 from defake_pipeline.core.metrics import DATASET_SCOPE
 from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.core.safe_text import markdown_cell, markdown_code, markdown_link_target
 from defake_pipeline.core.store import query
 from defake_pipeline.core.thumbnails import ensure_thumbnails
 
@@ -52,16 +52,17 @@ def integer(value) -> str:
 
 
 def md_cell(value) -> str:
-    """Text safe inside one markdown table cell: HTML escaped, pipes escaped, newlines as <br>."""
-    if _missing(value):
-        return ""
-    text = html.escape(str(value), quote=False).replace("|", "\\|")
-    return text.replace("\r\n", "\n").replace("\n", "<br>")
+    """Any value shown literally in one markdown table cell (see ``markdown_cell``)."""
+    return "" if _missing(value) else markdown_cell(str(value))
 
 
 def md_link_target(path: str) -> str:
-    """A relative link target that survives spaces and parentheses in file names."""
-    return "<" + path.replace(">", "%3E") + ">"
+    return markdown_link_target(path)
+
+
+def code(value) -> str:
+    """A value as a code span (model, prompt and dataset names)."""
+    return markdown_code(str(value))
 
 
 _env = jinja2.Environment(
@@ -71,7 +72,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell, link=md_link_target)
+_env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell, link=md_link_target, code=code)
 
 _VERDICT_WORD = {1: "real", 0: "fake", -1: "unknown"}
 
