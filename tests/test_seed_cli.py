@@ -261,3 +261,29 @@ def test_verbose_turns_show_escape_sequences_as_text(tmp_path, chat_server):
     out = mllmdf(["classify", str(image), "--model", "vllm", "-v"], tmp_path, {"BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path)})
     assert out.stdout == "real\n"
     assert "\x1b" not in out.stderr and "\x9b" not in out.stderr and "\\x1b]8;;https://evil.example" in out.stderr
+
+
+def test_huge_answers_are_stored_capped_with_the_verdict_of_the_whole(tmp_path, chat_server):
+    """#11 item 17: four 10 MB answers. What is stored is capped (max_response_chars, 20,000 by
+    default) with a truncation mark; the verdict is read from the whole answer."""
+    import resource
+
+    chat_server.state.responder = lambda body: "real " + "x" * 10_000_000 + " generated"
+    data = tmp_path / "data"
+    for i, label in enumerate(("real", "real", "fake", "fake")):
+        (data / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i, 9, 9)).save(data / label / f"{i}.png")
+    env = {"BASE_URL": chat_server.base_url}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    mllmdf(["infer", "--model", "vllm", "--real_dir", str(data / "real"), "--fake_dir", str(data / "fake"), "-o", "big"], tmp_path, env)
+    mllmdf(["doc", "big"], tmp_path, env)
+    peak_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    frame = pd.read_csv(tmp_path / "outputs" / "big.csv")
+    assert (frame["pred"] == 0).all()  # "generated" is the whole answer's last verdict word
+    assert frame["response"].str.endswith("[truncated: 10,000,015 characters in all]").all()
+    assert frame["response"].str.len().max() < 20_100
+    assert (tmp_path / "outputs" / "big.csv").stat().st_size < 200_000
+    assert (tmp_path / "outputs" / "big.md").stat().st_size < 200_000
+    assert peak_mb < 400, peak_mb
+    again = mllmdf(["infer", "--model", "vllm", "--real_dir", str(data / "real"), "--fake_dir", str(data / "fake"), "-o", "again"], tmp_path, env)
+    assert chat_server.state.n_chat == 4 and (pd.read_csv(tmp_path / "outputs" / "again.csv")["pred"] == 0).all(), again.stderr

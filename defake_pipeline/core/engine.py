@@ -150,8 +150,11 @@ class Evaluator:
     async def predict(self, job: ImageJob) -> Prediction:
         raise NotImplementedError
 
-    def prediction(self, job: ImageJob, response: str, **fields) -> Prediction:
-        verdict = parse_verdict(response) if fields.get("error") is None else "unknown"
+    def prediction(self, job: ImageJob, response: str, verdict: str | None = None, **fields) -> Prediction:
+        if fields.get("error") is not None:
+            verdict = "unknown"
+        elif verdict is None:
+            verdict = parse_verdict(response)
         defaults = dict(
             score=None, turns=[response] if response else [], latency_s=0.0, prompt_tokens=0,
             completion_tokens=0, cost_usd=0.0, n_requests=0, error=None,
@@ -255,7 +258,7 @@ class ChatEvaluator(Evaluator):
             "label": VERDICT_OF_LABEL.get(job.label, "unknown"),
         }
         turns: list[str] = []
-        score = None
+        score, verdict = None, None
         totals = {"latency_s": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
         for conv in self.prompt.spec.conversations:
             if conv.decorators:
@@ -268,13 +271,15 @@ class ChatEvaluator(Evaluator):
                 totals["n_requests"] += asked
             if conv.response_var_name == RESULT_VARIABLE:
                 score = (entry.extra or {}).get("score_fake")
+                verdict = (entry.extra or {}).get("verdict")  # read before a long answer was capped
             cache[conv.response_var_name] = entry.response
             turns.append(entry.response)
             totals["latency_s"] += entry.latency_s
             totals["prompt_tokens"] += entry.prompt_tokens
             totals["completion_tokens"] += entry.completion_tokens
         cost = self.spec.cost_usd(totals["prompt_tokens"], totals["completion_tokens"])
-        return self.prediction(job, str(cache[RESULT_VARIABLE]), turns=turns, score=score, cost_usd=cost, **totals)
+        response = str(cache[RESULT_VARIABLE])
+        return self.prediction(job, response, verdict, turns=turns, score=score, cost_usd=cost, **totals)
 
     async def _answer(self, wire: list[dict], request_hash: str, sha256: str) -> tuple[JournalEntry, bool]:
         """The answer to one request, and whether this runner paid for it: while another
@@ -311,10 +316,16 @@ class ChatEvaluator(Evaluator):
         finally:
             if self.budget:
                 self.budget.settle(estimate, actual)
-        extra = {"score_fake": reply.score_fake} if reply.score_fake is not None else {}
+        extra: dict = {"score_fake": reply.score_fake} if reply.score_fake is not None else {}
         if reply.repaired_encoding:
             extra["repaired_encoding"] = True  # paid for: kept with U+FFFD where bytes were invalid
-        return JournalEntry(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra or None)
+        text = reply.text
+        if len(text) > self.spec.max_response_chars:
+            # What is stored (journal, Parquet, CSV, reports) is capped; the verdict is read from
+            # the whole answer now and kept, and later turns see the capped text on every run.
+            extra.update(verdict=parse_verdict(text), response_chars=len(text))
+            text = text[: self.spec.max_response_chars] + f" … [truncated: {len(text):,} characters in all]"
+        return JournalEntry(text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra or None)
 
 
 def make_evaluator(

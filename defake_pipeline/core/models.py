@@ -44,6 +44,8 @@ class ModelSpec(BaseModel):
     max_retries: int = Field(default=5, ge=0)
     backoff_base_s: float = Field(default=0.5, gt=0)  # first retry waits up to this, doubling after
     max_retry_wait_s: float = Field(default=60.0, gt=0)  # cap on any wait, the server's Retry-After too
+    # Longer answers are stored cut to this many characters (the verdict is read from the whole).
+    max_response_chars: int = Field(default=20_000, ge=100)
     logprobs: bool = False  # ask for token log-probabilities and derive a score P(fake)
     top_logprobs: int = Field(default=5, ge=1, le=20)
     price_in: float = 0.0
