@@ -208,3 +208,28 @@ def test_decorators_run_off_the_loop_and_a_slow_one_fails_its_image_only(tmp_pat
     assert len(failed) == 1 and "coffee" in failed[0].path
     assert failed[0].error == "DecoratorTimeoutError: decorator 'slow.nap' gave no result within 2 s"
     assert len(demo_jobs) >= 8 and elapsed < 3.5  # in parallel: about 1 s, plus the 2 s deadline at most
+
+
+def test_a_truncated_predictions_file_counts_as_missing_and_a_run_rebuilds_it(tmp_path):
+    """#11 item 18: a corrupt partition file neither breaks the warehouse nor blocks its own
+    repair: it is listed as missing with the reason, and a run rebuilds it from the journal."""
+    from defake_pipeline.core.datasets import get_dataset
+    from defake_pipeline.core.paths import HomeLayout
+    from defake_pipeline.core.pipeline import evaluate_partition, refresh_manifest
+    from defake_pipeline.core.store import query, rebuild_warehouse
+
+    layout = HomeLayout(tmp_path / "home")
+    refresh_manifest(layout, get_dataset("demo"))
+    canny, prompt = get_model("canny"), load_prompt(find_prompt("simple"))
+    evaluate_partition(layout, canny, prompt)
+    target = layout.predictions_file("canny", "simple")
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    rebuild_warehouse(layout, partitions=[("canny", "simple")])
+    gate = query(layout, "SELECT status, reason FROM partition_gate").iloc[0]
+    assert gate.status == "missing" and "prompt=simple.parquet is unreadable" in gate.reason
+    assert "rebuild it from the journal" in gate.reason
+    summary = evaluate_partition(layout, canny, prompt, datasets=["demo"])
+    assert "rebuilt for every dataset from the journal" in summary.note and summary.n_requests == 0
+    assert len(pd.read_parquet(target)) == 16
+    rebuild_warehouse(layout, partitions=[("canny", "simple")])
+    assert query(layout, "SELECT status FROM partition_gate").iloc[0].status == "passed"

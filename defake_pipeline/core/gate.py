@@ -61,17 +61,29 @@ def gate_params(thresholds: GateThresholds) -> dict[str, float]:
 
 
 def create_gate_table(
-    con: duckdb.DuckDBPyConnection, thresholds: GateThresholds, expected: list[tuple[str, str]] | None = None
+    con: duckdb.DuckDBPyConnection,
+    thresholds: GateThresholds,
+    expected: list[tuple[str, str]] | None = None,
+    unreadable: dict[tuple[str, str], str] | None = None,
 ) -> None:
     """``partition_gate`` over the ``predictions`` table: one row per partition with rows, plus
-    a ``missing`` row for each expected (registered) partition that has none yet."""
+    a ``missing`` row for each expected (registered) partition that has none yet, or whose
+    file is unreadable (the reason says which, and how to rebuild it)."""
     con.execute(f"CREATE TABLE partition_gate AS {GATE_SQL}", gate_params(thresholds))
     if expected:
-        wanted = pd.DataFrame(expected, columns=["model", "prompt"])  # noqa: F841 - DuckDB replacement scan
+        reasons = unreadable or {}
+        wanted = pd.DataFrame(  # noqa: F841 - DuckDB replacement scan
+            [
+                (m, p, f"{reasons[(m, p)]}; run the partition again to rebuild it from the journal"
+                 if (m, p) in reasons else "no predictions yet")
+                for m, p in expected
+            ],
+            columns=["model", "prompt", "reason"],
+        )  # fmt: skip
         con.execute(
             """
             INSERT INTO partition_gate
-            SELECT w.model, w.prompt, 0, 0, 0, NULL, NULL, 'missing', 'no predictions yet'
+            SELECT w.model, w.prompt, 0, 0, 0, NULL, NULL, 'missing', w.reason
             FROM wanted AS w ANTI JOIN partition_gate AS g ON g.model = w.model AND g.prompt = w.prompt
             """
         )

@@ -16,7 +16,7 @@ from defake_pipeline.core.manifest import build_manifest, job_keys, jobs_from_ma
 from defake_pipeline.core.models import ModelSpec
 from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.core.prompts import LoadedPrompt
-from defake_pipeline.core.store import PredictionWriter, read_manifests, write_parquet_atomic
+from defake_pipeline.core.store import PredictionWriter, read_manifests, unreadable_parquet, write_parquet_atomic
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class PartitionSummary(Tally):
     model: str = ""
     prompt: str = ""
     path: Path | None = None
+    note: str = ""  # something the run did that the user should hear of
 
 
 def evaluate_partition(
@@ -79,9 +80,16 @@ def evaluate_partition(
     for images of other datasets that are still in the manifest.
     """
     manifest = read_manifests(layout)
-    chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
     target = layout.predictions_file(spec.key, prompt.key)
-    summary = PartitionSummary(model=spec.key, prompt=prompt.key, path=target)
+    if datasets and target.exists() and (why := unreadable_parquet(target)):
+        # Its rows for other datasets cannot be kept: every dataset is evaluated again,
+        # which the journal answers without a request for everything asked before.
+        summary_note = f"{why}: rebuilt for every dataset from the journal"
+        datasets = None
+    else:
+        summary_note = ""
+    chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
+    summary = PartitionSummary(model=spec.key, prompt=prompt.key, path=target, note=summary_note)
     writer = PredictionWriter(target)
     journal = ResponseJournal(layout.journal)
 

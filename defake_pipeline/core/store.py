@@ -108,10 +108,25 @@ def predictions_frame(rows: list[dict]) -> pd.DataFrame:
     return frame.astype({"label": "int64", "pred": "int64", "score": "float64", "n_requests": "int64"})
 
 
+def unreadable_parquet(file: Path) -> str | None:
+    """Why a Parquet file cannot be read to the end, or None when it can."""
+    try:
+        with duckdb.connect() as con:
+            con.execute("SELECT * FROM read_parquet(?)", [str(file)]).fetchall()
+    except duckdb.Error as exc:
+        return f"{file.name} is unreadable ({str(exc).splitlines()[0][:200]})"
+    return None
+
+
+def _partition_of(file: Path) -> tuple[str, str]:
+    """(model, prompt) of a file laid out as predictions/model=<m>/prompt=<p>.parquet."""
+    return file.parent.name.removeprefix("model="), file.stem.removeprefix("prompt=")
+
+
 def predictions_content_hash(files: list[Path]) -> str:
     """A hash of what the partition files say (answers, verdicts, errors; not timestamps): equal
     for a rerun that found nothing new."""
-    existing = [str(f) for f in files if f.exists()]
+    existing = [str(f) for f in files if f.exists() and not unreadable_parquet(f)]
     if not existing:
         return "empty"
     with duckdb.connect() as con:
@@ -146,6 +161,10 @@ def rebuild_warehouse(
         predictions = sorted(layout.predictions_dir.glob("model=*/prompt=*.parquet"))
     else:
         predictions = [f for m, p in partitions if (f := layout.predictions_file(m, p)).exists()]
+    # An unreadable partition file (truncated, corrupt) must not stop every later rebuild:
+    # it counts as missing, with the reason, until a run of that partition rebuilds it.
+    unreadable = {_partition_of(f): why for f in predictions if (why := unreadable_parquet(f))}
+    predictions = [f for f in predictions if _partition_of(f) not in unreadable]
     if not manifests:
         raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
     layout.warehouse.parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +180,11 @@ def rebuild_warehouse(
                     [list(map(str, predictions))],
                 )
             else:
-                empty = predictions_frame([])  # noqa: F841 - read by DuckDB's replacement scan
+                # From the Arrow schema: an empty pandas frame would give untyped (NULL) columns.
+                empty = PREDICTION_SCHEMA.empty_table()  # noqa: F841 - read by DuckDB's replacement scan
                 con.execute("CREATE TABLE predictions AS SELECT * FROM empty")
-            create_metrics(con, thresholds or GateThresholds(), partitions)
+            expected = list(dict.fromkeys([*(partitions or []), *unreadable]))
+            create_metrics(con, thresholds or GateThresholds(), expected or None, unreadable)
             tables = ("image_manifest", "predictions", "partition_gate", "metrics", "comparisons")
             counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
         os.replace(tmp, layout.warehouse)
@@ -178,6 +199,7 @@ def create_metrics(
     con: duckdb.DuckDBPyConnection,
     thresholds: GateThresholds | None = None,
     partitions: list[tuple[str, str]] | None = None,
+    unreadable: dict[tuple[str, str], str] | None = None,
 ) -> None:
     """The ``partition_gate`` table, the ``scored`` view and the ``metrics`` and ``comparisons``
     tables, over the ``image_manifest`` and ``predictions`` tables.
@@ -185,7 +207,7 @@ def create_metrics(
     Every partition gets metrics, each row carrying its ``gate_status``; comparisons pair
     only partitions that passed the gate.
     """
-    create_gate_table(con, thresholds or GateThresholds(), partitions)
+    create_gate_table(con, thresholds or GateThresholds(), partitions, unreadable)
     con.execute(SCORED_VIEW_SQL)
     con.execute(
         f"CREATE TABLE metrics AS SELECT m.*, g.status AS gate_status FROM ({METRICS_SQL}) AS m "

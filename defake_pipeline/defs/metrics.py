@@ -33,6 +33,9 @@ def metrics(context: dg.AssetExecutionContext, store: DefakeStore, quality: Qual
         "FROM metrics WHERE scope = 'dataset' ORDER BY accuracy DESC NULLS LAST LIMIT 50",
     )
     gate = query(layout, "SELECT model, prompt, status, reason FROM partition_gate WHERE status <> 'passed'")
+    for row in gate.itertuples(index=False):
+        if "unreadable" in row.reason:
+            context.log.warning(f"{row.model}|{row.prompt}: {row.reason}")
     return dg.MaterializeResult(
         metadata={
             **{f"rows_{table}": n for table, n in counts.items()},

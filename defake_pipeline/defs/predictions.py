@@ -77,6 +77,8 @@ def predictions(
             f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "
             f"requests; {summary.n_errors} errors, {summary.n_unknown} unknown"
         )
+        if summary.note:
+            context.log.warning(f"{key}: {summary.note}")
         files.append(summary.path)
         for name in totals:
             totals[name] += getattr(summary, name)
