@@ -204,7 +204,8 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
     if the check fails, nothing is registered and nothing runs.
     """
     from defake_pipeline.core.backends import check_endpoint
-    from defake_pipeline.core.datasets import get_dataset
+    from defake_pipeline.core.datasets import dataset_specs, get_dataset
+    from defake_pipeline.core.store import missing_manifest_lines, missing_manifests
     from defake_pipeline.core.models import get_model, registered_models
     from defake_pipeline.core.prompts import find_prompt, load_prompt, prompt_files
     from defake_pipeline.defs.instance import local_instance
@@ -228,6 +229,8 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
     failures = gate_failures(layout, pairs)
     for line in failures:
         click.echo(f"warning: {line}; left off the leaderboard", err=True)
+    for line in missing_manifest_lines(layout, missing_manifests(layout, [spec.key for spec in dataset_specs()])):
+        click.echo(f"warning: {line}", err=True)
     for m, p in pairs:
         if layout.report_file(m, p).exists():
             click.echo(f"report: {layout.report_file(m, p)}")

@@ -5,6 +5,8 @@ import dagster as dg
 import pytest
 from click.testing import CliRunner
 
+from conftest import project_dagster_home
+
 from defake_pipeline.cli import main
 from defake_pipeline.core.paths import HomeLayout
 from defake_pipeline.definitions import defs
@@ -156,3 +158,25 @@ def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home,
     layout = HomeLayout(defake_home)
     assert "report: " + str(layout.report_file("canny", "simple")) in result.output
     assert not layout.report_file("qwen2vl", "simple").exists()
+
+
+def test_a_deleted_manifest_is_named_in_the_metadata_and_the_cli(defake_home, tmp_path, monkeypatch):
+    """#11 item 19: a dataset whose manifest is gone drops out of the leaderboard, and says so."""
+    from PIL import Image
+
+    for label in ("real", "fake"):
+        (tmp_path / "extra" / label).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "white" if label == "fake" else "black").save(tmp_path / "extra" / label / "x.png")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "extra.toml").write_text('layout = "real_fake"\nroot = "../extra"\n')
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": str(project_dagster_home(tmp_path))}
+    assert CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "simple"], env=env).exit_code == 0
+    layout = HomeLayout(defake_home)
+    layout.manifest_file("extra").unlink()
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "simple", "-d", "demo"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "warning: dataset 'extra' has no manifest" in result.output
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("metrics")).asset_materialization.metadata
+    assert metadata["missing_manifests"].value == "extra"

@@ -145,6 +145,19 @@ def read_manifests(layout: HomeLayout) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
+def missing_manifests(layout: HomeLayout, dataset_keys: list[str]) -> list[str]:
+    """Defined datasets with no manifest file: their images are in no table and no ranking."""
+    return [key for key in dataset_keys if not layout.manifest_file(key).exists()]
+
+
+def missing_manifest_lines(layout: HomeLayout, keys: list[str]) -> list[str]:
+    return [
+        f"dataset {key!r} has no manifest ({layout.manifest_file(key)}): its images are left out of the "
+        "warehouse and the leaderboard until image_manifest scans it again"
+        for key in keys
+    ]
+
+
 def rebuild_warehouse(
     layout: HomeLayout,
     thresholds: GateThresholds | None = None,

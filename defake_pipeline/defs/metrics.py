@@ -3,7 +3,8 @@
 import dagster as dg
 
 from defake_pipeline.core.reports import frame_to_markdown
-from defake_pipeline.core.store import query, rebuild_warehouse
+from defake_pipeline.core.datasets import dataset_specs
+from defake_pipeline.core.store import missing_manifest_lines, missing_manifests, query, rebuild_warehouse
 from defake_pipeline.defs.automation import WAREHOUSE_FOLLOWS_INPUTS
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.partitions import registered_pairs
@@ -36,11 +37,15 @@ def metrics(context: dg.AssetExecutionContext, store: DefakeStore, quality: Qual
     for row in gate.itertuples(index=False):
         if "unreadable" in row.reason:
             context.log.warning(f"{row.model}|{row.prompt}: {row.reason}")
+    absent = missing_manifests(layout, [spec.key for spec in dataset_specs()])
+    for line in missing_manifest_lines(layout, absent):
+        context.log.warning(line)
     return dg.MaterializeResult(
         metadata={
             **{f"rows_{table}": n for table, n in counts.items()},
             "preview": dg.MetadataValue.md(frame_to_markdown(preview) if len(preview) else "(no predictions yet)"),
             "not_passed": dg.MetadataValue.md(frame_to_markdown(gate) if len(gate) else "every partition passed"),
+            "missing_manifests": ", ".join(absent) or "none",
             "path": dg.MetadataValue.path(str(layout.warehouse)),
         }
     )
