@@ -287,3 +287,25 @@ def test_huge_answers_are_stored_capped_with_the_verdict_of_the_whole(tmp_path, 
     assert peak_mb < 400, peak_mb
     again = mllmdf(["infer", "--model", "vllm", "--real_dir", str(data / "real"), "--fake_dir", str(data / "fake"), "-o", "again"], tmp_path, env)
     assert chat_server.state.n_chat == 4 and (pd.read_csv(tmp_path / "outputs" / "again.csv")["pred"] == 0).all(), again.stderr
+
+
+@pytest.mark.parametrize("damage", ["garbage", "half"])
+def test_a_damaged_journal_is_one_line_and_left_as_it_is(tmp_path, damage):
+    """#11 item 20: a garbage or half-truncated journal gives one line naming the file and the
+    way out, never a traceback, and the file is not written over."""
+    data = tmp_path / "data"
+    for i in range(40):
+        (data / ("real" if i % 2 else "fake")).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i, 1, 2)).save(data / ("real" if i % 2 else "fake") / f"{i}.png")
+    args = ["infer", "--model", "canny", "--real_dir", str(data / "real"), "--fake_dir", str(data / "fake"), "--count", "0"]
+    mllmdf([*args, "-o", "first"], tmp_path)
+    journal = tmp_path / "outputs" / "cache" / "responses.sqlite"
+    for leftover in (journal.with_name(journal.name + "-wal"), journal.with_name(journal.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    damaged = b"this is not a database" * 300 if damage == "garbage" else journal.read_bytes()[: journal.stat().st_size // 2]
+    journal.write_bytes(damaged)
+    out = mllmdf([*args, "-o", "second"], tmp_path, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {journal}: the response journal is damaged") and "move it aside" in line
+    assert journal.read_bytes() == damaged

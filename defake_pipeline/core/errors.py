@@ -25,6 +25,10 @@ class JournalWriteError(DefakeError):
     """An answer could not be stored (a full disk): sending more would pay for answers lost."""
 
 
+class JournalDamagedError(DefakeError):
+    """The response journal is not a readable SQLite database; it is never written over."""
+
+
 class RunInterrupted(DefakeError):
     """SIGTERM or SIGINT stopped the run; what was journaled is kept."""
 

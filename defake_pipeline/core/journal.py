@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from defake_pipeline.core.errors import JournalWriteError
+from defake_pipeline.core.errors import DefakeError, JournalDamagedError, JournalWriteError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -69,17 +69,33 @@ class ResponseJournal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.owner = uuid.uuid4().hex
         # autocommit mode: each put is its own transaction, durable once put() returns.
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL survives a killed process (only an OS crash could lose the last commits).
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self.owner = uuid.uuid4().hex
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL survives a killed process (only an OS crash could lose the last commits).
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise self._failure(exc, "cannot open it") from None
+
+    def _failure(self, exc: sqlite3.Error, doing: str) -> DefakeError:
+        """A one-line error: a damaged file says how to go on, and is never written over."""
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            return JournalDamagedError(
+                f"{self.path}: the response journal is damaged ({exc}); it is left as it is: move it aside "
+                "to start a new one (its answers are then asked again) or restore a backup"
+            )
+        return JournalWriteError(f"{self.path}: {doing} ({exc}); no further requests are sent, every answer stored before is kept")
 
     def get(self, model_id: str, request_hash: str, image_sha256: str) -> JournalEntry | None:
-        with self._lock:
-            return self._get_unlocked(model_id, request_hash, image_sha256)
+        try:
+            with self._lock:
+                return self._get_unlocked(model_id, request_hash, image_sha256)
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "cannot read an answer") from None
 
     def _get_unlocked(self, model_id: str, request_hash: str, image_sha256: str) -> JournalEntry | None:
         row = self._conn.execute(
@@ -95,10 +111,7 @@ class ResponseJournal:
         try:
             self._put(model_id, request_hash, image_sha256, entry)
         except sqlite3.Error as exc:
-            raise JournalWriteError(
-                f"{self.path}: cannot store an answer ({exc}); no further requests are sent, "
-                "every answer stored before is kept"
-            ) from None
+            raise self._failure(exc, "cannot store an answer") from None
 
     def claim(self, model_id: str, request_hash: str, image_sha256: str, ttl_s: float) -> JournalEntry | bool:
         """The answer if one is stored; else True when this journal now holds the key's lease
@@ -115,7 +128,7 @@ class ResponseJournal:
                         self._conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise JournalWriteError(f"{self.path}: cannot record a request in flight ({exc}); no request is sent") from None
+                raise self._failure(exc, "cannot record a request in flight") from None
         return outcome
 
     def _claim_in_transaction(self, key: tuple[str, str, str], ttl_s: float) -> JournalEntry | bool:
