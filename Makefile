@@ -30,10 +30,16 @@ $(DAGSTER_HOME)/dagster.yaml: instance/dagster.yaml
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/mllmdf materialize --model canny --prompt simple
 
+LINTED := defake_pipeline tests benchmarks decorators
+
 test: install-dev $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster instance concurrency set duckdb_writer 1
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 clean:

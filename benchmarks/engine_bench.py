@@ -20,11 +20,12 @@ from pathlib import Path
 from openai import OpenAI
 from PIL import Image
 
-from defake_pipeline.core.engine import ImageJob, evaluate_sync, make_evaluator
-from defake_pipeline.core.images import encode_image_file
-from defake_pipeline.core.journal import ResponseJournal
-from defake_pipeline.core.models import get_model
-from defake_pipeline.core.prompts import find_prompt, load_prompt
+from defake_pipeline.datasets.images import encode_image_file
+from defake_pipeline.endpoints.registry import get_model
+from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
+from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.prompting.spec import find_prompt, load_prompt
+from defake_pipeline.records import ImageJob
 
 LATENCY = 0.2
 PROMPT = load_prompt(find_prompt("simple"))
@@ -61,7 +62,7 @@ def make_images(folder: Path, n: int, size=(512, 384)) -> list[ImageJob]:
     for i in range(n):
         path = folder / f"{i}.jpg"
         Image.effect_noise(size, 30 + i % 50).convert("RGB").save(path, quality=85)
-        jobs.append(ImageJob(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), label=i % 2))
+        jobs.append(ImageJob(path=path, key=hashlib.sha256(path.read_bytes()).hexdigest(), label=i % 2))
     return jobs
 
 
@@ -84,10 +85,18 @@ def seed_style_sequential(server: Server, jobs) -> float:
     started = time.perf_counter()
     for job in jobs:
         client.chat.completions.create(
-            model=model, max_tokens=1000,
-            messages=[{"role": "user", "content": [{"type": "text", "text": "Real or generated?"},
-                                                    {"type": "image_url", "image_url": {"url": encode_image_file(job.path)}}]}],
-        )  # fmt: skip
+            model=model,
+            max_tokens=1000,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Real or generated?"},
+                        {"type": "image_url", "image_url": {"url": encode_image_file(job.path)}},
+                    ],
+                }
+            ],
+        )
     return len(jobs) / (time.perf_counter() - started)
 
 
@@ -113,7 +122,11 @@ def main() -> None:
             preds, wall, _ = run_engine(slow, jobs[:n], tmp / f"j-{conc}.sqlite", conc)
             assert all(p.error is None for p in preds)
             ideal = conc / LATENCY
-            throughput[str(conc)] = {"images_per_s": round(n / wall, 2), "ideal": ideal, "ratio_to_ideal": round(n / wall / ideal, 3)}
+            throughput[str(conc)] = {
+                "images_per_s": round(n / wall, 2),
+                "ideal": ideal,
+                "ratio_to_ideal": round(n / wall / ideal, 3),
+            }
         out["throughput"] = throughput
         seq = seed_style_sequential(slow, jobs[:30])
         out["seed_sequential_images_per_s"] = round(seq, 2)
@@ -140,9 +153,13 @@ def main() -> None:
         out["file_bytes_4000x3000_jpeg"] = big[0].path.stat().st_size
 
         out["memory_50k"] = json.loads(
-            subprocess.run([sys.executable, __file__, "--memory", fast.base_url, str(jobs[0].path)],
-                           check=True, capture_output=True, text=True).stdout
-        )  # fmt: skip
+            subprocess.run(
+                [sys.executable, __file__, "--memory", fast.base_url, str(jobs[0].path)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
     finally:
         fast.close()
 
@@ -150,14 +167,22 @@ def main() -> None:
     limited = Server(latency=LATENCY, rpm=rpm)
     try:
         n = 600
-        preds, wall, _ = run_engine(limited, make_images(tmp / "rpm", n, size=(64, 64)), tmp / "rpm.sqlite", 64, backoff_base_s=0.2)
+        preds, wall, _ = run_engine(
+            limited, make_images(tmp / "rpm", n, size=(64, 64)), tmp / "rpm.sqlite", 64, backoff_base_s=0.2
+        )
         stats = limited.stats()
         ok_per_min = stats["n_ok"] / wall * 60
         out["rpm_limited"] = {
-            "rpm_limit": rpm, "images": n, "errors": sum(p.error is not None for p in preds), "seconds": round(wall, 1),
-            "achieved_rpm": round(ok_per_min), "share_of_limit": round(ok_per_min / rpm, 3),
-            "requests": stats["n_chat"], "answered_429": stats["n_429"], "share_429": round(stats["n_429"] / stats["n_chat"], 3),
-        }  # fmt: skip
+            "rpm_limit": rpm,
+            "images": n,
+            "errors": sum(p.error is not None for p in preds),
+            "seconds": round(wall, 1),
+            "achieved_rpm": round(ok_per_min),
+            "share_of_limit": round(ok_per_min / rpm, 3),
+            "requests": stats["n_chat"],
+            "answered_429": stats["n_429"],
+            "share_429": round(stats["n_429"] / stats["n_chat"], 3),
+        }
     finally:
         limited.close()
     print(json.dumps(out, indent=2))
@@ -171,15 +196,21 @@ def memory_run(base_url: str, image: str, n: int = 50_000) -> dict:
     """
     import pandas as pd
 
-    from defake_pipeline.core.manifest import MANIFEST_COLUMNS
-    from defake_pipeline.core.paths import HomeLayout
-    from defake_pipeline.core.pipeline import evaluate_partition
-    from defake_pipeline.core.store import write_parquet_atomic
+    from defake_pipeline.datasets.manifest import MANIFEST_COLUMNS
+    from defake_pipeline.evaluation.partition import evaluate_partition
+    from defake_pipeline.warehouse.layout import HomeLayout
+    from defake_pipeline.warehouse.parquet import write_parquet_atomic
 
     layout = HomeLayout(Path(tempfile.mkdtemp(prefix="defake-mem-")))
     manifest = pd.DataFrame({c: [None] * n for c in MANIFEST_COLUMNS})
-    manifest = manifest.assign(dataset="mem", path=image, rel_path="x.jpg", label=[i % 2 for i in range(n)],
-                               subset="default", sha256=[f"{i:064x}" for i in range(n)])  # fmt: skip
+    manifest = manifest.assign(
+        dataset="mem",
+        path=image,
+        rel_path="x.jpg",
+        label=[i % 2 for i in range(n)],
+        subset="default",
+        sha256=[f"{i:064x}" for i in range(n)],
+    )
     write_parquet_atomic(manifest, layout.manifest_file("mem"))
     manifest_mb = manifest.memory_usage(deep=True).sum() / 2**20
     del manifest
@@ -198,11 +229,15 @@ def memory_run(base_url: str, image: str, n: int = 50_000) -> dict:
     summary = evaluate_partition(layout, spec, PROMPT, on_result=sample)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "images": n, "errors": summary.n_errors, "seconds": round(time.perf_counter() - started, 1),
-        "rss_before_mb": round(before, 1), **samples, "peak_rss_mb": round(peak, 1),
+        "images": n,
+        "errors": summary.n_errors,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rss_before_mb": round(before, 1),
+        **samples,
+        "peak_rss_mb": round(peak, 1),
         "growth_from_5k_to_50k_mb": round(samples[f"rss_mb_after_{n}"] - samples["rss_mb_after_5000"], 1),
         "manifest_frame_mb": round(manifest_mb, 1),
-    }  # fmt: skip
+    }
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from defake_pipeline.core.manifest import MANIFEST_COLUMNS
-from defake_pipeline.core.paths import HomeLayout
-from defake_pipeline.core.reports import write_leaderboard, write_report
-from defake_pipeline.core.store import create_metrics, predictions_frame, rebuild_warehouse, write_parquet_atomic
+from defake_pipeline.datasets.manifest import MANIFEST_COLUMNS
+from defake_pipeline.records import predictions_frame
+from defake_pipeline.reporting.render import write_leaderboard, write_report
+from defake_pipeline.warehouse.database import create_metrics, rebuild_warehouse
+from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.parquet import write_parquet_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,16 +34,39 @@ def synthetic(n: int, model: str = "m", prompt: str = "p", seed: int = 0) -> tup
     sha = [f"{i:064x}" for i in range(n)]
     paths = [demo[i % len(demo)] for i in range(n)]
     manifest = pd.DataFrame({c: [None] * n for c in MANIFEST_COLUMNS}).assign(
-        dataset="bench", path=paths, rel_path=[f"{i}.jpg" for i in range(n)], label=label,
-        subset=rng.choice(["sd15", "sdxl", "mj", "dalle"], n), sha256=sha,
-    )  # fmt: skip
+        dataset="bench",
+        path=paths,
+        rel_path=[f"{i}.jpg" for i in range(n)],
+        label=label,
+        subset=rng.choice(["sd15", "sdxl", "mj", "dalle"], n),
+        sha256=sha,
+    )
     error = np.where(rng.random(n) < 0.01, "APIError: 500", None)
-    preds = predictions_frame([]).reindex(range(n)).assign(
-        image_sha256=sha, path=paths, label=label, pred=pred, verdict=pd.Series(pred).map({1: "real", 0: "fake", -1: "unknown"}),
-        score=rng.random(n), response="It looks generated: smooth textures | odd hands\nreal? no.", turns="[]",
-        latency_s=rng.random(n), prompt_tokens=900, completion_tokens=12, cost_usd=0.0025, n_requests=1,
-        error=error, model=model, model_id=model, prompt=prompt, prompt_hash="h", created_at="t",
-    )  # fmt: skip
+    preds = (
+        predictions_frame([])
+        .reindex(range(n))
+        .assign(
+            image_sha256=sha,
+            path=paths,
+            label=label,
+            pred=pred,
+            verdict=pd.Series(pred).map({1: "real", 0: "fake", -1: "unknown"}),
+            score=rng.random(n),
+            response="It looks generated: smooth textures | odd hands\nreal? no.",
+            turns="[]",
+            latency_s=rng.random(n),
+            prompt_tokens=900,
+            completion_tokens=12,
+            cost_usd=0.0025,
+            n_requests=1,
+            error=error,
+            model=model,
+            model_id=model,
+            prompt=prompt,
+            prompt_hash="h",
+            created_at="t",
+        )
+    )
     return manifest, preds
 
 

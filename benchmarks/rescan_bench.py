@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image
 
-import defake_pipeline.core.manifest as manifest_module
-from defake_pipeline.core.datasets import DatasetSpec
-from defake_pipeline.core.scan import dataset_fingerprint
+import defake_pipeline.datasets.manifest as manifest_module
+from defake_pipeline.datasets.fingerprints import dataset_fingerprint
+from defake_pipeline.datasets.layouts import DatasetSpec
 
 N_FILES = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 PER_FOLDER = 500
@@ -59,14 +59,23 @@ def main() -> None:
     hashed_first = probes["n"]
     probes["n"] = 0
     again, manifest_rescan_s = timed(lambda: manifest_module.build_manifest(spec, previous=first))
-    print(json.dumps({
-        "files": N_FILES, "tree_creation_s": make_s,
-        "sensor_fingerprint_s": fingerprint_first_s, "sensor_fingerprint_again_s": fingerprint_again_s,
-        "fingerprint_stable": fp1 == fp2,
-        "manifest_first_build_s": manifest_first_s, "files_hashed_first_build": hashed_first,
-        "manifest_rescan_unchanged_s": manifest_rescan_s, "files_hashed_on_rescan": probes["n"],
-        "rows_equal": bool(first.drop(columns=["mtime_ns"]).equals(again.drop(columns=["mtime_ns"]))),
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "files": N_FILES,
+                "tree_creation_s": make_s,
+                "sensor_fingerprint_s": fingerprint_first_s,
+                "sensor_fingerprint_again_s": fingerprint_again_s,
+                "fingerprint_stable": fp1 == fp2,
+                "manifest_first_build_s": manifest_first_s,
+                "files_hashed_first_build": hashed_first,
+                "manifest_rescan_unchanged_s": manifest_rescan_s,
+                "files_hashed_on_rescan": probes["n"],
+                "rows_equal": bool(first.drop(columns=["mtime_ns"]).equals(again.drop(columns=["mtime_ns"]))),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

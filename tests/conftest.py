@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from defake_pipeline.core.datasets import get_dataset
-from defake_pipeline.core.manifest import build_manifest, jobs_from_manifest
+from defake_pipeline.datasets.layouts import get_dataset
+from defake_pipeline.datasets.manifest import build_manifest, jobs_from_manifest
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,1 +1,2 @@
-"""The Dagster layer: thin assets, partitions and resources over ``defake_pipeline.core``."""
+"""The Dagster layer: definitions only (assets, checks, sensors, schedules, jobs, resources), thin
+over the domain packages; loaded the ``dg`` way by ``defake_pipeline.definitions``."""

@@ -37,6 +37,6 @@ WAREHOUSE_FOLLOWS_INPUTS = (
 
 # Reports and the leaderboard follow the warehouse in the same run (any_deps_updated counts a
 # warehouse rebuild requested on the same tick).
-FOLLOW_WAREHOUSE = (AC.any_deps_updated().since_last_handled() & ~AC.any_deps_in_progress() & ~AC.in_progress()).with_label(
-    "warehouse updated"
-)
+FOLLOW_WAREHOUSE = (
+    AC.any_deps_updated().since_last_handled() & ~AC.any_deps_in_progress() & ~AC.in_progress()
+).with_label("warehouse updated")

@@ -20,4 +20,3 @@ publish_job = dg.define_asset_job(
     selection=[metrics, model_reports, leaderboard],
     description="Rebuild the warehouse, then the reports and the leaderboard.",
 )
-evaluation_jobs = [refresh_manifests_job, evaluate_job, publish_job]

@@ -2,22 +2,29 @@
 
 import dagster as dg
 
-from defake_pipeline.core import quality
-from defake_pipeline.core.datasets import dataset_specs
-from defake_pipeline.core.pipeline import prune_manifests, refresh_manifest
-from defake_pipeline.core.manifest import manifest_content_hash
-from defake_pipeline.core.store import read_manifests
+from defake_pipeline.datasets import quality
+from defake_pipeline.datasets.layouts import dataset_specs
+from defake_pipeline.datasets.manifest import manifest_content_hash
+from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
 from defake_pipeline.defs.resources import DefakeStore
+from defake_pipeline.warehouse.parquet import read_manifests
 
 _CHECKS = [
     # Failing, not blocking: a leak is worth fixing, but the other images still deserve answers.
-    dg.AssetCheckSpec("no_label_leak", asset="image_manifest",
-                      description="No image content appears both as real and as fake."),
-    dg.AssetCheckSpec("readable_images", asset="image_manifest",
-                      description="Reports images that could not be read (they get error rows, never verdicts)."),
-    dg.AssetCheckSpec("no_generator_metadata_on_real", asset="image_manifest",
-                      description="Warns where an image labelled real carries generator metadata or a sampler name."),
-]  # fmt: skip
+    dg.AssetCheckSpec(
+        "no_label_leak", asset="image_manifest", description="No image content appears both as real and as fake."
+    ),
+    dg.AssetCheckSpec(
+        "readable_images",
+        asset="image_manifest",
+        description="Reports images that could not be read (they get error rows, never verdicts).",
+    ),
+    dg.AssetCheckSpec(
+        "no_generator_metadata_on_real",
+        asset="image_manifest",
+        description="Warns where an image labelled real carries generator metadata or a sampler name.",
+    ),
+]
 _LISTED = 20  # examples shown in a check's metadata
 
 
@@ -38,18 +45,29 @@ def manifest_checks(manifest) -> list[dg.AssetCheckResult]:
     suspicious = quality.generator_metadata_on_real(manifest)
     return [
         dg.AssetCheckResult(
-            check_name="no_label_leak", passed=leaks.empty,
-            metadata={"n_images": len(leaks), "examples": _examples((f"{r.dataset}/{r.rel_path}", f"label {r.label}") for r in leaks.itertuples())},
+            check_name="no_label_leak",
+            passed=leaks.empty,
+            metadata={
+                "n_images": len(leaks),
+                "examples": _examples((f"{r.dataset}/{r.rel_path}", f"label {r.label}") for r in leaks.itertuples()),
+            },
         ),
         dg.AssetCheckResult(
-            check_name="readable_images", passed=bad.empty, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"n_unreadable": len(bad), "examples": _examples((f"{r.dataset}/{r.rel_path}", r.probe_error) for r in bad.itertuples())},
+            check_name="readable_images",
+            passed=bad.empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "n_unreadable": len(bad),
+                "examples": _examples((f"{r.dataset}/{r.rel_path}", r.probe_error) for r in bad.itertuples()),
+            },
         ),
         dg.AssetCheckResult(
-            check_name="no_generator_metadata_on_real", passed=not suspicious, severity=dg.AssetCheckSeverity.WARN,
+            check_name="no_generator_metadata_on_real",
+            passed=not suspicious,
+            severity=dg.AssetCheckSeverity.WARN,
             metadata={"n_images": len(suspicious), "examples": _examples(suspicious)},
         ),
-    ]  # fmt: skip
+    ]
 
 
 @dg.asset(group_name="evaluation", kinds={"parquet"}, check_specs=_CHECKS)

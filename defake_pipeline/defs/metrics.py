@@ -2,14 +2,15 @@
 
 import dagster as dg
 
-from defake_pipeline.core.reports import frame_to_markdown
-from defake_pipeline.core.datasets import dataset_specs
-from defake_pipeline.core.store import missing_manifest_lines, missing_manifests, query, rebuild_warehouse
+from defake_pipeline.datasets.layouts import dataset_specs
 from defake_pipeline.defs.automation import WAREHOUSE_FOLLOWS_INPUTS
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.partitions import registered_pairs
 from defake_pipeline.defs.predictions import predictions
 from defake_pipeline.defs.resources import DefakeStore, QualityGate
+from defake_pipeline.reporting.render import frame_to_markdown
+from defake_pipeline.warehouse.database import query, rebuild_warehouse
+from defake_pipeline.warehouse.parquet import missing_manifest_lines, missing_manifests
 
 # DuckDB allows one writing process per file: every writer of the warehouse shares this pool.
 DUCKDB_WRITER_POOL = "duckdb_writer"

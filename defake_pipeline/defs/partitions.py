@@ -2,32 +2,33 @@
 
 import dagster as dg
 
-model_partitions = dg.DynamicPartitionsDefinition(name="model")
-prompt_partitions = dg.DynamicPartitionsDefinition(name="prompt")
-model_prompt_partitions = dg.MultiPartitionsDefinition({"model": model_partitions, "prompt": prompt_partitions})
+MODEL, PROMPT = "model", "prompt"  # the dimensions, and the names of their dynamic partitions
+model_partitions = dg.DynamicPartitionsDefinition(name=MODEL)
+prompt_partitions = dg.DynamicPartitionsDefinition(name=PROMPT)
+model_prompt_partitions = dg.MultiPartitionsDefinition({MODEL: model_partitions, PROMPT: prompt_partitions})
 
 
 def partition_key(model: str, prompt: str) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({"model": model, "prompt": prompt})
+    return dg.MultiPartitionKey({MODEL: model, PROMPT: prompt})
 
 
 def split_partition_key(key: str) -> tuple[str, str]:
     """``(model, prompt)`` of a ``model|prompt`` key."""
     dims = model_prompt_partitions.get_partition_key_from_str(key).keys_by_dimension
-    return dims["model"], dims["prompt"]
+    return dims[MODEL], dims[PROMPT]
 
 
 def register_partitions(instance: dg.DagsterInstance, models: list[str], prompts: list[str]) -> None:
     """Add any model and prompt keys the instance does not have yet."""
-    for definition, keys in ((model_partitions, models), (prompt_partitions, prompts)):
-        existing = set(instance.get_dynamic_partitions(definition.name))
+    for name, keys in ((MODEL, models), (PROMPT, prompts)):
+        existing = set(instance.get_dynamic_partitions(name))
         new = [k for k in keys if k not in existing]
         if new:
-            instance.add_dynamic_partitions(definition.name, new)
+            instance.add_dynamic_partitions(name, new)
 
 
 def registered_pairs(instance: dg.DagsterInstance) -> list[tuple[str, str]]:
     """Every model × prompt the instance has partitions for."""
-    models = instance.get_dynamic_partitions(model_partitions.name)
-    prompts = instance.get_dynamic_partitions(prompt_partitions.name)
+    models = instance.get_dynamic_partitions(MODEL)
+    prompts = instance.get_dynamic_partitions(PROMPT)
     return [(m, p) for m in models for p in prompts]

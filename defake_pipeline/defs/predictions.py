@@ -4,16 +4,15 @@ import warnings
 
 import dagster as dg
 
-from defake_pipeline.core.gate import GATE_PASSED, partition_gate
-from defake_pipeline.core.models import model_by_key
-from defake_pipeline.core.pipeline import evaluate_partition
-from defake_pipeline.core.prompts import prompt_by_key
-from defake_pipeline.core.store import predictions_content_hash
 from defake_pipeline.defs.automation import PREDICTIONS_FOLLOW_MANIFEST
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
 from defake_pipeline.defs.partitions import model_prompt_partitions, split_partition_key
 from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint, QualityGate
-
+from defake_pipeline.endpoints.registry import model_by_key
+from defake_pipeline.evaluation.partition import evaluate_partition
+from defake_pipeline.prompting.spec import prompt_by_key
+from defake_pipeline.warehouse.gate import GATE_PASSED, partition_gate
+from defake_pipeline.warehouse.parquet import predictions_content_hash
 
 # BackfillPolicy is marked beta in this Dagster release; the warning says nothing to users.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -28,11 +27,17 @@ class PredictionsConfig(DatasetSelection):
 # Not blocking: the gate is enforced on the data (the warehouse's partition_gate table), so a
 # failed partition stays out of every ranking while the other partitions still flow on.
 _CHECKS = [
-    dg.AssetCheckSpec("error_rate_below_threshold", asset="predictions",
-                      description="Share of images with no answer (after retries) stays under QualityGate.max_error_rate."),
-    dg.AssetCheckSpec("unknown_rate_below_threshold", asset="predictions",
-                      description="Share of answers with no verdict stays under QualityGate.max_unknown_rate."),
-]  # fmt: skip
+    dg.AssetCheckSpec(
+        "error_rate_below_threshold",
+        asset="predictions",
+        description="Share of images with no answer (after retries) stays under QualityGate.max_error_rate.",
+    ),
+    dg.AssetCheckSpec(
+        "unknown_rate_below_threshold",
+        asset="predictions",
+        description="Share of answers with no verdict stays under QualityGate.max_unknown_rate.",
+    ),
+]
 
 
 def _gate_table(gates: dict[str, dict]) -> dg.MetadataValue:
@@ -71,7 +76,7 @@ def predictions(
         spec = endpoint.spec(model_by_key(model))
         prompt = prompt_by_key(prompt_key)
         summary = evaluate_partition(
-            layout, spec, prompt, api_key=endpoint.api_key, datasets=config.datasets, max_cost_usd=config.max_cost_usd
+            layout, spec, prompt, api_key=endpoint.key(), datasets=config.datasets, max_cost_usd=config.max_cost_usd
         )
         context.log.info(
             f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "
@@ -79,24 +84,27 @@ def predictions(
         )
         if summary.note:
             context.log.warning(f"{key}: {summary.note}")
-        files.append(summary.path)
+        target = layout.predictions_file(spec.key, prompt.key)
+        files.append(target)
         for name in totals:
             totals[name] += getattr(summary, name)
-        gates[key] = partition_gate(summary.path, quality.thresholds())
+        gates[key] = partition_gate(target, quality.thresholds())
         if gates[key]["status"] != GATE_PASSED:
             context.log.warning(f"{key}: quality gate {gates[key]['status']}: {gates[key]['reason']}")
-    failed_error = [k for k, g in gates.items() if (g["error_rate"] or 0) > quality.max_error_rate]
-    failed_unknown = [k for k, g in gates.items() if (g["unknown_rate"] or 0) > quality.max_unknown_rate]
+    failed_error = [k for k, g in gates.items() if g["error_rate_over"]]
+    failed_unknown = [k for k, g in gates.items() if g["unknown_rate_over"]]
     check_results = [
         dg.AssetCheckResult(
-            check_name="error_rate_below_threshold", passed=not failed_error,
+            check_name="error_rate_below_threshold",
+            passed=not failed_error,
             metadata={"failed": ", ".join(failed_error) or "none", "threshold": quality.max_error_rate},
         ),
         dg.AssetCheckResult(
-            check_name="unknown_rate_below_threshold", passed=not failed_unknown,
+            check_name="unknown_rate_below_threshold",
+            passed=not failed_unknown,
             metadata={"failed": ", ".join(failed_unknown) or "none", "threshold": quality.max_unknown_rate},
         ),
-    ]  # fmt: skip
+    ]
     return dg.MaterializeResult(
         check_results=check_results,
         # The warehouse rebuilds only when this changes (see defs/automation.py).

@@ -3,18 +3,26 @@
 import dagster as dg
 import pandas as pd
 
-from defake_pipeline.core.reports import write_leaderboard, write_reports
-from defake_pipeline.core.store import query
 from defake_pipeline.defs.automation import FOLLOW_WAREHOUSE
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.resources import DefakeStore
+from defake_pipeline.reporting.render import write_leaderboard, write_reports
+from defake_pipeline.warehouse.database import query
 
 # The UI renders markdown metadata inline; past this size the file on disk is the report.
 _METADATA_MD_LIMIT = 60_000
 _NUMERIC = (
-    "accuracy", "accuracy_strict", "precision", "recall", "f1", "balanced_accuracy", "auc", "unknown_rate",
-    "error_rate", "cost_usd",
-)  # fmt: skip
+    "accuracy",
+    "accuracy_strict",
+    "precision",
+    "recall",
+    "f1",
+    "balanced_accuracy",
+    "auc",
+    "unknown_rate",
+    "error_rate",
+    "cost_usd",
+)
 
 
 def _md_metadata(text: str, path) -> dg.MetadataValue:
@@ -53,4 +61,6 @@ def leaderboard(store: DefakeStore) -> dg.MaterializeResult:
     """Every model × prompt that passed the gate, ranked per dataset, with accuracy intervals
     and cost; the others are listed apart with the reason."""
     path, _, ui_text = write_leaderboard(store.layout())
-    return dg.MaterializeResult(metadata={"leaderboard": _md_metadata(ui_text, path), "path": dg.MetadataValue.path(str(path))})
+    return dg.MaterializeResult(
+        metadata={"leaderboard": _md_metadata(ui_text, path), "path": dg.MetadataValue.path(str(path))}
+    )

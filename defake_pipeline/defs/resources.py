@@ -1,37 +1,38 @@
-"""Resources: where outputs go, and how to reach model endpoints. Secrets come in through EnvVar."""
-
-import os
+"""Resources: where outputs go, how to reach model endpoints, and the quality gate's thresholds."""
 
 import dagster as dg
 
-from defake_pipeline.core.gate import GateThresholds
-from defake_pipeline.core.models import ModelSpec, model_by_key
-from defake_pipeline.core.paths import HomeLayout
+from defake_pipeline.endpoints.registry import ModelSpec, model_by_key
+from defake_pipeline.settings import load_settings
+from defake_pipeline.warehouse.gate import GateThresholds
+from defake_pipeline.warehouse.layout import HomeLayout
 
 
 class DefakeStore(dg.ConfigurableResource):
     """The DEFAKE_HOME folder: manifests, prediction partitions, the DuckDB warehouse, reports."""
 
-    home: str | None = None
+    home: str | None = None  # None: DEFAKE_HOME at run time
 
     def layout(self) -> HomeLayout:
         return HomeLayout(self.home)
 
 
 class ModelEndpoint(dg.ConfigurableResource):
-    """Credentials and URLs for chat endpoints; unset fields fall back to each preset's defaults."""
+    """Credentials and URLs for chat endpoints. Unset fields are read from the environment when
+    a run starts (settings.py), so no secret is ever part of a run's config."""
 
     api_key: str | None = None
     base_url: str | None = None  # self-hosted presets (vLLM)
     openai_base_url: str | None = None  # OpenAI presets
 
+    def key(self) -> str | None:
+        return self.api_key or load_settings().api_key
+
     def spec(self, model: ModelSpec | str) -> ModelSpec:
-        """The spec with this resource's URLs filled in (``model``: a spec, or a partition key)."""
+        """The spec with the endpoint URLs filled in (``model``: a spec, or a partition key)."""
         spec = model if isinstance(model, ModelSpec) else model_by_key(model)
-        override = self.openai_base_url if spec.backend == "openai" else self.base_url
-        if override and spec.backend != "baseline" and not spec.base_url:
-            spec = spec.model_copy(update={"base_url": override})
-        return spec
+        env = load_settings()
+        return spec.with_endpoint_urls(self.base_url or env.BASE_URL, self.openai_base_url or env.OPENAI_BASE_URL)
 
 
 class QualityGate(dg.ConfigurableResource):
@@ -49,19 +50,12 @@ class QualityGate(dg.ConfigurableResource):
         return GateThresholds(self.max_error_rate, self.max_unknown_rate)
 
 
-def _env_or_none(name: str) -> dg.EnvVar | None:
-    # EnvVar fails a run when its variable is unset; baselines need no key, so an unset
-    # variable leaves the field empty instead.
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
-        "store": DefakeStore(home=_env_or_none("DEFAKE_HOME")),
-        "endpoint": ModelEndpoint(
-            api_key=_env_or_none("OPENAI_API_KEY"),
-            base_url=_env_or_none("BASE_URL"),
-            openai_base_url=_env_or_none("OPENAI_BASE_URL"),
-        ),
+        "store": DefakeStore(),
+        "endpoint": ModelEndpoint(),
         "quality": QualityGate(),
     }
+
+
+resources = dg.Definitions(resources=default_resources())

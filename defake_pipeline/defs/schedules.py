@@ -1,13 +1,12 @@
 """Periodic reevaluation: refresh the manifests; predictions, metrics and reports follow."""
 
-import os
-
 import dagster as dg
 
 from defake_pipeline.defs.manifests import image_manifest
+from defake_pipeline.settings import load_settings
 
 # Daily at 03:00 by default; set DEFAKE_NIGHTLY_CRON to change it.
-NIGHTLY_CRON = os.environ.get("DEFAKE_NIGHTLY_CRON", "0 3 * * *")
+NIGHTLY_CRON = load_settings().DEFAKE_NIGHTLY_CRON
 
 
 @dg.schedule(cron_schedule=NIGHTLY_CRON, target=[image_manifest], default_status=dg.DefaultScheduleStatus.RUNNING)

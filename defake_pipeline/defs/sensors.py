@@ -11,21 +11,23 @@ from pathlib import Path
 
 import dagster as dg
 
-from defake_pipeline.core.datasets import dataset_specs
-from defake_pipeline.core.errors import DefakeError
-from defake_pipeline.core.models import get_model, registered_models
-from defake_pipeline.core.prompts import prompt_key_for
-from defake_pipeline.core.scan import dataset_fingerprint, scan_prompts
-from defake_pipeline.defs.manifests import image_manifest
+from defake_pipeline.datasets.fingerprints import dataset_fingerprint, scan_prompts
+from defake_pipeline.datasets.layouts import dataset_specs
+from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
+from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.partitions import (
+    MODEL,
+    PROMPT,
     model_partitions,
     model_prompt_partitions,
     partition_key,
     prompt_partitions,
 )
-from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.predictions import predictions
 from defake_pipeline.defs.reports import leaderboard, model_reports
+from defake_pipeline.endpoints.registry import get_model, registered_models
+from defake_pipeline.errors import DefakeError
+from defake_pipeline.prompting.spec import prompt_key_for
 
 RUNNING = dg.DefaultSensorStatus.RUNNING
 # The tags by which a run covers a range of partitions (what a single-run backfill sets).
@@ -56,11 +58,13 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
     twice. A partition range in the run's tags gives the same single run at once.
     """
     datasets = sorted(changed)
-    selection = {"config": {"datasets": datasets}}
+    selection = DatasetSelection(datasets=datasets)
     # Partitions evaluated before; missing ones are the automation condition's to run, and
     # including them here would evaluate them twice.
     done = instance.get_materialized_partitions(predictions.key)
-    keys = [k for k in map(str, model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)) if k in done]
+    keys = [
+        k for k in map(str, model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)) if k in done
+    ]
     assets = _NEW_IMAGES_ASSETS if keys else [a for a in _NEW_IMAGES_ASSETS if a is not predictions]
     tags = {"defake/trigger": "new_images", "defake/dataset": ",".join(datasets)}
     if keys:
@@ -69,7 +73,7 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
     return dg.RunRequest(
         run_key=f"images:{hashlib.sha256(content).hexdigest()[:16]}",
         asset_selection=[a.key for a in assets],
-        run_config={"ops": {"image_manifest": selection, **({"predictions": selection} if keys else {})}},
+        run_config=dg.RunConfig(ops={"image_manifest": selection, **({"predictions": selection} if keys else {})}),
         tags=tags,
     )
 
@@ -96,12 +100,18 @@ def new_images_sensor(context: dg.SensorEvaluationContext):
     )
 
 
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _registry_cursor(raw: str | None) -> dict:
     cursor = json.loads(raw) if raw else {}
     return {"prompts": cursor.get("prompts", {}), "models": cursor.get("models", [])}
 
 
-@dg.sensor(target=[predictions, metrics, model_reports, leaderboard], minimum_interval_seconds=5, default_status=RUNNING)
+@dg.sensor(
+    target=[predictions, metrics, model_reports, leaderboard], minimum_interval_seconds=5, default_status=RUNNING
+)
 def registry_sensor(context: dg.SensorEvaluationContext):
     """``models.toml`` and ``prompts/`` are the truth: partitions are added and removed to match.
 
@@ -121,17 +131,19 @@ def registry_sensor(context: dg.SensorEvaluationContext):
         context.log.warning(f"models.toml not usable, models left as they are: {exc}")
         wanted_models = None
     instance = context.instance
-    models = instance.get_dynamic_partitions(model_partitions.name)
-    prompts = instance.get_dynamic_partitions(prompt_partitions.name)
+    models = instance.get_dynamic_partitions(MODEL)
+    prompts = instance.get_dynamic_partitions(PROMPT)
     present_prompts = set(scan.valid) | {prompt_key_for(Path(f)) for f in scan.invalid}
 
     new_prompts = sorted(k for k in scan.valid if k not in prompts)
     gone_prompts = sorted(k for k in prompts if k not in present_prompts)
-    changed = sorted(k for k in scan.valid if k in prompts and k in seen["prompts"] and seen["prompts"][k] != scan.valid[k])
+    changed = sorted(
+        k for k in scan.valid if k in prompts and k in seen["prompts"] and seen["prompts"][k] != scan.valid[k]
+    )
     new_models = [m for m in wanted_models or [] if m not in models]
     gone_models = [m for m in models if wanted_models is not None and m in seen["models"] and m not in wanted_models]
 
-    changes = []
+    changes: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if new_prompts:
         changes.append(prompt_partitions.build_add_request(new_prompts))
     if gone_prompts:
@@ -142,23 +154,32 @@ def registry_sensor(context: dg.SensorEvaluationContext):
         changes.append(model_partitions.build_delete_request(gone_models))
     kept_models = [m for m in models if m not in gone_models]
     requests = [
-        _predictions_request(m, p, f"prompt:{p}:{scan.valid[p]}:{m}", "changed_prompt") for p in changed for m in kept_models
+        _predictions_request(m, p, f"prompt:{p}:{scan.valid[p]}:{m}", "changed_prompt")
+        for p in changed
+        for m in kept_models
     ]
     if gone_prompts or gone_models:
         # Nothing upstream changes when a partition goes, so the rebuild is asked for here.
         gone = ",".join(gone_prompts + gone_models)
         requests.append(
             dg.RunRequest(
-                run_key=f"removed:{gone}:{hashlib.sha256(json.dumps(scan.valid, sort_keys=True).encode()).hexdigest()[:12]}",
+                run_key=f"removed:{gone}:{_digest(scan.valid)}",
                 asset_selection=[metrics.key, model_reports.key, leaderboard.key],
                 tags={"defake/trigger": "registry_removed"},
             )
         )
-    for verb, keys in (("added", new_prompts + new_models), ("removed", gone_prompts + gone_models), ("changed", changed)):
+    for verb, keys in (
+        ("added", new_prompts + new_models),
+        ("removed", gone_prompts + gone_models),
+        ("changed", changed),
+    ):
         if keys:
             context.log.info(f"{verb}: {', '.join(keys)}")
     cursor = json.dumps(
-        {"prompts": {**seen["prompts"], **scan.valid}, "models": wanted_models if wanted_models is not None else seen["models"]},
+        {
+            "prompts": {**seen["prompts"], **scan.valid},
+            "models": wanted_models if wanted_models is not None else seen["models"],
+        },
         sort_keys=True,
     )
     if not changes and not requests:
@@ -167,3 +188,16 @@ def registry_sensor(context: dg.SensorEvaluationContext):
             reason += "; skipped invalid: " + "; ".join(scan.invalid.values())
         return dg.SkipReason(reason) if cursor == context.cursor else dg.SensorResult(skip_reason=reason, cursor=cursor)
     return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=changes, cursor=cursor)
+
+
+# Evaluates the automation conditions (defs/automation.py): predictions follow new partitions
+# and new manifest content; the warehouse, reports and leaderboard follow.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+    # Many prediction partitions requested at once become one backfill, which the single-run
+    # backfill policy turns into one run.
+    emit_backfills=True,
+)

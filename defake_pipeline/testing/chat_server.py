@@ -153,7 +153,16 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return True
             if self.headers.get("Authorization") == f"Bearer {state.api_key}":
                 return True
-            self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})
+            self._send(
+                401,
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
             return False
 
         def do_GET(self):
@@ -166,7 +175,13 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return
             with state.lock:
                 state.n_models += 1
-            self._send(200, {"object": "list", "data": [{"id": state.served_model, "object": "model", "created": 0, "owned_by": "local"}]})
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": state.served_model, "object": "model", "created": 0, "owned_by": "local"}],
+                },
+            )
 
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
@@ -190,8 +205,11 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if wait is not None:
                 with state.lock:
                     state.n_429 += 1
-                return self._send(429, {"error": {"message": "rate limited", "type": "requests"}},
-                                  {"Retry-After": f"{max(wait, 0.001):.3f}", "retry-after-ms": str(int(wait * 1000))})
+                return self._send(
+                    429,
+                    {"error": {"message": "rate limited", "type": "requests"}},
+                    {"Retry-After": f"{max(wait, 0.001):.3f}", "retry-after-ms": str(int(wait * 1000))},
+                )
             with state.lock:
                 state.in_flight += 1
                 state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
@@ -207,8 +225,17 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 draw = state.rng.random()
             if state.latency_s:
                 time.sleep(state.latency_s)
-            edges = [("429", f.rate_429), ("500", f.rate_500), ("malformed", f.rate_malformed), ("empty", f.rate_empty), ("drop", f.rate_drop), ("400", f.rate_400),
-                     ("html", f.rate_html), ("trickle", f.rate_trickle), ("bad_encoding", f.rate_bad_encoding)]
+            edges = [
+                ("429", f.rate_429),
+                ("500", f.rate_500),
+                ("malformed", f.rate_malformed),
+                ("empty", f.rate_empty),
+                ("drop", f.rate_drop),
+                ("400", f.rate_400),
+                ("html", f.rate_html),
+                ("trickle", f.rate_trickle),
+                ("bad_encoding", f.rate_bad_encoding),
+            ]
             acc = 0.0
             for name, share in edges:
                 acc += share
@@ -228,10 +255,16 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if body.get("logprobs"):
                 choice["logprobs"] = {"content": _logprobs(text, state.verdict_probability)}
             return {
-                "id": f"chatcmpl-{state.n_chat}", "object": "chat.completion", "created": int(time.time()),
+                "id": f"chatcmpl-{state.n_chat}",
+                "object": "chat.completion",
+                "created": int(time.time()),
                 "model": body.get("model", state.served_model),
                 "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "total_tokens": prompt_tokens + len(text.split())},
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": prompt_tokens + len(text.split()),
+                },
             }
 
         def _fault(self, name: str, f: Faults, body: dict | None = None, length: int = 0) -> None:
@@ -241,7 +274,8 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(page)))
                 self.end_headers()
-                return self.wfile.write(page)
+                self.wfile.write(page)
+                return None
             if name == "trickle":
                 raw = json.dumps(self._completion(body or {}, length, "real")).encode()
                 self.send_response(200)
@@ -267,7 +301,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if name == "malformed":
                 return self._send(200, b'{"id": "chatcmpl-x", "choices": [')
             if name == "empty":
-                return self._send(200, {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
+                return self._send(
+                    200, {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
+                )
             # drop: close the socket without a response
             self.close_connection = True
             self.connection.shutdown(2)
@@ -298,7 +334,7 @@ class ChatServer:
     @property
     def base_url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}/v1"
 
     def start(self) -> ChatServer:
         self._thread.start()

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+from defake_pipeline.settings import PACKAGE_ROOT
 
 _RUNS_QUERY = """
 query Runs($cursor: String) {
@@ -72,17 +72,26 @@ class LiveDagster:
         """``mllmdf`` in the project folder, on the same instance."""
         mllmdf = str(Path(sys.executable).with_name("mllmdf"))
         return subprocess.run(
-            [mllmdf, *args], cwd=self.project, env={**self.env, **(env or {})},
-            capture_output=True, text=True, check=check, timeout=600,
-        )  # fmt: skip
+            [mllmdf, *args],
+            cwd=self.project,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=600,
+        )
 
     def start(self, timeout_s: float = 180) -> None:
         dagster = str(Path(sys.executable).with_name("dagster"))
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [dagster, "dev", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml"],
-            cwd=self.project, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            cwd=self.project,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,63 @@
+"""``mllmdf``: the command line, a thin shell over the domain packages (no logic of its own)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from defake_pipeline.errors import DefakeError, RunInterrupted
+from defake_pipeline.settings import load_settings
+from defake_pipeline.text import visible_controls
+from defake_pipeline.warehouse.layout import HomeLayout
+
+log = logging.getLogger("mllmdf")
+
+
+class DefakeGroup(click.Group):
+    """Shows a DefakeError as one line on stderr (exit 2), never as a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DefakeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except KeyboardInterrupt:
+            click.echo(f"error: {RunInterrupted(signal.SIGINT)}", err=True)
+            sys.exit(128 + signal.SIGINT)
+
+
+def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:
+    """Log to stderr, and to DEFAKE_HOME/logs/<log_id or main>.log as the seed's -l/--log_id did."""
+    log_dir = layout.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(log_dir / f"{log_id or 'main'}.log", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [file_handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def print_turns(pred) -> None:
+    # Answers and file names are shown, never acted on: escape sequences in them are made visible.
+    name = visible_controls(Path(pred.path).name)
+    for i, turn in enumerate(pred.turns):
+        click.echo(f"--- {name} · turn {i + 1}/{len(pred.turns)} ---\n{visible_controls(turn)}", err=True)
+    if pred.error:
+        click.echo(f"--- {name} · error: {visible_controls(pred.error)}", err=True)
+
+
+@click.group(cls=DefakeGroup)
+def main() -> None:
+    """Evaluate multimodal LLMs as detectors of AI-generated images."""
+
+
+def endpoint_spec(name: str):
+    """The model's spec with the environment's endpoint URLs (BASE_URL, OPENAI_BASE_URL)."""
+    from defake_pipeline.endpoints.registry import get_model
+
+    env = load_settings()
+    return get_model(name).with_endpoint_urls(env.BASE_URL, env.OPENAI_BASE_URL)

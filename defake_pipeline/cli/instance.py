@@ -1,0 +1,41 @@
+"""The local Dagster instance the CLI runs on (DAGSTER_HOME), set up with the project's settings."""
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from defake_pipeline.defs.metrics import DUCKDB_WRITER_POOL
+from defake_pipeline.settings import PACKAGE_ROOT, load_settings
+
+INSTANCE_TEMPLATE = PACKAGE_ROOT / "instance" / "dagster.yaml"
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to ./.dagster_home, with the project's dagster.yaml in place."""
+    home = load_settings().DAGSTER_HOME.absolute()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists() and INSTANCE_TEMPLATE.exists():
+        shutil.copyfile(INSTANCE_TEMPLATE, config)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+# Pools the project uses, with their limits: DuckDB allows one writer per file.
+POOL_LIMITS = {DUCKDB_WRITER_POOL: 1}
+
+
+def local_instance() -> dg.DagsterInstance:
+    ensure_dagster_home()
+    instance = dg.DagsterInstance.get()
+    set_pool_limits(instance)
+    return instance
+
+
+def set_pool_limits(instance: dg.DagsterInstance) -> None:
+    """Give each of the project's pools its limit (what `dagster instance concurrency set` does)."""
+    for pool, limit in POOL_LIMITS.items():
+        if instance.event_log_storage.get_concurrency_info(pool).slot_count != limit:
+            instance.event_log_storage.set_concurrency_slots(pool, limit)

@@ -1,0 +1,77 @@
+"""``mllmdf materialize``: the asset graph for chosen partitions on the local Dagster instance."""
+
+from __future__ import annotations
+
+import click
+
+from defake_pipeline.cli.app import endpoint_spec, main
+from defake_pipeline.settings import load_settings
+from defake_pipeline.warehouse.layout import HomeLayout
+
+
+@main.command()
+@click.option(
+    "-m", "--model", "models", multiple=True, help="Model name (repeatable). Default: models.toml's registered list."
+)
+@click.option(
+    "-p", "--prompt", "prompts", multiple=True, help="Prompt name or path (repeatable). Default: every prompt file."
+)
+@click.option(
+    "-d",
+    "--dataset",
+    "datasets",
+    multiple=True,
+    help="Only refresh and evaluate these datasets (repeatable). Default: all.",
+)
+@click.option(
+    "-j",
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Prediction partitions run at once, each in its own process.",
+)
+def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...], parallel: int) -> None:
+    """Materialize the asset graph for the chosen model × prompt partitions on the local Dagster instance.
+
+    A model not registered in models.toml is first checked (key set, endpoint answering);
+    if the check fails, nothing is registered and nothing runs.
+    """
+    from defake_pipeline.cli.instance import local_instance
+    from defake_pipeline.cli.launch import gate_failures, materialize_evaluation
+    from defake_pipeline.datasets.layouts import dataset_specs, get_dataset
+    from defake_pipeline.endpoints.chat import check_endpoint
+    from defake_pipeline.endpoints.registry import get_model, registered_models
+    from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_files
+    from defake_pipeline.warehouse.parquet import (
+        missing_manifest_lines,
+        missing_manifests,
+    )
+
+    specs = [endpoint_spec(m) for m in (models or registered_models())]
+    prompt_paths = [find_prompt(p) for p in prompts] if prompts else prompt_files()
+    prompt_keys = list(dict.fromkeys(load_prompt(p).key for p in prompt_paths))
+    dataset_keys = [get_dataset(d).key for d in datasets]
+    registered = {get_model(m).key for m in registered_models()}
+    for spec in specs:
+        if spec.key not in registered:
+            check_endpoint(spec, load_settings().api_key)
+    model_keys = list(dict.fromkeys(s.key for s in specs))
+    click.echo(
+        f"materializing {len(model_keys)} model(s) × {len(prompt_keys)} prompt(s): "
+        f"{', '.join(model_keys)} × {', '.join(prompt_keys)}",
+        err=True,
+    )
+    materialize_evaluation(local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel)
+    layout = HomeLayout()
+    click.echo(layout.leaderboard_file.read_text(encoding="utf-8"))
+    pairs = [(m, p) for m in model_keys for p in prompt_keys]
+    failures = gate_failures(layout, pairs)
+    for line in failures:
+        click.echo(f"warning: {line}; left off the leaderboard", err=True)
+    for line in missing_manifest_lines(layout, missing_manifests(layout, [spec.key for spec in dataset_specs()])):
+        click.echo(f"warning: {line}", err=True)
+    for m, p in pairs:
+        if layout.report_file(m, p).exists():
+            click.echo(f"report: {layout.report_file(m, p)}")
+    click.echo(f"warehouse: {layout.warehouse}")

@@ -1,0 +1,168 @@
+"""Image probing (format from content, size, hash, provenance) and encoding to data URLs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+# Refuse decompression bombs: an image over this many pixels is a probe error, not a crash.
+# It is where Pillow raises DecompressionBombError (twice its MAX_IMAGE_PIXELS); Pillow's own
+# setting is left alone, and its warning between the two is not an error here.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jfif"}
+)
+# Formats the chat-completions endpoints accept as data URLs; others are re-encoded to PNG.
+_SENDABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+# PNG text chunks and EXIF fields that generators are known to write.
+_GENERATOR_TEXT_KEYS = ("parameters", "prompt", "workflow", "Software", "Comment", "Description")
+_EXIF_SOFTWARE = 0x0131
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What one image file is, read from its bytes."""
+
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    provenance: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+def is_image_candidate(path: Path) -> bool:
+    """Files worth probing: image suffixes, skipping hidden files and OS junk."""
+    name = path.name
+    return not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _provenance(img: Image.Image, data: bytes) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key in _GENERATOR_TEXT_KEYS:
+        value = img.info.get(key)
+        if isinstance(value, (str, bytes)) and value:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            found[key] = text[:2000]
+    try:
+        software = img.getexif().get(_EXIF_SOFTWARE)
+        if software:
+            found["exif_software"] = str(software)[:200]
+    except Exception:  # noqa: BLE001 - EXIF is optional metadata; a bad block must not fail the probe
+        pass
+    # C2PA manifests live in JUMBF boxes labelled "c2pa"; their presence is what we record.
+    if b"c2pa" in data[:1_000_000]:
+        found["c2pa"] = "present"
+    return found
+
+
+def _decode_error(path: Path, exc: Exception) -> str:
+    if path.suffix.lower() in (".heic", ".heif", ".avif") and "cannot identify" in str(exc):
+        return f"{path.suffix[1:].upper()} is not supported by this Pillow build (convert the image to JPEG or PNG)"
+    return f"not a readable image: {exc}"
+
+
+def probe_image(path: Path) -> ImageProbe:
+    """Hash and inspect one file. Never raises: a bad file gives a probe with ``error`` set."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        if path.is_symlink() and not path.exists():
+            return ImageProbe(sha256=None, size_bytes=None, error=f"broken or looping symlink ({exc.strerror or exc})")
+        return ImageProbe(sha256=None, size_bytes=None, error=f"unreadable: {exc.strerror or exc}")
+    sha = hashlib.sha256(data).hexdigest()
+    if not data:
+        return ImageProbe(sha256=sha, size_bytes=0, error="empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # verify() must come straight after open() and leaves the image unusable,
+            # so the metadata is read from a second open.
+            with Image.open(io.BytesIO(data)) as img:
+                img.verify()
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{width * height} pixels, over the {MAX_PIXELS} limit")
+                fmt = img.format
+                provenance = _provenance(img, data)
+                # A full decode finds truncated files that verify() lets through; JPEGs decode
+                # at reduced scale, which still reads every byte.
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                img.load()
+    except Image.DecompressionBombError as exc:
+        return ImageProbe(sha256=sha, size_bytes=len(data), error=f"refused as a decompression bomb: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-image probe error
+        return ImageProbe(sha256=sha, size_bytes=len(data), error=_decode_error(path, exc))
+    return ImageProbe(sha256=sha, size_bytes=len(data), width=width, height=height, format=fmt, provenance=provenance)
+
+
+def open_rgb(data: bytes) -> Image.Image:
+    """Decode image bytes to an upright RGB image (first frame, EXIF rotation applied)."""
+    img = Image.open(io.BytesIO(data))
+    img.seek(0)
+    return ImageOps.exif_transpose(img).convert("RGB")
+
+
+@dataclass(frozen=True)
+class EncodingPolicy:
+    """How an image is sent: its original bytes, or downscaled so the long side fits ``max_side``."""
+
+    max_side: int | None = None
+
+    @property
+    def token(self) -> str:
+        return "original" if self.max_side is None else f"max_side={self.max_side}"
+
+    @classmethod
+    def parse(cls, text: str) -> EncodingPolicy:
+        if text in ("", "original"):
+            return cls()
+        if text.startswith("max_side="):
+            return cls(max_side=int(text.split("=", 1)[1]))
+        raise ValueError(f"unknown encoding policy {text!r} (use 'original' or 'max_side=N')")
+
+
+def encode_data_url(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> str:
+    """Encode image bytes as a data URL whose MIME type matches the real (content) format."""
+    with Image.open(io.BytesIO(data)) as img:
+        fmt = img.format or "PNG"
+        too_big = policy.max_side is not None and max(img.size) > policy.max_side
+        if fmt in _SENDABLE and not too_big:
+            return f"data:{_SENDABLE[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
+        img.seek(0)
+        out_img = ImageOps.exif_transpose(img)
+        if policy.max_side is not None and too_big:
+            out_img.thumbnail((policy.max_side, policy.max_side), Image.Resampling.LANCZOS)
+        out_fmt = fmt if fmt in _SENDABLE and fmt != "GIF" else "PNG"
+        if out_fmt == "JPEG" and out_img.mode not in ("RGB", "L"):
+            out_img = out_img.convert("RGB")
+        buf = io.BytesIO()
+        out_img.save(buf, format=out_fmt, **({"quality": 95} if out_fmt == "JPEG" else {}))
+    return f"data:{_SENDABLE[out_fmt]};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def encode_image_file(path: Path | str, policy: EncodingPolicy = EncodingPolicy()) -> str:
+    """Data URL for an image file (used by decorators for few-shot examples)."""
+    return encode_data_url(Path(path).read_bytes(), policy)
+
+
+def decode_data_url(url: str) -> Image.Image:
+    """RGB image from a ``data:image/...;base64,`` URL (used by decorators that crop)."""
+    payload = url.split(",", 1)[1] if url.startswith("data:") else url
+    return open_rgb(base64.b64decode(payload))
+
+
+def encode_pil(img: Image.Image, fmt: str = "PNG") -> str:
+    """Data URL for an in-memory image."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return f"data:{_SENDABLE[fmt]};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"

@@ -1,0 +1,180 @@
+"""Dataset definitions (``datasets/*.toml``) and the folder layouts they describe.
+
+Layouts:
+- ``real_fake``: ``root/real`` and ``root/fake`` (the seed's demo, WildFakeResampled);
+- ``image_folders``: any ``real_dir`` and ``fake_dir`` (the seed's ImageFolders);
+- ``generator_folders``: ``root/<generator>/**/0_real`` and ``1_fake`` (CNNDetection, AIGCDetectBenchmark);
+- ``genimage``: ``root/<generator>/{train,val}/{nature,ai}`` (GenImage);
+- ``csv``: a manifest CSV with ``path,label[,subset]``, paths relative to the CSV.
+The subset (usually the generator) lands in the manifest and splits the metrics.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from defake_pipeline.datasets.images import is_image_candidate
+from defake_pipeline.errors import DatasetError
+from defake_pipeline.settings import project_dirs
+from defake_pipeline.text import slugify
+
+Layout = Literal["real_fake", "image_folders", "generator_folders", "genimage", "csv"]
+REAL, FAKE = 1, 0
+# Images outside any generator subfolder; "all" is reserved for the whole-dataset metrics row.
+DEFAULT_SUBSET = "default"
+_LABEL_WORDS = {"1": REAL, "real": REAL, "0": FAKE, "fake": FAKE, "generated": FAKE}
+
+
+class DatasetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    layout: Layout = "real_fake"
+    root: Path | None = None
+    real_dir: Path | None = None
+    fake_dir: Path | None = None
+    csv: Path | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _needs_paths(self) -> DatasetSpec:
+        needed = {"image_folders": ("real_dir", "fake_dir"), "csv": ("csv",)}.get(self.layout, ("root",))
+        missing = [f for f in needed if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"layout {self.layout!r} needs {' and '.join(missing)}")
+        return self
+
+    def path(self, field: Literal["root", "real_dir", "fake_dir", "csv"]) -> Path:
+        """A path the layout needs (the validator made sure it is set)."""
+        value = getattr(self, field)
+        if value is None:
+            raise DatasetError(f"dataset {self.name!r}: layout {self.layout!r} needs {field}")
+        return value
+
+    @property
+    def key(self) -> str:
+        return slugify(self.name)
+
+    def watched_dirs(self) -> list[Path]:
+        """Folders whose contents make up this dataset."""
+        if self.layout == "image_folders":
+            return [self.path("real_dir"), self.path("fake_dir")]
+        if self.layout == "csv":
+            return [self.path("csv").parent]
+        return [self.path("root")]
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    path: Path
+    label: int
+    subset: str
+
+
+def load_dataset_spec(file: Path) -> DatasetSpec:
+    """Read one definition; relative paths are taken from the definition file's folder."""
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{file}: invalid TOML ({exc})") from None
+    raw.setdefault("name", file.stem)
+    for key in ("root", "real_dir", "fake_dir", "csv"):
+        if key in raw:
+            raw[key] = (file.parent / raw[key]).resolve()
+    try:
+        return DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise DatasetError(f"{file}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def dataset_specs() -> list[DatasetSpec]:
+    """Every dataset defined under ``datasets/`` (the working directory's first; names are unique)."""
+    specs: dict[str, DatasetSpec] = {}
+    for folder in project_dirs("datasets"):
+        for file in sorted(folder.glob("*.toml")):
+            spec = load_dataset_spec(file)
+            specs.setdefault(spec.key, spec)
+    return list(specs.values())
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    for spec in dataset_specs():
+        if spec.key == slugify(name) or spec.name == name:
+            return spec
+    known = ", ".join(s.name for s in dataset_specs()) or "none"
+    raise DatasetError(f"unknown dataset {name!r}; datasets/ defines: {known}")
+
+
+def _images_under(folder: Path) -> Iterator[Path]:
+    # Broken and looping symlinks are kept: they become manifest rows with a probe error
+    # rather than images that silently vanish.
+    for path in sorted(folder.rglob("*")):
+        hidden = any(p.startswith(".") for p in path.relative_to(folder).parts)
+        if (path.is_file() or path.is_symlink()) and is_image_candidate(path) and not hidden:
+            yield path
+
+
+def _require_dir(spec_name: str, folder: Path) -> Path:
+    if not folder.is_dir():
+        raise DatasetError(f"dataset {spec_name!r}: folder {folder} does not exist")
+    return folder
+
+
+def _from_label_dirs(spec_name: str, real: Path, fake: Path, subset_of) -> list[LabeledImage]:
+    out = []
+    for label, folder in ((REAL, real), (FAKE, fake)):
+        for path in _images_under(_require_dir(spec_name, folder)):
+            out.append(LabeledImage(path, label, subset_of(folder, path)))
+    return out
+
+
+def _first_subfolder(folder: Path, path: Path) -> str:
+    parts = path.relative_to(folder).parts
+    return parts[0] if len(parts) > 1 else DEFAULT_SUBSET
+
+
+def list_images(spec: DatasetSpec) -> list[LabeledImage]:
+    """Every labelled image of a dataset, in a stable order."""
+    if spec.layout == "real_fake":
+        root = spec.path("root")
+        return _from_label_dirs(spec.name, root / "real", root / "fake", _first_subfolder)
+    if spec.layout == "image_folders":
+        return _from_label_dirs(spec.name, spec.path("real_dir"), spec.path("fake_dir"), _first_subfolder)
+    if spec.layout == "csv":
+        return _from_csv(spec)
+    root = _require_dir(spec.name, spec.path("root"))
+    real_names, fake_names = ({"0_real"}, {"1_fake"}) if spec.layout == "generator_folders" else ({"nature"}, {"ai"})
+    out = []
+    for path in _images_under(root):
+        rel = path.relative_to(root).parts
+        labels = [REAL for p in rel[:-1] if p in real_names] + [FAKE for p in rel[:-1] if p in fake_names]
+        if labels and len(rel) > 2:
+            out.append(LabeledImage(path, labels[-1], rel[0]))
+    return out
+
+
+def _from_csv(spec: DatasetSpec) -> list[LabeledImage]:
+    try:
+        table = pd.read_csv(spec.csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{spec.csv}: cannot read manifest CSV ({exc})") from None
+    for column in ("path", "label"):
+        if column not in table.columns:
+            raise DatasetError(f"{spec.csv}: missing column {column!r} (expected path,label[,subset])")
+    out = []
+    for line, row in enumerate(table.itertuples(index=False), start=2):
+        label = _LABEL_WORDS.get(str(row.label).strip().lower())
+        if label is None:
+            raise DatasetError(f"{spec.csv}:{line}: label {row.label!r} is not real/fake/1/0")
+        subset = getattr(row, "subset", "") or DEFAULT_SUBSET
+        out.append(LabeledImage((spec.path("csv").parent / row.path).resolve(), label, subset))
+    return out

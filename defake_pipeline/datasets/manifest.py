@@ -1,0 +1,147 @@
+"""The image manifest: one row per image, with what its bytes say it is.
+
+Rebuilding reuses the previous manifest's probe for any file whose path, size and
+modification time are unchanged, so a rescan of unchanged files hashes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from defake_pipeline.datasets.images import ImageProbe, probe_image
+from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
+from defake_pipeline.records import ImageJob
+from defake_pipeline.text import is_utf8, printable
+
+MANIFEST_COLUMNS = [
+    "dataset",
+    "path",
+    "rel_path",
+    "label",
+    "subset",
+    "sha256",
+    "size_bytes",
+    "mtime_ns",
+    "width",
+    "height",
+    "format",
+    "probe_error",
+    "provenance",
+]
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _previous_probes(previous: pd.DataFrame | None) -> dict[tuple[str, int, int], dict]:
+    if previous is None or previous.empty:
+        return {}
+    rows = previous.to_dict("records")
+    return {(r["path"], int(r["size_bytes"] or 0), int(r["mtime_ns"] or 0)): r for r in rows if r["sha256"]}
+
+
+def _rel_path(path: Path, roots: Iterable[Path]) -> str:
+    for root in roots:
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            continue
+    return path.name
+
+
+def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, progress=None) -> pd.DataFrame:
+    """Probe every image of a dataset; ``previous`` lets unchanged files skip hashing."""
+    reuse = _previous_probes(previous)
+    roots = spec.watched_dirs()
+    rows = []
+    images: list[LabeledImage] = list_images(spec)
+    for item in images:
+        stat = _stat_key(item.path)
+        old = reuse.get((str(item.path), *stat)) if stat else None
+        if old is not None:
+            row = {**old, "label": item.label, "subset": item.subset}
+        else:
+            probe: ImageProbe = probe_image(item.path)
+            fields = asdict(probe)
+            row = {
+                "path": str(item.path),
+                "label": item.label,
+                "subset": item.subset,
+                "sha256": fields["sha256"],
+                "size_bytes": fields["size_bytes"],
+                "mtime_ns": stat[1] if stat else None,
+                "width": fields["width"],
+                "height": fields["height"],
+                "format": fields["format"],
+                "probe_error": fields["error"],
+                "provenance": json.dumps(fields["provenance"], ensure_ascii=False) if fields["provenance"] else None,
+            }
+        row["dataset"] = spec.key
+        row["rel_path"] = _rel_path(item.path, roots)
+        if not is_utf8(row["path"]):
+            # Parquet and DuckDB store UTF-8 only: keep the image listed, with a readable name and an error.
+            row = {
+                **row,
+                "path": printable(row["path"]),
+                "rel_path": printable(row["rel_path"]),
+                "probe_error": "file name is not valid UTF-8; rename the file",
+            }
+        rows.append(row)
+        if progress:
+            progress(1)
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return frame.astype(
+        {"label": "int64", "size_bytes": "Int64", "mtime_ns": "Int64", "width": "Int64", "height": "Int64"}
+    )
+
+
+def job_key(sha256: str | None, path: str) -> str:
+    """The key an image's predictions are stored under: its sha256, or its path when unreadable.
+
+    pandas' string columns hold a missing sha256 as NaN (truthy), so test for a real string."""
+    return sha256 if isinstance(sha256, str) and sha256 else f"missing:{path}"
+
+
+def job_keys(manifest: pd.DataFrame) -> set[str]:
+    return {job_key(s, p) for s, p in zip(manifest["sha256"], manifest["path"], strict=True)}
+
+
+def jobs_from_manifest(manifest: pd.DataFrame) -> Iterator[ImageJob]:
+    """One evaluation job per distinct image content (the same bytes are asked about once).
+
+    A generator: jobs are made as the engine takes them, so memory holds the manifest only.
+    """
+    seen: set[str] = set()
+    for row in manifest[["path", "sha256", "label", "probe_error"]].itertuples(index=False):
+        key = job_key(row.sha256, row.path)
+        if key in seen:
+            continue
+        seen.add(key)
+        yield ImageJob(
+            path=Path(row.path),
+            key=key,
+            label=int(row.label),
+            probe_error=row.probe_error if isinstance(row.probe_error, str) and row.probe_error else None,
+        )
+
+
+# The columns whose change means the images asked, or what is known of them, changed.
+_CONTENT_COLUMNS = ["dataset", "path", "label", "subset", "sha256", "probe_error"]
+
+
+def manifest_content_hash(manifest: pd.DataFrame) -> str:
+    """A hash of what the evaluation depends on: equal for a rescan that found nothing new."""
+    rows = manifest[_CONTENT_COLUMNS].sort_values(["dataset", "path"]).reset_index(drop=True)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:32]

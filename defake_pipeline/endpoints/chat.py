@@ -1,0 +1,196 @@
+"""Where verdicts come from: an OpenAI-compatible chat endpoint, or a baseline run on the pixels."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
+
+from defake_pipeline.endpoints.completions import parse_completion
+from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.endpoints.retry import (
+    AdaptiveLimiter,
+    RequestTimeoutError,
+    RetryPolicy,
+    classify_error,
+)
+from defake_pipeline.errors import DefakeError, FatalEndpointError, ModelConfigError
+from defake_pipeline.verdict import score_from_logprobs
+
+# The header behind the SDK's documented `.with_raw_response`: the call returns the raw response.
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    score_fake: float | None = None
+    repaired_encoding: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
+
+
+class ChatBackend:
+    """One model behind the OpenAI chat-completions wire format (OpenAI itself, or vLLM).
+
+    Requests go through the model's AIMD limiter and the retry policy; the SDK's own
+    retries are off so that one policy, in ``retry.py``, decides.
+    """
+
+    def __init__(self, spec: ModelSpec, api_key: str | None, policy: RetryPolicy | None = None):
+        if spec.backend == "openai" and not api_key:
+            raise ModelConfigError(f"model {spec.name!r} needs OPENAI_API_KEY, which is not set")
+        self.spec = spec
+        self.base_url = spec.resolved_base_url()
+        self.policy = policy or RetryPolicy(
+            max_attempts=spec.max_retries + 1, base_delay_s=spec.backoff_base_s, max_delay_s=spec.max_retry_wait_s
+        )
+        self.limiter = AdaptiveLimiter(spec.concurrency)
+        self.n_retries = 0
+        self.halted: DefakeError | None = None  # set when the run stops; no request is sent after
+        # vLLM accepts any key; the SDK insists on one, so a placeholder stands in.
+        self.client = AsyncOpenAI(
+            api_key=api_key or "no-key", base_url=self.base_url, timeout=spec.timeout_s, max_retries=0
+        )
+        self._model_id: str | None = spec.model
+
+    @property
+    def where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    async def model_id(self) -> str:
+        """The id to send: fixed for OpenAI presets, asked of ``/v1/models`` for self-hosted ones."""
+        if self._model_id is None:
+            self._model_id = (await self.served_models())[0]
+        return self._model_id
+
+    async def served_models(self) -> list[str]:
+        """The ids ``/v1/models`` lists; a one-line FatalEndpointError when it cannot be read."""
+        try:
+            listing = await self.client.models.list()
+        except openai.APIConnectionError:
+            hint = " (set BASE_URL to the vLLM server)" if self.spec.backend == "self_hosted" else ""
+            raise FatalEndpointError(f"cannot reach {self.where} for model {self.spec.name!r}{hint}") from None
+        except openai.APIStatusError as exc:
+            if classify_error(exc) == "fatal":
+                raise self._rejected(exc) from None
+            raise FatalEndpointError(f"{self.where}/models answered HTTP {exc.status_code}") from None
+        if not listing.data:
+            raise FatalEndpointError(f"{self.where}/models lists no served model")
+        return [m.id for m in listing.data]
+
+    def _rejected(self, exc: openai.APIStatusError) -> FatalEndpointError:
+        # A rejected key fails every request the same way: stop at once instead of paying retries.
+        return FatalEndpointError(
+            f"{self.where} rejected the API key for model {self.spec.name!r} (HTTP {exc.status_code})"
+        )
+
+    def wire_messages(self, messages: list[dict]) -> list[dict]:
+        """Messages as this model wants them (the seed folds a leading system turn for some models)."""
+        if self.spec.fold_system_prompt and messages and messages[0]["role"] == "system":
+            first = {"role": "user", "content": [{"type": "text", "text": messages[0]["content"]}]}
+            return [first, *messages[1:]]
+        return messages
+
+    def request_params(self) -> dict:
+        params: dict = {self.spec.token_param: self.spec.max_tokens}
+        if self.spec.temperature is not None:
+            params["temperature"] = self.spec.temperature
+        if self.spec.logprobs:
+            params.update(logprobs=True, top_logprobs=self.spec.top_logprobs)
+        return params
+
+    async def _attempt(self, messages: list[dict]) -> ChatReply:
+        started = time.perf_counter()
+        # client.post is the SDK's documented way to send a raw body: our messages are already
+        # wire-format dicts, and chat.completions.create would re-walk every one against its
+        # TypedDicts (about a millisecond of CPU per request, the largest client cost). The raw
+        # response (what `.with_raw_response` returns) gives the headers and the body's bytes.
+        # timeout_s bounds each read; the deadline bounds the whole request, so an endpoint
+        # that trickles a byte at a time cannot hold a slot forever.
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                raw: Any = await self.client.post(  # the raw response, not a ChatCompletion
+                    "/chat/completions",
+                    cast_to=ChatCompletion,
+                    body={"model": await self.model_id(), "messages": messages, **self.request_params()},
+                    options={"headers": {_RAW_RESPONSE_HEADER: "true"}},
+                )
+                body = raw.content
+        except TimeoutError:
+            raise RequestTimeoutError(f"no complete answer within timeout_s={self.spec.timeout_s:g} s") from None
+        latency = time.perf_counter() - started
+        completion, repaired = parse_completion(raw.headers.get("content-type"), body)
+        choice = completion.choices[0]
+        usage = completion.usage
+        score = None
+        if self.spec.logprobs and choice.logprobs and choice.logprobs.content:
+            score = score_from_logprobs(choice.logprobs.content)
+        return ChatReply(
+            text=choice.message.content or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_s=latency,
+            score_fake=score,
+            repaired_encoding=repaired,
+        )
+
+    async def complete(self, messages: list[dict]) -> ChatReply:
+        """One answer, retrying transient failures; raises the last error when retries run out."""
+        for attempt in range(1, self.policy.max_attempts + 1):
+            epoch = await self.limiter.acquire()
+            if self.halted is not None:  # the run is stopping: nothing more is sent
+                await self.limiter.release(epoch, "permanent")
+                raise self.halted
+            started = time.perf_counter()
+            try:
+                reply = await self._attempt(messages)
+            except asyncio.CancelledError:
+                await self.limiter.release(epoch, "permanent")
+                raise
+            except Exception as exc:
+                kind = classify_error(exc)
+                retry = kind in ("rate_limited", "transient") and attempt < self.policy.max_attempts
+                # Only the server's own Retry-After pauses every worker; backoff delays are per request.
+                pause = self.policy.server_pause(exc) if kind == "rate_limited" else None
+                await self.limiter.release(epoch, kind, pause_s=pause, latency_s=time.perf_counter() - started)
+                if kind == "fatal" and isinstance(exc, openai.APIStatusError):
+                    raise self._rejected(exc) from None
+                if not retry:
+                    raise
+                self.n_retries += 1
+                await asyncio.sleep(self.policy.delay(attempt, exc))
+                continue
+            await self.limiter.release(epoch, "ok", latency_s=reply.latency_s)
+            return reply
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+# A preflight answers quickly or not at all: it only asks the endpoint to list its models.
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+def check_endpoint(spec: ModelSpec, api_key: str | None) -> None:
+    """Raise a one-line error unless the model can be asked: the key is set (OpenAI presets),
+    the endpoint answers ``/v1/models`` and accepts the key. Baselines always can."""
+    if spec.backend == "baseline":
+        return
+
+    async def probe() -> None:
+        quick = spec.model_copy(update={"timeout_s": min(spec.timeout_s, PREFLIGHT_TIMEOUT_S)})
+        backend = ChatBackend(quick, api_key)
+        try:
+            await backend.served_models()
+        finally:
+            await backend.aclose()
+
+    asyncio.run(probe())

@@ -1,0 +1,171 @@
+"""Model presets and user model entries, resolved to one validated ``ModelSpec``.
+
+The preset table is data (``presets.toml``); a project may add or override entries in a
+``models.toml`` at its root, which also lists the models registered for the pipeline.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from defake_pipeline.datasets.images import EncodingPolicy
+from defake_pipeline.errors import ModelConfigError
+from defake_pipeline.settings import project_dirs
+from defake_pipeline.text import slugify
+
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to query one model, or run one baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    backend: Literal["openai", "self_hosted", "baseline"]
+    model: str | None = None  # fixed model id; None asks /v1/models
+    detector: str | None = None  # baseline detector name
+    base_url: str | None = None  # explicit URL; otherwise from the environment
+    fold_system_prompt: bool = False
+    encoding: str = "original"
+    max_tokens: int = 1000
+    # Newer OpenAI models (gpt-5, o-series) reject max_tokens and take max_completion_tokens.
+    token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    temperature: float | None = None
+    concurrency: int = Field(default=16, ge=1)  # the most requests in flight; AIMD adapts below it
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_base_s: float = Field(default=0.5, gt=0)  # first retry waits up to this, doubling after
+    max_retry_wait_s: float = Field(default=60.0, gt=0)  # cap on any wait, the server's Retry-After too
+    # Longer answers are stored cut to this many characters (the verdict is read from the whole).
+    max_response_chars: int = Field(default=20_000, ge=100)
+    logprobs: bool = False  # ask for token log-probabilities and derive a score P(fake)
+    top_logprobs: int = Field(default=5, ge=1, le=20)
+    price_in: float = 0.0
+    price_out: float = 0.0
+    aliases: list[str] = Field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The model's partition key."""
+        return slugify(self.name)
+
+    @property
+    def encoding_policy(self) -> EncodingPolicy:
+        return EncodingPolicy.parse(self.encoding)
+
+    def resolved_base_url(self) -> str | None:
+        """Where requests go: ``base_url``, else the preset family's default (None: the OpenAI API).
+
+        Credentials inside the URL (``http://user:pw@host/v1``) are dropped: they would be
+        printed in every error line, and httpx would send them as Basic auth in place of the
+        Bearer key. The key goes in OPENAI_API_KEY."""
+        url = self.base_url or (None if self.backend == "openai" else DEFAULT_BASE_URL)
+        return without_userinfo(url) if url else None
+
+    def with_endpoint_urls(self, base_url: str | None, openai_base_url: str | None) -> ModelSpec:
+        """This spec with the environment's URL (BASE_URL for self-hosted presets, OPENAI_BASE_URL
+        for OpenAI ones) where the model entry names none."""
+        url = openai_base_url if self.backend == "openai" else base_url
+        if url and self.backend != "baseline" and not self.base_url:
+            return self.model_copy(update={"base_url": url})
+        return self
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1_000_000
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part (everything else unchanged)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelConfigError(f"{path}: invalid TOML ({exc})") from None
+
+
+def registry_files() -> list[Path]:
+    """``models.toml`` files, the working directory's first."""
+    return [d / "models.toml" for d in project_dirs(".") if (d / "models.toml").is_file()]
+
+
+def _file_stamp(path: Path) -> tuple[Path, int, int]:
+    stat = path.stat()
+    return path, stat.st_mtime_ns, stat.st_size
+
+
+@cache
+def _model_table(stamps: tuple[tuple[Path, int, int], ...]) -> dict[str, ModelSpec]:
+    files = [path for path, _, _ in stamps]
+    raw: dict[str, dict] = {name: dict(entry) for name, entry in _read_toml(PRESETS_FILE).items()}
+    origin = {name: PRESETS_FILE for name in raw}
+    # Later files are the project's own; the working directory's models.toml wins, so read it last.
+    for file in reversed(files):
+        for name, entry in _read_toml(file).get("models", {}).items():
+            base = raw.get(entry.get("preset", name), {})
+            raw[name] = {**base, **{k: v for k, v in entry.items() if k != "preset"}}
+            origin[name] = file
+    table: dict[str, ModelSpec] = {}
+    for name, entry in raw.items():
+        try:
+            spec = ModelSpec(name=name, **entry)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ModelConfigError(f"{origin[name]}: model {name!r}: {loc}: {err['msg']}") from None
+        table[name] = spec
+        for alias in spec.aliases:
+            table.setdefault(alias, spec)
+    return table
+
+
+def model_table() -> dict[str, ModelSpec]:
+    """All known models by name and alias.
+
+    Cached by each file's modification time and size, so a long-running process (the
+    Dagster code server) sees an edited ``models.toml`` on its next call, without a reload.
+    """
+    return _model_table(tuple(_file_stamp(f) for f in registry_files()))
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec for a model name or alias (case-insensitive), or a ModelConfigError listing the names."""
+    table = model_table()
+    spec = table.get(name) or table.get(name.lower())
+    if spec is None:
+        known = ", ".join(sorted(table))
+        raise ModelConfigError(f"unknown model {name!r}; known models: {known}")
+    return spec
+
+
+def model_by_key(key: str) -> ModelSpec:
+    """The spec whose partition key (slug of its name) is ``key``; names and aliases also work."""
+    table = model_table()
+    for spec in table.values():
+        if spec.key == key:
+            return spec
+    return get_model(key)
+
+
+def registered_models() -> list[str]:
+    """Models registered for the pipeline's partitions (``registered = [...]`` in models.toml)."""
+    names: list[str] = []
+    for file in registry_files():
+        for name in _read_toml(file).get("registered", []):
+            if name not in names:
+                names.append(name)
+    return names or ["canny"]

@@ -1,0 +1,204 @@
+"""The one retry policy of the engine, and the adaptive concurrency limit it feeds.
+
+Transient failures (429, 408, 409, 5xx, dropped connections, timeouts, the overall request
+deadline, malformed, empty or non-JSON bodies) are retried with full-jitter exponential backoff, or after the server's
+``retry-after-ms`` / ``Retry-After`` when it sends one. A rejected key (401/403) is fatal.
+Anything else (400, 404, 413, 422, ...) is permanent: the image gets an error row.
+
+Concurrency follows AIMD, as inspect_ai, lmms-eval and promptfoo do: a 429 halves the
+limit (once per round of requests, as TCP does per round trip) and pauses new requests
+for the server's Retry-After; successes grow it back by half a request per round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import openai
+
+ErrorKind = Literal["rate_limited", "transient", "permanent", "fatal"]
+
+
+class EmptyResponseError(ValueError):
+    """A 200 answer with no message content (no choices, or a null message)."""
+
+
+class NonJSONBodyError(ValueError):
+    """A 2xx answer whose body is not a JSON object (such as a proxy's HTML error page)."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """No complete answer within the request's overall deadline (an endpoint that trickles
+    bytes never trips a per-read timeout)."""
+
+
+def classify_error(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in (401, 403):
+            return "fatal"
+        if exc.status_code in (408, 409) or exc.status_code >= 500:
+            return "transient"
+        return "permanent"
+    transient = (
+        openai.APIConnectionError,
+        openai.APIResponseValidationError,
+        json.JSONDecodeError,
+        EmptyResponseError,
+        NonJSONBodyError,
+        RequestTimeoutError,
+    )
+    if isinstance(exc, transient):
+        return "transient"
+    return "permanent"
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or
+    a date). A value that does not parse, or is not a finite number, is ignored (None)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    if (ms := _finite(headers.get("retry-after-ms"))) is not None:
+        return max(0.0, ms / 1000)
+    value = headers.get("retry-after")
+    if (seconds := _finite(value)) is not None:
+        return max(0.0, seconds)
+    if value:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+    return None
+
+
+def _finite(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 60.0
+
+    def server_pause(self, exc: BaseException) -> float | None:
+        """The server's Retry-After, capped at ``max_delay_s``: a hostile or mistaken value
+        (100000 s) must not stall a run."""
+        asked = retry_after_s(exc)
+        return None if asked is None else min(asked, self.max_delay_s)
+
+    def delay(self, attempt: int, exc: BaseException) -> float:
+        """Wait before retry number ``attempt`` (1-based): the server's word, else full jitter."""
+        asked = self.server_pause(exc)
+        if asked is not None:
+            return asked
+        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
+
+
+class AdaptiveLimiter:
+    """An AIMD bound on requests in flight, shared by every worker querying one model.
+
+    Starts are also paced, one every ``latency / limit`` seconds, so requests reach the
+    server spread out rather than in bursts: when a rate limit is hit, the 429 comes back
+    before more than a request or two are on their way, and the pause stops the rest. The
+    first request goes alone, to learn the latency.
+    """
+
+    _LATENCY_WEIGHT = 0.2  # EWMA weight of the newest latency sample
+    # Starts may run at up to twice the rate the limit sustains, so pacing never becomes the
+    # bottleneck while still spreading requests out.
+    PACING_HEADROOM = 2.0
+    # Additive increase: the limit grows by this much per round of `limit` successes. Half a
+    # request per round keeps 429s under 5% against a token-bucket rate limit (make bench).
+    GROWTH_PER_ROUND = 0.5
+
+    def __init__(self, max_limit: int, min_limit: int = 1):
+        self.max_limit = max_limit
+        self.min_limit = min_limit
+        self.limit = float(max_limit)
+        self.in_flight = 0
+        self.epoch = 0  # bumped at each decrease; a 429 from an older round does not halve again
+        self.paused_until = 0.0
+        self.next_start = 0.0
+        self.latency_s: float | None = None
+        # Slow start, as TCP's: after the first answer the window doubles each round (one
+        # more request per answer) until the first 429 or the limit, so a rate limit is met
+        # with a few requests in flight rather than with the whole limit at once.
+        self.window: float | None = None
+        self.n_rate_limited = 0
+        self._cond = asyncio.Condition()
+
+    @property
+    def cap(self) -> float:
+        """Requests allowed in flight now: the AIMD limit, or the slow-start window below it."""
+        return self.limit if self.window is None else min(self.limit, self.window)
+
+    def _wait_s(self, now: float) -> float | None:
+        """How long the next start must wait (None: until a release)."""
+        if self.paused_until > now:
+            return self.paused_until - now
+        if self.in_flight >= int(self.cap) or (self.latency_s is None and self.in_flight > 0):
+            return None
+        if self.next_start > now:
+            return self.next_start - now
+        return 0.0
+
+    async def acquire(self) -> int:
+        async with self._cond:
+            while True:
+                now = time.monotonic()
+                wait = self._wait_s(now)
+                if wait == 0.0:
+                    break
+                try:
+                    await asyncio.wait_for(self._cond.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+            self.in_flight += 1
+            spacing = (self.latency_s or 0.0) / (self.PACING_HEADROOM * self.cap)
+            self.next_start = max(now, self.next_start) + spacing
+            return self.epoch
+
+    async def release(
+        self,
+        epoch: int,
+        outcome: ErrorKind | Literal["ok"],
+        pause_s: float | None = None,
+        latency_s: float | None = None,
+    ) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            if latency_s is not None and outcome != "rate_limited":
+                w = self._LATENCY_WEIGHT
+                self.latency_s = latency_s if self.latency_s is None else (1 - w) * self.latency_s + w * latency_s
+            if outcome == "ok":
+                if self.window is None:
+                    self.window = 2.0
+                elif self.window < self.limit:
+                    self.window += 1.0
+                else:
+                    self.limit = min(self.max_limit, self.limit + self.GROWTH_PER_ROUND / self.limit)
+            elif outcome == "rate_limited":
+                self.n_rate_limited += 1
+                if epoch == self.epoch:
+                    self.limit = max(self.min_limit, self.cap / 2)
+                    self.window = math.inf  # slow start ends at the first 429
+                    self.epoch += 1
+                if pause_s:
+                    self.paused_until = max(self.paused_until, time.monotonic() + pause_s)
+            self._cond.notify_all()

@@ -1,0 +1,42 @@
+"""Error types whose messages are meant to be shown to a user as one line."""
+
+
+class DefakeError(Exception):
+    """Base class: the message names the file (or object) and the cause, on one line."""
+
+
+class PromptError(DefakeError):
+    """A prompt file is invalid, or cannot be rendered."""
+
+
+class DatasetError(DefakeError):
+    """A dataset definition or folder is invalid."""
+
+
+class ModelConfigError(DefakeError):
+    """A model name or model configuration is invalid."""
+
+
+class FatalEndpointError(DefakeError):
+    """The endpoint refuses every request (for example a wrong API key); retrying cannot help."""
+
+
+class JournalWriteError(DefakeError):
+    """An answer could not be stored (a full disk): sending more would pay for answers lost."""
+
+
+class JournalDamagedError(DefakeError):
+    """The response journal is not a readable SQLite database; it is never written over."""
+
+
+class RunInterrupted(DefakeError):
+    """SIGTERM or SIGINT stopped the run; what was journaled is kept."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        import signal
+
+        self.exit_code = 128 + signum  # the shell's convention for a death by signal
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name}{detail}; every answer received is in the journal, and a rerun resumes from it"
+        )

@@ -1,0 +1,385 @@
+"""The evaluation engine: asks a model (or runs a baseline) about each image, concurrently.
+
+One engine serves ``mllmdf infer``, ``mllmdf classify`` and the ``predictions`` asset.
+Turns of a multi-conversation prompt run in order for one image; images run concurrently,
+bounded by the model's concurrency. Every response goes to the journal as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from defake_pipeline.datasets.images import EncodingPolicy, encode_data_url
+from defake_pipeline.endpoints.baselines import BASELINES, run_baseline
+from defake_pipeline.endpoints.budget import CostBudget
+from defake_pipeline.endpoints.chat import ChatBackend
+from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.errors import DefakeError, PromptError
+from defake_pipeline.evaluation.journal import JournalEntry, ResponseJournal
+from defake_pipeline.prompting.decorators import (
+    DECORATOR_TIMEOUT_S,
+    Decorator,
+    call_decorator,
+    resolve_decorators,
+)
+from defake_pipeline.prompting.spec import RESULT_VARIABLE, LoadedPrompt
+from defake_pipeline.prompting.templating import TemplateError, render, sole_variable
+from defake_pipeline.records import PRED_OF_VERDICT, VERDICT_OF_PRED, ImageJob, Prediction
+from defake_pipeline.verdict import parse_verdict
+
+_ERROR_MAX_CHARS = 500
+# How often a runner waiting for another runner's answer to the same request looks again.
+LEASE_POLL_S = 0.1
+
+
+class LazyImage:
+    """The image a prompt's ``{image_url}`` stands for, encoded only when a request is sent.
+
+    Its cache token (sha256 + encoding policy) stands in for the data URL when the request
+    is hashed, so a warm rerun finds its answers without reading any image.
+    """
+
+    def __init__(self, job: ImageJob, policy: EncodingPolicy):
+        self.job = job
+        self.policy = policy
+        self._url: str | None = None
+
+    @property
+    def token(self) -> str:
+        return f"image:{self.job.key}:{self.policy.token}"
+
+    def data_url(self) -> str:
+        if self._url is None:
+            self._url = encode_data_url(self.job.path.read_bytes(), self.policy)
+        return self._url
+
+
+def _hash_request(payload: dict) -> str:
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=lambda o: o.token)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _url(value: object) -> str:
+    return value.data_url() if isinstance(value, LazyImage) else str(value)
+
+
+def _with_data_urls(messages: list[dict]) -> list[dict]:
+    """The messages with each LazyImage replaced by its data URL, for the wire."""
+    out = []
+    for msg in messages:
+        content = msg["content"]
+        if isinstance(content, list):
+            content = [
+                {"type": "image_url", "image_url": {"url": _url(part["image_url"]["url"])}}
+                if part["type"] == "image_url"
+                else part
+                for part in content
+            ]
+        out.append({**msg, "content": content})
+    return out
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_MAX_CHARS]
+
+
+class Evaluator:
+    """Shared bookkeeping of the two evaluator kinds."""
+
+    def __init__(self, spec: ModelSpec, prompt: LoadedPrompt | None, journal: ResponseJournal):
+        self.spec = spec
+        self.prompt = prompt
+        self.journal = journal
+        self.model_id = spec.model or spec.name
+
+    @property
+    def prompt_key(self) -> str:
+        return self.prompt.key if self.prompt else "none"
+
+    @property
+    def prompt_hash(self) -> str:
+        return self.prompt.content_hash if self.prompt else "none"
+
+    async def setup(self) -> None:
+        """Anything that needs the endpoint once per run (such as the served model id)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    def halt(self, reason: DefakeError) -> None:
+        """Send nothing more: requests waiting for a slot fail with ``reason``."""
+
+    async def predict(self, job: ImageJob) -> Prediction:
+        raise NotImplementedError
+
+    def prediction(self, job: ImageJob, response: str, verdict: str | None = None, **fields) -> Prediction:
+        if fields.get("error") is not None:
+            verdict = "unknown"
+        elif verdict is None:
+            verdict = parse_verdict(response)
+        blank = Prediction(
+            image_sha256=job.key,
+            path=str(job.path),
+            label=job.label,
+            verdict=verdict,
+            pred=PRED_OF_VERDICT[verdict],
+            score=None,
+            response=response,
+            turns=[response] if response else [],
+            latency_s=0.0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=0.0,
+            n_requests=0,
+            error=None,
+            model=self.spec.key,
+            model_id=self.model_id,
+            prompt=self.prompt_key,
+            prompt_hash=self.prompt_hash,
+        )
+        return replace(blank, **fields)
+
+    def error_prediction(self, job: ImageJob, error: str) -> Prediction:
+        """An image that got no answer: recorded as an error, never as a wrong answer."""
+        return self.prediction(job, "", error=error)
+
+
+class BaselineEvaluator(Evaluator):
+    """A detector run here on the pixels; its answers are journaled like a model's."""
+
+    async def predict(self, job: ImageJob) -> Prediction:
+        detector = self.spec.detector or self.spec.name
+        request_hash = BASELINES[detector].version
+        entry = self.journal.get(self.model_id, request_hash, job.key)
+        n_requests = 0
+        if entry is None:
+            reply = await run_baseline(detector, job.path.read_bytes())
+            entry = JournalEntry(reply.text, extra={"score_fake": reply.score_fake})
+            self.journal.put(self.model_id, request_hash, job.key, entry)
+            n_requests = 1
+        return self.prediction(job, entry.response, score=(entry.extra or {}).get("score_fake"), n_requests=n_requests)
+
+
+class ChatEvaluator(Evaluator):
+    """A v3 prompt run against an OpenAI-compatible chat endpoint."""
+
+    prompt: LoadedPrompt  # always set for a chat model
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        prompt: LoadedPrompt,
+        journal: ResponseJournal,
+        api_key: str | None,
+        budget: CostBudget | None = None,
+    ):
+        super().__init__(spec, prompt, journal)
+        self.decorators: dict[str, Decorator] = resolve_decorators(prompt)
+        self.decorator_timeout_s = DECORATOR_TIMEOUT_S
+        # A lease outlives the longest an image can take: every attempt at its deadline and
+        # the longest wait between attempts (a dead runner's lease ends with its process).
+        self.lease_ttl_s = (spec.timeout_s + spec.max_retry_wait_s) * (spec.max_retries + 1)
+        self.backend = ChatBackend(spec, api_key)
+        self.budget = budget
+
+    async def setup(self) -> None:
+        self.model_id = await self.backend.model_id()
+
+    async def close(self) -> None:
+        await self.backend.aclose()
+
+    def halt(self, reason: DefakeError) -> None:
+        self.backend.halted = reason
+
+    def _conversation_error(self, conv_id: str, exc: Exception) -> PromptError:
+        return PromptError(f"{self.prompt.path}: conversation {conv_id!r}: {exc}")
+
+    async def _run_decorators(self, conv, cache: dict) -> None:
+        # Decorators see real data URLs (seed decorators decode cache["image_url"]);
+        # whatever they add or replace is copied back. Encoding and the calls run off the loop.
+        view = await asyncio.to_thread(
+            lambda: {k: (v.data_url() if isinstance(v, LazyImage) else v) for k, v in cache.items()}
+        )
+        before = dict(view)
+        for name in conv.decorators:
+            await call_decorator(self.decorators[name], view, name, self.decorator_timeout_s)
+        for key, value in view.items():
+            if key not in before or before[key] is not value:
+                cache[key] = value
+
+    def _render(self, conv, cache: dict) -> list[dict]:
+        messages: list[dict] = []
+        try:
+            for item in conv.payload:
+                text = render(item.text, cache)
+                if item.role != "user":
+                    messages.append({"role": item.role, "content": text})
+                    continue
+                content: list[dict] = [{"type": "text", "text": text}]
+                if item.image is not None:
+                    # An image slot naming one variable takes its value as it is (a LazyImage is
+                    # encoded only when sent); anything else renders as text.
+                    var = sole_variable(item.image)
+                    value = cache.get(var) if var else None
+                    url = value if isinstance(value, LazyImage) else render(item.image, cache)
+                    content.append({"type": "image_url", "image_url": {"url": url}})
+                messages.append({"role": "user", "content": content})
+        except TemplateError as exc:
+            raise self._conversation_error(conv.id, exc) from None
+        return messages
+
+    async def predict(self, job: ImageJob) -> Prediction:
+        cache: dict = {
+            "_image_path": job.path,
+            "image_url": LazyImage(job, self.spec.encoding_policy),
+            "label": VERDICT_OF_PRED.get(job.label, "unknown"),
+        }
+        turns: list[str] = []
+        score, verdict = None, None
+        latency_s = 0.0
+        counts = {"prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
+        for conv in self.prompt.spec.conversations:
+            if conv.decorators:
+                await self._run_decorators(conv, cache)
+            wire = self.backend.wire_messages(self._render(conv, cache))
+            request_hash = _hash_request({"model": self.model_id, "messages": wire, **self.backend.request_params()})
+            entry = self.journal.get(self.model_id, request_hash, job.key)
+            if entry is None:
+                entry, asked = await self._answer(wire, request_hash, job.key)
+                counts["n_requests"] += asked
+            if conv.response_var_name == RESULT_VARIABLE:
+                score = (entry.extra or {}).get("score_fake")
+                verdict = (entry.extra or {}).get("verdict")  # read before a long answer was capped
+            cache[conv.response_var_name] = entry.response
+            turns.append(entry.response)
+            latency_s += entry.latency_s
+            counts["prompt_tokens"] += entry.prompt_tokens
+            counts["completion_tokens"] += entry.completion_tokens
+        cost = self.spec.cost_usd(counts["prompt_tokens"], counts["completion_tokens"])
+        response = str(cache[RESULT_VARIABLE])
+        return self.prediction(
+            job, response, verdict, turns=turns, score=score, cost_usd=cost, latency_s=latency_s, **counts
+        )
+
+    async def _answer(self, wire: list[dict], request_hash: str, sha256: str) -> tuple[JournalEntry, bool]:
+        """The answer to one request, and whether this runner paid for it: while another
+        runner holds the key's lease (it is asking), wait for its answer instead."""
+        key = (self.model_id, request_hash, sha256)
+        while True:
+            claimed = self.journal.claim(*key, ttl_s=self.lease_ttl_s)
+            if isinstance(claimed, JournalEntry):
+                return claimed, False
+            if claimed:
+                break
+            await asyncio.sleep(LEASE_POLL_S)
+        try:
+            entry = await self._ask(wire)
+        except BaseException:
+            self.journal.release(*key)
+            raise
+        self.journal.put(*key, entry)
+        return entry, True
+
+    async def _ask(self, wire: list[dict]) -> JournalEntry:
+        """Send one request (within the budget, if any) and return its journal entry."""
+        estimate = 0.0
+        if self.budget:
+            estimate = self.budget.estimate(self.spec, wire)
+            self.budget.reserve(estimate)
+        actual = 0.0
+        try:
+            # Reading, decoding and downscaling a large image takes tens of milliseconds:
+            # off the event loop, so other requests keep flowing meanwhile.
+            body = await asyncio.to_thread(_with_data_urls, wire)
+            reply = await self.backend.complete(body)
+            actual = self.spec.cost_usd(reply.prompt_tokens, reply.completion_tokens)
+        finally:
+            if self.budget:
+                self.budget.settle(estimate, actual)
+        extra: dict = {"score_fake": reply.score_fake} if reply.score_fake is not None else {}
+        if reply.repaired_encoding:
+            extra["repaired_encoding"] = True  # paid for: kept with U+FFFD where bytes were invalid
+        text = reply.text
+        if len(text) > self.spec.max_response_chars:
+            # What is stored (journal, Parquet, CSV, reports) is capped; the verdict is read from
+            # the whole answer now and kept, and later turns see the capped text on every run.
+            extra.update(verdict=parse_verdict(text), response_chars=len(text))
+            text = text[: self.spec.max_response_chars] + f" … [truncated: {len(text):,} characters in all]"
+        return JournalEntry(text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra or None)
+
+
+def make_evaluator(
+    spec: ModelSpec,
+    prompt: LoadedPrompt | None,
+    journal: ResponseJournal,
+    api_key: str | None = None,
+    max_cost_usd: float | None = None,
+) -> Evaluator:
+    """The evaluator for a model: a baseline, or a prompt against a chat endpoint."""
+    if spec.backend == "baseline":
+        return BaselineEvaluator(spec, prompt, journal)
+    if prompt is None:
+        raise PromptError(f"model {spec.name!r} needs a prompt")
+    budget = CostBudget(max_cost_usd) if max_cost_usd is not None else None
+    return ChatEvaluator(spec, prompt, journal, api_key, budget)
+
+
+async def evaluate(
+    jobs: Iterable[ImageJob],
+    evaluator: Evaluator,
+    *,
+    concurrency: int | None = None,
+    on_result: Callable[[Prediction], None] | None = None,
+    collect: bool = True,
+) -> list[Prediction]:
+    """Evaluate every job; one bad image or failed request never stops the others.
+
+    With ``collect=False`` nothing is kept: ``on_result`` sees each prediction, and memory
+    holds only the images in flight, whatever the number of images.
+
+    A DefakeError (a prompt that cannot render, a rejected API key, an answer the journal
+    cannot store) stops the run at once: it would fail every image the same way, or pay for
+    answers that are then lost.
+    """
+    results: list[Prediction] = []
+    fatal: list[DefakeError] = []
+    pending = iter(jobs)
+
+    async def worker() -> None:
+        # Workers pull from one shared iterator, so memory holds only the jobs in flight.
+        for job in pending:
+            if fatal:
+                return
+            if job.probe_error:
+                pred = evaluator.error_prediction(job, job.probe_error)
+            else:
+                try:
+                    pred = await evaluator.predict(job)
+                except DefakeError as exc:
+                    fatal.append(exc)
+                    evaluator.halt(exc)  # requests waiting for a slot are not sent
+                    return
+                except Exception as exc:  # noqa: BLE001 - per-image failures become error rows
+                    pred = evaluator.error_prediction(job, _error_text(exc))
+            if collect:
+                results.append(pred)
+            if on_result:
+                on_result(pred)
+
+    try:
+        await evaluator.setup()
+        await asyncio.gather(*(worker() for _ in range(concurrency or evaluator.spec.concurrency)))
+    finally:
+        await evaluator.close()
+    if fatal:
+        raise fatal[0]
+    return results
+
+
+def evaluate_sync(jobs: Iterable[ImageJob], evaluator: Evaluator, **kwargs) -> list[Prediction]:
+    """``evaluate`` for callers without an event loop (the CLI, Dagster assets)."""
+    return asyncio.run(evaluate(jobs, evaluator, **kwargs))

@@ -1,0 +1,90 @@
+"""One model × prompt partition evaluated over the manifest and written as Parquet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from defake_pipeline.datasets.manifest import (
+    job_keys,
+    jobs_from_manifest,
+)
+from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
+from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.evaluation.tally import Tally
+from defake_pipeline.prompting.spec import LoadedPrompt
+from defake_pipeline.records import Prediction
+from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.parquet import (
+    PredictionWriter,
+    read_manifests,
+    unreadable_parquet,
+)
+
+
+@dataclass
+class PartitionSummary(Tally):
+    """A partition run's totals, and where its predictions were written."""
+
+    model: str = ""
+    prompt: str = ""
+    path: Path | None = None
+    note: str = ""  # something the run did that the user should hear of
+
+
+def evaluate_partition(
+    layout: HomeLayout,
+    spec: ModelSpec,
+    prompt: LoadedPrompt,
+    api_key: str | None = None,
+    datasets: list[str] | None = None,
+    max_cost_usd: float | None = None,
+    on_result: Callable[[Prediction], None] | None = None,
+) -> PartitionSummary:
+    """Evaluate manifest images with one model × prompt and write the partition's Parquet file.
+
+    With ``datasets``, only their images are evaluated; the partition keeps its earlier rows
+    for images of other datasets that are still in the manifest.
+    """
+    manifest = read_manifests(layout)
+    target = layout.predictions_file(spec.key, prompt.key)
+    if datasets and target.exists() and (why := unreadable_parquet(target)):
+        # Its rows for other datasets cannot be kept: every dataset is evaluated again,
+        # which the journal answers without a request for everything asked before.
+        summary_note = f"{why}: rebuilt for every dataset from the journal"
+        datasets = None
+    else:
+        summary_note = ""
+    chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
+    summary = PartitionSummary(model=spec.key, prompt=prompt.key, path=target, note=summary_note)
+    writer = PredictionWriter(target)
+    journal = ResponseJournal(layout.journal)
+
+    def record(pred: Prediction) -> None:
+        writer.add(pred.as_row())
+        summary.add(pred)
+        if on_result:
+            on_result(pred)
+
+    try:
+        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
+        evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=record, collect=False)
+        if datasets and target.exists():
+            # Earlier rows for images of other datasets stay, while those images are still listed.
+            # Rows match on the job key, which is also how an unreadable image's `missing:<path>`
+            # error row is keyed (it has no sha256 in the manifest).
+            fresh, listed = job_keys(chosen), job_keys(manifest)
+            kept = pd.read_parquet(target)
+            kept = kept[~kept["image_sha256"].isin(fresh) & kept["image_sha256"].isin(listed)]
+            writer.add_frame(kept)
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    finally:
+        journal.close()
+    return summary

@@ -1,0 +1,80 @@
+"""Running totals of predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from defake_pipeline.records import Prediction
+
+
+@dataclass
+class Tally:
+    """Running totals of predictions: the CLI's progress bar and a partition's metadata.
+
+    Accuracies follow the seed: unknown verdicts and errors are left out.
+    """
+
+    n_images: int = 0
+    n_requests: int = 0
+    n_cached: int = 0  # images answered entirely from the journal
+    n_errors: int = 0
+    n_unknown: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    # label -> [right, answered], for 1 (real) and 0 (fake)
+    by_label: dict[int, list[int]] = field(default_factory=lambda: {1: [0, 0], 0: [0, 0]})
+
+    def add(self, p: Prediction) -> None:
+        self.n_images += 1
+        self.n_requests += p.n_requests
+        self.prompt_tokens += p.prompt_tokens
+        self.completion_tokens += p.completion_tokens
+        self.cost_usd += p.cost_usd
+        if p.error is not None:
+            self.n_errors += 1
+            return
+        if p.n_requests == 0:
+            self.n_cached += 1
+        if p.pred == -1:
+            self.n_unknown += 1
+        elif p.label in self.by_label:
+            counts = self.by_label[p.label]
+            counts[0] += p.pred == p.label
+            counts[1] += 1
+
+    @classmethod
+    def from_rows(cls, labels, preds, errors) -> Tally:
+        """Totals of rows read back (an output CSV): label and pred 1/0/-1, error text or empty."""
+        tally = cls()
+        for label, pred, error in zip(labels, preds, errors, strict=True):
+            tally.n_images += 1
+            if isinstance(error, str) and error:
+                tally.n_errors += 1
+            elif pred == -1:
+                tally.n_unknown += 1
+            elif label in tally.by_label:
+                tally.by_label[label][0] += pred == label
+                tally.by_label[label][1] += 1
+        return tally
+
+    @staticmethod
+    def _share(right: int, total: int) -> float | None:
+        return right / total if total else None
+
+    @property
+    def accuracy(self) -> float | None:
+        right = sum(c[0] for c in self.by_label.values())
+        return self._share(right, sum(c[1] for c in self.by_label.values()))
+
+    def progress(self) -> dict[str, str]:
+        """The seed's progress-bar figures: accuracy overall, on reals and on fakes."""
+
+        def pct(value: float | None) -> str:
+            return "n/a" if value is None else f"{100 * value:.2f}%"
+
+        return {
+            "all": pct(self.accuracy),
+            "reals": pct(self._share(*self.by_label[1])),
+            "fakes": pct(self._share(*self.by_label[0])),
+        }

@@ -1,0 +1,196 @@
+"""The seed's v3 prompt format: pydantic models, loading, lookup and static checks.
+
+A prompt is a list of conversations. Each conversation runs its decorators, renders its
+payload from the per-image cache, sends it, and stores the reply under
+``response_var_name``. The variable ``result`` holds the text the verdict is parsed from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from defake_pipeline.errors import PromptError
+from defake_pipeline.prompting.templating import TemplateError, template_fields
+from defake_pipeline.settings import project_dirs
+from defake_pipeline.text import slugify
+
+# Variables the engine puts in the cache before any conversation runs (as the seed does).
+BUILTIN_VARIABLES = frozenset({"image_url", "label", "_image_path"})
+RESULT_VARIABLE = "result"
+ROLES = ("system", "user", "assistant")
+
+
+class PayloadItem(BaseModel):
+    """One ``[role, text]`` or ``[role, text, image]`` triple of a conversation's payload."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+    image: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            if len(value) not in (2, 3):
+                raise ValueError(f"expected [role, text] or [role, text, image], got {len(value)} items")
+            if value[0] not in ROLES:
+                raise ValueError(f"unknown role {value[0]!r} (expected one of {', '.join(ROLES)})")
+            return {"role": value[0], "text": value[1], "image": value[2] if len(value) == 3 else None}
+        return value
+
+    @model_validator(mode="after")
+    def _image_only_from_user(self) -> PayloadItem:
+        if self.image is not None and self.role != "user":
+            raise ValueError(f"only user turns may carry an image, not {self.role}")
+        return self
+
+
+class Conversation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    decorators: list[str] = Field(default_factory=list)
+    payload: list[PayloadItem] = Field(min_length=1)
+    response_var_name: str
+
+    @field_validator("decorators")
+    @classmethod
+    def _decorator_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if "." not in name:
+                raise ValueError(f"decorator {name!r} must be written module.function")
+        return names
+
+
+class PromptSpec(BaseModel):
+    """A validated v3 prompt file."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: Literal["3"]
+    name: str
+    conversations: list[Conversation] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sets_result(self) -> PromptSpec:
+        if not any(c.response_var_name == RESULT_VARIABLE for c in self.conversations):
+            raise ValueError(f"no conversation sets the {RESULT_VARIABLE!r} variable (response_var_name)")
+        return self
+
+
+class LoadedPrompt(BaseModel):
+    """A prompt with where it came from, its partition key and its content hash."""
+
+    spec: PromptSpec
+    path: Path
+    key: str
+    content_hash: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{path}: {loc}: {msg}{more}"
+
+
+def prompt_key_for(path: Path) -> str:
+    """Partition key of a prompt file: the slug of its file stem, as the seed looks prompts up by stem."""
+    return slugify(path.stem)
+
+
+def content_hash(data: Any) -> str:
+    """Stable short hash of JSON-able content."""
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def load_prompt(path: Path | str) -> LoadedPrompt:
+    """Load and validate a prompt file. Raises PromptError naming the file and the field."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PromptError(f"{path}: prompt file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PromptError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise PromptError(f"{path}: expected a JSON object at the top level")
+    if raw.get("format_version") != "3":
+        raise PromptError(f'{path}: format_version must be "3", found {raw.get("format_version")!r}')
+    try:
+        spec = PromptSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise PromptError(_format_validation_error(path, exc)) from None
+    check_variables(spec, path)
+    return LoadedPrompt(spec=spec, path=path.absolute(), key=prompt_key_for(path), content_hash=content_hash(raw))
+
+
+def check_variables(spec: PromptSpec, path: Path) -> None:
+    """Fail where a template names a variable nothing can set.
+
+    Variables set by decorators are known only at run time, so a conversation with
+    decorators is checked again then; one without can be checked now.
+    """
+    known = set(BUILTIN_VARIABLES)
+    for conv in spec.conversations:
+        for item in conv.payload:
+            for template in (item.text, item.image or ""):
+                try:
+                    names = list(template_fields(template))
+                except TemplateError as exc:
+                    raise PromptError(f"{path}: conversation {conv.id!r}: {exc}") from None
+                missing = [n for n in names if n not in known]
+                if missing and not conv.decorators:
+                    raise PromptError(
+                        f"{path}: conversation {conv.id!r}: variable {{{missing[0]}}} is set by nothing "
+                        "(no earlier response_var_name and no decorator)"
+                    )
+        known.add(conv.response_var_name)
+
+
+def prompt_files(extra_dirs: list[Path] | None = None) -> list[Path]:
+    """All prompt files: ``./prompts`` first, then the project's own ``prompts/`` (recursive)."""
+    files: list[Path] = []
+    for d in (extra_dirs or []) + project_dirs("prompts"):
+        files.extend(sorted(d.rglob("*.json")))
+    return files
+
+
+def find_prompt(name_or_path: str) -> Path:
+    """Resolve a prompt given as a path, or as a name searched in ./prompts then the project's prompts/."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".json" or candidate.exists():
+        if candidate.is_file():
+            return candidate
+        raise PromptError(f"{name_or_path}: prompt file not found")
+    wanted = slugify(name_or_path)
+    for path in prompt_files():
+        if path.stem == name_or_path or prompt_key_for(path) == wanted:
+            return path
+    raise PromptError(f"{name_or_path}: no prompt of that name under ./prompts or the project's prompts/")
+
+
+def prompt_by_key(key: str) -> LoadedPrompt:
+    """The prompt whose partition key is ``key`` (the first match, ./prompts before the project's)."""
+    for path in prompt_files():
+        if prompt_key_for(path) == key:
+            return load_prompt(path)
+    raise PromptError(f"no prompt file with key {key!r} under ./prompts or the project's prompts/")

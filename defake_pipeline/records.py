@@ -1,0 +1,105 @@
+"""The prediction record, declared once: the Parquet schema, the CSV columns and the data frames
+derive from it. Also the one mapping between verdict words and the seed's numeric labels.
+
+Conventions (CNNDetection's, kept by the seed's CSVs): label and pred are 1 real, 0 fake,
+-1 unknown. An error (no answer) is never a wrong answer: its verdict is ``unknown`` and its
+``error`` says why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pyarrow as pa
+
+Verdict = Literal["real", "fake", "unknown"]
+PRED_OF_VERDICT: dict[str, int] = {"real": 1, "fake": 0, "unknown": -1}
+VERDICT_OF_PRED: dict[int, str] = {pred: verdict for verdict, pred in PRED_OF_VERDICT.items()}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Prediction:
+    """One image asked of one model with one prompt: a row of a predictions partition, of the
+    ``predictions`` warehouse table and of ``mllmdf infer``'s CSV."""
+
+    image_sha256: str
+    """The image's content hash, or ``missing:<path>`` for an image that could not be read."""
+    path: str
+    """Absolute path of the image when it was asked about."""
+    label: int
+    """Ground truth: 1 real, 0 fake, -1 unknown (``classify`` on an unlabelled image)."""
+    verdict: str
+    """``real``, ``fake`` or ``unknown``: the last verdict word of the final answer."""
+    pred: int
+    """The verdict as a number, as in the seed's CSVs: 1 real, 0 fake, -1 unknown."""
+    score: float | None
+    """P(fake) from the verdict token's log-probabilities, or the baseline's score; else None."""
+    response: str
+    """The final conversation's answer (cut at the model's ``max_response_chars``)."""
+    turns: list[str]
+    """Every conversation's answer, in order (stored as a JSON list)."""
+    latency_s: float
+    """Seconds the endpoint took, summed over the conversations."""
+    prompt_tokens: int
+    """Input tokens, summed over the conversations."""
+    completion_tokens: int
+    """Output tokens, summed over the conversations."""
+    cost_usd: float
+    """Tokens priced at the model's ``price_in``/``price_out``."""
+    n_requests: int
+    """Requests this run sent for the image (0: every answer came from the journal)."""
+    error: str | None
+    """Why the image got no answer (after retries), or None."""
+    model: str
+    """The model's partition key."""
+    model_id: str
+    """The id the endpoint serves the model under."""
+    prompt: str
+    """The prompt's partition key."""
+    prompt_hash: str
+    """A hash of the prompt file's content, so an edited prompt is told apart."""
+    created_at: str = field(default_factory=_now)
+    """When the prediction was made (UTC, ISO 8601)."""
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["turns"] = json.dumps(self.turns, ensure_ascii=False)
+        return row
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to evaluate: where it is, what it is, and what it is labelled."""
+
+    path: Path
+    key: str  # the content's sha256, or missing:<path> for an image that could not be read
+    label: int = -1  # 1 real, 0 fake, -1 unknown
+    probe_error: str | None = None
+
+
+_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.string()}
+
+
+def _arrow_type(annotation: str) -> pa.DataType:
+    return _ARROW_TYPES[annotation.replace(" | None", "")]
+
+
+PREDICTION_SCHEMA = pa.schema([(f.name, _arrow_type(str(f.type))) for f in fields(Prediction)])
+PREDICTION_COLUMNS = PREDICTION_SCHEMA.names
+# The seed's CSV columns come first in `mllmdf infer` CSVs (and in the CSV beside each report).
+SEED_CSV_COLUMNS = ["path", "label", "pred", "response"]
+CSV_COLUMNS = SEED_CSV_COLUMNS + [c for c in PREDICTION_COLUMNS if c not in SEED_CSV_COLUMNS]
+
+
+def predictions_frame(rows: list[dict]) -> pd.DataFrame:
+    """Prediction rows as a data frame typed by the schema (empty rows give typed columns)."""
+    return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA).to_pandas()

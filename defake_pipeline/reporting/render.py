@@ -1,0 +1,334 @@
+"""Markdown reports rendered with jinja2: one per model × prompt, and a leaderboard."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from defake_pipeline.records import VERDICT_OF_PRED
+from defake_pipeline.reporting.thumbnails import ensure_thumbnails
+from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target
+from defake_pipeline.warehouse.database import export, query
+from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+# Rows of wrong / correct predictions shown in one report; the CSV beside it holds them all.
+MAX_ROWS_PER_SECTION = 300
+# The columns of `mllmdf infer` CSVs, seed's first, for the CSV written beside each report.
+REPORT_CSV_SQL = """
+SELECT path, label, pred, response, verdict, score, error, dataset, subset, sha256 AS image_sha256,
+       model, prompt, prompt_hash, latency_s, prompt_tokens, completion_tokens, cost_usd, created_at
+FROM scored WHERE model = ? AND prompt = ? ORDER BY dataset, label DESC, path
+"""
+LEADERBOARD_SORT = ["accuracy", "balanced_accuracy", "n_valid"]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def pct(value, digits: int = 1) -> str:
+    return "–" if _missing(value) else f"{100 * float(value):.{digits}f}%"
+
+
+def num(value, digits: int = 3) -> str:
+    return "–" if _missing(value) else f"{float(value):.{digits}f}"
+
+
+def usd(value) -> str:
+    return "–" if _missing(value) else f"${float(value):.4f}"
+
+
+def integer(value) -> str:
+    return "–" if _missing(value) else f"{int(value):,}"
+
+
+def md_cell(value) -> str:
+    """Any value shown literally in one markdown table cell (see ``markdown_cell``)."""
+    return "" if _missing(value) else markdown_cell(str(value))
+
+
+def md_link_target(path: str) -> str:
+    return markdown_link_target(path)
+
+
+def code(value) -> str:
+    """A value as a code span (model, prompt and dataset names)."""
+    return markdown_code(str(value))
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell, link=md_link_target, code=code)
+
+
+def data_uri(path: Path, mime: str) -> str:
+    """A file inlined as a data URI, for markdown shown where relative paths do not resolve
+    (the Dagster UI's metadata view)."""
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _image_rows(rows: pd.DataFrame, report_dir: Path, thumbs: dict[str, Path], embed: bool) -> list[dict]:
+    out = []
+    for r in rows.itertuples(index=False):
+        thumb_file = thumbs.get(r.sha256)
+        thumb = None
+        if thumb_file:
+            thumb = data_uri(thumb_file, "image/jpeg") if embed else os.path.relpath(thumb_file, report_dir)
+        out.append(
+            {
+                "name": Path(r.path).name,
+                "link": None if embed else os.path.relpath(r.path, report_dir),
+                "thumb": thumb,
+                "dataset": r.dataset,
+                "label": VERDICT_OF_PRED[int(r.label)],
+                "pred": "error" if r.is_error else VERDICT_OF_PRED[int(r.pred)],
+                "score": r.score,
+                "response": r.error if r.is_error else r.response,
+            }
+        )
+    return out
+
+
+def _confusion(rows: pd.DataFrame) -> list[dict]:
+    table = []
+    for label, name in ((1, "real"), (0, "fake")):
+        sub = rows[rows["label"] == label]
+        valid = sub[~sub["is_error"]]
+        table.append(
+            {
+                "label": name,
+                "real": int((valid["pred"] == 1).sum()),
+                "fake": int((valid["pred"] == 0).sum()),
+                "unknown": int((valid["pred"] == -1).sum()),
+                "error": int(sub["is_error"].sum()),
+            }
+        )
+    return table
+
+
+def render_report(
+    metrics: pd.DataFrame,
+    scored: pd.DataFrame,
+    report_dir: Path,
+    model: str,
+    prompt: str,
+    csv_name: str | None = None,
+    thumbnails: bool = True,
+    embed: bool = False,
+    max_rows: int = MAX_ROWS_PER_SECTION,
+) -> str:
+    """Markdown for one model × prompt, from its metrics rows and its scored image rows.
+
+    Wrong answers (unknowns and errors included) come first, then correct ones; each shows a
+    thumbnail linked to the image by a relative path, so the file renders on GitHub. With
+    ``embed``, thumbnails are inlined as data URIs and files are not linked (for the UI).
+    """
+    overall = metrics[metrics["scope"] == DATASET_SCOPE]
+    subsets = metrics[metrics["scope"] != DATASET_SCOPE]
+    correct_mask = (~scored["is_error"]) & (scored["pred"] == scored["label"])
+    wrong = scored[~correct_mask].head(max_rows)
+    correct = scored[correct_mask].head(max_rows)
+    shown = pd.concat([wrong, correct])
+    thumbs = (
+        ensure_thumbnails(dict(zip(shown["sha256"], shown["path"], strict=True)), report_dir / "thumbs")
+        if thumbnails and len(shown)
+        else {}
+    )
+    return _env.get_template("report.md.j2").render(
+        model=model,
+        prompt=prompt,
+        prompt_hash=", ".join(sorted(set(metrics["prompt_hash"].dropna()))) or "–",
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        datasets=sorted(set(metrics["dataset"])),
+        overall=overall.to_dict("records"),
+        subsets=subsets.to_dict("records") if subsets["subset"].nunique() > 1 else [],
+        confusion={ds: _confusion(scored[scored["dataset"] == ds]) for ds in sorted(set(scored["dataset"]))},
+        wrong=_image_rows(wrong, report_dir, thumbs, embed),
+        correct=_image_rows(correct, report_dir, thumbs, embed),
+        n_wrong=int((~correct_mask).sum()),
+        n_correct=int(correct_mask.sum()),
+        max_rows=max_rows,
+        csv_name=None if embed else csv_name,
+    )
+
+
+def _sorted_overall(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics[metrics["scope"] == DATASET_SCOPE].sort_values(
+        ["dataset", *LEADERBOARD_SORT], ascending=[True, False, False, False], na_position="last"
+    )
+
+
+def render_accuracy_chart(rows: pd.DataFrame, title: str = "") -> str:
+    """An SVG bar chart of accuracy with its Wilson interval, one bar per model × prompt."""
+    bars = [
+        {
+            "label": f"{r.model} × {r.prompt}",
+            "accuracy": None if _missing(r.accuracy) else float(r.accuracy),
+            "low": 0.0 if _missing(r.accuracy_low) else float(r.accuracy_low),
+            "high": 0.0 if _missing(r.accuracy_high) else float(r.accuracy_high),
+        }
+        for r in rows.itertuples(index=False)
+    ]
+    return _env.get_template("accuracy.svg.j2").render(rows=bars, title=title)
+
+
+def render_leaderboard(
+    metrics: pd.DataFrame,
+    report_links: dict[tuple[str, str], str],
+    comparisons: pd.DataFrame | None = None,
+    charts: dict[str, str] | None = None,
+    unranked: pd.DataFrame | None = None,
+    leaks: dict[str, int] | None = None,
+) -> str:
+    """Ranks the metrics rows given (the caller keeps only partitions that passed the gate);
+    ``unranked`` lists the others apart, with the gate's reason."""
+    overall = _sorted_overall(metrics)
+    boards = {ds: group.to_dict("records") for ds, group in overall.groupby("dataset", sort=True)}
+    pairs = {}
+    if comparisons is not None and len(comparisons):
+        for ds, group in comparisons.sort_values("mcnemar_p").groupby("dataset", sort=True):
+            pairs[ds] = group.head(20).to_dict("records")
+    return _env.get_template("leaderboard.md.j2").render(
+        boards=boards,
+        links=report_links,
+        pairs=pairs,
+        charts=charts or {},
+        leaks=leaks or {},
+        unranked=[] if unranked is None else unranked.to_dict("records"),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+# Report inputs: the digest changes whenever a row the report shows, or its metrics, change.
+_REPORT_DIGEST_SQL = """
+SELECT count(*) AS n, sum(hash(dataset, subset, path, label, pred, score, response, error, prompt_hash))::VARCHAR AS h
+FROM scored WHERE model = ? AND prompt = ?
+"""
+# Markdown attached to a Dagster materialization: rows per section with inlined thumbnails.
+UI_ROWS_PER_SECTION = 6
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    model: str
+    prompt: str
+    path: Path
+    ui_markdown: str  # the same report with inlined thumbnails and fewer rows, for the UI
+
+
+def _digests_file(layout: HomeLayout) -> Path:
+    return layout.reports_dir / ".inputs.json"
+
+
+def passed_partitions(layout: HomeLayout) -> list[tuple[str, str]]:
+    rows = query(layout, "SELECT model, prompt FROM partition_gate WHERE status = 'passed' ORDER BY ALL")
+    return list(rows.itertuples(index=False, name=None))
+
+
+def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
+    """Render and write the report of one model × prompt from the warehouse."""
+    metrics = query(layout, "SELECT * FROM metrics WHERE model = ? AND prompt = ?", [model, prompt])
+    scored = query(
+        layout,
+        "SELECT * FROM scored WHERE model = ? AND prompt = ? ORDER BY dataset, label DESC, path",
+        [model, prompt],
+    )
+    target = layout.report_file(model, prompt)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = target.with_suffix(".csv")
+    export(layout, f"COPY ({REPORT_CSV_SQL}) TO '{_sql_path(csv_path)}' (HEADER)", [model, prompt])
+    text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name)
+    target.write_text(text, encoding="utf-8")
+    ui = render_report(metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION)
+    return WrittenReport(model, prompt, target, ui)
+
+
+def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[Path]]:
+    """Bring the reports in line with the warehouse: one per partition that passed the gate.
+
+    A report is rendered again only when its rows or metrics changed; the report of a
+    partition that failed its gate, or left the registry, is removed. Returns the reports
+    written and the files removed.
+    """
+    wanted = passed_partitions(layout)
+    digests_file = _digests_file(layout)
+    old = json.loads(digests_file.read_text(encoding="utf-8")) if digests_file.exists() else {}
+    digests, written = {}, []
+    for model, prompt in wanted:
+        name = layout.report_file(model, prompt).name
+        row = query(layout, _REPORT_DIGEST_SQL, [model, prompt]).iloc[0]
+        digests[name] = f"{row['n']}:{row['h']}"
+        if old.get(name) != digests[name] or not layout.report_file(model, prompt).exists():
+            written.append(write_report(layout, model, prompt))
+    removed = []
+    keep = {layout.report_file(m, p).name for m, p in wanted}
+    for stale in layout.reports_dir.glob("*__*.md") if layout.reports_dir.exists() else []:
+        if stale.name not in keep:
+            for file in (stale, stale.with_suffix(".csv")):
+                file.unlink(missing_ok=True)
+            removed.append(stale)
+    layout.reports_dir.mkdir(parents=True, exist_ok=True)
+    digests_file.write_text(json.dumps(digests, indent=1, sort_keys=True), encoding="utf-8")
+    return written, removed
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+# Distinct contents per dataset filed under both labels (left out of paired comparisons).
+_LABEL_LEAKS_SQL = """
+SELECT dataset, count(*)::INTEGER AS n FROM (
+    SELECT dataset, sha256 FROM image_manifest WHERE sha256 IS NOT NULL
+    GROUP BY ALL HAVING count(DISTINCT label) > 1
+) GROUP BY dataset
+"""
+
+
+def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
+    """Write the leaderboard; returns its path, its markdown, and the markdown for the UI
+    (the charts inlined as data URIs)."""
+    ranked = query(
+        layout,
+        "SELECT m.* FROM metrics AS m SEMI JOIN partition_gate AS g "
+        "ON g.model = m.model AND g.prompt = m.prompt AND g.status = 'passed'",
+    )
+    unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY model, prompt")
+    comparisons = query(layout, "SELECT * FROM comparisons")
+    leaks = dict(query(layout, _LABEL_LEAKS_SQL).itertuples(index=False, name=None))
+    pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)
+    links = {(m, p): layout.report_file(m, p).name for m, p in pairs}
+    charts, inlined = {}, {}
+    layout.reports_dir.mkdir(parents=True, exist_ok=True)
+    for dataset, rows in _sorted_overall(ranked).groupby("dataset", sort=True):
+        chart = layout.reports_dir / f"accuracy_{dataset}.svg"
+        chart.write_text(render_accuracy_chart(rows, title=str(dataset)), encoding="utf-8")
+        charts[dataset] = chart.name
+        inlined[dataset] = data_uri(chart, "image/svg+xml")
+    text = render_leaderboard(ranked, links, comparisons, charts, unranked, leaks)
+    ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked, leaks)
+    layout.leaderboard_file.write_text(text, encoding="utf-8")
+    return layout.leaderboard_file, text, ui_text
+
+
+def frame_to_markdown(frame: pd.DataFrame) -> str:
+    """A plain markdown table of a small data frame (for previews in metadata and the terminal)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

@@ -1,0 +1,37 @@
+"""Small JPEG thumbnails for reports, cached by image hash so each is made once."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from defake_pipeline.warehouse.files import atomic_path
+
+THUMB_SIDE = 96
+
+
+def _make(source: Path, target: Path) -> bool:
+    try:
+        with Image.open(source) as img:
+            img.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))  # JPEG decodes at reduced scale: much faster
+            img.seek(0)
+            thumb = ImageOps.exif_transpose(img).convert("RGB")
+            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            with atomic_path(target) as tmp:
+                thumb.save(tmp, format="JPEG", quality=80)
+        return True
+    except Exception:  # noqa: BLE001 - an unreadable image simply gets no thumbnail
+        return False
+
+
+def ensure_thumbnails(images: dict[str, str], folder: Path) -> dict[str, Path]:
+    """Thumbnail files for ``{key: image path}``; keys are image hashes. Missing ones are made
+    in parallel (Pillow releases the GIL while decoding)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = {key: folder / f"{key[:24]}.jpg" for key in images}
+    todo = [(Path(images[k]), t) for k, t in targets.items() if not t.exists()]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda job: _make(*job), todo))
+    return {k: t for k, t in targets.items() if t.exists()}

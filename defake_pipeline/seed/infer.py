@@ -1,0 +1,157 @@
+"""Seed-style experiments: ``mllmdf infer`` (sampled images → CSV) and ``mllmdf doc`` (CSV → markdown).
+
+They run on the same engine and journal as the pipeline, so a prediction made here is a
+cache hit for the ``predictions`` asset, and the reverse."""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from defake_pipeline.datasets.images import probe_image
+from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
+from defake_pipeline.datasets.manifest import job_key
+from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.errors import DatasetError, DefakeError
+from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
+from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.prompting.spec import LoadedPrompt
+from defake_pipeline.records import CSV_COLUMNS, ImageJob, Prediction
+from defake_pipeline.text import printable
+from defake_pipeline.warehouse.layout import HomeLayout
+
+# The seed's own dataset names, found relative to the working directory.
+SEED_DATASET_DIRS = {"WildFakeResampled": "WildFakeResampled", "WildFakeResampled20K": "WildFakeResampled20K"}
+
+
+def resolve_dataset(dataset: str | None, real_dir: str | None, fake_dir: str | None) -> DatasetSpec:
+    """The dataset an ``infer`` call means: --real_dir/--fake_dir, a seed name, a folder, or datasets/."""
+    if real_dir or fake_dir or dataset in (None, "", "ImageFolders"):
+        if not (real_dir and fake_dir):
+            raise DatasetError("give --dataset, or both --real_dir and --fake_dir")
+        return DatasetSpec(
+            name="ImageFolders",
+            layout="image_folders",
+            real_dir=Path(real_dir).absolute(),
+            fake_dir=Path(fake_dir).absolute(),
+        )
+    if dataset in SEED_DATASET_DIRS:
+        return DatasetSpec(name=dataset, layout="real_fake", root=Path(SEED_DATASET_DIRS[dataset]).absolute())
+    if Path(dataset).is_dir():
+        return DatasetSpec(name=Path(dataset).name, layout="real_fake", root=Path(dataset).absolute())
+    return get_dataset(dataset)
+
+
+def parse_job_split(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not (1 <= int(match[1]) <= int(match[2])):
+        raise DefakeError(f"--job_split {text!r}: expected m/n with 1 <= m <= n, such as 1/4")
+    return int(match[1]), int(match[2])
+
+
+def select_samples(
+    images: list[LabeledImage],
+    count: int,
+    seed: int,
+    real_only: bool = False,
+    fake_only: bool = False,
+    job_split: str = "",
+) -> list[LabeledImage]:
+    """The seed's selection: ``count`` per class at random (0 = all), then the m-th of n slices."""
+    if real_only and fake_only:
+        raise DefakeError("--real_only and --fake_only exclude each other")
+    rng = random.Random(seed)
+    picked: list[list[LabeledImage]] = []
+    for label in (1, 0):
+        pool = [i for i in images if i.label == label]
+        picked.append(rng.sample(pool, count) if 0 < count < len(pool) else pool)
+    reals, fakes = picked
+    reals, fakes = ([] if fake_only else reals), ([] if real_only else fakes)
+    if job_split:
+        m, n = parse_job_split(job_split)
+        reals = reals[len(reals) * (m - 1) // n : len(reals) * m // n]
+        fakes = fakes[len(fakes) * (m - 1) // n : len(fakes) * m // n]
+    return reals + fakes
+
+
+def display_path(path: Path) -> str:
+    """Paths as the seed wrote them: relative to the working directory where possible."""
+    try:
+        return printable(str(path.relative_to(Path.cwd())))
+    except ValueError:
+        return printable(str(path))
+
+
+def default_output_name(dataset: str, count: int, model: str, prompt_name: str, log_id: str = "") -> str:
+    return f"{dataset}-{count}_{model}_{prompt_name}{'_' + log_id if log_id else ''}"
+
+
+def output_csv_path(layout: HomeLayout, output: str) -> Path:
+    """``-o NAME`` → DEFAKE_HOME/NAME.csv; a path with a folder, or ending in .csv, is taken as given."""
+    path = Path(output)
+    if path.suffix != ".csv":
+        path = path.with_name(path.name + ".csv")
+    return path if (path.parent != Path(".") or path.is_absolute()) else layout.home / path
+
+
+def jobs_for(images: list[LabeledImage]) -> Iterator[ImageJob]:
+    """Probe each image as the engine takes it, so hashing overlaps with requests in flight."""
+    for item in images:
+        probe = probe_image(item.path)
+        yield ImageJob(
+            path=item.path, key=job_key(probe.sha256, str(item.path)), label=item.label, probe_error=probe.error
+        )
+
+
+def run_experiment(
+    layout: HomeLayout,
+    spec: ModelSpec,
+    prompt: LoadedPrompt,
+    images: list[LabeledImage],
+    output: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    api_key: str | None = None,
+    max_cost_usd: float | None = None,
+    on_result: Callable[[Prediction], None] | None = None,
+) -> None:
+    """Evaluate images and append one CSV row per image the moment its answer arrives."""
+    if output.exists() and not (resume or overwrite):
+        raise DefakeError(f"{output} already exists; pass --continue to resume it or --overwrite to start again")
+    done: set[str] = set()
+    if resume and output.exists():
+        done = set(pd.read_csv(output, usecols=["path"])["path"].astype(str))
+    todo = [i for i in images if display_path(i.path) not in done]
+    fresh = not (resume and output.exists())
+    journal = ResponseJournal(layout.journal)
+    # The file is opened at the first row: a run that fails before any answer (unreachable
+    # endpoint, missing decorator) leaves no header-only CSV that a rerun would refuse.
+    opened: list = []
+
+    def write(pred: Prediction) -> None:
+        if not opened:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            handle = output.open("w" if fresh else "a", newline="", encoding="utf-8")
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            if fresh:
+                writer.writeheader()
+            opened.extend([handle, writer])
+        handle, writer = opened
+        writer.writerow({**pred.as_row(), "path": display_path(Path(pred.path))})
+        handle.flush()
+        if on_result:
+            on_result(pred)
+
+    try:
+        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
+        evaluate_sync(jobs_for(todo), evaluator, on_result=write, collect=False)
+    finally:
+        journal.close()
+        if opened:
+            opened[0].close()

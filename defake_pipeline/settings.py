@@ -1,0 +1,59 @@
+"""The environment, read in this one module, and where the project's own files are found.
+
+Everything else takes explicit values: the CLI and the Dagster resources read ``Settings``
+and pass what they read on. Secrets are never stored in run config or printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository checkout this package lives in; its prompts/, decorators/ and datasets/
+# folders are the fallback when the working directory has none of its own.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Environment variables the product reads (names as written, case-sensitive)."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    DEFAKE_HOME: Path = Path("outputs")
+    """Everything the pipeline writes: manifests, predictions, the journal, the warehouse, reports."""
+    DAGSTER_HOME: Path = Path(".dagster_home")
+    """The Dagster instance the CLI runs on."""
+    OPENAI_API_KEY: SecretStr | None = None
+    """The Bearer key for OpenAI presets (and any endpoint that asks for one)."""
+    BASE_URL: str | None = None
+    """Self-hosted presets' endpoint (vLLM); default http://127.0.0.1:8000/v1."""
+    OPENAI_BASE_URL: str | None = None
+    """OpenAI presets' endpoint; default the OpenAI API."""
+    DEFAKE_NIGHTLY_CRON: str = "0 3 * * *"
+    """When the nightly reevaluation rescans every dataset."""
+
+    @property
+    def api_key(self) -> str | None:
+        return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY else None
+
+
+def load_settings() -> Settings:
+    """The environment as it is now (read afresh: cheap, and tests change it)."""
+    return Settings()
+
+
+def defake_home() -> Path:
+    """The folder for everything the pipeline writes (``DEFAKE_HOME``, default ``./outputs``)."""
+    return load_settings().DEFAKE_HOME.absolute()
+
+
+def project_dirs(name: str) -> list[Path]:
+    """Candidate folders called ``name``: the working directory's first, then the project's own."""
+    dirs = [Path.cwd() / name, PACKAGE_ROOT / name]
+    seen: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:
+            seen.append(d)
+    return seen

@@ -1,0 +1,70 @@
+"""Text from outside (model answers, file names, dataset values) made safe to show.
+
+A model answer may hold terminal escape sequences (ANSI colours, OSC hyperlinks and titles)
+or markdown that loads remote content; a file name may hold HTML or table syntax. Each is
+shown as text, never acted on.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# C0 controls but tab and newline, DEL, and C1 controls (0x9b is a one-byte CSI).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Markdown punctuation that can start a link, an image, emphasis, code or a table cell.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def visible_controls(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN`` (a terminal acts on none of them)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def markdown_cell(text: str) -> str:
+    """Text shown literally inside one markdown table cell: controls made visible, HTML escaped,
+    markdown punctuation backslash-escaped (no link, image or column can be injected), and
+    line breaks as ``<br>``."""
+    text = html.escape(visible_controls(text), quote=False)
+    text = _MARKDOWN.sub(r"\\\1", text)
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+
+
+def markdown_link_target(target: str) -> str:
+    """A link destination in angle brackets that survives spaces, parentheses, and any of
+    ``<``, ``>``, ``\\`` or a line break in a file name (percent-encoded)."""
+    if target.startswith("data:"):
+        return f"<{target}>"
+    for char, code in (("%", "%25"), ("\\", "%5C"), ("<", "%3C"), (">", "%3E"), ("\n", "%0A"), ("\r", "%0D")):
+        target = target.replace(char, code)
+    return f"<{target}>"
+
+
+def markdown_code(text: str) -> str:
+    """A one-line code span: backticks cannot close it early, a pipe cannot split its table
+    cell, and control characters are shown."""
+    text = visible_controls(text).replace("`", "'").replace("|", "\\|")
+    return "`" + " ".join(text.splitlines()) + "`"
+
+
+_SLUG_RE = re.compile(r"[^a-z0-9_.-]+")
+
+
+def is_utf8(text: str) -> bool:
+    """False for file names holding undecodable bytes (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """A file name safe to store as UTF-8, undecodable bytes shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def slugify(text: str) -> str:
+    """A partition-safe key: lower case, no ``|`` or ``,``, never empty."""
+    slug = _SLUG_RE.sub("-", text.strip().lower()).strip("-.")
+    return slug or "unnamed"

@@ -1,0 +1,100 @@
+"""The DuckDB warehouse, rebuilt from the Parquet files beside the old one and renamed into place."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+from defake_pipeline.records import PREDICTION_SCHEMA
+from defake_pipeline.warehouse.files import atomic_path
+from defake_pipeline.warehouse.gate import GateThresholds, create_gate_table
+from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.metrics_sql import (
+    COMPARISON_COUNTS_SQL,
+    METRICS_SQL,
+    SCORED_VIEW_SQL,
+    mcnemar_exact_p,
+)
+from defake_pipeline.warehouse.parquet import partition_of, unreadable_parquet
+
+
+def rebuild_warehouse(
+    layout: HomeLayout,
+    thresholds: GateThresholds | None = None,
+    partitions: list[tuple[str, str]] | None = None,
+) -> dict[str, int]:
+    """Rebuild ``defake.duckdb`` from the Parquet files; returns row counts per table.
+
+    With ``partitions`` (the registered model × prompt pairs), only their files are read,
+    so a removed prompt or model leaves the warehouse, and a registered pair with no file
+    is listed as ``missing`` in ``partition_gate``.
+    """
+    manifests = sorted(layout.manifests_dir.glob("*.parquet"))
+    if partitions is None:
+        predictions = sorted(layout.predictions_dir.glob("model=*/prompt=*.parquet"))
+    else:
+        predictions = [f for m, p in partitions if (f := layout.predictions_file(m, p)).exists()]
+    # An unreadable partition file (truncated, corrupt) must not stop every later rebuild:
+    # it counts as missing, with the reason, until a run of that partition rebuilds it.
+    unreadable = {partition_of(f): why for f in predictions if (why := unreadable_parquet(f))}
+    predictions = [f for f in predictions if partition_of(f) not in unreadable]
+    if not manifests:
+        raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
+    with atomic_path(layout.warehouse, ".duckdb.tmp", create=False) as tmp, duckdb.connect(str(tmp)) as con:
+        con.execute(
+            "CREATE TABLE image_manifest AS SELECT * FROM read_parquet(?, union_by_name=true)",
+            [list(map(str, manifests))],
+        )
+        if predictions:
+            con.execute(
+                "CREATE TABLE predictions AS SELECT * FROM read_parquet(?, union_by_name=true)",
+                [list(map(str, predictions))],
+            )
+        else:
+            # From the Arrow schema: an empty pandas frame would give untyped (NULL) columns.
+            empty = PREDICTION_SCHEMA.empty_table()  # noqa: F841 - read by DuckDB's replacement scan
+            con.execute("CREATE TABLE predictions AS SELECT * FROM empty")
+        expected = list(dict.fromkeys([*(partitions or []), *unreadable]))
+        create_metrics(con, thresholds or GateThresholds(), expected or None, unreadable)
+        tables = ("image_manifest", "predictions", "partition_gate", "metrics", "comparisons")
+        counts = {t: int(con.execute(f"SELECT count(*) FROM {t}").df().iat[0, 0]) for t in tables}
+    return counts
+
+
+def create_metrics(
+    con: duckdb.DuckDBPyConnection,
+    thresholds: GateThresholds | None = None,
+    partitions: list[tuple[str, str]] | None = None,
+    unreadable: dict[tuple[str, str], str] | None = None,
+) -> None:
+    """The ``partition_gate`` table, the ``scored`` view and the ``metrics`` and ``comparisons``
+    tables, over the ``image_manifest`` and ``predictions`` tables.
+
+    Every partition gets metrics, each row carrying its ``gate_status``; comparisons pair
+    only partitions that passed the gate.
+    """
+    create_gate_table(con, thresholds or GateThresholds(), partitions, unreadable)
+    con.execute(SCORED_VIEW_SQL)
+    con.execute(
+        f"CREATE TABLE metrics AS SELECT m.*, g.status AS gate_status FROM ({METRICS_SQL}) AS m "
+        "LEFT JOIN partition_gate AS g ON g.model = m.model AND g.prompt = m.prompt"
+    )
+    pairs = con.execute(COMPARISON_COUNTS_SQL).df()
+    pairs["mcnemar_p"] = [
+        mcnemar_exact_p(a, b) for a, b in zip(pairs["only_a_right"], pairs["only_b_right"], strict=True)
+    ]
+    con.register("comparison_frame", pairs)
+    con.execute("CREATE TABLE comparisons AS SELECT * FROM comparison_frame")
+    con.unregister("comparison_frame")
+
+
+def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:
+    """Read from the warehouse (read-only, so any number of readers can run at once)."""
+    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
+        return con.execute(sql, params or []).df()
+
+
+def export(layout: HomeLayout, sql: str, params: list | None = None) -> None:
+    """Run a statement that writes outside the warehouse (``COPY ... TO``), read-only inside."""
+    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
+        con.execute(sql, params or [])

@@ -1,0 +1,37 @@
+"""Atomic file writes, in one place: readers see the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_beside(target: Path, suffix: str = ".tmp") -> Path:
+    """A new, empty temporary file in ``target``'s folder (so a rename over ``target`` is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(target: Path, suffix: str = ".tmp", create: bool = True) -> Iterator[Path]:
+    """A temporary path to write ``target`` at: renamed over it when the block succeeds, removed
+    (with a ``.wal`` beside it) when it fails. ``create=False`` leaves the path free for a
+    writer that insists on creating the file itself (DuckDB)."""
+    tmp = temporary_beside(target, suffix)
+    if not create:
+        tmp.unlink()
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        remove_quietly(tmp, tmp.with_name(tmp.name + ".wal"))

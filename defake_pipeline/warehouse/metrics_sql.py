@@ -1,0 +1,163 @@
+"""Metrics, computed in DuckDB SQL over the ``scored`` view (manifest rows joined to predictions).
+
+Conventions, as in the seed: label/pred 1 = real, 0 = fake, -1 = unknown; real is the
+positive class for precision and recall; ``accuracy`` excludes unknown verdicts.
+``accuracy_strict`` counts each unknown as wrong. Errors (no answer from the endpoint, or
+an unreadable image) are never counted as wrong answers: they are excluded from every
+accuracy and reported as ``n_error`` and ``error_rate``.
+"""
+
+import math
+
+# The whole-dataset row has scope 'dataset' and subset NULL, so no real subset name (a generator
+# folder may well be called "all") can merge into it; per-subset rows have scope 'subset'.
+DATASET_SCOPE = "dataset"
+SUBSET_SCOPE = "subset"
+WILSON_Z = 1.959963984540054  # two-sided 95%
+# The two rates, over columns n_images, n_error and n_unknown; the gate uses them too.
+ERROR_RATE_SQL = "n_error::DOUBLE / nullif(n_images, 0)"  # no answer, over all images
+UNKNOWN_RATE_SQL = "n_unknown::DOUBLE / nullif(n_images - n_error, 0)"  # no verdict, over the answered
+
+SCORED_VIEW_SQL = """
+CREATE OR REPLACE VIEW scored AS
+SELECT
+    m.dataset, m.subset, m.path, m.rel_path, m.label, m.sha256,
+    p.model, p.prompt, p.prompt_hash, p.verdict, p.pred, p.score, p.response, p.error,
+    p.latency_s, p.prompt_tokens, p.completion_tokens, p.cost_usd, p.created_at,
+    p.error IS NOT NULL AS is_error,
+    p.error IS NULL AND p.pred = -1 AS is_unknown,
+    p.error IS NULL AND p.pred <> -1 AS is_valid
+FROM image_manifest AS m
+JOIN predictions AS p ON p.image_sha256 = coalesce(m.sha256, 'missing:' || m.path)
+"""
+
+
+def _wilson(successes: str, trials: str, sign: str) -> str:
+    z = WILSON_Z
+    p = f"({successes})::DOUBLE / nullif({trials}, 0)"
+    n = f"nullif({trials}, 0)"
+    return f"(({p}) + {z * z}/(2*{n}) {sign} {z}*sqrt(({p})*(1-({p}))/{n} + {z * z}/(4*{n}*{n}))) / (1 + {z * z}/{n})"
+
+
+_GROUP = "dataset, model, prompt, scope, grp"
+
+METRICS_SQL = f"""
+WITH grouped AS (
+    -- Every row counts in its own subset and in the whole-dataset row.
+    SELECT *, '{SUBSET_SCOPE}' AS scope, subset AS grp FROM scored
+    UNION ALL
+    SELECT *, '{DATASET_SCOPE}' AS scope, NULL::VARCHAR AS grp FROM scored
+), counts AS (
+    SELECT
+        {_GROUP},
+        any_value(prompt_hash) AS prompt_hash,
+        count(*) AS n_images,
+        count(*) FILTER (WHERE label = 1) AS n_real,
+        count(*) FILTER (WHERE label = 0) AS n_fake,
+        count(*) FILTER (WHERE is_unknown) AS n_unknown,
+        count(*) FILTER (WHERE is_error) AS n_error,
+        count(*) FILTER (WHERE is_valid) AS n_valid,
+        count(*) FILTER (WHERE is_valid AND label = 1 AND pred = 1) AS tp,
+        count(*) FILTER (WHERE is_valid AND label = 0 AND pred = 0) AS tn,
+        count(*) FILTER (WHERE is_valid AND label = 0 AND pred = 1) AS fp,
+        count(*) FILTER (WHERE is_valid AND label = 1 AND pred = 0) AS fn,
+        count(score) FILTER (WHERE NOT is_error) AS n_scored,
+        coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+        coalesce(sum(completion_tokens), 0) AS completion_tokens,
+        coalesce(sum(cost_usd), 0) AS cost_usd,
+        quantile_cont(latency_s, 0.5) FILTER (WHERE NOT is_error) AS latency_p50_s,
+        quantile_cont(latency_s, 0.95) FILTER (WHERE NOT is_error) AS latency_p95_s
+    FROM grouped
+    GROUP BY {_GROUP}
+), thresholds AS (
+    -- Scores are P(fake): fake (label 0) is the positive class of AUC and average precision.
+    -- One row per distinct score, counting the fakes (pos) and reals (neg) that share it.
+    SELECT {_GROUP}, score, count(*) FILTER (WHERE label = 0) AS pos, count(*) FILTER (WHERE label = 1) AS neg
+    FROM grouped WHERE NOT is_error AND score IS NOT NULL
+    GROUP BY {_GROUP}, score
+), cumulative AS (
+    SELECT *,
+        sum(pos) OVER down AS tp_at, sum(neg) OVER down AS fp_at,  -- at or above this score
+        sum(pos) OVER whole AS n_pos, sum(neg) OVER whole AS n_neg
+    FROM thresholds
+    WINDOW down AS (PARTITION BY {_GROUP} ORDER BY score DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           whole AS (PARTITION BY {_GROUP})
+), ranking AS (
+    SELECT {_GROUP},
+        -- AUC (Mann-Whitney U): each fake beats the reals scored below it; a tie counts half.
+        sum(pos * ((n_neg - fp_at) + 0.5 * neg))::DOUBLE / nullif(any_value(n_pos) * any_value(n_neg), 0) AS auc,
+        -- Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_n-1) * P_n.
+        sum(pos::DOUBLE / nullif(n_pos, 0) * tp_at / (tp_at + fp_at)) AS average_precision
+    FROM cumulative GROUP BY {_GROUP}
+)
+SELECT
+    c.dataset, c.model, c.prompt, c.scope, c.grp AS subset, prompt_hash,
+    n_images, n_real, n_fake, n_unknown, n_error, n_valid, tp, tn, fp, fn,
+    (tp + tn)::DOUBLE / nullif(n_valid, 0) AS accuracy,
+    {_wilson("tp + tn", "n_valid", "-")} AS accuracy_low,
+    {_wilson("tp + tn", "n_valid", "+")} AS accuracy_high,
+    (tp + tn)::DOUBLE / nullif(n_images - n_error, 0) AS accuracy_strict,
+    {_wilson("tp + tn", "n_images - n_error", "-")} AS accuracy_strict_low,
+    {_wilson("tp + tn", "n_images - n_error", "+")} AS accuracy_strict_high,
+    tp::DOUBLE / nullif(tp + fp, 0) AS precision,
+    tp::DOUBLE / nullif(tp + fn, 0) AS recall,
+    2.0 * tp / nullif(2 * tp + fp + fn, 0) AS f1,
+    tp::DOUBLE / nullif(tp + fn, 0) AS real_accuracy,
+    {_wilson("tp", "tp + fn", "-")} AS real_accuracy_low,
+    {_wilson("tp", "tp + fn", "+")} AS real_accuracy_high,
+    tn::DOUBLE / nullif(tn + fp, 0) AS fake_accuracy,
+    {_wilson("tn", "tn + fp", "-")} AS fake_accuracy_low,
+    {_wilson("tn", "tn + fp", "+")} AS fake_accuracy_high,
+    (tp::DOUBLE / nullif(tp + fn, 0) + tn::DOUBLE / nullif(tn + fp, 0)) / 2 AS balanced_accuracy,
+    {UNKNOWN_RATE_SQL} AS unknown_rate,
+    {ERROR_RATE_SQL} AS error_rate,
+    n_scored, r.auc, r.average_precision,
+    prompt_tokens, completion_tokens, prompt_tokens + completion_tokens AS total_tokens, cost_usd,
+    latency_p50_s, latency_p95_s
+FROM counts AS c
+LEFT JOIN ranking AS r
+    ON (r.dataset, r.model, r.prompt, r.scope) = (c.dataset, c.model, c.prompt, c.scope)
+    AND r.grp IS NOT DISTINCT FROM c.grp  -- the whole-dataset row's grp is NULL
+ORDER BY c.dataset, c.model, c.prompt, c.scope = '{DATASET_SCOPE}' DESC, c.grp
+"""
+
+
+# Paired outcomes of every two model × prompt pairs on the same images of a dataset (answers only).
+# A pair is one distinct content (sha256), however many paths hold it: a model answers each
+# content once. Content filed under both labels has no single truth and is left out.
+COMPARISON_COUNTS_SQL = """
+WITH truth AS (
+    SELECT dataset, sha256, any_value(label) AS label
+    FROM image_manifest WHERE sha256 IS NOT NULL
+    GROUP BY ALL HAVING count(DISTINCT label) = 1
+), answers AS (
+    SELECT DISTINCT s.dataset, s.model, s.prompt, s.sha256, s.pred = t.label AS correct
+    FROM scored AS s
+    JOIN truth AS t USING (dataset, sha256)
+    SEMI JOIN partition_gate AS g ON g.model = s.model AND g.prompt = s.prompt AND g.status = 'passed'
+    WHERE s.is_valid
+)
+SELECT
+    a.dataset, a.model AS model_a, a.prompt AS prompt_a, b.model AS model_b, b.prompt AS prompt_b,
+    count(*) AS n_images,
+    count(*) FILTER (WHERE a.correct AND b.correct) AS both_right,
+    count(*) FILTER (WHERE a.correct AND NOT b.correct) AS only_a_right,
+    count(*) FILTER (WHERE NOT a.correct AND b.correct) AS only_b_right,
+    count(*) FILTER (WHERE NOT a.correct AND NOT b.correct) AS both_wrong
+FROM answers AS a
+JOIN answers AS b ON a.dataset = b.dataset AND a.sha256 = b.sha256 AND (a.model, a.prompt) < (b.model, b.prompt)
+GROUP BY ALL
+ORDER BY ALL
+"""
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs at p = 1/2."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    log_half_n = n * math.log(2)
+    lg = math.lgamma
+    tail = sum(math.exp(lg(n + 1) - lg(i + 1) - lg(n - i + 1) - log_half_n) for i in range(k + 1))
+    return min(1.0, 2 * tail)

@@ -1,0 +1,130 @@
+"""Files under DEFAKE_HOME: manifests and prediction partitions as Parquet, and the DuckDB warehouse.
+
+DuckDB allows one writing process per file. Nothing here holds a DuckDB connection while
+a model is queried: each partition writes its own Parquet file (under a temporary name,
+then renamed), and ``rebuild_warehouse`` builds a fresh database beside the old one and
+renames it into place. Readers keep the file they opened; writers never meet a lock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from defake_pipeline.records import PREDICTION_COLUMNS, PREDICTION_SCHEMA
+from defake_pipeline.warehouse.files import (
+    atomic_path,
+    remove_quietly,
+    temporary_beside,
+)
+from defake_pipeline.warehouse.layout import HomeLayout
+
+
+def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> Path:
+    """Write a Parquet file so that readers see the old file or the new one, never half of one."""
+    with atomic_path(target, ".parquet.tmp") as tmp:
+        frame.to_parquet(tmp, index=False)
+    return target
+
+
+class PredictionWriter:
+    """Streams prediction rows to a partition's Parquet file in batches, so memory stays flat.
+
+    Rows go to a temporary file that replaces the target only on ``commit``; a crash
+    leaves the previous partition file untouched (the journal keeps every answer).
+    """
+
+    BATCH_ROWS = 2000
+
+    def __init__(self, target: Path):
+        self.target = target
+        self._tmp = temporary_beside(target, ".parquet.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, PREDICTION_SCHEMA)
+        self._batch: list[dict] = []
+        self.n_rows = 0
+
+    def add(self, row: dict) -> None:
+        self._batch.append(row)
+        if len(self._batch) >= self.BATCH_ROWS:
+            self._flush()
+
+    def add_frame(self, frame: pd.DataFrame) -> None:
+        """Rows read back from an earlier partition file (pandas NaN becomes null)."""
+        self._flush()
+        self._writer.write_table(
+            pa.Table.from_pandas(frame[PREDICTION_COLUMNS], schema=PREDICTION_SCHEMA, preserve_index=False)
+        )
+        self.n_rows += len(frame)
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=PREDICTION_SCHEMA))
+            self.n_rows += len(self._batch)
+            self._batch = []
+
+    def commit(self) -> Path:
+        self._flush()
+        self._writer.close()
+        os.replace(self._tmp, self.target)
+        return self.target
+
+    def discard(self) -> None:
+        try:
+            self._writer.close()  # may fail too (a full disk): the file goes either way
+        finally:
+            remove_quietly(self._tmp)
+
+
+def unreadable_parquet(file: Path) -> str | None:
+    """Why a Parquet file cannot be read to the end, or None when it can."""
+    try:
+        with duckdb.connect() as con:
+            con.execute("SELECT * FROM read_parquet(?)", [str(file)]).fetchall()
+    except duckdb.Error as exc:
+        return f"{file.name} is unreadable ({str(exc).splitlines()[0][:200]})"
+    return None
+
+
+def partition_of(file: Path) -> tuple[str, str]:
+    """(model, prompt) of a file laid out as predictions/model=<m>/prompt=<p>.parquet."""
+    return file.parent.name.removeprefix("model="), file.stem.removeprefix("prompt=")
+
+
+def predictions_content_hash(files: list[Path]) -> str:
+    """A hash of what the partition files say (answers, verdicts, errors; not timestamps): equal
+    for a rerun that found nothing new."""
+    existing = [str(f) for f in files if f.exists() and not unreadable_parquet(f)]
+    if not existing:
+        return "empty"
+    with duckdb.connect() as con:
+        row = con.execute(
+            "SELECT count(*), sum(hash(model, prompt, image_sha256, path, label, pred, score, response, error, "
+            "prompt_hash)) FROM read_parquet(?, union_by_name=true)",
+            [existing],
+        ).fetchone()
+    assert row is not None  # an aggregate always returns one row
+    return f"{row[0]}-{row[1]}"
+
+
+def read_manifests(layout: HomeLayout) -> pd.DataFrame:
+    files = sorted(layout.manifests_dir.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def missing_manifests(layout: HomeLayout, dataset_keys: list[str]) -> list[str]:
+    """Defined datasets with no manifest file: their images are in no table and no ranking."""
+    return [key for key in dataset_keys if not layout.manifest_file(key).exists()]
+
+
+def missing_manifest_lines(layout: HomeLayout, keys: list[str]) -> list[str]:
+    return [
+        f"dataset {key!r} has no manifest ({layout.manifest_file(key)}): its images are left out of the "
+        "warehouse and the leaderboard until image_manifest scans it again"
+        for key in keys
+    ]

@@ -1,0 +1,334 @@
+"""Sensors, schedule, checks, automation and parallel partition runs, on real Dagster instances."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from PIL import Image
+
+from conftest import REPO, project_dagster_home
+from defake_pipeline.cli.launch import materialize_evaluation
+from defake_pipeline.definitions import defs
+from defake_pipeline.defs.partitions import register_partitions
+from defake_pipeline.defs.schedules import nightly_reevaluation
+from defake_pipeline.defs.sensors import new_images_sensor, registry_sensor
+from defake_pipeline.warehouse.layout import HomeLayout
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, defake_home):
+    """A working directory with its own datasets/, prompts/ and models.toml (read before the project's)."""
+    root = tmp_path / "proj"
+    for label, colour in (("real", "white"), ("fake", "gray")):
+        (root / "data" / label).mkdir(parents=True)
+        Image.new("RGB", (32, 32), colour).save(root / "data" / label / "a.png")
+    (root / "datasets").mkdir()
+    (root / "datasets" / "local.toml").write_text('layout = "real_fake"\nroot = "../data"\n')
+    (root / "prompts").mkdir()
+    shutil.copy(REPO / "prompts" / "simple.json", root / "prompts" / "mine.json")
+    (root / "models.toml").write_text('registered = ["canny"]\n')
+    monkeypatch.chdir(root)
+    return root
+
+
+def tick(sensor, instance, cursor=None):
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+
+def test_new_images_sensor_cases(project):
+    instance = dg.DagsterInstance.ephemeral()
+    first = tick(new_images_sensor, instance)
+    [request] = first.run_requests
+    assert request.tags["defake/dataset"] == "demo,local"
+    assert request.asset_selection == [
+        dg.AssetKey("image_manifest"),
+        dg.AssetKey("metrics"),
+        dg.AssetKey("model_reports"),
+        dg.AssetKey("leaderboard"),
+    ]
+    cursor = first.cursor
+
+    nothing = tick(new_images_sensor, instance, cursor)
+    assert isinstance(nothing, dg.SkipReason) and "no images added" in nothing.skip_message
+
+    register_partitions(instance, ["canny", "my-qwen"], ["mine", "simple"])
+    for key in ("canny|mine", "canny|simple", "my-qwen|mine", "my-qwen|simple"):  # evaluated before
+        instance.report_runless_asset_event(dg.AssetMaterialization("predictions", partition=key))
+    Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")  # a new image
+    [added] = tick(new_images_sensor, instance, cursor).run_requests
+    # One run: the manifest, every registered partition (as a range), the warehouse and reports.
+    assert added.run_config["ops"]["image_manifest"]["config"]["datasets"] == ["local"]
+    assert added.run_config["ops"]["predictions"]["config"]["datasets"] == ["local"]
+    assert dg.AssetKey("predictions") in added.asset_selection
+    assert (added.tags["dagster/asset_partition_range_start"], added.tags["dagster/asset_partition_range_end"]) == (
+        "canny|mine",
+        "my-qwen|simple",
+    )
+    added_cursor = tick(new_images_sensor, instance, cursor).cursor
+
+    os.utime(project / "data" / "real" / "a.png", ns=(1, 1))  # a changed image (new mtime)
+    [changed] = tick(new_images_sensor, instance, added_cursor).run_requests
+    assert changed.tags["defake/dataset"] == "local"
+    assert changed.run_key != added.run_key  # keys follow content
+
+    # A reset cursor asks again with content-derived keys (Dagster skips launched ones).
+    again = tick(new_images_sensor, instance, None)
+    assert again.run_requests[0].run_key == tick(new_images_sensor, instance, None).run_requests[0].run_key
+
+
+def test_new_images_run_lands_the_image_in_every_report(project, defake_home):
+    """The sensor's one run, executed: manifest, a range of partitions, warehouse, reports."""
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["canny"], ["mine", "simple"])
+    Image.new("RGB", (48, 48), "purple").save(project / "data" / "fake" / "new.png")
+    request = tick(new_images_sensor, instance, json.dumps({"demo": "unchanged"}))
+    [run] = request.run_requests
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance, asset_selection=run.asset_selection, run_config=run.run_config, tags=run.tags
+    )
+    assert result.success
+    partitions = {e.partition for e in result.get_asset_materialization_events() if e.partition}
+    assert partitions == {"canny|mine", "canny|simple"}
+    layout = HomeLayout(defake_home)
+    assert all("new.png" in layout.report_file("canny", p).read_text() for p in ("mine", "simple"))
+
+
+def test_predictions_follow_new_manifest_content_only(project):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny"], ["mine", "simple"])
+    manifest = [defs.get_assets_def("image_manifest")]
+    dg.materialize(manifest, instance=instance, resources=defs.resources)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    # Missing partitions on the first evaluation run (they were registered while no daemon ran).
+    assert first.get_num_requested(dg.AssetKey("predictions")) == 2
+    dg.materialize(
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|mine"
+    )
+    dg.materialize(
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|simple"
+    )
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    dg.materialize(manifest, instance=instance, resources=defs.resources)  # a rescan that found nothing new
+    same = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    assert same.get_num_requested(dg.AssetKey("predictions")) == 0
+    Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")
+    dg.materialize(manifest, instance=instance, resources=defs.resources)
+    changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=same.cursor)
+    assert changed.get_num_requested(dg.AssetKey("predictions")) == 2
+
+
+def test_registry_sensor_prompts(project):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny", "qwen2vl"], [])
+    first = tick(registry_sensor, instance)
+    added = first.dynamic_partitions_requests[0].partition_keys
+    assert "mine" in added and "simple" in added
+    assert not first.run_requests  # new partitions run through the predictions' automation condition
+    register_partitions(instance, [], added)
+    assert isinstance(tick(registry_sensor, instance, first.cursor), dg.SkipReason)
+
+    (project / "prompts" / "new.json").write_text((REPO / "prompts" / "common_sense.json").read_text())
+    new = tick(registry_sensor, instance, first.cursor)
+    assert new.dynamic_partitions_requests[0].partition_keys == ["new"]
+    register_partitions(instance, [], ["new"])
+
+    data = json.loads((project / "prompts" / "mine.json").read_text())
+    data["conversations"][0]["payload"][1][1] = "Photograph, or made by a model?"
+    (project / "prompts" / "mine.json").write_text(json.dumps(data))
+    changed = tick(registry_sensor, instance, new.cursor)
+    assert {r.partition_key for r in changed.run_requests} == {"canny|mine", "qwen2vl|mine"}  # that prompt only
+    assert not changed.dynamic_partitions_requests
+
+    (project / "prompts" / "broken.json").write_text("{ not json")
+    bad = tick(registry_sensor, instance, changed.cursor)
+    assert "broken.json" in bad.skip_message and "invalid JSON" in bad.skip_message
+
+    (project / "prompts" / "new.json").unlink()
+    removed = tick(registry_sensor, instance, changed.cursor)
+    [delete] = removed.dynamic_partitions_requests
+    assert isinstance(delete, dg.DeleteDynamicPartitionsRequest) and delete.partition_keys == ["new"]
+    [rebuild] = removed.run_requests
+    assert rebuild.asset_selection == [dg.AssetKey("metrics"), dg.AssetKey("model_reports"), dg.AssetKey("leaderboard")]
+
+
+def test_registry_sensor_models(project):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["adhoc"], [p.stem for p in (REPO / "prompts").glob("*.json")] + ["mine"])
+    (project / "models.toml").write_text('registered = ["canny", "My Qwen"]\n[models."My Qwen"]\npreset = "qwen2vl"\n')
+    first = tick(registry_sensor, instance)
+    assert first.dynamic_partitions_requests[0].partition_keys == ["canny", "my-qwen"]  # slugs of the names
+    register_partitions(instance, ["canny", "my-qwen"], [])
+    (project / "models.toml").write_text('registered = ["canny"]\n')
+    removed = tick(registry_sensor, instance, first.cursor)
+    # A model models.toml stopped listing goes; one the CLI registered ("adhoc") stays.
+    assert [r.partition_keys for r in removed.dynamic_partitions_requests] == [["my-qwen"]]
+
+
+def test_nightly_schedule_refreshes_manifests():
+    context = dg.build_schedule_context(scheduled_execution_time=__import__("datetime").datetime(2026, 11, 24, 3))
+    request = nightly_reevaluation(context)
+    assert request.asset_selection == [dg.AssetKey("image_manifest")]
+    assert nightly_reevaluation.cron_schedule == "0 3 * * *"
+    assert request.run_key == "nightly:2026-11-24T03:00:00"
+
+
+def test_checks_flag_leaks_unreadable_and_generator_metadata(project):
+    from PIL.PngImagePlugin import PngInfo
+
+    shutil.copy(project / "data" / "real" / "a.png", project / "data" / "fake" / "leak.png")  # same bytes, both labels
+    (project / "data" / "real" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    info = PngInfo()
+    info.add_text("parameters", "a cat, Steps: 20, Sampler: Euler a")
+    Image.new("RGB", (8, 8), "red").save(project / "data" / "real" / "sd.png", pnginfo=info)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources, raise_on_error=False
+    )
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["no_label_leak"].passed and checks["no_label_leak"].metadata["n_images"].value == 2
+    assert not checks["readable_images"].passed and checks["readable_images"].severity == dg.AssetCheckSeverity.WARN
+    assert not checks["no_generator_metadata_on_real"].passed
+    assert "PNG text chunk 'parameters'" in checks["no_generator_metadata_on_real"].metadata["examples"].value
+
+
+def test_failed_gate_keeps_a_partition_off_every_ranking(defake_home, chat_server):
+    from defake_pipeline.defs.resources import ModelEndpoint
+    from defake_pipeline.warehouse.database import query
+
+    chat_server.state.faults.rate_400 = 1.0  # every request refused
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"endpoint": ModelEndpoint(base_url=chat_server.base_url)}
+    results = materialize_evaluation(instance, ["qwen2vl", "canny"], ["simple"], resources=resources)
+    checks = {
+        e.check_name: e.passed
+        for r in results
+        for e in r.get_asset_check_evaluations()
+        if e.asset_check_key.asset_key == dg.AssetKey("predictions") and not e.passed
+    }
+    assert checks == {"error_rate_below_threshold": False}
+    layout = HomeLayout(defake_home)
+    gate = query(layout, "SELECT model, status, reason FROM partition_gate ORDER BY model")
+    assert gate.to_dict("records") == [
+        {"model": "canny", "status": "passed", "reason": ""},
+        {"model": "qwen2vl", "status": "failed", "reason": "error rate 100.0% over the 20% limit"},
+    ]
+    # The rest of the graph ran: canny is ranked and reported; qwen2vl is listed apart, unreported.
+    board = layout.leaderboard_file.read_text()
+    ranked, unranked = board.split("## Not ranked")
+    assert "`canny`" in ranked and "`qwen2vl`" not in ranked and "error rate 100.0%" in unranked
+    assert layout.report_file("canny", "simple").exists() and not layout.report_file("qwen2vl", "simple").exists()
+    assert query(layout, "SELECT count(*) AS n FROM comparisons")["n"][0] == 0
+
+
+def test_automation_makes_metrics_and_reports_follow_predictions(defake_home):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny"], ["simple"])
+    dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources)
+    dg.materialize(
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|simple"
+    )
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert quiet.total_requested == 0
+    dg.materialize(
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|simple"
+    )
+    same = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert same.total_requested == 0  # nothing new in the predictions: no rebuild
+    (defake_home / "predictions" / "model=canny" / "prompt=simple.parquet").unlink()
+    dg.materialize(
+        [defs.get_assets_def("predictions")],
+        instance=instance,
+        resources=defs.resources,
+        partition_key="canny|simple",
+        run_config={"ops": {"predictions": {"config": {"datasets": ["nope"]}}}},
+    )
+    changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=same.cursor)
+    # The warehouse, the reports and the leaderboard (unpartitioned, so one run).
+    assert {
+        k: changed.get_num_requested(dg.AssetKey(k)) for k in ("metrics", "model_reports", "leaderboard", "predictions")
+    } == {"metrics": 1, "model_reports": 1, "leaderboard": 1, "predictions": 0}
+
+
+def test_parallel_partition_runs_land_every_row(defake_home, tmp_path):
+    """Three partitions and two warehouse rebuilds at once, as separate processes on one instance."""
+    home = project_dagster_home(tmp_path)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(defake_home)}
+    instance = dg.DagsterInstance.from_config(str(home))
+    register_partitions(instance, ["canny"], ["simple", "common_sense", "fusion"])
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    base = [dagster, "asset", "materialize", "-m", "defake_pipeline.definitions"]
+    subprocess.run([*base, "--select", "image_manifest"], env=env, cwd=REPO, check=True, capture_output=True)
+    procs = [
+        subprocess.Popen(
+            [*base, "--select", "predictions", "--partition", f"canny|{p}"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for p in ("simple", "common_sense", "fusion")
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    procs = [
+        subprocess.Popen(
+            [*base, "--select", "metrics"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert not any("Could not set lock" in o or "Conflicting lock" in o for o in outputs)
+    with duckdb.connect(str(HomeLayout(defake_home).warehouse), read_only=True) as con:
+        rows = dict(con.execute("SELECT prompt, count(*) FROM predictions GROUP BY prompt").fetchall())
+    assert rows == {"simple": 16, "common_sense": 16, "fusion": 16}
+
+
+def test_a_run_honours_defake_home(tmp_path, monkeypatch):
+    target = tmp_path / "elsewhere"
+    monkeypatch.setenv("DEFAKE_HOME", str(target))
+    monkeypatch.chdir(tmp_path)
+    materialize_evaluation(dg.DagsterInstance.ephemeral(), ["canny"], ["simple"])
+    assert (target / "defake.duckdb").exists() and (target / "reports" / "leaderboard.md").exists()
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_per_model_backfill_runs_partitions_in_processes_and_only_missing_work(project, tmp_path):
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    env = {"DAGSTER_HOME": str(tmp_path / "dh")}
+    args = ["materialize", "--model", "canny", "-p", "mine", "-p", "simple", "-p", "fusion", "-j", "2"]
+    first = CliRunner().invoke(main, args, env=env)
+    assert first.exit_code == 0, first.output
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "dh"))
+
+    def requests_per_partition():
+        out = {}
+        for record in instance.fetch_materializations(dg.AssetKey("predictions"), limit=100).records:
+            mat = record.asset_materialization
+            out.setdefault(mat.partition, mat.metadata["n_requests"].value)  # newest first
+        return out
+
+    first_run = requests_per_partition()
+    assert set(first_run) == {"canny|mine", "canny|simple", "canny|fusion"}
+    # A baseline's answer does not depend on the prompt, so partitions share journal entries:
+    # every image is computed at least once, and never once per partition after that.
+    assert sum(first_run.values()) >= 18
+    second = CliRunner().invoke(main, args, env=env)
+    assert second.exit_code == 0, second.output
+    assert requests_per_partition() == {"canny|mine": 0, "canny|simple": 0, "canny|fusion": 0}

@@ -1,0 +1,104 @@
+"""The OpenAI-compatible path, exercised for real: the openai SDK against a local HTTP server."""
+
+import json
+
+import pytest
+
+from conftest import upstream_or_skip
+from defake_pipeline.endpoints.registry import get_model
+from defake_pipeline.errors import FatalEndpointError
+from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
+from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.prompting.spec import find_prompt, load_prompt
+from defake_pipeline.verdict import parse_verdict
+
+
+def vllm_spec(server, name="vllm", **update):
+    return get_model(name).model_copy(update={"base_url": server.base_url, "max_retries": 0, **update})
+
+
+def run(spec, prompt, jobs, tmp_path, api_key=None):
+    journal = ResponseJournal(tmp_path / "journal.sqlite")
+    try:
+        return evaluate_sync(jobs, make_evaluator(spec, prompt, journal, api_key))
+    finally:
+        journal.close()
+
+
+def test_self_hosted_preset_asks_models_and_sends_images(chat_server, demo_jobs, tmp_path):
+    prompt = load_prompt(find_prompt("simple"))
+    preds = run(vllm_spec(chat_server), prompt, demo_jobs, tmp_path)
+    state = chat_server.state
+    assert state.n_models == 1 and state.n_chat == len(demo_jobs) == len(preds)
+    body = state.bodies[0]
+    assert body["model"] == "local/test-vlm" and body["max_tokens"] == 1000
+    assert body["messages"][0]["role"] == "system"
+    image_part = body["messages"][1]["content"][1]
+    assert image_part["type"] == "image_url" and image_part["image_url"]["url"].startswith("data:image/")
+    for pred in preds:
+        assert pred.error is None and pred.n_requests == 1
+        assert pred.verdict == parse_verdict(pred.response) != "unknown"
+        assert pred.model_id == "local/test-vlm" and pred.prompt_tokens > 0
+
+
+def test_rerun_makes_zero_calls_and_an_edited_prompt_requeries(chat_server, demo_jobs, tmp_path):
+    prompt = load_prompt(find_prompt("simple"))
+    first = run(vllm_spec(chat_server), prompt, demo_jobs, tmp_path)
+    chat_server.state.reset_counters()
+    second = run(vllm_spec(chat_server), prompt, demo_jobs, tmp_path)
+    assert chat_server.state.n_chat == 0
+    assert [p.response for p in sorted(first, key=lambda p: p.path)] == [
+        p.response for p in sorted(second, key=lambda p: p.path)
+    ]
+    assert all(p.n_requests == 0 for p in second)
+
+    edited = json.loads(prompt.path.read_text())
+    edited["conversations"][0]["payload"][1][1] = "Photograph or AI image? Answer real or generated."
+    path = tmp_path / "simple_edited.json"
+    path.write_text(json.dumps(edited))
+    run(vllm_spec(chat_server), load_prompt(path), demo_jobs, tmp_path)
+    assert chat_server.state.n_chat == len(demo_jobs)
+
+
+def test_multi_turn_prompt_feeds_earlier_answers_forward(chat_server, demo_jobs, tmp_path):
+    prompt = load_prompt(upstream_or_skip("prompts", "paper", "p5.json"))
+    chat_server.state.responder = lambda body: (
+        "a red bus" if len(body["messages"]) == 1 else "wheels, windows; generated"
+    )
+    preds = run(vllm_spec(chat_server), prompt, demo_jobs[:2], tmp_path)
+    assert chat_server.state.n_chat == 2 * 3
+    second_turns = [
+        b for b in chat_server.state.bodies if b["messages"][-1]["content"][0]["text"].startswith("Please list")
+    ]
+    assert second_turns and "a red bus" in second_turns[0]["messages"][-1]["content"][0]["text"]
+    assert all(len(p.turns) == 3 and p.verdict == "fake" for p in preds)
+
+
+def test_fold_system_prompt_for_cot_presets(chat_server, demo_jobs, tmp_path):
+    prompt = load_prompt(find_prompt("simple"))
+    run(vllm_spec(chat_server, "llavacot"), prompt, demo_jobs[:1], tmp_path)
+    first = chat_server.state.bodies[0]["messages"][0]
+    assert first["role"] == "user" and first["content"][0]["type"] == "text"
+
+
+def test_server_error_becomes_an_error_row_not_a_wrong_answer(chat_server, demo_jobs, tmp_path):
+    chat_server.state.faults.rate_500 = 1.0
+    preds = run(vllm_spec(chat_server), load_prompt(find_prompt("simple")), demo_jobs[:3], tmp_path)
+    assert all(p.error and "500" in p.error and p.pred == -1 and p.verdict == "unknown" for p in preds)
+
+
+def test_rejected_key_stops_at_once(chat_server, demo_jobs, tmp_path):
+    chat_server.state.api_key = "the-right-key"
+    with pytest.raises(FatalEndpointError, match="rejected the API key") as info:
+        run(vllm_spec(chat_server), load_prompt(find_prompt("simple")), demo_jobs, tmp_path, api_key="sk-wrong-secret")
+    assert "sk-wrong-secret" not in str(info.value)
+    assert chat_server.state.n_chat == 0  # /v1/models already refused it
+
+
+def test_openai_preset_uses_openai_base_url_and_fixed_model(chat_server, demo_jobs, tmp_path):
+    spec = get_model("gpt4omini").with_endpoint_urls("http://127.0.0.1:9/v1", chat_server.base_url)
+    spec = spec.model_copy(update={"max_retries": 0})
+    preds = run(spec, load_prompt(find_prompt("simple")), demo_jobs[:2], tmp_path, api_key="sk-test")
+    assert chat_server.state.n_models == 0
+    assert {b["model"] for b in chat_server.state.bodies} == {"gpt-4o-mini"}
+    assert all(p.cost_usd > 0 for p in preds)

@@ -1,0 +1,319 @@
+"""Engine behaviour against the local server: limits, retries, timeouts, encoding, cost, logprobs, crash safety."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from defake_pipeline.datasets.images import decode_data_url
+from defake_pipeline.endpoints.registry import get_model
+from defake_pipeline.endpoints.retry import AdaptiveLimiter, RetryPolicy, retry_after_s
+from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
+from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.prompting.spec import find_prompt, load_prompt
+from defake_pipeline.records import ImageJob
+from defake_pipeline.testing.chat_server import Faults
+
+SIMPLE = load_prompt(find_prompt("simple"))
+
+
+def spec_for(server, name="vllm", **update):
+    return get_model(name).model_copy(update={"base_url": server.base_url, **update})
+
+
+def run(spec, jobs, tmp_path, prompt=SIMPLE, **kwargs):
+    journal = ResponseJournal(tmp_path / "journal.sqlite")
+    try:
+        evaluator = make_evaluator(spec, prompt, journal, kwargs.pop("api_key", None), kwargs.pop("max_cost_usd", None))
+        preds = evaluate_sync(jobs, evaluator, **kwargs)
+        return preds, evaluator
+    finally:
+        journal.close()
+
+
+def many_jobs(tmp_path, n):
+    """n distinct small images (distinct bytes, so distinct cache keys)."""
+    jobs = []
+    for i in range(n):
+        path = tmp_path / "imgs" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (i % 256, (i // 256) % 256, 7)).save(path)
+        import hashlib
+
+        jobs.append(ImageJob(path=path, key=hashlib.sha256(path.read_bytes()).hexdigest(), label=i % 2))
+    return jobs
+
+
+def test_aimd_halves_on_429_once_per_round_and_grows_back():
+    async def scenario():
+        limiter = AdaptiveLimiter(16)
+        limiter.latency_s = 0.0  # as if a first request had come back; otherwise it goes alone
+        epochs = [await limiter.acquire() for _ in range(4)]
+        for e in epochs:  # four 429s from the same round: one halving
+            await limiter.release(e, "rate_limited")
+        assert limiter.limit == 8 and limiter.n_rate_limited == 4
+        e = await limiter.acquire()
+        await limiter.release(e, "rate_limited")
+        assert limiter.limit == 4
+        for _ in range(20):
+            e = await limiter.acquire()
+            await limiter.release(e, "ok", latency_s=0.001)
+        assert 5.5 < limiter.limit < 7  # half a request per round of `limit` successes
+
+    asyncio.run(scenario())
+
+
+def test_retry_after_headers_are_parsed():
+    class Resp:
+        def __init__(self, headers):
+            self.headers = headers
+
+    class Err(Exception):
+        def __init__(self, headers):
+            self.response = Resp(headers)
+
+    assert retry_after_s(Err({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after_s(Err({"retry-after": "2"})) == 2.0
+    assert retry_after_s(Err({})) is None
+    assert 0 <= RetryPolicy(base_delay_s=1).delay(3, Err({})) <= 4
+
+
+def test_flaky_endpoint_every_image_answered_after_retries(chat_server, tmp_path):
+    # 21% of requests fail, one way or another; ten retries make losing an image vanishingly rare.
+    chat_server.state.faults = Faults(
+        rate_429=0.10, rate_500=0.05, rate_malformed=0.02, rate_empty=0.02, rate_drop=0.02, retry_after_s=0.01
+    )
+    jobs = many_jobs(tmp_path, 60)
+    preds, evaluator = run(spec_for(chat_server, max_retries=10, backoff_base_s=0.01), jobs, tmp_path)
+    assert all(p.error is None for p in preds), [p.error for p in preds if p.error]
+    assert chat_server.state.n_faults > 5 and evaluator.backend.n_retries == chat_server.state.n_faults
+    assert chat_server.state.n_ok == 60
+
+
+def test_retry_after_is_honoured(chat_server, tmp_path):
+    chat_server.state.faults = Faults(rate_429=1.0, retry_after_s=0.4)
+    started = time.monotonic()
+    preds, _ = run(spec_for(chat_server, max_retries=1, concurrency=1), many_jobs(tmp_path, 1), tmp_path)
+    times = chat_server.state.request_times
+    assert len(times) == 2 and times[1] - times[0] >= 0.39
+    assert preds[0].error and "429" in preds[0].error and time.monotonic() - started < 5
+
+
+def test_permanent_error_is_not_retried(chat_server, tmp_path):
+    chat_server.state.faults = Faults(rate_400=1.0)
+    preds, evaluator = run(spec_for(chat_server), many_jobs(tmp_path, 2), tmp_path)
+    assert all("400" in p.error and "Invalid image" in p.error for p in preds)
+    assert evaluator.backend.n_retries == 0 and chat_server.state.n_chat == 2
+
+
+def test_timeout_becomes_an_error_row_within_the_limit(chat_server, tmp_path):
+    chat_server.state.latency_s = 3.0
+    started = time.monotonic()
+    preds, _ = run(spec_for(chat_server, timeout_s=0.3, max_retries=1), many_jobs(tmp_path, 2), tmp_path)
+    assert all(p.error and "Timeout" in p.error for p in preds)
+    assert time.monotonic() - started < 2.5
+
+
+def test_images_run_concurrently_and_turns_in_order(chat_server, tmp_path):
+    chat_server.state.latency_s = 0.2
+    prompt = load_prompt(REPO / "prompts" / "structural.json")
+    chat_server.state.responder = lambda b: "a vase" if len(b["messages"]) == 1 else "neck, body, base. real"
+    started = time.monotonic()
+    preds, _ = run(spec_for(chat_server, concurrency=8), many_jobs(tmp_path, 8), tmp_path, prompt=prompt)
+    elapsed = time.monotonic() - started
+    assert chat_server.state.peak_in_flight >= 6
+    assert elapsed < 8 * 3 * 0.2 / 2  # far below the sequential 4.8 s
+    assert all(p.turns[0] == "a vase" and len(p.turns) == 3 for p in preds)
+
+
+def _jpeg(tmp_path, size):
+    path = tmp_path / f"big_{size[0]}.jpg"
+    Image.effect_noise(size, 40).convert("RGB").save(path, quality=90)
+    import hashlib
+
+    return ImageJob(path=path, key=hashlib.sha256(path.read_bytes()).hexdigest(), label=1)
+
+
+def test_encoding_policy_per_preset_and_part_of_the_cache_key(chat_server, tmp_path, monkeypatch):
+    job = _jpeg(tmp_path, (4000, 3000))
+    gpt4o = get_model("gpt4o").with_endpoint_urls(None, chat_server.base_url)
+    run(gpt4o.model_copy(update={"max_retries": 0}), [job], tmp_path, api_key="sk-test")
+    sent = decode_data_url(chat_server.state.bodies[-1]["messages"][1]["content"][1]["image_url"]["url"])
+    assert sent.size == (2048, 1536)
+    run(spec_for(chat_server), [job], tmp_path)
+    url = chat_server.state.bodies[-1]["messages"][1]["content"][1]["image_url"]["url"]
+    import base64
+
+    assert base64.b64decode(url.split(",", 1)[1]) == job.path.read_bytes()  # self-hosted: original bytes
+    n = chat_server.state.n_chat
+    run(spec_for(chat_server, encoding="max_side=1024"), [job], tmp_path)
+    assert chat_server.state.n_chat == n + 1  # a new policy is a new request
+    run(spec_for(chat_server, encoding="max_side=1024"), [job], tmp_path)
+    assert chat_server.state.n_chat == n + 1  # and then a cache hit
+
+
+def test_max_cost_stops_new_requests(chat_server, tmp_path):
+    spec = spec_for(chat_server, price_in=1000.0, price_out=1000.0, concurrency=1, max_tokens=10)
+    jobs = many_jobs(tmp_path, 20)
+    probe, _ = run(spec, jobs[:1], tmp_path / "probe")
+    one = probe[0].cost_usd  # every request here costs about the same
+    chat_server.state.reset_counters()
+    # Before any answer, a request is estimated from its size and max_tokens; that must fit.
+    first_estimate = 1000.0 * (1000 + 10 + 200) / 1e6
+    budget = first_estimate + 3 * one
+    preds, evaluator = run(spec, jobs, tmp_path, max_cost_usd=budget)
+    answered = [p for p in preds if p.error is None]
+    skipped = [p for p in preds if p.error]
+    assert answered and skipped and chat_server.state.n_chat == len(answered)
+    assert sum(p.cost_usd for p in preds) <= budget
+    assert all("--max-cost" in p.error and p.pred == -1 for p in skipped)
+
+
+def test_logprobs_give_a_score(chat_server, tmp_path):
+    chat_server.state.responder = lambda b: "This one is generated"
+    chat_server.state.verdict_probability = 0.9
+    preds, _ = run(spec_for(chat_server, logprobs=True), many_jobs(tmp_path, 2), tmp_path)
+    assert chat_server.state.bodies[0]["logprobs"] is True and chat_server.state.bodies[0]["top_logprobs"] == 5
+    assert all(p.score == pytest.approx(0.9) for p in preds)
+    chat_server.state.responder = lambda b: "Clearly real"
+    preds, _ = run(spec_for(chat_server, logprobs=True), many_jobs(tmp_path / "b", 1), tmp_path / "b")
+    assert preds[0].score == pytest.approx(0.1)
+
+
+def test_sigkill_midway_resumes_without_asking_again(chat_server, tmp_path):
+    chat_server.state.latency_s = 0.25
+    shutil_demo = tmp_path / "data"
+    for label in ("real", "fake"):
+        for i in range(12):
+            path = shutil_demo / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), (i * 20, 50 if label == "real" else 200, 9)).save(path)
+    env = {**os.environ, "BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path / "out")}
+    cmd = [
+        str(Path(sys.executable).with_name("mllmdf")),
+        "infer",
+        "--model",
+        "vllm",
+        "--dataset",
+        str(shutil_demo),
+        "--count",
+        "0",
+        "-o",
+        "crash",
+        "--concurrency",
+        "4",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    while chat_server.state.n_ok < 8:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    sent_before = chat_server.state.n_chat
+    journaled = ResponseJournal(tmp_path / "out" / "cache" / "responses.sqlite")
+    answered_before = journaled.count()
+    journaled.close()
+    assert 4 <= answered_before < 24  # killed midway
+    subprocess.run(
+        [*cmd, "--continue"], env=env, cwd=tmp_path, check=True, capture_output=True, stdin=subprocess.DEVNULL
+    )
+    frame = pd.read_csv(tmp_path / "out" / "crash.csv")
+    assert len(frame) == 24 and frame["path"].is_unique and frame["error"].isna().all()
+    asked_again = chat_server.state.n_chat - sent_before
+    # Only the images without a journaled answer were asked about: the lost ones were in flight.
+    assert asked_again == 24 - answered_before
+    assert sent_before - answered_before <= 4
+
+
+def test_rate_limited_endpoint_is_paced_not_hammered(chat_server, tmp_path):
+    chat_server.state.rpm_limit = 600  # 10 requests a second, one second of burst
+    chat_server.state.latency_s = 0.1
+    preds, evaluator = run(
+        spec_for(chat_server, concurrency=32, backoff_base_s=0.05), many_jobs(tmp_path, 50), tmp_path
+    )
+    state = chat_server.state
+    assert all(p.error is None for p in preds)
+    # 32 requests in flight at 0.1 s would be 320 a second, 97% of them refused; pacing and
+    # AIMD bring the client down to the limit within a few refusals.
+    assert state.n_429 <= 0.35 * state.n_chat
+    assert evaluator.backend.limiter.limit < 32
+
+
+def test_hostile_retry_after_values_never_stall_or_deadlock(chat_server, tmp_path):
+    """#11 item 6: `Retry-After: 100000` is capped (max_retry_wait_s); `Retry-After: soon` is
+    ignored, and the limiter's slot is released either way."""
+    chat_server.state.faults.rate_429 = 1.0
+    spec = spec_for(chat_server, concurrency=4, max_retries=1, backoff_base_s=0.01, max_retry_wait_s=0.2)
+    for header in ("100000", "soon", "nan", "Wed, 99 Foo 2026"):
+        chat_server.state.faults.retry_after_header = header
+        started = time.monotonic()
+        preds, evaluator = run(spec, many_jobs(tmp_path / header.replace(" ", "_"), 6), tmp_path / header[:4])
+        assert time.monotonic() - started < 10, header
+        assert all(p.error for p in preds) and len(preds) == 6, header  # recorded, never a verdict
+        assert evaluator.backend.limiter.in_flight == 0, header  # every slot released
+
+
+def test_retry_after_parsing_ignores_what_does_not_parse():
+    class Answer(Exception):
+        def __init__(self, headers):
+            self.response = type("R", (), {"headers": headers})()
+
+    assert retry_after_s(Answer({"retry-after": "soon"})) is None
+    assert retry_after_s(Answer({"retry-after": "inf"})) is None
+    assert retry_after_s(Answer({"retry-after-ms": "x", "retry-after": "2"})) == 2.0
+    assert RetryPolicy(max_delay_s=60).server_pause(Answer({"retry-after": "100000"})) == 60
+
+
+def _bounded(coro_fn, limit_s):
+    """Run the engine under a wall-clock bound, so a hang fails the test instead of the suite."""
+
+    async def bounded():
+        return await asyncio.wait_for(asyncio.to_thread(coro_fn), timeout=limit_s)
+
+    return asyncio.run(bounded())
+
+
+def test_a_trickling_endpoint_ends_at_the_overall_deadline(chat_server, tmp_path):
+    """#11 item 7: a byte every 0.5 s never trips a per-read timeout; the request deadline does."""
+    chat_server.state.faults = Faults(rate_trickle=1.0, trickle_interval_s=0.5)
+    spec = spec_for(chat_server, timeout_s=1.0, max_retries=1, backoff_base_s=0.01)
+    started = time.monotonic()
+    preds, _ = _bounded(lambda: run(spec, many_jobs(tmp_path, 2), tmp_path), 15)
+    # bound: (timeout + capped backoff) × attempts = (1 + 0.01) × 2 s
+    assert time.monotonic() - started < 4
+    assert all(p.error and "no complete answer within timeout_s=1 s" in p.error for p in preds)
+
+
+def test_an_html_body_is_retried_and_named(chat_server, tmp_path):
+    """#11 item 8: a 200 answer holding a proxy's HTML page is retried, then recorded by its type."""
+    chat_server.state.faults = Faults(rate_html=1.0)
+    preds, evaluator = run(spec_for(chat_server, max_retries=2, backoff_base_s=0.01), many_jobs(tmp_path, 2), tmp_path)
+    assert all(p.error == "NonJSONBodyError: endpoint returned a non-JSON body (text/html)" for p in preds)
+    assert evaluator.backend.n_retries == 4 and chat_server.state.n_chat == 6
+
+
+def test_a_badly_encoded_answer_is_journaled_once_and_flagged(chat_server, tmp_path):
+    """#11 item 12: invalid UTF-8 and a lone surrogate are stored (as U+FFFD), so no rerun pays again."""
+    chat_server.state.faults = Faults(rate_bad_encoding=1.0)
+    jobs = many_jobs(tmp_path, 4)
+    preds, _ = run(spec_for(chat_server), jobs, tmp_path)
+    assert all(p.error is None and "\ufffd" in p.response and p.verdict != "unknown" for p in preds), preds[0]
+    assert chat_server.state.n_chat == 4
+    journal = ResponseJournal(tmp_path / "journal.sqlite")
+    try:
+        flags = [row[0] for row in journal._conn.execute("SELECT extra FROM responses")]
+    finally:
+        journal.close()
+    assert flags == ['{"repaired_encoding": true}'] * 4
+    again, _ = run(spec_for(chat_server), jobs, tmp_path)
+    answers = {p.image_sha256: p.response for p in preds}
+    assert chat_server.state.n_chat == 4 and {p.image_sha256: p.response for p in again} == answers

@@ -1,0 +1,380 @@
+"""Seed parity: the original tool's commands, run through the installed mllmdf script."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO, upstream_or_skip
+
+MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
+
+
+def mllmdf(args, cwd, env_extra=None, check=True):
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DEFAKE_HOME", "OPENAI_API_KEY", "BASE_URL", "OPENAI_BASE_URL")
+    }
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [MLLMDF, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def seed_cwd(tmp_path):
+    """A working directory laid out like the seed's checkout: demo/real and demo/fake."""
+    upstream_demo = upstream_or_skip("demo")
+    (tmp_path / "demo").symlink_to(upstream_demo)
+    return tmp_path
+
+
+@pytest.mark.parametrize("model", ["vllm", "canny"])
+def test_seed_readme_commands(seed_cwd, chat_server, model):
+    env = {"BASE_URL": chat_server.base_url}
+    out = mllmdf(["classify", "demo/real/img118131.jpg", "--model", model], seed_cwd, env)
+    assert out.stdout in ("real\n", "fake\n", "unknown\n")
+
+    out = mllmdf(["infer", "--model", model, "--real_dir", "demo/real", "--fake_dir", "demo/fake"], seed_cwd, env)
+    csv_path = seed_cwd / "outputs" / f"ImageFolders-10_{model}_simple.csv"
+    assert out.stdout.strip() == str(csv_path)
+    frame = pd.read_csv(csv_path)
+    assert list(frame.columns[:4]) == ["path", "label", "pred", "response"]
+    assert sorted(frame["label"]) == [0, 0, 0, 1, 1, 1]
+    assert set(frame["pred"]) <= {1, 0, -1} and frame["error"].isna().all()
+    assert frame["path"].str.startswith("demo/").all()
+
+    out = mllmdf(["doc"], seed_cwd, env)
+    report = (seed_cwd / "outputs" / f"ImageFolders-10_{model}_simple.md").read_text()
+    assert "## Wrong predictions" in report and "img118131.jpg" in report
+    if model == "vllm":
+        # classify asked about one image; infer found that answer in the journal; doc asks nothing.
+        assert chat_server.state.n_chat == 6
+
+
+def test_classify_verbose_sends_turns_to_stderr(seed_cwd, chat_server):
+    out = mllmdf(
+        ["classify", "demo/fake/img007937.jpg", "--model", "qwen2vl", "-v"],
+        seed_cwd,
+        {"BASE_URL": chat_server.base_url},
+    )
+    assert out.stdout.strip() in ("real", "fake")
+    assert "turn 1/1" in out.stderr and chat_server.state.bodies[0]["messages"][-1]["content"][1]["type"] == "image_url"
+
+
+def test_infer_refuses_to_overwrite_then_continues_without_paying_twice(seed_cwd, chat_server):
+    env = {"BASE_URL": chat_server.base_url}
+    args = ["infer", "--model", "vllm", "--real_dir", "demo/real", "--fake_dir", "demo/fake", "-o", "run1"]
+    mllmdf(args, seed_cwd, env)
+    again = mllmdf(args, seed_cwd, env, check=False)
+    assert again.returncode == 2 and "--continue" in again.stderr and "Traceback" not in again.stderr
+    # Drop the last rows as an interrupted run would leave them, then resume.
+    path = seed_cwd / "outputs" / "run1.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))
+    before = chat_server.state.n_chat
+    mllmdf([*args, "--continue"], seed_cwd, env)
+    frame = pd.read_csv(path)
+    assert len(frame) == 6 and frame["path"].is_unique
+    assert chat_server.state.n_chat == before  # every answer came from the journal
+    mllmdf([*args, "--overwrite"], seed_cwd, env)
+    assert len(pd.read_csv(path)) == 6
+
+
+def test_infer_sampling_options(seed_cwd):
+    base = ["infer", "--model", "canny", "--real_dir", "demo/real", "--fake_dir", "demo/fake"]
+    out = mllmdf([*base, "--count", "2", "--seed", "7", "-o", "two"], seed_cwd)
+    assert "all=" in out.stderr and "reals=" in out.stderr and "fakes=" in out.stderr  # the progress bar
+    assert sorted(pd.read_csv(seed_cwd / "outputs" / "two.csv")["label"]) == [0, 0, 1, 1]
+    mllmdf([*base, "--real_only", "-o", "reals"], seed_cwd)
+    assert set(pd.read_csv(seed_cwd / "outputs" / "reals.csv")["label"]) == {1}
+    mllmdf([*base, "--job_split", "1/3", "-o", "split", "-l", "part1"], seed_cwd)
+    assert len(pd.read_csv(seed_cwd / "outputs" / "split.csv")) == 2
+    assert (seed_cwd / "outputs" / "logs" / "part1.log").exists()
+    bad = mllmdf([*base, "--job_split", "4/3"], seed_cwd, check=False)
+    assert bad.returncode == 2 and "--job_split" in bad.stderr
+
+
+def test_doc_renders_a_csv_written_by_the_seed(tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    rows = [
+        ("demo/real/a.jpg", 1, 1, "It is real."),
+        ("demo/real/b.jpg", 1, 0, "Looks generated | odd\nsecond line <b>"),
+        ("demo/fake/c.png", 0, 0, "generated"),
+        ("demo/fake/d.png", 0, -1, "no idea"),
+    ]
+    with (outputs / "WildFakeResampled-2_gpt4o_simple.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "pred", "response"])
+        writer.writerows(rows)
+    out = mllmdf(["doc", "--summarize_to", "summary.csv"], tmp_path)
+    report = (outputs / "WildFakeResampled-2_gpt4o_simple.md").read_text()
+    assert "Looks generated \\| odd<br>second line &lt;b&gt;" in report
+    summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    assert list(pd.read_csv(tmp_path / "summary.csv").columns) == [
+        "experiment_name",
+        "dataset",
+        "model",
+        "prompt",
+        "count",
+        "output_path",
+        "total_images",
+        "count_real",
+        "count_fake",
+        "accuracy",
+        "precision",
+        "recall",
+        "real_accuracy",
+        "fake_accuracy",
+        "fails",
+    ]
+    assert (summary.dataset, summary.model, summary.prompt, summary["count"]) == (
+        "WildFakeResampled",
+        "gpt4o",
+        "simple",
+        2,
+    )
+    assert (summary.total_images, summary.count_real, summary.count_fake, summary.fails) == (3, 2, 1, 1)
+    assert summary.accuracy == pytest.approx(2 / 3) and summary.precision == pytest.approx(1.0)
+    assert summary.recall == pytest.approx(0.5) and summary.fake_accuracy == pytest.approx(1.0)
+    assert "accuracy 66.667%" in out.stdout
+
+
+def test_unknown_decorator_and_unset_variable_fail_on_one_line(tmp_path, chat_server):
+    upstream_or_skip("prompts", "paper")
+    env = {"BASE_URL": chat_server.base_url}
+    shutil.copytree(REPO / "demo", tmp_path / "demo")
+    for name, needle in (("fusion", "'fusion.v1'"), ("p4", "'two_shot.v2'"), ("p2", "'roi.dinov2'")):
+        prompt = upstream_or_skip("prompts", "paper", f"{name}.json")
+        out = mllmdf(
+            ["classify", "demo/real/coffee.jpg", "--model", "vllm", "--prompt", str(prompt)], tmp_path, env, check=False
+        )
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "conversation" in lines[0] and str(prompt) in lines[0]
+    assert chat_server.state.n_chat == 0
+
+
+def test_rerun_under_another_output_name_makes_zero_calls(seed_cwd, chat_server):
+    env = {"BASE_URL": chat_server.base_url}
+    base = ["infer", "--model", "vllm", "--real_dir", "demo/real", "--fake_dir", "demo/fake"]
+    mllmdf([*base, "-o", "first"], seed_cwd, env)
+    assert chat_server.state.n_chat == 6
+    out = mllmdf([*base, "-o", "second", "--max-cost", "0"], seed_cwd, env)
+    assert chat_server.state.n_chat == 6 and "0 new requests" in out.stderr
+    assert pd.read_csv(seed_cwd / "outputs" / "second.csv")["error"].isna().all()  # journal hits cost nothing
+
+
+def test_failed_infer_start_leaves_no_csv_and_doc_skips_header_only(tmp_path):
+    """#11 item 22: no CSV before the first row; `doc all` skips a header-only CSV with a note."""
+    for label in ("real", "fake"):
+        (tmp_path / "d" / label).mkdir(parents=True)
+        shutil.copy(REPO / "demo" / label / sorted(os.listdir(REPO / "demo" / label))[0], tmp_path / "d" / label)
+    env = {"DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": "http://127.0.0.1:9/v1"}  # nothing listens
+    args = ["infer", "--model", "vllm", "--real_dir", "d/real", "--fake_dir", "d/fake", "-o", "run"]
+    first = mllmdf(args, tmp_path, env, check=False)
+    assert first.returncode == 2 and "cannot reach" in first.stderr
+    assert not (tmp_path / "out" / "run.csv").exists()
+    again = mllmdf(args, tmp_path, env, check=False)
+    assert "already exists" not in again.stderr
+    good = mllmdf(
+        ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-o", "good"], tmp_path, env
+    )
+    assert good.returncode == 0
+    (tmp_path / "out" / "empty.csv").write_text("path,label,pred,response\n")
+    doc = mllmdf(["doc", "all"], tmp_path, env)
+    assert "good.md: accuracy" in doc.stdout
+    assert "skipped" in doc.stderr and "empty.csv" in doc.stderr and "Traceback" not in doc.stderr
+
+
+def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
+    """#11 item 5: the summary covers the output CSV, not only this invocation's new images."""
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    env = {"DEFAKE_HOME": str(tmp_path / "out")}
+    args = ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "0", "-o", "all16"]
+    first = mllmdf(args, tmp_path, env)
+    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) over 16 rows" in first.stderr
+    again = mllmdf([*args, "--continue"], tmp_path, env)  # nothing left to do
+    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) over 16 rows" in again.stderr
+    assert "this run: 0 images" in again.stderr
+
+
+def test_summary_says_n_a_when_nothing_was_answered():
+    from defake_pipeline.evaluation.tally import Tally
+
+    assert Tally().progress() == {"all": "n/a", "reals": "n/a", "fakes": "n/a"}
+    assert Tally.from_rows([1, 0], [-1, 0], ["", "timeout"]).progress()["all"] == "n/a"
+
+
+def test_doc_counts_each_csv_row_once_when_paths_share_content(tmp_path):
+    # One image copied to three more paths (same image_sha256): a CSV row is one prediction.
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    with (outputs / "copies.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "pred", "response", "image_sha256"])
+        writer.writerows([(f"x/{name}.png", 1, 1, "real", "same") for name in "abcd"])
+        writer.writerow(("x/e.png", 0, 1, "real", "other"))
+    mllmdf(["doc", "copies", "--summarize_to", "summary.csv"], tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    assert (summary.total_images, summary.count_real, summary.count_fake) == (5, 4, 1)
+    assert summary.accuracy == pytest.approx(4 / 5)
+
+
+def _rendered(markdown: str):
+    """The report as a markdown renderer makes it (CommonMark with GFM tables), as HTML parts."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    class Parts(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls, self.tags, self.rows, self.row = [], [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+            if tag == "tr":
+                self.row = 0
+            elif tag in ("td", "th") and self.row is not None:
+                self.row += 1
+
+        def handle_endtag(self, tag):
+            if tag == "tr":
+                self.rows.append(self.row)
+                self.row = None
+
+    parts = Parts()
+    parts.feed(MarkdownIt("commonmark").enable("table").render(markdown))
+    return parts
+
+
+def test_file_names_and_answers_inject_no_markup(tmp_path):
+    """#11 items 15 and 16: HTML, pipes, link syntax and line breaks in file names, and remote
+    images or escape sequences in answers, are shown as text."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    names = ["<img src=x onerror=alert(1)>.png", "a|b.png", "x](https://evil.example).png", "line\nbreak.png"]
+    answers = [
+        "![x](https://evil.example/t.png) real",
+        "<script>alert(1)</script> generated",
+        "\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\ \x1b[31mreal",
+        "a | b\nc generated",
+    ]
+    with (outputs / "hostile.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "pred", "response"])
+        writer.writerows((f"demo/{n}", i % 2, i % 2, a) for i, (n, a) in enumerate(zip(names, answers, strict=True)))
+    mllmdf(["doc", "hostile"], tmp_path)
+    report = (outputs / "hostile.md").read_text()
+    assert "\x1b" not in report and "\\x1b" in report
+    parts = _rendered(report)
+    assert not [u for u in parts.urls if u.startswith(("http:", "https:", "//"))], parts.urls
+    assert "script" not in parts.tags and parts.tags.count("img") == 0  # no thumbnails: the files do not exist
+    image_rows = [n for n in parts.rows if n == 6]  # Image, Dataset, Label, Prediction, Score, Response
+    assert len(image_rows) == 2 + 4, parts.rows  # two header rows, one row per image
+    # every table keeps its own column count: header 2, metrics 18, confusion 5, images 6
+    assert parts.rows == [2] * 6 + [18] * 2 + [5] * 3 + [6] * 4 + [6] * 2, parts.rows
+
+
+def test_verbose_turns_show_escape_sequences_as_text(tmp_path, chat_server):
+    chat_server.state.responder = lambda body: (
+        "\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\ \x1b[2J\x9b31m real"
+    )
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), "red").save(image)
+    out = mllmdf(
+        ["classify", str(image), "--model", "vllm", "-v"],
+        tmp_path,
+        {"BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path)},
+    )
+    assert out.stdout == "real\n"
+    assert "\x1b" not in out.stderr and "\x9b" not in out.stderr and "\\x1b]8;;https://evil.example" in out.stderr
+
+
+def test_huge_answers_are_stored_capped_with_the_verdict_of_the_whole(tmp_path, chat_server):
+    """#11 item 17: four 10 MB answers. What is stored is capped (max_response_chars, 20,000 by
+    default) with a truncation mark; the verdict is read from the whole answer."""
+    chat_server.state.responder = lambda body: "real " + "x" * 10_000_000 + " generated"
+    data = tmp_path / "data"
+    for i, label in enumerate(("real", "real", "fake", "fake")):
+        (data / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i, 9, 9)).save(data / label / f"{i}.png")
+    env = {"BASE_URL": chat_server.base_url}
+    # The peak RSS of infer alone: a fresh parent whose only child it is reports it.
+    measure = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    args = ["infer", "--model", "vllm", "--real_dir", str(data / "real"), "--fake_dir", str(data / "fake"), "-o", "big"]
+    peak = subprocess.run(
+        [sys.executable, "-c", measure, MLLMDF, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "DEFAKE_HOME": str(tmp_path / "outputs")},
+        timeout=120,
+    )
+    assert peak.returncode == 0, peak.stderr
+    peak_mb = int(peak.stdout.split()[-1]) / 1024
+    mllmdf(["doc", "big"], tmp_path, env)
+    frame = pd.read_csv(tmp_path / "outputs" / "big.csv")
+    assert (frame["pred"] == 0).all()  # "generated" is the whole answer's last verdict word
+    assert frame["response"].str.endswith("[truncated: 10,000,015 characters in all]").all()
+    assert frame["response"].str.len().max() < 20_100
+    assert (tmp_path / "outputs" / "big.csv").stat().st_size < 200_000
+    assert (tmp_path / "outputs" / "big.md").stat().st_size < 200_000
+    assert peak_mb < 400, peak_mb
+    again = mllmdf(
+        ["infer", "--model", "vllm", "--real_dir", str(data / "real"), "--fake_dir", str(data / "fake"), "-o", "again"],
+        tmp_path,
+        env,
+    )
+    assert chat_server.state.n_chat == 4 and (pd.read_csv(tmp_path / "outputs" / "again.csv")["pred"] == 0).all(), (
+        again.stderr
+    )
+
+
+@pytest.mark.parametrize("damage", ["garbage", "half"])
+def test_a_damaged_journal_is_one_line_and_left_as_it_is(tmp_path, damage):
+    """#11 item 20: a garbage or half-truncated journal gives one line naming the file and the
+    way out, never a traceback, and the file is not written over."""
+    data = tmp_path / "data"
+    for i in range(40):
+        (data / ("real" if i % 2 else "fake")).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i, 1, 2)).save(data / ("real" if i % 2 else "fake") / f"{i}.png")
+    args = [
+        "infer",
+        "--model",
+        "canny",
+        "--real_dir",
+        str(data / "real"),
+        "--fake_dir",
+        str(data / "fake"),
+        "--count",
+        "0",
+    ]
+    mllmdf([*args, "-o", "first"], tmp_path)
+    journal = tmp_path / "outputs" / "cache" / "responses.sqlite"
+    for leftover in (journal.with_name(journal.name + "-wal"), journal.with_name(journal.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    damaged = (
+        b"this is not a database" * 300 if damage == "garbage" else journal.read_bytes()[: journal.stat().st_size // 2]
+    )
+    journal.write_bytes(damaged)
+    out = mllmdf([*args, "-o", "second"], tmp_path, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {journal}: the response journal is damaged") and "move it aside" in line
+    assert journal.read_bytes() == damaged
