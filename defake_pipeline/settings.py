@@ -19,7 +19,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 class Settings(BaseSettings):
     """Environment variables the product reads (names as written, case-sensitive)."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+    # An empty variable counts as unset (DEFAKE_HOME= must not mean the current folder).
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
 
     DEFAKE_HOME: Path = Path("outputs")
     """Everything the pipeline writes: manifests, predictions, the journal, the warehouse, reports."""
