@@ -24,7 +24,8 @@ class DefakeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DefakeError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # Messages quote file names and answers: their control characters are shown, not acted on.
+            click.echo(f"error: {visible_controls(str(exc))}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:
             click.echo(f"error: {RunInterrupted(signal.SIGINT)}", err=True)

@@ -36,7 +36,7 @@ class ModelEndpoint(dg.ConfigurableResource):
 
 
 class QualityGate(dg.ConfigurableResource):
-    """Thresholds of the blocking checks on each predictions partition.
+    """Thresholds of the quality checks on each predictions partition (not blocking).
 
     A partition over either rate fails its check, and the warehouse marks it failed in
     ``partition_gate``: it gets no report and no place in any ranking or comparison, so a
