@@ -124,14 +124,13 @@ def test_report_markdown_in_the_ui_renders_its_images(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=_CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            # The first-visit community dialog may open at any moment and cover what is clicked:
+            # Playwright dismisses it whenever it shows.
+            page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
             for asset, kind in (("leaderboard", "svg+xml"), ("model_reports", "jpeg")):
                 page.goto(f"{live.url}/assets/{asset}", wait_until="domcontentloaded")
-                try:
-                    page.get_by_role("button", name="Skip").click(timeout=5_000)
-                except Exception:  # noqa: BLE001 - the first-visit dialog shows once, if at all
-                    pass
-                page.get_by_text("[Show Markdown]").first.click(timeout=60_000)
-                page.locator(f'img[src^="data:image/{kind}"]').first.wait_for(timeout=30_000)
+                page.get_by_text("[Show Markdown]").first.click(timeout=90_000)
+                page.locator(f'img[src^="data:image/{kind}"]').first.wait_for(timeout=60_000)
                 page.wait_for_timeout(1000)
                 page.screenshot(path=str(ARTIFACTS / f"ui_{asset}.png"))
                 # Decoded images only: naturalWidth is 0 for a picture the browser could not load.
