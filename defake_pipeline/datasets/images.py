@@ -114,34 +114,55 @@ def open_rgb(data: bytes) -> Image.Image:
 
 @dataclass(frozen=True)
 class EncodingPolicy:
-    """How an image is sent: its original bytes, or downscaled so the long side fits ``max_side``."""
+    """How an image is sent: its original bytes, or downscaled as the provider would before the
+    model sees it. ``max_side``: the long side fits it. ``short_side``: then the short side is
+    brought down to it (OpenAI's gpt-4o and 4.1 families at ``detail: high`` fit 2048×2048,
+    then scale the short side to 768 px). Images are never enlarged."""
 
     max_side: int | None = None
+    short_side: int | None = None
 
     @property
     def token(self) -> str:
-        return "original" if self.max_side is None else f"max_side={self.max_side}"
+        parts = [f"{k}={v}" for k, v in (("max_side", self.max_side), ("short_side", self.short_side)) if v]
+        return ",".join(parts) or "original"
 
     @classmethod
     def parse(cls, text: str) -> EncodingPolicy:
         if text in ("", "original"):
             return cls()
-        if text.startswith("max_side="):
-            return cls(max_side=int(text.split("=", 1)[1]))
-        raise ValueError(f"unknown encoding policy {text!r} (use 'original' or 'max_side=N')")
+        values: dict[str, int] = {}
+        for part in text.split(","):
+            key, _, value = part.partition("=")
+            if key.strip() not in ("max_side", "short_side") or not value.strip().isdigit():
+                raise ValueError(
+                    f"unknown encoding policy {text!r} (use 'original', 'max_side=N' or 'max_side=N,short_side=M')"
+                )
+            values[key.strip()] = int(value)
+        return cls(**values)
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The pixel size the provider would keep for a ``width`` × ``height`` image."""
+        scale = 1.0
+        if self.max_side and max(width, height) > self.max_side:
+            scale = self.max_side / max(width, height)
+        if self.short_side and min(width, height) * scale > self.short_side:
+            scale = self.short_side / min(width, height)
+        return (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1 else (width, height)
 
 
 def encode_data_url(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> str:
     """Encode image bytes as a data URL whose MIME type matches the real (content) format."""
     with Image.open(io.BytesIO(data)) as img:
         fmt = img.format or "PNG"
-        too_big = policy.max_side is not None and max(img.size) > policy.max_side
-        if fmt in _SENDABLE and not too_big:
+        if fmt in _SENDABLE and policy.target_size(*img.size) == img.size:
             return f"data:{_SENDABLE[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
         img.seek(0)
         out_img = ImageOps.exif_transpose(img)
-        if policy.max_side is not None and too_big:
-            out_img.thumbnail((policy.max_side, policy.max_side), Image.Resampling.LANCZOS)
+        target = policy.target_size(*out_img.size)
+        if out_img.size != target:
+            # LANCZOS: the pixels reaching the model are what the provider's own resize would give.
+            out_img = out_img.resize(target, Image.Resampling.LANCZOS)
         out_fmt = fmt if fmt in _SENDABLE and fmt != "GIF" else "PNG"
         if out_fmt == "JPEG" and out_img.mode not in ("RGB", "L"):
             out_img = out_img.convert("RGB")

@@ -35,6 +35,9 @@ class ModelSpec(BaseModel):
     base_url: str | None = None  # explicit URL; otherwise from the environment
     fold_system_prompt: bool = False
     encoding: str = "original"
+    # OpenAI's image detail ("high", "low", "auto"); sent with each image, so part of the cache key.
+    # "low" means the provider keeps 512×512 at most, so that is all that is sent.
+    detail: Literal["high", "low", "auto"] | None = None
     max_tokens: int = 1000
     # Newer OpenAI models (gpt-5, o-series) reject max_tokens and take max_completion_tokens.
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
@@ -60,6 +63,8 @@ class ModelSpec(BaseModel):
 
     @property
     def encoding_policy(self) -> EncodingPolicy:
+        if self.detail == "low":
+            return EncodingPolicy(max_side=512)
         return EncodingPolicy.parse(self.encoding)
 
     def resolved_base_url(self) -> str | None:

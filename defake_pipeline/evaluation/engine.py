@@ -74,7 +74,7 @@ def _with_data_urls(messages: list[dict]) -> list[dict]:
         content = msg["content"]
         if isinstance(content, list):
             content = [
-                {"type": "image_url", "image_url": {"url": _url(part["image_url"]["url"])}}
+                {"type": "image_url", "image_url": {**part["image_url"], "url": _url(part["image_url"]["url"])}}
                 if part["type"] == "image_url"
                 else part
                 for part in content
@@ -226,7 +226,10 @@ class ChatEvaluator(Evaluator):
                     var = sole_variable(item.image)
                     value = cache.get(var) if var else None
                     url = value if isinstance(value, LazyImage) else render(item.image, cache)
-                    content.append({"type": "image_url", "image_url": {"url": url}})
+                    image: dict = {"url": url}
+                    if self.spec.detail:
+                        image["detail"] = self.spec.detail
+                    content.append({"type": "image_url", "image_url": image})
                 messages.append({"role": "user", "content": content})
         except TemplateError as exc:
             raise self._conversation_error(conv.id, exc) from None

@@ -1,6 +1,7 @@
 import base64
 import io
 
+import pytest
 from PIL import Image
 
 from conftest import REPO, upstream_or_skip
@@ -67,3 +68,15 @@ def test_canny_baseline_looks_at_pixels():
     assert canny_edge_density(gravel) > CANNY_THRESHOLD
     assert parse_verdict(canny_detect(gravel).text) == "real"
     assert canny_detect(gravel).score_fake < 0.5 < canny_detect(flat.getvalue()).score_fake
+
+
+def test_openai_detail_high_rule_and_policy_tokens():
+    high = EncodingPolicy.parse("max_side=2048,short_side=768")
+    assert high.token == "max_side=2048,short_side=768" and EncodingPolicy.parse(high.token) == high
+    # fit 2048×2048, then the short side to 768; portrait alike; never enlarged
+    assert high.target_size(4000, 3000) == (1024, 768) and high.target_size(3000, 4000) == (768, 1024)
+    assert high.target_size(8000, 1000) == (2048, 256) and high.target_size(1000, 700) == (1000, 700)
+    assert EncodingPolicy().token == "original"
+    assert EncodingPolicy.parse("max_side=512").target_size(4000, 3000) == (512, 384)
+    with pytest.raises(ValueError, match="unknown encoding policy"):
+        EncodingPolicy.parse("max_side=big")

@@ -146,8 +146,13 @@ def test_encoding_policy_per_preset_and_part_of_the_cache_key(chat_server, tmp_p
     job = _jpeg(tmp_path, (4000, 3000))
     gpt4o = get_model("gpt4o").with_endpoint_urls(None, chat_server.base_url)
     run(gpt4o.model_copy(update={"max_retries": 0}), [job], tmp_path, api_key="sk-test")
-    sent = decode_data_url(chat_server.state.bodies[-1]["messages"][1]["content"][1]["image_url"]["url"])
-    assert sent.size == (2048, 1536)
+    image = chat_server.state.bodies[-1]["messages"][1]["content"][1]["image_url"]
+    # What gpt-4o keeps at detail high: fit 2048×2048, then the short side to 768 px.
+    assert decode_data_url(image["url"]).size == (1024, 768) and image["detail"] == "high"
+    assert len(image["url"]) * 3 / 4 <= 0.10 * job.path.stat().st_size  # base64 is 4/3 of the bytes
+    run(gpt4o.model_copy(update={"max_retries": 0, "detail": "low"}), [job], tmp_path, api_key="sk-test")
+    image = chat_server.state.bodies[-1]["messages"][1]["content"][1]["image_url"]
+    assert decode_data_url(image["url"]).size == (512, 384) and image["detail"] == "low"
     run(spec_for(chat_server), [job], tmp_path)
     url = chat_server.state.bodies[-1]["messages"][1]["content"][1]["image_url"]["url"]
     import base64
