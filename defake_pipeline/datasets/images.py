@@ -151,12 +151,21 @@ class EncodingPolicy:
         return (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1 else (width, height)
 
 
-def encode_data_url(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> str:
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image as sent: its data URL and the pixels the model gets."""
+
+    url: str
+    width: int
+    height: int
+
+
+def encode_image(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> EncodedImage:
     """Encode image bytes as a data URL whose MIME type matches the real (content) format."""
     with Image.open(io.BytesIO(data)) as img:
         fmt = img.format or "PNG"
         if fmt in _SENDABLE and policy.target_size(*img.size) == img.size:
-            return f"data:{_SENDABLE[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
+            return EncodedImage(f"data:{_SENDABLE[fmt]};base64,{base64.b64encode(data).decode('ascii')}", *img.size)
         img.seek(0)
         out_img = ImageOps.exif_transpose(img)
         target = policy.target_size(*out_img.size)
@@ -168,7 +177,29 @@ def encode_data_url(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> s
             out_img = out_img.convert("RGB")
         buf = io.BytesIO()
         out_img.save(buf, format=out_fmt, **({"quality": 95} if out_fmt == "JPEG" else {}))
-    return f"data:{_SENDABLE[out_fmt]};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+    url = f"data:{_SENDABLE[out_fmt]};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+    return EncodedImage(url, *out_img.size)
+
+
+def encode_data_url(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> str:
+    """Encode image bytes as a data URL whose MIME type matches the real (content) format."""
+    return encode_image(data, policy).url
+
+
+# Enough of an image's start for its header (dimensions), without decoding the whole URL.
+_HEADER_B64_CHARS = 4 * 16_384
+
+
+def data_url_size(url: str) -> tuple[int, int]:
+    """The pixel size of a ``data:image/...;base64,`` URL, read from its header only."""
+    payload = url.split(",", 1)[1] if url.startswith("data:") else url
+    head = payload[:_HEADER_B64_CHARS]
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(head + "=" * (-len(head) % 4)))) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as img:
+            return img.size
 
 
 def encode_image_file(path: Path | str, policy: EncodingPolicy = EncodingPolicy()) -> str:

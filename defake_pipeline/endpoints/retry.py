@@ -7,7 +7,8 @@ Anything else (400, 404, 413, 422, ...) is permanent: the image gets an error ro
 
 Concurrency follows AIMD, as inspect_ai, lmms-eval and promptfoo do: a 429 halves the
 limit (once per round of requests, as TCP does per round trip) and pauses new requests
-for the server's Retry-After; successes grow it back by half a request per round.
+for the server's Retry-After; successes grow it back by half a request per round. The run
+starts at the configured concurrency once the first answer is back (see AdaptiveLimiter).
 """
 
 from __future__ import annotations
@@ -113,10 +114,16 @@ class RetryPolicy:
 class AdaptiveLimiter:
     """An AIMD bound on requests in flight, shared by every worker querying one model.
 
-    Starts are also paced, one every ``latency / limit`` seconds, so requests reach the
-    server spread out rather than in bursts: when a rate limit is hit, the 429 comes back
-    before more than a request or two are on their way, and the pause stops the rest. The
-    first request goes alone, to learn the latency.
+    The first request goes alone: it learns the latency, any rate limits the server announces
+    (``ratelimits.py``), and fails once rather than ``limit`` times at an endpoint that cannot
+    answer. Then the whole limit is open at once: a short run ends before a slow start would
+    have reached it. Starts are paced, one every ``latency / limit`` seconds, so requests reach
+    the server spread out rather than in bursts: when a rate limit is hit, the 429 comes back
+    before more than a request or two are on their way, and the pause stops the rest.
+
+    After a 429 the limit halves and, as TCP does after a loss it had to wait out, requests
+    restart from one in flight, doubling each round up to the halved limit: resuming at the
+    whole limit would meet the rate limit with a burst again.
     """
 
     _LATENCY_WEIGHT = 0.2  # EWMA weight of the newest latency sample
@@ -136,17 +143,14 @@ class AdaptiveLimiter:
         self.paused_until = 0.0
         self.next_start = 0.0
         self.latency_s: float | None = None
-        # Slow start, as TCP's: after the first answer the window doubles each round (one
-        # more request per answer) until the first 429 or the limit, so a rate limit is met
-        # with a few requests in flight rather than with the whole limit at once.
-        self.window: float | None = None
+        self.window = math.inf  # the slow-start window after a 429; no bound until the first
         self.n_rate_limited = 0
         self._cond = asyncio.Condition()
 
     @property
     def cap(self) -> float:
         """Requests allowed in flight now: the AIMD limit, or the slow-start window below it."""
-        return self.limit if self.window is None else min(self.limit, self.window)
+        return min(self.limit, self.window)
 
     def _wait_s(self, now: float) -> float | None:
         """How long the next start must wait (None: until a release)."""
@@ -187,17 +191,16 @@ class AdaptiveLimiter:
                 w = self._LATENCY_WEIGHT
                 self.latency_s = latency_s if self.latency_s is None else (1 - w) * self.latency_s + w * latency_s
             if outcome == "ok":
-                if self.window is None:
-                    self.window = 2.0
-                elif self.window < self.limit:
-                    self.window += 1.0
+                if self.window < self.limit:
+                    self.window += 1.0  # one more per answer: the window doubles each round
                 else:
+                    self.window = math.inf
                     self.limit = min(self.max_limit, self.limit + self.GROWTH_PER_ROUND / self.limit)
             elif outcome == "rate_limited":
                 self.n_rate_limited += 1
                 if epoch == self.epoch:
-                    self.limit = max(self.min_limit, self.cap / 2)
-                    self.window = math.inf  # slow start ends at the first 429
+                    self.limit = max(self.min_limit, self.limit / 2)
+                    self.window = 1.0
                     self.epoch += 1
                 if pause_s:
                     self.paused_until = max(self.paused_until, time.monotonic() + pause_s)

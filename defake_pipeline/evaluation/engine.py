@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from defake_pipeline.datasets.images import EncodingPolicy, encode_data_url
+from defake_pipeline.datasets.images import EncodedImage, EncodingPolicy, encode_image
 from defake_pipeline.endpoints.baselines import BASELINES, run_baseline
 from defake_pipeline.endpoints.budget import CostBudget
 from defake_pipeline.endpoints.chat import ChatBackend
@@ -40,22 +40,34 @@ class LazyImage:
     """The image a prompt's ``{image_url}`` stands for, encoded only when a request is sent.
 
     Its cache token (sha256 + encoding policy) stands in for the data URL when the request
-    is hashed, so a warm rerun finds its answers without reading any image.
+    is hashed, so a warm rerun finds its answers without reading any image. On the wire its
+    JSON is spliced in as bytes (``json_bytes``): base64 needs no escaping, so the largest
+    part of a request is never scanned by the JSON encoder.
     """
 
     def __init__(self, job: ImageJob, policy: EncodingPolicy):
         self.job = job
         self.policy = policy
-        self._url: str | None = None
+        self._encoded: EncodedImage | None = None
 
     @property
     def token(self) -> str:
         return f"image:{self.job.key}:{self.policy.token}"
 
+    def encoded(self) -> EncodedImage:
+        if self._encoded is None:
+            self._encoded = encode_image(self.job.path.read_bytes(), self.policy)
+        return self._encoded
+
     def data_url(self) -> str:
-        if self._url is None:
-            self._url = encode_data_url(self.job.path.read_bytes(), self.policy)
-        return self._url
+        return self.encoded().url
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.encoded().width, self.encoded().height
+
+    def json_bytes(self) -> bytes:
+        return b'"' + self.data_url().encode("ascii") + b'"'
 
 
 def _hash_request(payload: dict) -> str:
@@ -63,24 +75,13 @@ def _hash_request(payload: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _url(value: object) -> str:
-    return value.data_url() if isinstance(value, LazyImage) else str(value)
-
-
-def _with_data_urls(messages: list[dict]) -> list[dict]:
-    """The messages with each LazyImage replaced by its data URL, for the wire."""
-    out = []
+def _encode_images(messages: list[dict]) -> None:
+    """Encode every LazyImage of the messages now (they stay in place, spliced in on the wire)."""
     for msg in messages:
-        content = msg["content"]
-        if isinstance(content, list):
-            content = [
-                {"type": "image_url", "image_url": {**part["image_url"], "url": _url(part["image_url"]["url"])}}
-                if part["type"] == "image_url"
-                else part
-                for part in content
-            ]
-        out.append({**msg, "content": content})
-    return out
+        if isinstance(msg["content"], list):
+            for part in msg["content"]:
+                if part["type"] == "image_url" and isinstance(part["image_url"]["url"], LazyImage):
+                    part["image_url"]["url"].encoded()
 
 
 def _error_text(exc: BaseException) -> str:
@@ -297,8 +298,8 @@ class ChatEvaluator(Evaluator):
         try:
             # Reading, decoding and downscaling a large image takes tens of milliseconds:
             # off the event loop, so other requests keep flowing meanwhile.
-            body = await asyncio.to_thread(_with_data_urls, wire)
-            reply = await self.backend.complete(body)
+            await asyncio.to_thread(_encode_images, wire)
+            reply = await self.backend.complete(wire)
             actual = self.spec.cost_usd(reply.prompt_tokens, reply.completion_tokens)
         finally:
             if self.budget:

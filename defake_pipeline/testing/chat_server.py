@@ -2,8 +2,10 @@
 
 It speaks the wire format the ``openai`` SDK expects (``GET /v1/models``,
 ``POST /v1/chat/completions``), answers deterministically, counts what it receives, and can
-be told to be slow, rate limited, or flaky. Tests start it as a fixture; benchmarks start it
-in a subprocess. It binds to loopback only.
+be told to be slow, flaky, or limited the ways hosted APIs are: requests and tokens per
+minute (with or without OpenAI's ``x-ratelimit-*`` headers), and an uplink that carries so
+many bytes a second. Tests start it as a fixture; benchmarks start it in a subprocess. It
+binds to loopback only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from defake_pipeline.datasets.images import data_url_size
+from defake_pipeline.endpoints.ratelimits import format_duration, request_tokens
 
 
 @dataclass
@@ -50,11 +55,43 @@ def default_responder(body: dict) -> str:
     return "Looking at the textures, this is generated." if digest % 2 else "The lighting looks natural: real."
 
 
+class Bucket:
+    """A token bucket refilled at ``per_s`` and ``capacity`` deep, the way hosted APIs enforce a
+    per-minute limit over short spans. Not thread-safe: the server's lock guards it."""
+
+    def __init__(self, per_s: float, capacity: float):
+        self.per_s = per_s
+        self.capacity = capacity
+        self.level = capacity
+        self.stamp = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.per_s)
+        self.stamp = now
+
+    def reserve(self, amount: float) -> float:
+        """Take ``amount`` whatever the level; seconds to wait until it is paid for."""
+        self.refill()
+        self.level -= amount
+        return max(0.0, -self.level / self.per_s)
+
+    def reset_s(self) -> float:
+        return max(0.0, (self.capacity - self.level) / self.per_s)
+
+
+def _per_minute_bucket(per_minute: int) -> Bucket:
+    return Bucket(per_minute / 60.0, max(1.0, per_minute / 60.0))
+
+
 @dataclass
 class ServerState:
     served_model: str = "local/test-vlm"
     latency_s: float = 0.0
     rpm_limit: int | None = None
+    tpm_limit: int | None = None  # tokens per minute, counted as OpenAI's limiter counts them
+    ratelimit_headers: bool = False  # send x-ratelimit-{limit,remaining,reset}-{requests,tokens}
+    uplink_bytes_per_s: float | None = None  # request bodies are read no faster than this
     api_key: str | None = None  # when set, any other bearer token gets 401
     faults: Faults = field(default_factory=Faults)
     responder: Callable[[dict], str] = default_responder
@@ -73,42 +110,81 @@ class ServerState:
     request_times: list[float] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
 
+    n_tokens: int = 0  # tokens charged to the TPM limit for requests let through
+    first_chat_at: float | None = None  # time.monotonic() (shared by the host's processes)
+
     def __post_init__(self):
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)
-        self._tokens: float | None = None
-        self._refilled = time.monotonic()
+        self.reset_limits()
+
+    def reset_limits(self) -> None:
+        """Full buckets for the limits as they are set now."""
+        self.requests = _per_minute_bucket(self.rpm_limit) if self.rpm_limit else None
+        self.tokens = _per_minute_bucket(self.tpm_limit) if self.tpm_limit else None
+        self.uplink = Bucket(self.uplink_bytes_per_s, 65536) if self.uplink_bytes_per_s else None
+        self._limits = (self.rpm_limit, self.tpm_limit, self.uplink_bytes_per_s)
+
+    def sync_limits(self) -> None:
+        """Tests set the limits as plain attributes: new values get new, full buckets."""
+        if self._limits != (self.rpm_limit, self.tpm_limit, self.uplink_bytes_per_s):
+            self.reset_limits()
 
     def reset_counters(self) -> None:
         with self.lock:
             self.n_chat = self.n_models = self.n_ok = self.n_429 = self.n_faults = self.bytes_received = 0
+            self.n_tokens = 0
+            self.first_chat_at = None
             self.peak_in_flight = 0
             self.bodies.clear()
             self.request_times.clear()
-            self._tokens, self._refilled = None, time.monotonic()
+            self.reset_limits()
 
     def counters(self) -> dict:
-        names = ("n_chat", "n_models", "n_ok", "n_429", "n_faults", "bytes_received", "peak_in_flight")
+        names = ["n_chat", "n_models", "n_ok", "n_429", "n_faults", "bytes_received", "peak_in_flight", "n_tokens"]
+        names.append("first_chat_at")
         return {n: getattr(self, n) for n in names}
 
-    def over_rpm(self) -> float | None:
-        """Seconds until the next request is allowed, or None when one is allowed now.
+    def admit(self, body: dict) -> tuple[float | None, dict[str, str]]:
+        """Charge a request to the limits (call with the lock held): None when it may go, else
+        seconds until it could; and the rate-limit headers to answer with."""
+        self.sync_limits()
+        cost = 0
+        if self.tokens or self.ratelimit_headers:
+            cost = request_tokens(body.get("messages") or [], _output_allowance(body), data_url_size)
+        waits = []
+        if self.requests:
+            self.requests.refill()
+            waits.append(0.0 if self.requests.level >= 1 else (1 - self.requests.level) / self.requests.per_s)
+        if self.tokens:
+            self.tokens.refill()
+            need = min(cost, self.tokens.capacity)
+            waits.append(max(0.0, (need - self.tokens.level) / self.tokens.per_s))
+        wait = max(waits, default=0.0)
+        if wait <= 0:
+            if self.requests:
+                self.requests.level -= 1
+            if self.tokens:
+                self.tokens.level -= cost
+            self.n_tokens += cost
+        return (wait if wait > 0 else None), self.limit_headers()
 
-        The limit is a token bucket refilled at rpm_limit/60 per second and holding one
-        second's worth, the way hosted APIs enforce a per-minute limit over short periods.
-        """
-        if not self.rpm_limit:
-            return None
-        rate = self.rpm_limit / 60.0
-        capacity = max(1.0, rate)
-        now = time.monotonic()
-        tokens = capacity if self._tokens is None else min(capacity, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
-            return None
-        self._tokens = tokens
-        return (1.0 - tokens) / rate
+    def limit_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if not self.ratelimit_headers:
+            return headers
+        limits = (("requests", self.rpm_limit, self.requests), ("tokens", self.tpm_limit, self.tokens))
+        for kind, limit, bucket in limits:
+            if limit and bucket:
+                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(bucket.level)))
+                headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.reset_s())
+        return headers
+
+
+def _output_allowance(body: dict) -> int:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return value if isinstance(value, int) else 0
 
 
 def _logprobs(text: str, p_verdict: float) -> list[dict]:
@@ -183,13 +259,32 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
+        def _read_body(self, length: int) -> bytes:
+            """The request body, read no faster than the uplink carries it (when one is set)."""
+            with state.lock:
+                state.sync_limits()
+            if state.uplink is None:
+                return self.rfile.read(length)
+            chunks, left = [], length
+            while left:
+                chunk = self.rfile.read(min(left, 16384))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                chunks.append(chunk)
+                with state.lock:
+                    wait = state.uplink.reserve(len(chunk))
+                time.sleep(wait)
+            return b"".join(chunks)
+
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(self._read_body(length) or b"{}")
             if self.path == "/reset":
+                for name in ("latency_s", "rpm_limit", "tpm_limit", "ratelimit_headers", "uplink_bytes_per_s"):
+                    if name in body:
+                        setattr(state, name, body[name])
                 state.reset_counters()
-                state.latency_s = float(body.get("latency_s", state.latency_s))
-                state.rpm_limit = body.get("rpm_limit", state.rpm_limit)
                 return self._send(200, {})
             if not self.path.rstrip("/").endswith("/chat/completions"):
                 return self._send(404, {"error": {"message": "not found"}})
@@ -199,27 +294,26 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 state.bytes_received += length
                 state.n_chat += 1
                 state.request_times.append(time.monotonic())
+                state.first_chat_at = state.first_chat_at or state.request_times[-1]
                 if state.keep_bodies:
                     state.bodies.append(body)
-                wait = state.over_rpm()
-            if wait is not None:
-                with state.lock:
+                wait, limit_headers = state.admit(body)
+                if wait is not None:
                     state.n_429 += 1
-                return self._send(
-                    429,
-                    {"error": {"message": "rate limited", "type": "requests"}},
-                    {"Retry-After": f"{max(wait, 0.001):.3f}", "retry-after-ms": str(int(wait * 1000))},
-                )
+            if wait is not None:
+                retry = {"Retry-After": f"{max(wait, 0.001):.3f}", "retry-after-ms": str(int(wait * 1000))}
+                refusal = {"error": {"message": "rate limited", "type": "requests"}}
+                return self._send(429, refusal, retry | limit_headers)
             with state.lock:
                 state.in_flight += 1
                 state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
             try:
-                self._answer(body, length)
+                self._answer(body, length, limit_headers)
             finally:
                 with state.lock:
                     state.in_flight -= 1
 
-        def _answer(self, body: dict, length: int) -> None:
+        def _answer(self, body: dict, length: int, limit_headers: dict[str, str]) -> None:
             f = state.faults
             with state.lock:
                 draw = state.rng.random()
@@ -247,7 +341,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             text = state.responder(body)
             with state.lock:
                 state.n_ok += 1
-            self._send(200, self._completion(body, length, text))
+            self._send(200, self._completion(body, length, text), limit_headers)
 
         def _completion(self, body: dict, length: int, text: str) -> dict:
             prompt_tokens = max(1, length // 4)
@@ -359,7 +453,18 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rpm", type=int, default=None)
+    parser.add_argument("--tpm", type=int, default=None)
+    parser.add_argument("--ratelimit-headers", action="store_true")
+    parser.add_argument("--uplink-bytes-per-s", type=float, default=None)
     args = parser.parse_args()
-    server = ChatServer(ServerState(latency_s=args.latency, rpm_limit=args.rpm, keep_bodies=False), port=args.port)
+    state = ServerState(
+        latency_s=args.latency,
+        rpm_limit=args.rpm,
+        tpm_limit=args.tpm,
+        ratelimit_headers=args.ratelimit_headers,
+        uplink_bytes_per_s=args.uplink_bytes_per_s,
+        keep_bodies=False,
+    )
+    server = ChatServer(state, port=args.port)
     print(f"PORT {server.httpd.server_address[1]}", flush=True)
     server.httpd.serve_forever()

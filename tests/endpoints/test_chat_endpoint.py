@@ -102,3 +102,27 @@ def test_openai_preset_uses_openai_base_url_and_fixed_model(chat_server, demo_jo
     assert chat_server.state.n_models == 0
     assert {b["model"] for b in chat_server.state.bodies} == {"gpt-4o-mini"}
     assert all(p.cost_usd > 0 for p in preds)
+
+
+def test_encoded_images_are_spliced_into_the_body_unchanged():
+    """#12: the JSON encoder never scans an encoded image; the body still parses to the same request."""
+    import json
+
+    from defake_pipeline.endpoints.chat import json_body
+
+    class Encoded:
+        def json_bytes(self) -> bytes:
+            return b'"data:image/png;base64,AAAA"'
+
+    payload = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": 'é "quoted" \\ 0123abcd:0'}]},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": Encoded(), "detail": "high"}}]},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": Encoded()}}]},
+        ],
+    }
+    parsed = json.loads(json_body(payload))
+    assert parsed["messages"][0]["content"][0]["text"] == 'é "quoted" \\ 0123abcd:0'
+    assert parsed["messages"][1]["content"][0]["image_url"] == {"url": "data:image/png;base64,AAAA", "detail": "high"}
+    assert parsed["messages"][2]["content"][0]["image_url"]["url"] == "data:image/png;base64,AAAA"

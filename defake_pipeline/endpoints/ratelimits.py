@@ -1,0 +1,186 @@
+"""Pacing from the server's own rate-limit headers, and the token estimate a TPM limit needs.
+
+OpenAI answers every request with ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``.
+Where they are present, starts are paced just under the announced requests and tokens per
+minute, so the 429s a limit would cause never happen; where they are absent (vLLM, most
+gateways), nothing is paced here and the AIMD limiter in ``retry.py`` finds the limit.
+
+A request's tokens are counted as OpenAI's rate limiter counts them: the prompt estimated from
+its characters (4 to a token) and its images (by the model's own rule), plus the whole output
+allowance (``max_tokens``), which is charged up front whatever the answer's length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# OpenAI's rule for gpt-4o and 4.1 (tile-based models): the image is fitted in 2048x2048, its
+# short side scaled to 768, then cut into 512-pixel tiles of 170 tokens each, plus 85.
+_TILE, _TILE_TOKENS, _BASE_TOKENS, _LOW_DETAIL_TOKENS = 512, 170, 85, 85
+# Self-hosted vision transformers (Qwen2-VL and its kin) spend a token per 28x28 patch.
+_PATCH = 28
+
+
+def image_tokens(width: int, height: int, detail: str | None) -> int:
+    """Tokens an image costs: OpenAI's tile rule when ``detail`` is set, else one per 28-px patch."""
+    if detail == "low":
+        return _LOW_DETAIL_TOKENS
+    if detail:
+        scale = min(1.0, 2048 / max(width, height))
+        scale *= min(1.0, 768 / (min(width, height) * scale))
+        return _BASE_TOKENS + _TILE_TOKENS * math.ceil(width * scale / _TILE) * math.ceil(height * scale / _TILE)
+    return math.ceil(width / _PATCH) * math.ceil(height / _PATCH)
+
+
+def request_tokens(messages: Iterable[dict], max_tokens: int, image_size: Callable[[Any], tuple[int, int]]) -> int:
+    """Tokens a rate limiter charges for a chat request: text at 4 characters a token, each
+    image by ``image_tokens`` (``image_size`` gives its pixels from its URL value), and the
+    output allowance."""
+    chars, tokens = 0, max_tokens
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+            continue
+        for part in content or ():
+            if part.get("type") == "text":
+                chars += len(part.get("text") or "")
+            elif part.get("type") == "image_url":
+                image = part["image_url"]
+                tokens += image_tokens(*image_size(image["url"]), image.get("detail"))
+    return tokens + math.ceil(chars / 4)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration_s(text: str | None) -> float | None:
+    """OpenAI's reset durations ("1s", "6m0s", "20ms", "1h2m3.5s", or bare seconds) in seconds."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        value = float(text)
+        return value if math.isfinite(value) and value >= 0 else None
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as OpenAI writes it: "120ms" below a second, "1.5s" or "2m3s" above."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.3g}s" if minutes else f"{rest:.3g}s"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit as the headers announce it: per minute, what is left, and when it is full again."""
+
+    per_minute: int
+    remaining: int | None
+    reset_s: float | None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        number = int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= 0 else None
+
+
+def parse_limits(headers: Mapping[str, str]) -> dict[str, Limit]:
+    """The announced limits ("requests", "tokens") found in ``headers``; {} when there are none."""
+    found = {}
+    for kind in ("requests", "tokens"):
+        per_minute = _int(headers.get(f"x-ratelimit-limit-{kind}"))
+        if per_minute:
+            found[kind] = Limit(
+                per_minute,
+                _int(headers.get(f"x-ratelimit-remaining-{kind}")),
+                parse_duration_s(headers.get(f"x-ratelimit-reset-{kind}")),
+            )
+    return found
+
+
+class _Bucket:
+    """A token bucket mirroring the server's: refilled at the announced rate, one second deep."""
+
+    def __init__(self, per_s: float, level: float):
+        self.per_s = per_s
+        self.capacity = per_s  # one second's worth, as hosted APIs enforce a minute over short spans
+        self.level = min(self.capacity, level)
+        self.stamp = time.monotonic()
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.per_s)
+        self.stamp = now
+
+    def wait_s(self, amount: float) -> float:
+        # A request dearer than the whole bucket goes once the bucket is full (and leaves a debt).
+        need = min(amount, self.capacity) - self.level
+        return max(0.0, need / self.per_s)
+
+
+class RatePacer:
+    """Paces request starts under the limits the server's headers announce.
+
+    Starts go at ``HEADROOM`` of the announced rate: the few percent kept back absorb the
+    jitter between when a request leaves here and when the server counts it. A response that
+    says a limit is spent empties the local bucket too, whatever this side believed.
+    """
+
+    HEADROOM = 0.97
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, _Bucket] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def paces_tokens(self) -> bool:
+        return "tokens" in self.buckets
+
+    def observe(self, headers: Mapping[str, str] | None) -> None:
+        """Learn from one response's headers (a 429's included)."""
+        if not headers:
+            return
+        now = time.monotonic()
+        for kind, limit in parse_limits(headers).items():
+            per_s = self.HEADROOM * limit.per_minute / 60
+            bucket = self.buckets.get(kind)
+            if bucket is None or bucket.per_s != per_s:
+                start = limit.remaining if limit.remaining is not None else per_s
+                bucket = self.buckets[kind] = _Bucket(per_s, start)
+            bucket.refill(now)
+            if limit.remaining == 0:
+                bucket.level = min(bucket.level, 0.0)
+
+    async def wait(self, tokens: int) -> None:
+        """Return when a request of ``tokens`` may start under every announced limit."""
+        if not self.buckets:
+            return
+        async with self._lock:  # one waiter at a time: starts leave in order, evenly spaced
+            while True:
+                now = time.monotonic()
+                amounts = {"requests": 1.0, "tokens": float(tokens)}
+                for bucket in self.buckets.values():
+                    bucket.refill(now)
+                wait = max(b.wait_s(amounts[kind]) for kind, b in self.buckets.items())
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            for kind, bucket in self.buckets.items():
+                bucket.level -= amounts[kind]
