@@ -8,14 +8,17 @@ Conventions (CNNDetection's, kept by the seed's CSVs): label and pred are 1 real
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
-import pyarrow as pa
+if TYPE_CHECKING:  # pandas and pyarrow take most of a second to import; `mllmdf infer` does without
+    import pandas as pd
+    import pyarrow as pa
+
 
 Verdict = Literal["real", "fake", "unknown"]
 PRED_OF_VERDICT: dict[str, int] = {"real": 1, "fake": 0, "unknown": -1}
@@ -86,15 +89,30 @@ class ImageJob:
     probe_error: str | None = None
 
 
-_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.string()}
+def job_key(sha256: str | None, path: str) -> str:
+    """The key an image's predictions are stored under: its sha256, or its path when unreadable.
+
+    pandas' string columns hold a missing sha256 as NaN (truthy), so test for a real string."""
+    return sha256 if isinstance(sha256, str) and sha256 else f"missing:{path}"
 
 
 def _arrow_type(annotation: str) -> pa.DataType:
-    return _ARROW_TYPES[annotation.replace(" | None", "")]
+    import pyarrow as pa
+
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.string()}
+    return types[annotation.replace(" | None", "")]
 
 
-PREDICTION_SCHEMA = pa.schema([(f.name, _arrow_type(str(f.type))) for f in fields(Prediction)])
-PREDICTION_COLUMNS = PREDICTION_SCHEMA.names
+@functools.cache
+def prediction_schema() -> pa.Schema:
+    """The Arrow schema of a prediction row (built on first use: pyarrow is not needed to run
+    ``mllmdf infer``, and importing it costs a tenth of a second)."""
+    import pyarrow as pa
+
+    return pa.schema([(f.name, _arrow_type(str(f.type))) for f in fields(Prediction)])
+
+
+PREDICTION_COLUMNS = [f.name for f in fields(Prediction)]
 # The seed's CSV columns come first in `mllmdf infer` CSVs (and in the CSV beside each report).
 SEED_CSV_COLUMNS = ["path", "label", "pred", "response"]
 CSV_COLUMNS = SEED_CSV_COLUMNS + [c for c in PREDICTION_COLUMNS if c not in SEED_CSV_COLUMNS]
@@ -102,4 +120,6 @@ CSV_COLUMNS = SEED_CSV_COLUMNS + [c for c in PREDICTION_COLUMNS if c not in SEED
 
 def predictions_frame(rows: list[dict]) -> pd.DataFrame:
     """Prediction rows as a data frame typed by the schema (empty rows give typed columns)."""
-    return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA).to_pandas()
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=prediction_schema()).to_pandas()

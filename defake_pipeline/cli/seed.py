@@ -121,6 +121,7 @@ def infer(
         resolve_dataset,
         run_experiment,
         select_samples,
+        tally_of_csv,
     )
 
     layout = HomeLayout()
@@ -160,10 +161,7 @@ def infer(
         )
     # The summary covers the whole output CSV (earlier runs of --continue included), not only
     # the images this invocation answered.
-    import pandas as pd
-
-    rows = pd.read_csv(target, usecols=["label", "pred", "error"]) if target.exists() else None
-    whole = Tally.from_rows(rows["label"], rows["pred"], rows["error"]) if rows is not None else Tally()
+    whole = tally_of_csv(target) if target.exists() else Tally()
     summary = whole.progress()
     log.info("done: %s", summary)
     click.echo(

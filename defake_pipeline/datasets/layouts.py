@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from defake_pipeline.datasets.images import is_image_candidate
@@ -163,6 +162,8 @@ def list_images(spec: DatasetSpec) -> list[LabeledImage]:
 
 
 def _from_csv(spec: DatasetSpec) -> list[LabeledImage]:
+    import pandas as pd  # here, not at the top: listing folders (the common case) needs no pandas
+
     try:
         table = pd.read_csv(spec.csv, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError) as exc:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from defake_pipeline.datasets.images import ImageProbe, probe_image
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
-from defake_pipeline.records import ImageJob
+from defake_pipeline.records import ImageJob, job_key
 from defake_pipeline.text import is_utf8, printable
 
 MANIFEST_COLUMNS = [
@@ -104,13 +104,6 @@ def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, prog
     return frame.astype(
         {"label": "int64", "size_bytes": "Int64", "mtime_ns": "Int64", "width": "Int64", "height": "Int64"}
     )
-
-
-def job_key(sha256: str | None, path: str) -> str:
-    """The key an image's predictions are stored under: its sha256, or its path when unreadable.
-
-    pandas' string columns hold a missing sha256 as NaN (truthy), so test for a real string."""
-    return sha256 if isinstance(sha256, str) and sha256 else f"missing:{path}"
 
 
 def job_keys(manifest: pd.DataFrame) -> set[str]:

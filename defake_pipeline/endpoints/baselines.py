@@ -7,9 +7,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
-
 from defake_pipeline.datasets.images import open_rgb
 
 CANNY_LOW, CANNY_HIGH = 100, 200
@@ -28,6 +25,10 @@ class BaselineReply:
 
 def canny_edge_density(data: bytes) -> float:
     """Share of pixels OpenCV's Canny (thresholds 100/200) marks as edges, on the grey image."""
+    # OpenCV and numpy load here: a chat model's run (the common one) never needs them.
+    import cv2
+    import numpy as np
+
     grey = np.asarray(open_rgb(data).convert("L"))
     edges = cv2.Canny(grey, CANNY_LOW, CANNY_HIGH)
     return float(np.count_nonzero(edges)) / edges.size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from defake_pipeline.records import PREDICTION_SCHEMA
+from defake_pipeline.records import prediction_schema
 from defake_pipeline.warehouse.files import atomic_path
 from defake_pipeline.warehouse.gate import GateThresholds, create_gate_table
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -52,7 +52,7 @@ def rebuild_warehouse(
             )
         else:
             # From the Arrow schema: an empty pandas frame would give untyped (NULL) columns.
-            empty = PREDICTION_SCHEMA.empty_table()  # noqa: F841 - read by DuckDB's replacement scan
+            empty = prediction_schema().empty_table()  # noqa: F841 - read by DuckDB's replacement scan
             con.execute("CREATE TABLE predictions AS SELECT * FROM empty")
         expected = list(dict.fromkeys([*(partitions or []), *unreadable]))
         create_metrics(con, thresholds or GateThresholds(), expected or None, unreadable)

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from defake_pipeline.records import PREDICTION_COLUMNS, PREDICTION_SCHEMA
+from defake_pipeline.records import PREDICTION_COLUMNS, prediction_schema
 from defake_pipeline.warehouse.files import (
     atomic_path,
     remove_quietly,
@@ -43,7 +43,7 @@ class PredictionWriter:
     def __init__(self, target: Path):
         self.target = target
         self._tmp = temporary_beside(target, ".parquet.tmp")
-        self._writer = pq.ParquetWriter(self._tmp, PREDICTION_SCHEMA)
+        self._writer = pq.ParquetWriter(self._tmp, prediction_schema())
         self._batch: list[dict] = []
         self.n_rows = 0
 
@@ -56,13 +56,13 @@ class PredictionWriter:
         """Rows read back from an earlier partition file (pandas NaN becomes null)."""
         self._flush()
         self._writer.write_table(
-            pa.Table.from_pandas(frame[PREDICTION_COLUMNS], schema=PREDICTION_SCHEMA, preserve_index=False)
+            pa.Table.from_pandas(frame[PREDICTION_COLUMNS], schema=prediction_schema(), preserve_index=False)
         )
         self.n_rows += len(frame)
 
     def _flush(self) -> None:
         if self._batch:
-            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=PREDICTION_SCHEMA))
+            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=prediction_schema()))
             self.n_rows += len(self._batch)
             self._batch = []
 
