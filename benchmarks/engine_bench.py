@@ -32,8 +32,10 @@ PROMPT = load_prompt(find_prompt("simple"))
 
 
 class Server:
-    def __init__(self, latency: float = 0.0, rpm: int | None = None):
-        cmd = [sys.executable, "-m", "defake_pipeline.testing.chat_server", "--latency", str(latency)]
+    """The project's test server in a subprocess; ``options`` are its command-line flags."""
+
+    def __init__(self, latency: float = 0.0, rpm: int | None = None, *options: str):
+        cmd = [sys.executable, "-m", "defake_pipeline.testing.chat_server", "--latency", str(latency), *options]
         if rpm:
             cmd += ["--rpm", str(rpm)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

@@ -19,47 +19,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from engine_bench import LATENCY, Server, run_engine
 from PIL import Image
 
 from defake_pipeline.datasets.images import encode_image
 from defake_pipeline.endpoints.registry import get_model
-from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
-from defake_pipeline.evaluation.journal import ResponseJournal
-from defake_pipeline.prompting.spec import find_prompt, load_prompt
 from defake_pipeline.records import ImageJob
 
-LATENCY = 0.2
-PROMPT = load_prompt(find_prompt("simple"))
 MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
 
 
-class Server:
-    """The project's test server in a subprocess, with the given options."""
-
-    def __init__(self, *options: str):
-        cmd = [sys.executable, "-m", "defake_pipeline.testing.chat_server", "--latency", str(LATENCY), *options]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline().split()[1])
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def _call(self, path: str, body: dict | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data)) as r:
-            return json.loads(r.read() or b"{}")
-
-    def stats(self) -> dict:
-        return self._call("/stats")
-
-    def reset(self) -> None:
-        self._call("/reset", {})
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+def start_server(*options: str) -> Server:
+    """The project's test server at the benchmark's latency, with these command-line options."""
+    return Server(LATENCY, None, *options)
 
 
 def make_dataset(root: Path, n: int, size=(256, 192)) -> Path:
@@ -131,17 +105,6 @@ def tiny_jobs(folder: Path, n: int) -> list[ImageJob]:
     return [ImageJob(path=path, key=f"{folder.name}{i:060x}", label=i % 2) for i in range(n)]
 
 
-def run_engine(server: Server, jobs: list[ImageJob], journal_path: Path, concurrency: int, **update) -> tuple:
-    spec = get_model("vllm").model_copy(update={"base_url": server.base_url, "concurrency": concurrency, **update})
-    journal = ResponseJournal(journal_path)
-    try:
-        started = time.monotonic()
-        preds = evaluate_sync(jobs, make_evaluator(spec, PROMPT, journal))
-        return preds, time.monotonic() - started
-    finally:
-        journal.close()
-
-
 def rate_limited(tmp: Path) -> dict:
     """RPM and TPM limits, headers on and off. Runs without headers are twice as long: their
     opening round meets the limit once, and that cost is shared over the run."""
@@ -150,10 +113,10 @@ def rate_limited(tmp: Path) -> dict:
     for kind, limit, option in (("rpm", rpm, "--rpm"), ("tpm", tpm, "--tpm")):
         for headers in (True, False):
             n = 1100 if headers else 2200
-            server = Server(option, str(limit), *(["--ratelimit-headers"] if headers else []))
+            server = start_server(option, str(limit), *(["--ratelimit-headers"] if headers else []))
             try:
                 name = f"{kind}_headers_{'on' if headers else 'off'}"
-                preds, wall = run_engine(server, tiny_jobs(tmp / name, n), tmp / f"{name}.sqlite", 64)
+                preds, wall, _ = run_engine(server, tiny_jobs(tmp / name, n), tmp / f"{name}.sqlite", 64)
                 stats = server.stats()
                 used = stats["n_ok"] if kind == "rpm" else stats["n_tokens"]
                 out[name] = {
@@ -188,7 +151,7 @@ def uplink(tmp: Path) -> dict:
             "share_of_file": round(len(encoded.url) / len(data), 3),
         }
     rate = 50e6 / 8
-    server = Server("--uplink-bytes-per-s", str(rate))
+    server = start_server("--uplink-bytes-per-s", str(rate))
     try:
         speeds = {}
         for label, update in (
@@ -198,7 +161,7 @@ def uplink(tmp: Path) -> dict:
             n = 8 if label.startswith("original") else 48
             jobs = [ImageJob(path=big, key=f"{len(label)}{i:062x}", label=0) for i in range(n)]
             server.reset()
-            preds, wall = run_engine(server, jobs, tmp / f"uplink-{len(label)}.sqlite", 16, **update)
+            preds, wall, _ = run_engine(server, jobs, tmp / f"uplink-{len(label)}.sqlite", 16, **update)
             assert all(p.error is None for p in preds), [p.error for p in preds]
             sent = server.stats()["bytes_received"] // n
             speeds[label] = {"images": n, "images_per_s": round(n / wall, 2), "bytes_per_image": sent}
@@ -212,7 +175,7 @@ def uplink(tmp: Path) -> dict:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="defake-ttr-"))
     out: dict = {"latency_s": LATENCY, "image": "256x192 noise JPEG, about 30 KB"}
-    server = Server()
+    server = start_server()
     try:
         out["time_to_result"], out["warm_rerun_10k"] = time_to_result(server, tmp)
     finally:
