@@ -15,6 +15,7 @@ from pathlib import Path
 
 from defake_pipeline.datasets.images import ImageProbe, probe_image
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
+from defake_pipeline.datasets.probe_cache import ProbeCache, stat_key
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DatasetError, DefakeError
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
@@ -120,26 +121,37 @@ def tally_of_csv(path: Path) -> Tally:
 PROBE_AHEAD = 64
 
 
-def jobs_for(images: list[LabeledImage]) -> Iterator[ImageJob]:
-    """Jobs for the images, probed in two threads a little ahead of the engine: hashing and
-    decoding release the GIL, so requests keep flowing meanwhile."""
+def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> Iterator[ImageJob]:
+    """Jobs for the images, in order. A probe remembered in ``cache`` (same path, size and
+    modification time) is used as it is; the others run in two threads a little ahead of the
+    engine: hashing and decoding release the GIL, so requests keep flowing meanwhile."""
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probe")
-    ahead: deque[tuple[LabeledImage, Future[ImageProbe]]] = deque()
+    ahead: deque[tuple[LabeledImage, tuple[int, int] | None, Future[ImageProbe]]] = deque()
+
+    def job(item: LabeledImage, key: tuple[int, int] | None, probing: Future[ImageProbe]) -> ImageJob:
+        probe = probing.result()
+        if cache is not None and key is not None:
+            cache.put(item.path, key, probe)
+        return ImageJob(
+            path=item.path, key=job_key(probe.sha256, str(item.path)), label=item.label, probe_error=probe.error
+        )
+
     try:
         for item in images:
-            ahead.append((item, pool.submit(probe_image, item.path)))
+            key = stat_key(item.path) if cache is not None else None
+            known = cache.get(item.path, key) if cache is not None and key is not None else None
+            if known is not None:
+                probing: Future[ImageProbe] = Future()
+                probing.set_result(known)
+            else:
+                probing = pool.submit(probe_image, item.path)
+            ahead.append((item, None if known else key, probing))
             if len(ahead) >= PROBE_AHEAD:
-                yield _job(*ahead.popleft())
+                yield job(*ahead.popleft())
         while ahead:
-            yield _job(*ahead.popleft())
+            yield job(*ahead.popleft())
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _job(item: LabeledImage, probing: Future[ImageProbe]) -> ImageJob:
-    probe = probing.result()
-    key = job_key(probe.sha256, str(item.path))
-    return ImageJob(path=item.path, key=key, label=item.label, probe_error=probe.error)
 
 
 def run_experiment(
@@ -183,10 +195,12 @@ def run_experiment(
         if on_result:
             on_result(pred)
 
+    probes = ProbeCache(layout.probe_cache)
     try:
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-        evaluate_sync(jobs_for(todo), evaluator, on_result=write, collect=False)
+        evaluate_sync(jobs_for(todo, probes), evaluator, on_result=write, collect=False)
     finally:
+        probes.close()
         journal.close()
         if opened:
             opened[0].close()
