@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -74,7 +74,9 @@ class Prediction:
     """When the prediction was made (UTC, ISO 8601)."""
 
     def as_row(self) -> dict:
-        row = asdict(self)
+        # A shallow copy: every field is a scalar but the turns, which become JSON text
+        # (dataclasses.asdict deep-copies: 28 µs a row, the largest cost of a row on a warm rerun).
+        row = {name: getattr(self, name) for name in PREDICTION_COLUMNS}
         row["turns"] = json.dumps(self.turns, ensure_ascii=False)
         return row
 

@@ -80,10 +80,11 @@ def select_samples(
     return reals + fakes
 
 
-def display_path(path: Path) -> str:
-    """Paths as the seed wrote them: relative to the working directory where possible."""
+def display_path(path: Path, cwd: Path | None = None) -> str:
+    """Paths as the seed wrote them: relative to the working directory (``cwd``, or the current
+    one) where possible."""
     try:
-        return printable(str(path.relative_to(Path.cwd())))
+        return printable(str(path.relative_to(cwd or Path.cwd())))
     except ValueError:
         return printable(str(path))
 
@@ -174,7 +175,8 @@ def run_experiment(
     if resume and output.exists():
         with output.open(newline="", encoding="utf-8") as handle:
             done = {row.get("path") or "" for row in csv.DictReader(handle)}
-    todo = [i for i in images if display_path(i.path) not in done]
+    cwd = Path.cwd()
+    todo = [i for i in images if display_path(i.path, cwd) not in done]
     fresh = not (resume and output.exists())
     journal = ResponseJournal(layout.journal)
     # The file is opened at the first row: a run that fails before any answer (unreachable
@@ -190,7 +192,7 @@ def run_experiment(
                 writer.writeheader()
             opened.extend([handle, writer])
         handle, writer = opened
-        writer.writerow({**pred.as_row(), "path": display_path(Path(pred.path))})
+        writer.writerow({**pred.as_row(), "path": display_path(Path(pred.path), cwd)})
         handle.flush()
         if on_result:
             on_result(pred)
