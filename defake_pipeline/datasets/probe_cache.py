@@ -7,6 +7,7 @@ modification time and is probed again. Only clean probes are kept; a file that f
 again each run (its cause, such as permissions, can change without touching the file).
 
 The cache is an optimisation: if its file cannot be opened or written, runs go on without it.
+Paths are stored as the file system's own bytes: a name that is not valid UTF-8 is a key too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes (
-    path TEXT PRIMARY KEY,
+    path BLOB PRIMARY KEY,
     size_bytes INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
@@ -72,7 +73,7 @@ class ProbeCache:
         try:
             row = self._conn.execute(
                 "SELECT sha256, width, height, format FROM probes WHERE path=? AND size_bytes=? AND mtime_ns=?",
-                (str(path), *key),
+                (os.fsencode(path), *key),
             ).fetchone()
         except sqlite3.Error as exc:
             self._off(exc)
@@ -84,7 +85,7 @@ class ProbeCache:
     def put(self, path: Path, key: tuple[int, int], probe: ImageProbe) -> None:
         if self._conn is None or probe.error is not None or not probe.sha256:
             return
-        self._pending.append((str(path), *key, probe.sha256, probe.width, probe.height, probe.format))
+        self._pending.append((os.fsencode(path), *key, probe.sha256, probe.width, probe.height, probe.format))
         if len(self._pending) >= _BATCH:
             self.flush()
 
