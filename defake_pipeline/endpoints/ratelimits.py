@@ -116,23 +116,36 @@ def parse_limits(headers: Mapping[str, str]) -> dict[str, Limit]:
     return found
 
 
-class _Bucket:
-    """A token bucket mirroring the server's: refilled at the announced rate, one second deep."""
+class TokenBucket:
+    """A token bucket: refilled at ``per_s``, ``capacity`` deep. The pacer mirrors a server's
+    limit with one; the project's test server enforces its limits with the same class."""
 
-    def __init__(self, per_s: float, level: float):
+    def __init__(self, per_s: float, capacity: float, level: float | None = None):
         self.per_s = per_s
-        self.capacity = per_s  # one second's worth, as hosted APIs enforce a minute over short spans
-        self.level = min(self.capacity, level)
+        self.capacity = capacity
+        self.level = capacity if level is None else min(capacity, level)
         self.stamp = time.monotonic()
 
-    def refill(self, now: float) -> None:
+    def refill(self) -> None:
+        now = time.monotonic()
         self.level = min(self.capacity, self.level + (now - self.stamp) * self.per_s)
         self.stamp = now
 
     def wait_s(self, amount: float) -> float:
-        # A request dearer than the whole bucket goes once the bucket is full (and leaves a debt).
+        """Seconds until ``amount`` can be taken (0: now). One dearer than the whole bucket goes
+        once the bucket is full, and leaves a debt."""
         need = min(amount, self.capacity) - self.level
         return max(0.0, need / self.per_s)
+
+    def reserve(self, amount: float) -> float:
+        """Take ``amount`` whatever the level; seconds until it is paid for."""
+        self.refill()
+        self.level -= amount
+        return max(0.0, -self.level / self.per_s)
+
+    def reset_s(self) -> float:
+        """Seconds until the bucket is full again."""
+        return max(0.0, (self.capacity - self.level) / self.per_s)
 
 
 class RatePacer:
@@ -146,7 +159,7 @@ class RatePacer:
     HEADROOM = 0.97
 
     def __init__(self) -> None:
-        self.buckets: dict[str, _Bucket] = {}
+        self.buckets: dict[str, TokenBucket] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -157,14 +170,14 @@ class RatePacer:
         """Learn from one response's headers (a 429's included)."""
         if not headers:
             return
-        now = time.monotonic()
         for kind, limit in parse_limits(headers).items():
             per_s = self.HEADROOM * limit.per_minute / 60
             bucket = self.buckets.get(kind)
             if bucket is None or bucket.per_s != per_s:
                 start = limit.remaining if limit.remaining is not None else per_s
-                bucket = self.buckets[kind] = _Bucket(per_s, start)
-            bucket.refill(now)
+                # One second deep, as hosted APIs enforce a minute over short spans.
+                bucket = self.buckets[kind] = TokenBucket(per_s, per_s, start)
+            bucket.refill()
             if limit.remaining == 0:
                 bucket.level = min(bucket.level, 0.0)
 
@@ -174,10 +187,9 @@ class RatePacer:
             return
         async with self._lock:  # one waiter at a time: starts leave in order, evenly spaced
             while True:
-                now = time.monotonic()
                 amounts = {"requests": 1.0, "tokens": float(tokens)}
                 for bucket in self.buckets.values():
-                    bucket.refill(now)
+                    bucket.refill()
                 wait = max(b.wait_s(amounts[kind]) for kind, b in self.buckets.items())
                 if wait <= 0:
                     break

@@ -10,7 +10,6 @@ binds to loopback only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -21,67 +20,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from defake_pipeline.datasets.images import data_url_size
-from defake_pipeline.endpoints.ratelimits import format_duration, request_tokens
+from defake_pipeline.endpoints.ratelimits import TokenBucket, format_duration, request_tokens
+from defake_pipeline.testing.answers import Faults, default_responder, logprobs_of
 
 
-@dataclass
-class Faults:
-    """Shares of requests that fail, each way. Drawn from a seeded RNG, so runs repeat."""
-
-    rate_429: float = 0.0
-    rate_500: float = 0.0
-    rate_malformed: float = 0.0
-    rate_empty: float = 0.0
-    rate_drop: float = 0.0
-    rate_400: float = 0.0  # a permanent refusal, such as an image the model cannot take
-    rate_html: float = 0.0  # 200 with a proxy's HTML error page
-    rate_trickle: float = 0.0  # a valid answer sent one byte every trickle_interval_s
-    rate_bad_encoding: float = 0.0  # a valid answer whose text holds invalid UTF-8 and a lone surrogate
-    trickle_interval_s: float = 0.5
-    retry_after_s: float = 0.05
-    retry_after_header: str | None = None  # sent verbatim in place of retry_after_s (hostile values)
-    seed: int = 1234
-
-
-def default_responder(body: dict) -> str:
-    """Answer 'real' or 'generated' from a hash of the request's last image (or text)."""
-    last = body["messages"][-1]
-    content = last["content"]
-    key = json.dumps(content, sort_keys=True)
-    if isinstance(content, list):
-        images = [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
-        key = images[-1] if images else key
-    digest = hashlib.sha256(key.encode()).digest()[0]
-    return "Looking at the textures, this is generated." if digest % 2 else "The lighting looks natural: real."
-
-
-class Bucket:
-    """A token bucket refilled at ``per_s`` and ``capacity`` deep, the way hosted APIs enforce a
-    per-minute limit over short spans. Not thread-safe: the server's lock guards it."""
-
-    def __init__(self, per_s: float, capacity: float):
-        self.per_s = per_s
-        self.capacity = capacity
-        self.level = capacity
-        self.stamp = time.monotonic()
-
-    def refill(self) -> None:
-        now = time.monotonic()
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.per_s)
-        self.stamp = now
-
-    def reserve(self, amount: float) -> float:
-        """Take ``amount`` whatever the level; seconds to wait until it is paid for."""
-        self.refill()
-        self.level -= amount
-        return max(0.0, -self.level / self.per_s)
-
-    def reset_s(self) -> float:
-        return max(0.0, (self.capacity - self.level) / self.per_s)
-
-
-def _per_minute_bucket(per_minute: int) -> Bucket:
-    return Bucket(per_minute / 60.0, max(1.0, per_minute / 60.0))
+def _per_minute_bucket(per_minute: int) -> TokenBucket:
+    """A per-minute limit enforced over short spans, as hosted APIs do: one second deep."""
+    return TokenBucket(per_minute / 60.0, max(1.0, per_minute / 60.0))
 
 
 @dataclass
@@ -122,7 +67,7 @@ class ServerState:
         """Full buckets for the limits as they are set now."""
         self.requests = _per_minute_bucket(self.rpm_limit) if self.rpm_limit else None
         self.tokens = _per_minute_bucket(self.tpm_limit) if self.tpm_limit else None
-        self.uplink = Bucket(self.uplink_bytes_per_s, 65536) if self.uplink_bytes_per_s else None
+        self.uplink = TokenBucket(self.uplink_bytes_per_s, 65536) if self.uplink_bytes_per_s else None
         self._limits = (self.rpm_limit, self.tpm_limit, self.uplink_bytes_per_s)
 
     def sync_limits(self) -> None:
@@ -153,13 +98,10 @@ class ServerState:
         if self.tokens or self.ratelimit_headers:
             cost = request_tokens(body.get("messages") or [], _output_allowance(body), data_url_size)
         waits = []
-        if self.requests:
-            self.requests.refill()
-            waits.append(0.0 if self.requests.level >= 1 else (1 - self.requests.level) / self.requests.per_s)
-        if self.tokens:
-            self.tokens.refill()
-            need = min(cost, self.tokens.capacity)
-            waits.append(max(0.0, (need - self.tokens.level) / self.tokens.per_s))
+        for bucket, amount in ((self.requests, 1), (self.tokens, cost)):
+            if bucket:
+                bucket.refill()
+                waits.append(bucket.wait_s(amount))
         wait = max(waits, default=0.0)
         if wait <= 0:
             if self.requests:
@@ -185,23 +127,6 @@ class ServerState:
 def _output_allowance(body: dict) -> int:
     value = body.get("max_completion_tokens", body.get("max_tokens"))
     return value if isinstance(value, int) else 0
-
-
-def _logprobs(text: str, p_verdict: float) -> list[dict]:
-    """Token log-probabilities for a whitespace-split answer; verdict words get a rival alternative."""
-    rivals = {"real": "generated", "generated": "real", "fake": "real"}
-    out = []
-    for word in text.split(" "):
-        token = " " + word
-        bare = word.strip(".,:;!").lower()
-        top = [{"token": token, "logprob": 0.0, "bytes": None}]
-        if bare in rivals:
-            top = [
-                {"token": token, "logprob": math.log(p_verdict), "bytes": None},
-                {"token": " " + rivals[bare], "logprob": math.log(1 - p_verdict), "bytes": None},
-            ]
-        out.append({"token": token, "logprob": top[0]["logprob"], "bytes": None, "top_logprobs": top})
-    return out
 
 
 def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
@@ -347,7 +272,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             prompt_tokens = max(1, length // 4)
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             if body.get("logprobs"):
-                choice["logprobs"] = {"content": _logprobs(text, state.verdict_probability)}
+                choice["logprobs"] = {"content": logprobs_of(text, state.verdict_probability)}
             return {
                 "id": f"chatcmpl-{state.n_chat}",
                 "object": "chat.completion",

@@ -1,0 +1,57 @@
+"""What the test server answers: the shares of requests that fail each way, and the
+deterministic answers (with token log-probabilities) it gives the rest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Faults:
+    """Shares of requests that fail, each way. Drawn from a seeded RNG, so runs repeat."""
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_malformed: float = 0.0
+    rate_empty: float = 0.0
+    rate_drop: float = 0.0
+    rate_400: float = 0.0  # a permanent refusal, such as an image the model cannot take
+    rate_html: float = 0.0  # 200 with a proxy's HTML error page
+    rate_trickle: float = 0.0  # a valid answer sent one byte every trickle_interval_s
+    rate_bad_encoding: float = 0.0  # a valid answer whose text holds invalid UTF-8 and a lone surrogate
+    trickle_interval_s: float = 0.5
+    retry_after_s: float = 0.05
+    retry_after_header: str | None = None  # sent verbatim in place of retry_after_s (hostile values)
+    seed: int = 1234
+
+
+def default_responder(body: dict) -> str:
+    """Answer 'real' or 'generated' from a hash of the request's last image (or text)."""
+    last = body["messages"][-1]
+    content = last["content"]
+    key = json.dumps(content, sort_keys=True)
+    if isinstance(content, list):
+        images = [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+        key = images[-1] if images else key
+    digest = hashlib.sha256(key.encode()).digest()[0]
+    return "Looking at the textures, this is generated." if digest % 2 else "The lighting looks natural: real."
+
+
+def logprobs_of(text: str, p_verdict: float) -> list[dict]:
+    """Token log-probabilities for a whitespace-split answer; verdict words get a rival alternative."""
+    rivals = {"real": "generated", "generated": "real", "fake": "real"}
+    out = []
+    for word in text.split(" "):
+        token = " " + word
+        bare = word.strip(".,:;!").lower()
+        top = [{"token": token, "logprob": 0.0, "bytes": None}]
+        if bare in rivals:
+            top = [
+                {"token": token, "logprob": math.log(p_verdict), "bytes": None},
+                {"token": " " + rivals[bare], "logprob": math.log(1 - p_verdict), "bytes": None},
+            ]
+        out.append({"token": token, "logprob": top[0]["logprob"], "bytes": None, "top_logprobs": top})
+    return out
