@@ -73,13 +73,25 @@ class ResponseJournal:
         # autocommit mode: each put is its own transaction, durable once put() returns.
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal()
             # NORMAL survives a killed process (only an OS crash could lose the last commits).
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._failure(exc, "cannot open it") from None
+
+    def _enable_wal(self) -> None:
+        # Two runners opening a new journal at once: switching it to WAL can answer "database is
+        # locked" at once, without SQLite's busy timeout; the other runner finishes in moments.
+        for attempt in range(100):
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
 
     def _failure(self, exc: sqlite3.Error, doing: str) -> DefakeError:
         """A one-line error: a damaged file says how to go on, and is never written over."""
