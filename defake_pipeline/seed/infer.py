@@ -10,12 +10,12 @@ import random
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from defake_pipeline.datasets.images import ImageProbe, probe_image
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
 from defake_pipeline.datasets.probe_cache import ProbeCache, stat_key
+from defake_pipeline.datasets.probe_worker import ProbeChunk, ProbeWorker
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DatasetError, DefakeError
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
@@ -117,20 +117,25 @@ def tally_of_csv(path: Path) -> Tally:
     return Tally.from_rows(labels, preds, errors)
 
 
-# Images probed ahead of the engine. Probing (hashing, decoding at 1/8 scale) takes a few
-# milliseconds an image; done on the event loop it held back every request in flight.
+# Images probed ahead of the engine, and how many go to the probe worker at once: the first
+# chunk is small, so the first requests do not wait for a whole chunk.
 PROBE_AHEAD = 64
+PROBE_CHUNK = 16
+FIRST_PROBE_CHUNK = 4
 
 
 def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> Iterator[ImageJob]:
     """Jobs for the images, in order. A probe remembered in ``cache`` (same path, size and
-    modification time) is used as it is; the others run in two threads a little ahead of the
-    engine: hashing and decoding release the GIL, so requests keep flowing meanwhile."""
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probe")
-    ahead: deque[tuple[LabeledImage, tuple[int, int] | None, Future[ImageProbe]]] = deque()
+    modification time) is used as it is. The first image to probe is probed here, at once (its
+    request goes first and alone); the others go to a worker process in chunks, a little ahead of
+    the engine (see ``probe_worker``)."""
+    worker = ProbeWorker()
+    ahead: deque[tuple[LabeledImage, tuple[int, int] | None, ImageProbe | ProbeChunk, int]] = deque()
+    chunk: ProbeChunk | None = None
+    probed_here = False
 
-    def job(item: LabeledImage, key: tuple[int, int] | None, probing: Future[ImageProbe]) -> ImageJob:
-        probe = probing.result()
+    def job(item: LabeledImage, key: tuple[int, int] | None, probing: ImageProbe | ProbeChunk, index: int) -> ImageJob:
+        probe = probing.probe(index) if isinstance(probing, ProbeChunk) else probing
         if cache is not None and key is not None:
             cache.put(item.path, key, probe)
         return ImageJob(
@@ -142,17 +147,24 @@ def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> Ite
             key = stat_key(item.path) if cache is not None else None
             known = cache.get(item.path, key) if cache is not None and key is not None else None
             if known is not None:
-                probing: Future[ImageProbe] = Future()
-                probing.set_result(known)
+                ahead.append((item, None, known, 0))
+            elif not probed_here:
+                probed_here = True
+                ahead.append((item, key, probe_image(item.path), 0))
             else:
-                probing = pool.submit(probe_image, item.path)
-            ahead.append((item, None if known else key, probing))
+                if chunk is None or chunk.submitted:  # the engine may have asked for a partial chunk
+                    chunk = ProbeChunk(worker, [])
+                ahead.append((item, key, chunk, len(chunk.paths)))
+                chunk.paths.append(item.path)
+                if len(chunk.paths) >= (PROBE_CHUNK if worker.started else FIRST_PROBE_CHUNK):
+                    chunk.submit()
+                    chunk = None
             if len(ahead) >= PROBE_AHEAD:
                 yield job(*ahead.popleft())
         while ahead:
             yield job(*ahead.popleft())
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        worker.close()
 
 
 def run_experiment(
@@ -176,7 +188,7 @@ def run_experiment(
         with output.open(newline="", encoding="utf-8") as handle:
             done = {row.get("path") or "" for row in csv.DictReader(handle)}
     cwd = Path.cwd()
-    todo = [i for i in images if display_path(i.path, cwd) not in done]
+    todo = [i for i in images if display_path(i.path, cwd) not in done] if done else images
     fresh = not (resume and output.exists())
     journal = ResponseJournal(layout.journal)
     # The file is opened at the first row: a run that fails before any answer (unreachable
