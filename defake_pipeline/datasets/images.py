@@ -155,7 +155,8 @@ class EncodingPolicy:
 # A JPEG larger than its target decodes at a reduced DCT scale (1/2, 1/4, 1/8) that keeps at
 # least this many times the target's pixels on each side; Lanczos does the rest. A 4000×3000
 # photo headed for 1024×768 decodes at 2000×1500: 0.12 s instead of 0.22 s of CPU, 55-56 dB
-# PSNR against a Lanczos resize of the full decode on photographs (39 dB on pure noise).
+# PSNR against a Lanczos resize of the full decode on photographs (39 dB on pure noise, the
+# worst case, before the JPEG re-encoding).
 DRAFT_GAP = 1.5
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112

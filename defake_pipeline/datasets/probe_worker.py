@@ -2,7 +2,7 @@
 
 ``mllmdf infer`` probes each image (read, sha256, decode check) while its event loop sends
 requests. In threads of the same process the two fought over the GIL: at 64 requests in flight
-a 0.5 ms probe cost the run 1.3–1.6 ms of CPU an image and a tenth of its throughput. One
+a 0.5 ms probe cost the run 1.3–1.6 ms of CPU an image and 6–16% of its throughput. One
 worker process, fed chunks of paths through a pipe, costs the loop only reading the results.
 
 The worker is ``python -m defake_pipeline.datasets.probe_worker``: chunks of paths come in on
