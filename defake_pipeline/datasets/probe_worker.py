@@ -45,6 +45,8 @@ class ProbeChunk:
 
     def probe(self, index: int) -> ImageProbe:
         if self.probes is None:
+            if not self.submitted and not self.worker.started:
+                return probe_image(self.paths[index])  # fewer images than a chunk: no worker for them
             self.submit()
             self.worker.poll()
             if self.probes is None and not self.worker.answered:

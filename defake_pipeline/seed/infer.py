@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from defake_pipeline.datasets.images import ImageProbe, probe_image
+from defake_pipeline.datasets.images import ImageProbe
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
 from defake_pipeline.datasets.probe_cache import ProbeCache, stat_key
 from defake_pipeline.datasets.probe_worker import ProbeChunk, ProbeWorker
@@ -117,22 +117,18 @@ def tally_of_csv(path: Path) -> Tally:
     return Tally.from_rows(labels, preds, errors)
 
 
-# Images probed ahead of the engine, and how many go to the probe worker at once: the first
-# chunk is small, so the first requests do not wait for a whole chunk.
+# Images probed ahead of the engine, and how many go to the probe worker at once.
 PROBE_AHEAD = 64
 PROBE_CHUNK = 16
-FIRST_PROBE_CHUNK = 4
 
 
 def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> Iterator[ImageJob]:
     """Jobs for the images, in order. A probe remembered in ``cache`` (same path, size and
-    modification time) is used as it is. The first image to probe is probed here, at once (its
-    request goes first and alone); the others go to a worker process in chunks, a little ahead of
-    the engine (see ``probe_worker``)."""
+    modification time) is used as it is; the others go to a worker process in chunks, a little
+    ahead of the engine (see ``probe_worker``: while it starts, they are probed here)."""
     worker = ProbeWorker()
     ahead: deque[tuple[LabeledImage, tuple[int, int] | None, ImageProbe | ProbeChunk, int]] = deque()
     chunk: ProbeChunk | None = None
-    probed_here = False
 
     def job(item: LabeledImage, key: tuple[int, int] | None, probing: ImageProbe | ProbeChunk, index: int) -> ImageJob:
         probe = probing.probe(index) if isinstance(probing, ProbeChunk) else probing
@@ -148,15 +144,12 @@ def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> Ite
             known = cache.get(item.path, key) if cache is not None and key is not None else None
             if known is not None:
                 ahead.append((item, None, known, 0))
-            elif not probed_here:
-                probed_here = True
-                ahead.append((item, key, probe_image(item.path), 0))
             else:
                 if chunk is None or chunk.submitted:  # the engine may have asked for a partial chunk
                     chunk = ProbeChunk(worker, [])
                 ahead.append((item, key, chunk, len(chunk.paths)))
                 chunk.paths.append(item.path)
-                if len(chunk.paths) >= (PROBE_CHUNK if worker.started else FIRST_PROBE_CHUNK):
+                if len(chunk.paths) >= PROBE_CHUNK:
                     chunk.submit()
                     chunk = None
             if len(ahead) >= PROBE_AHEAD:
