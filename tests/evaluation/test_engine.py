@@ -256,14 +256,16 @@ def test_rate_limited_endpoint_is_paced_not_hammered(chat_server, tmp_path):
 
 def test_announced_limits_are_paced_without_a_429(chat_server, tmp_path):
     """#12: with OpenAI's x-ratelimit-* headers, starts are paced under the requests and the
-    tokens per minute announced, so no request is refused."""
+    tokens per minute announced, so no request is refused once they are known. The opening
+    round starts before any answer has announced them: it may meet the limit once (the requests
+    already on their way when the first refusal comes back are refused too)."""
     state = chat_server.state
     state.latency_s, state.ratelimit_headers = 0.05, True
     state.rpm_limit = 1200  # 20 a second
     started = time.monotonic()
     preds, _ = run(spec_for(chat_server, concurrency=32), many_jobs(tmp_path / "rpm", 60), tmp_path / "rpm")
     elapsed = time.monotonic() - started
-    assert all(p.error is None for p in preds) and state.n_429 == 0 and state.n_chat == 60
+    assert all(p.error is None for p in preds) and state.n_429 <= 3 and state.n_chat == 60 + state.n_429
     assert elapsed > (60 - 20) / 20  # paced: the burst one second holds, then 20 a second
 
     state.rpm_limit, state.tpm_limit = None, 60_000  # 1,000 tokens a second
@@ -272,22 +274,34 @@ def test_announced_limits_are_paced_without_a_429(chat_server, tmp_path):
     spec = spec_for(chat_server, concurrency=32, max_tokens=100)
     preds, evaluator = run(spec, many_jobs(tmp_path / "tpm", 40), tmp_path / "tpm")
     elapsed = time.monotonic() - started
-    assert all(p.error is None for p in preds) and state.n_429 == 0 and state.n_chat == 40
+    assert all(p.error is None for p in preds) and state.n_429 <= 3 and state.n_chat == 40 + state.n_429
     # The client's estimate of each request is the server's charge: text, image and allowance.
     per_request = state.n_tokens / 40
     assert 100 < per_request < 200 and evaluator.backend.pacer.paces_tokens
     assert elapsed > (state.n_tokens - 1000) / 1000
 
 
-def test_the_whole_concurrency_opens_after_the_first_answer(chat_server, tmp_path):
-    """#12: no slow start on the way up: the first request goes alone, then all 16 at once."""
+def test_the_opening_round_ramps_to_the_whole_concurrency_before_the_first_answer(chat_server, tmp_path):
+    """#12: no request waits for the first answer: the opening round starts one request every
+    OPENING_SPACING_S, so all 16 are in flight within a few milliseconds, and spread out."""
     chat_server.state.latency_s = 0.3
     preds, _ = run(spec_for(chat_server, concurrency=16), many_jobs(tmp_path, 33), tmp_path)
     times = chat_server.state.request_times
     assert all(p.error is None for p in preds) and len(times) == 33
-    assert times[1] - times[0] >= 0.25  # the first went alone
-    assert times[16] - times[1] < 0.3  # the next 16 left within one latency (a slow start takes 3 rounds)
+    assert times[15] - times[0] < 0.2  # all 16 before the first answer (a lone first request: 0.3 s)
+    assert times[15] - times[0] >= 15 * AdaptiveLimiter.OPENING_SPACING_S * 0.9  # spread, not a burst
     assert chat_server.state.peak_in_flight == 16
+
+
+def test_a_cold_start_against_an_announced_limit_meets_it_once_at_most(chat_server, tmp_path):
+    """#12: the opening round cannot know a limit no answer has announced yet, but its starts are
+    spread out, so the first refusal (with its headers and Retry-After) stops it: at concurrency
+    64, against 20 requests a second, a 429 or three, where a burst would get 44."""
+    state = chat_server.state
+    state.latency_s, state.ratelimit_headers, state.rpm_limit = 0.2, True, 1200
+    preds, _ = run(spec_for(chat_server, concurrency=64), many_jobs(tmp_path, 40), tmp_path)
+    assert all(p.error is None for p in preds)
+    assert state.n_429 <= 3
 
 
 def test_token_rules_and_reset_durations():
