@@ -406,3 +406,22 @@ def test_infer_remembers_probes_by_path_size_and_mtime(tmp_path):
     rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "out" / "run.csv").open())}
     assert rows[rewritten.name]["image_sha256"] == hashlib.sha256(rewritten.read_bytes()).hexdigest()
     assert rows[disguised.name]["image_sha256"] == old_sha  # not read again: the cache was used
+
+
+def test_the_console_script_ends_with_its_logs_output_and_exit_codes_intact(tmp_path):
+    """#12: ``mllmdf`` exits without the interpreter's teardown (0.2-0.3 s a command), so what
+    that teardown would have done is checked here: the log file is complete, piped output is
+    all there, and exit codes are kept."""
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    env = {"DEFAKE_HOME": str(tmp_path / "out")}
+    args = ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "0", "-l", "ends"]
+    out = mllmdf([*args, "-o", "run"], tmp_path, env)
+    assert out.stdout == f"{tmp_path / 'out' / 'run.csv'}\n" and "accuracy" in out.stderr
+    assert "done: {" in (tmp_path / "out" / "logs" / "ends.log").read_text().splitlines()[-1]
+    again = mllmdf([*args, "-o", "run"], tmp_path, env, check=False)  # refuses to overwrite
+    assert (
+        again.returncode == 2 and again.stderr.splitlines()[-1].startswith("error: ") and "--continue" in again.stderr
+    )
+    usage = mllmdf(["infer", "--no-such-option"], tmp_path, env, check=False)
+    assert usage.returncode == 2 and "No such option" in usage.stderr
