@@ -69,7 +69,7 @@ def run() -> None:
     """
     try:
         main()  # standalone mode: always ends in SystemExit
-        code: object = 0
+        code: str | int | None = 0
     except SystemExit as exc:
         code = exc.code
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
