@@ -23,8 +23,10 @@ def parse_verdict(response: str | None) -> Verdict:
     return "real" if last_real > last_fake else "fake"
 
 
-def _marker_class(token: str) -> str | None:
+def _marker_class(token: object) -> str | None:
     """'real' or 'fake' when a (possibly partial) token starts one of the verdict words."""
+    if not isinstance(token, str):
+        return None
     t = token.strip().lower().strip(".,:;!\"'*")
     if len(t) < 2:
         return None
@@ -34,20 +36,22 @@ def _marker_class(token: str) -> str | None:
     return None
 
 
-def score_from_logprobs(tokens) -> float | None:
+def score_from_logprobs(tokens: list) -> float | None:
     """P(fake) at the last verdict token, from its top alternatives' probabilities.
 
-    ``tokens`` is the chat-completions ``logprobs.content`` list (objects with ``token``,
-    ``logprob`` and ``top_logprobs``). None when no verdict token is found.
+    ``tokens`` is the chat-completions ``logprobs.content`` list as sent: dicts with
+    ``token``, ``logprob`` and ``top_logprobs``. Entries of another shape are passed over.
+    None when no verdict token is found.
     """
     for item in reversed(tokens):
-        if _marker_class(item.token) is None:
+        if not isinstance(item, dict) or _marker_class(item.get("token")) is None:
             continue
         mass = {"real": 0.0, "fake": 0.0}
-        for alt in item.top_logprobs or [item]:
-            cls = _marker_class(alt.token)
-            if cls:
-                mass[cls] += math.exp(alt.logprob)
+        for alt in item.get("top_logprobs") or [item]:
+            cls = _marker_class(alt.get("token")) if isinstance(alt, dict) else None
+            logprob = alt.get("logprob") if cls else None
+            if cls and isinstance(logprob, int | float) and math.isfinite(logprob):
+                mass[cls] += math.exp(min(logprob, 0.0))
         total = mass["real"] + mass["fake"]
         return mass["fake"] / total if total > 0 else None
     return None

@@ -175,19 +175,17 @@ class ChatBackend:
         except TimeoutError:
             raise RequestTimeoutError(f"no complete answer within timeout_s={self.spec.timeout_s:g} s") from None
         latency = time.perf_counter() - started
-        completion, repaired = parse_completion(raw.headers.get("content-type"), body)
-        choice = completion.choices[0]
-        usage = completion.usage
+        completion = parse_completion(raw.headers.get("content-type"), body)
         score = None
-        if self.spec.logprobs and choice.logprobs and choice.logprobs.content:
-            score = score_from_logprobs(choice.logprobs.content)
+        if self.spec.logprobs and completion.logprobs:
+            score = score_from_logprobs(completion.logprobs)
         return ChatReply(
-            text=choice.message.content or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            text=completion.text,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
             latency_s=latency,
             score_fake=score,
-            repaired_encoding=repaired,
+            repaired_encoding=completion.repaired,
         )
 
     async def complete(self, messages: list[dict]) -> ChatReply:

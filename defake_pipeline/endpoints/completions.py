@@ -4,14 +4,16 @@ An answer that arrives is paid for, so it is kept whatever its bytes: invalid UT
 surrogates (``"\\ud800"`` escapes, which SQLite cannot store) become U+FFFD and the entry is
 flagged ``repaired_encoding``. A body that is not JSON at all (a proxy's HTML error page) is
 a transient failure, retried like a malformed one.
+
+The JSON is read as it is, not built into the SDK's ``ChatCompletion`` model: constructing
+its nested objects was 9% of the client's CPU at 64 requests in flight, for four fields.
 """
 
 from __future__ import annotations
 
 import json
 import re
-
-from openai.types.chat import ChatCompletion
+from dataclasses import dataclass
 
 from defake_pipeline.endpoints.retry import EmptyResponseError, NonJSONBodyError
 
@@ -24,8 +26,25 @@ def repair_text(text: str) -> tuple[str, bool]:
     return repaired, n > 0
 
 
-def parse_completion(content_type: str | None, body: bytes) -> tuple[ChatCompletion, bool]:
-    """The completion in ``body`` and whether its text had to be repaired to be stored."""
+@dataclass(frozen=True)
+class Completion:
+    """What the engine reads from a chat completion: the first choice's text, the usage, and
+    that choice's ``logprobs.content`` as sent (a list of dicts), when there is one."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list | None = None
+    repaired: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
+
+
+def _count(usage: object, name: str) -> int:
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_completion(content_type: str | None, body: bytes) -> Completion:
+    """The completion in ``body``, its text repaired where it could not be stored as sent."""
     try:
         text, repaired = body.decode("utf-8"), False
     except UnicodeDecodeError:
@@ -44,6 +63,14 @@ def parse_completion(content_type: str | None, body: bytes) -> tuple[ChatComplet
     message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, dict) or not isinstance(message.get("content"), str):
         raise EmptyResponseError("the endpoint returned no message content")
-    message["content"], fixed = repair_text(message["content"])
-    # construct() builds the SDK's models without validating them, as the SDK itself does.
-    return ChatCompletion.construct(**data), repaired or fixed
+    content, fixed = repair_text(message["content"])
+    logprobs = first.get("logprobs") if isinstance(first, dict) else None
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    usage = data.get("usage")
+    return Completion(
+        text=content,
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
+        logprobs=tokens if isinstance(tokens, list) else None,
+        repaired=repaired or fixed,
+    )

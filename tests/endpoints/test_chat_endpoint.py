@@ -126,3 +126,28 @@ def test_encoded_images_are_spliced_into_the_body_unchanged():
     assert parsed["messages"][0]["content"][0]["text"] == 'é "quoted" \\ 0123abcd:0'
     assert parsed["messages"][1]["content"][0]["image_url"] == {"url": "data:image/png;base64,AAAA", "detail": "high"}
     assert parsed["messages"][2]["content"][0]["image_url"]["url"] == "data:image/png;base64,AAAA"
+
+
+def test_a_completion_is_read_from_its_json_and_odd_fields_do_not_break_it():
+    """#12: answers are read as JSON (no SDK model is built); usage and logprobs of another
+    shape than the API's give zeros and no score, never an error on a paid answer."""
+    from defake_pipeline.endpoints.completions import parse_completion
+    from defake_pipeline.verdict import score_from_logprobs
+
+    def body(**choice_extra) -> bytes:
+        choice = {"index": 0, "message": {"role": "assistant", "content": "It is generated"}, **choice_extra}
+        return json.dumps({"choices": [choice], "usage": {"prompt_tokens": 90, "completion_tokens": 4}}).encode()
+
+    top = [{"token": " generated", "logprob": -0.105}, {"token": " real", "logprob": -2.303}]
+    good = parse_completion(
+        "application/json", body(logprobs={"content": [{"token": " generated", "top_logprobs": top}]})
+    )
+    assert (good.text, good.prompt_tokens, good.completion_tokens, good.repaired) == ("It is generated", 90, 4, False)
+    assert score_from_logprobs(good.logprobs) == pytest.approx(0.9, abs=0.001)
+
+    odd = json.dumps({"choices": [{"message": {"content": "real \ud800"}, "logprobs": "nope"}], "usage": "x"})
+    read = parse_completion("application/json", odd.encode())
+    assert (read.text, read.prompt_tokens, read.logprobs, read.repaired) == ("real \ufffd", 0, None, True)
+    hostile = [None, {"token": 7}, {"token": "fake", "top_logprobs": [{"token": "fake", "logprob": "high"}, 3]}]
+    assert score_from_logprobs(hostile) is None
+    assert score_from_logprobs([{"token": "real", "logprob": 1e9}]) == 0.0  # no overflow
