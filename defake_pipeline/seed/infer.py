@@ -18,7 +18,6 @@ from defake_pipeline.datasets.probe_cache import ProbeCache, stat_key
 from defake_pipeline.datasets.probe_worker import ProbeChunk, ProbeWorker
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DatasetError, DefakeError
-from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
@@ -122,42 +121,65 @@ PROBE_AHEAD = 64
 PROBE_CHUNK = 16
 
 
-def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> Iterator[ImageJob]:
+class ProbedJobs:
     """Jobs for the images, in order. A probe remembered in ``cache`` (same path, size and
     modification time) is used as it is; the others go to a worker process in chunks, a little
-    ahead of the engine (see ``probe_worker``: while it starts, they are probed here)."""
-    worker = ProbeWorker()
-    ahead: deque[tuple[LabeledImage, tuple[int, int] | None, ImageProbe | ProbeChunk, int]] = deque()
-    chunk: ProbeChunk | None = None
+    ahead of the engine (see ``probe_worker``: while it starts, they are probed here).
 
-    def job(item: LabeledImage, key: tuple[int, int] | None, probing: ImageProbe | ProbeChunk, index: int) -> ImageJob:
+    ``start()`` sends the first chunks before anyone asks for a job, so the worker probes them
+    while the caller does something else (``run_experiment`` imports the engine meanwhile).
+    """
+
+    def __init__(self, images: list[LabeledImage], cache: ProbeCache | None = None):
+        self.worker = ProbeWorker()
+        self._images = iter(images)
+        self._cache = cache
+        self._ahead: deque[tuple[LabeledImage, tuple[int, int] | None, ImageProbe | ProbeChunk, int]] = deque()
+        self._chunk: ProbeChunk | None = None
+
+    def start(self) -> ProbedJobs:
+        """Queue images until PROBE_AHEAD are ahead; full chunks go to the worker at once."""
+        cache = self._cache
+        while len(self._ahead) < PROBE_AHEAD and (item := next(self._images, None)) is not None:
+            key = stat_key(item.path) if cache is not None else None
+            known = cache.get(item.path, key) if cache is not None and key is not None else None
+            if known is not None:
+                self._ahead.append((item, None, known, 0))
+                continue
+            chunk = self._chunk
+            if chunk is None or chunk.submitted:  # the engine may have asked for a partial chunk
+                chunk = self._chunk = ProbeChunk(self.worker, [])
+            self._ahead.append((item, key, chunk, len(chunk.paths)))
+            chunk.paths.append(item.path)
+            if len(chunk.paths) >= PROBE_CHUNK:
+                chunk.submit()
+                self._chunk = None
+        return self
+
+    def _job(
+        self, item: LabeledImage, key: tuple[int, int] | None, probing: ImageProbe | ProbeChunk, index: int
+    ) -> ImageJob:
         probe = probing.probe(index) if isinstance(probing, ProbeChunk) else probing
-        if cache is not None and key is not None:
-            cache.put(item.path, key, probe)
+        if self._cache is not None and key is not None:
+            self._cache.put(item.path, key, probe)
         return ImageJob(
             path=item.path, key=job_key(probe.sha256, str(item.path)), label=item.label, probe_error=probe.error
         )
 
-    try:
-        for item in images:
-            key = stat_key(item.path) if cache is not None else None
-            known = cache.get(item.path, key) if cache is not None and key is not None else None
-            if known is not None:
-                ahead.append((item, None, known, 0))
-            else:
-                if chunk is None or chunk.submitted:  # the engine may have asked for a partial chunk
-                    chunk = ProbeChunk(worker, [])
-                ahead.append((item, key, chunk, len(chunk.paths)))
-                chunk.paths.append(item.path)
-                if len(chunk.paths) >= PROBE_CHUNK:
-                    chunk.submit()
-                    chunk = None
-            if len(ahead) >= PROBE_AHEAD:
-                yield job(*ahead.popleft())
-        while ahead:
-            yield job(*ahead.popleft())
-    finally:
-        worker.close()
+    def __iter__(self) -> Iterator[ImageJob]:
+        try:
+            while self.start()._ahead:
+                yield self._job(*self._ahead.popleft())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> ProbedJobs:
+    """Jobs for the images, in order (see ``ProbedJobs``)."""
+    return ProbedJobs(images, cache)
 
 
 def run_experiment(
@@ -203,10 +225,17 @@ def run_experiment(
             on_result(pred)
 
     probes = ProbeCache(layout.probe_cache)
+    jobs = jobs_for(todo, probes)
     try:
+        # The worker probes the first images while the engine is imported: importing it imports
+        # the openai SDK, 0.4-0.9 s of this process's start-up.
+        jobs.start()
+        from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
+
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-        evaluate_sync(jobs_for(todo, probes), evaluator, on_result=write, collect=False)
+        evaluate_sync(jobs, evaluator, on_result=write, collect=False)
     finally:
+        jobs.close()
         probes.close()
         journal.close()
         if opened:
