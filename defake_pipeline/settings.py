@@ -6,21 +6,20 @@ and pass what they read on. Secrets are never stored in run config or printed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 # The repository checkout this package lives in; its prompts/, decorators/ and datasets/
 # folders are the fallback when the working directory has none of its own.
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Environment variables the product reads (names as written, case-sensitive)."""
 
-    # An empty variable counts as unset (DEFAKE_HOME= must not mean the current folder).
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     DEFAKE_HOME: Path = Path("outputs")
     """Everything the pipeline writes: manifests, predictions, the journal, the warehouse, reports."""
@@ -41,8 +40,12 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    """The environment as it is now (read afresh: cheap, and tests change it)."""
-    return Settings()
+    """The environment as it is now (read afresh: cheap, and tests change it), validated by
+    pydantic. An empty variable counts as unset (DEFAKE_HOME= must not mean the current folder).
+
+    A plain model fed from ``os.environ``: pydantic-settings did the same for these six names,
+    and importing it added 50-70 ms to every command's start-up."""
+    return Settings.model_validate({name: value for name in Settings.model_fields if (value := os.environ.get(name))})
 
 
 def defake_home() -> Path:

@@ -47,7 +47,8 @@ def score_from_logprobs(tokens: list) -> float | None:
         if not isinstance(item, dict) or _marker_class(item.get("token")) is None:
             continue
         mass = {"real": 0.0, "fake": 0.0}
-        for alt in item.get("top_logprobs") or [item]:
+        alternatives = item.get("top_logprobs")
+        for alt in alternatives if isinstance(alternatives, list) and alternatives else [item]:
             cls = _marker_class(alt.get("token")) if isinstance(alt, dict) else None
             logprob = alt.get("logprob") if cls else None
             if cls and isinstance(logprob, int | float) and math.isfinite(logprob):

@@ -79,7 +79,7 @@ def run() -> None:
     elif not isinstance(code, int):
         print(code, file=sys.stderr)  # what SystemExit does with a message
         code = 1
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what the interpreter's own exit calls first, and os._exit skips
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -150,4 +150,5 @@ def test_a_completion_is_read_from_its_json_and_odd_fields_do_not_break_it():
     assert (read.text, read.prompt_tokens, read.logprobs, read.repaired) == ("real \ufffd", 0, None, True)
     hostile = [None, {"token": 7}, {"token": "fake", "top_logprobs": [{"token": "fake", "logprob": "high"}, 3]}]
     assert score_from_logprobs(hostile) is None
+    assert score_from_logprobs([{"token": "fake", "logprob": -0.1, "top_logprobs": 5}]) == 1.0  # itself, then
     assert score_from_logprobs([{"token": "real", "logprob": 1e9}]) == 0.0  # no overflow
