@@ -192,13 +192,23 @@ class EncodedImage:
     height: int
 
 
-def encode_image(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> EncodedImage:
-    """Encode image bytes as a data URL whose MIME type matches the real (content) format."""
+def encode_as_is(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> EncodedImage | None:
+    """``data`` as a data URL when it can be sent as it is: a format the APIs take, already
+    within the policy's size. None when its pixels must be decoded (only the header is read)."""
     with Image.open(io.BytesIO(data)) as img:
         fmt = img.format or "PNG"
         if fmt in _SENDABLE and policy.target_size(*img.size) == img.size:
             return EncodedImage(f"data:{_SENDABLE[fmt]};base64,{base64.b64encode(data).decode('ascii')}", *img.size)
-        img.seek(0)
+    return None
+
+
+def encode_image(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> EncodedImage:
+    """Encode image bytes as a data URL whose MIME type matches the real (content) format."""
+    as_is = encode_as_is(data, policy)
+    if as_is is not None:
+        return as_is
+    with Image.open(io.BytesIO(data)) as img:
+        fmt = img.format or "PNG"
         target = policy.target_size(*upright_size(img))
         out_img = ImageOps.exif_transpose(draft_for(img, target))
         if out_img.size != target:

@@ -115,3 +115,18 @@ def test_openai_detail_high_rule_and_policy_tokens():
     assert EncodingPolicy.parse("max_side=512").target_size(4000, 3000) == (512, 384)
     with pytest.raises(ValueError, match="unknown encoding policy"):
         EncodingPolicy.parse("max_side=big")
+
+
+def test_only_an_image_that_can_go_as_it_is_is_encoded_from_its_header(tmp_path):
+    """#12: what needs no pixel work (a format the APIs take, within the policy's size) is
+    encoded from its header and bytes; the rest is left to ``encode_image``."""
+    from defake_pipeline.datasets.images import encode_as_is, encode_image
+
+    gpt4o = EncodingPolicy(max_side=2048, short_side=768)
+    small, large, bitmap = tmp_path / "small.jpg", tmp_path / "large.jpg", tmp_path / "small.bmp"
+    Image.effect_noise((256, 192), 30).convert("RGB").save(small, quality=85)
+    Image.effect_noise((1600, 1200), 30).convert("RGB").save(large, quality=85)
+    Image.effect_noise((64, 48), 30).convert("RGB").save(bitmap)
+    assert encode_as_is(small.read_bytes(), gpt4o) == encode_image(small.read_bytes(), gpt4o)
+    assert encode_as_is(large.read_bytes(), gpt4o) is None  # to be downscaled
+    assert encode_as_is(bitmap.read_bytes()) is None  # to be converted to PNG
