@@ -258,14 +258,16 @@ def test_announced_limits_are_paced_without_a_429(chat_server, tmp_path):
     """#12: with OpenAI's x-ratelimit-* headers, starts are paced under the requests and the
     tokens per minute announced, so no request is refused once they are known. The opening
     round starts before any answer has announced them: it may meet the limit once (the requests
-    already on their way when the first refusal comes back are refused too)."""
+    already on their way when the first refusal comes back are refused too, a few more on a
+    loaded machine; a burst of all 32 would be refused 12 times under the requests limit and
+    about 26 under the tokens one)."""
     state = chat_server.state
     state.latency_s, state.ratelimit_headers = 0.05, True
     state.rpm_limit = 1200  # 20 a second
     started = time.monotonic()
     preds, _ = run(spec_for(chat_server, concurrency=32), many_jobs(tmp_path / "rpm", 60), tmp_path / "rpm")
     elapsed = time.monotonic() - started
-    assert all(p.error is None for p in preds) and state.n_429 <= 3 and state.n_chat == 60 + state.n_429
+    assert all(p.error is None for p in preds) and state.n_429 <= 6 and state.n_chat == 60 + state.n_429
     assert elapsed > (60 - 20) / 20  # paced: the burst one second holds, then 20 a second
 
     state.rpm_limit, state.tpm_limit = None, 60_000  # 1,000 tokens a second
@@ -274,7 +276,7 @@ def test_announced_limits_are_paced_without_a_429(chat_server, tmp_path):
     spec = spec_for(chat_server, concurrency=32, max_tokens=100)
     preds, evaluator = run(spec, many_jobs(tmp_path / "tpm", 40), tmp_path / "tpm")
     elapsed = time.monotonic() - started
-    assert all(p.error is None for p in preds) and state.n_429 <= 3 and state.n_chat == 40 + state.n_429
+    assert all(p.error is None for p in preds) and state.n_429 <= 6 and state.n_chat == 40 + state.n_429
     # The client's estimate of each request is the server's charge: text, image and allowance.
     per_request = state.n_tokens / 40
     assert 100 < per_request < 200 and evaluator.backend.pacer.paces_tokens
