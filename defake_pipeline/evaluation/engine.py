@@ -13,13 +13,13 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from defake_pipeline.datasets.images import EncodedImage, EncodingPolicy, encode_as_is, encode_image
 from defake_pipeline.endpoints.baselines import BASELINES, run_baseline
 from defake_pipeline.endpoints.budget import CostBudget
 from defake_pipeline.endpoints.chat import ChatBackend
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DefakeError, PromptError
 from defake_pipeline.evaluation.journal import JournalEntry, ResponseJournal
+from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
 from defake_pipeline.prompting.decorators import (
     DECORATOR_TIMEOUT_S,
     Decorator,
@@ -34,78 +34,11 @@ from defake_pipeline.verdict import parse_verdict
 _ERROR_MAX_CHARS = 500
 # How often a runner waiting for another runner's answer to the same request looks again.
 LEASE_POLL_S = 0.1
-# A file up to this size that can be sent as it is is encoded on the event loop (its header
-# and base64: about 0.1 ms for 30 KB). A thread's round trip cost more than that: at 64
-# requests in flight it was 3-4% of the client's CPU. Anything else is encoded in a thread.
-INLINE_ENCODE_MAX_BYTES = 1 << 20
-
-
-class LazyImage:
-    """The image a prompt's ``{image_url}`` stands for, encoded only when a request is sent.
-
-    Its cache token (sha256 + encoding policy) stands in for the data URL when the request
-    is hashed, so a warm rerun finds its answers without reading any image. On the wire its
-    JSON is spliced in as bytes (``json_bytes``): base64 needs no escaping, so the largest
-    part of a request is never scanned by the JSON encoder.
-    """
-
-    def __init__(self, job: ImageJob, policy: EncodingPolicy):
-        self.job = job
-        self.policy = policy
-        self._encoded: EncodedImage | None = None
-        self._data: bytes | None = None  # read by encode_if_cheap for a thread to encode
-
-    @property
-    def token(self) -> str:
-        return f"image:{self.job.key}:{self.policy.token}"
-
-    def encoded(self) -> EncodedImage:
-        if self._encoded is None:
-            data, self._data = self._data or self.job.path.read_bytes(), None
-            self._encoded = encode_image(data, self.policy)
-        return self._encoded
-
-    def encode_if_cheap(self) -> bool:
-        """Encode now when that needs no pixel work (a small file sent as it is); whether the
-        image is encoded. The bytes read are kept for ``encoded()`` otherwise."""
-        unread = self._encoded is None and self._data is None
-        if unread and self.job.path.stat().st_size <= INLINE_ENCODE_MAX_BYTES:
-            self._data = self.job.path.read_bytes()
-            self._encoded = encode_as_is(self._data, self.policy)
-            if self._encoded is not None:
-                self._data = None
-        return self._encoded is not None
-
-    def data_url(self) -> str:
-        return self.encoded().url
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.encoded().width, self.encoded().height
-
-    def json_bytes(self) -> bytes:
-        return b'"' + self.data_url().encode("ascii") + b'"'
 
 
 def _hash_request(payload: dict) -> str:
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=lambda o: o.token)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _lazy_images(messages: list[dict]) -> list[LazyImage]:
-    return [
-        part["image_url"]["url"]
-        for msg in messages
-        if isinstance(msg["content"], list)
-        for part in msg["content"]
-        if part["type"] == "image_url" and isinstance(part["image_url"]["url"], LazyImage)
-    ]
-
-
-def _encode_images(images: list[LazyImage]) -> None:
-    """Encode every image now (they stay in place in the messages, spliced in on the wire)."""
-    for image in images:
-        image.encoded()
 
 
 def _error_text(exc: BaseException) -> str:
@@ -322,9 +255,9 @@ class ChatEvaluator(Evaluator):
         try:
             # Reading, decoding and downscaling a large image takes tens of milliseconds:
             # off the event loop, so other requests keep flowing meanwhile.
-            images = _lazy_images(wire)
+            images = lazy_images(wire)
             if not all([image.encode_if_cheap() for image in images]):
-                await asyncio.to_thread(_encode_images, images)
+                await asyncio.to_thread(encode_images, images)
             reply = await self.backend.complete(wire)
             actual = self.spec.cost_usd(reply.prompt_tokens, reply.completion_tokens)
         finally:

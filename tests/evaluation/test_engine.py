@@ -298,12 +298,13 @@ def test_the_opening_round_ramps_to_the_whole_concurrency_before_the_first_answe
 def test_a_cold_start_against_an_announced_limit_meets_it_once_at_most(chat_server, tmp_path):
     """#12: the opening round cannot know a limit no answer has announced yet, but its starts are
     spread out, so the first refusal (with its headers and Retry-After) stops it: at concurrency
-    64, against 20 requests a second, a 429 or three, where a burst would get 44."""
+    64, against 20 requests a second, a few 429s (1-4 seen; more on a loaded machine), where a
+    burst would get 44."""
     state = chat_server.state
     state.latency_s, state.ratelimit_headers, state.rpm_limit = 0.2, True, 1200
     preds, _ = run(spec_for(chat_server, concurrency=64), many_jobs(tmp_path, 40), tmp_path)
     assert all(p.error is None for p in preds)
-    assert state.n_429 <= 3
+    assert state.n_429 <= 6
 
 
 def test_token_rules_and_reset_durations():
@@ -413,7 +414,7 @@ def test_the_event_loop_encodes_only_images_that_go_as_they_are(tmp_path):
     """#12: a small file sent as it is is encoded in place (a thread's round trip cost more);
     one that must be downscaled is left for a thread, with the bytes already read."""
     from defake_pipeline.datasets.images import EncodingPolicy
-    from defake_pipeline.evaluation.engine import LazyImage
+    from defake_pipeline.evaluation.lazy_image import LazyImage
 
     gpt4o = EncodingPolicy(max_side=2048, short_side=768)
     small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
