@@ -83,6 +83,12 @@ class Scenarios:
         self.figures[name] = {"runs": len(runs), **extra}
         return runs
 
+    def at_rest(self) -> None:
+        """Wait until the daemon's first start has published everything and launched its last run,
+        so a scenario that counts runs sees only its own, whichever tests ran before it."""
+        wait_for(lambda: len(ranked(self.live)) >= N_PROMPTS and consistent(self.live), 300)
+        self.live.wait_quiet(self.daemon_started, settle_s=20, timeout_s=300)
+
 
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory):
@@ -213,12 +219,15 @@ def test_mistaken_cli_run_leaves_nothing_behind(scenarios):
 
 def test_cli_run_while_the_daemon_runs_sets_nothing_off(scenarios):
     live = scenarios.live
+    scenarios.at_rest()
     since = time.time()
     live.cli("materialize", "--model", "canny", "--prompt", "simple")
     time.sleep(30)
     runs = [r for r in live.runs() if r["creationTime"] >= since]
     # The CLI's own three runs; nothing new in the manifest or the predictions, so no daemon run.
-    assert sorted(r["jobName"] for r in runs) == ["evaluate", "publish", "refresh_manifests"]
+    assert sorted(r["jobName"] for r in runs) == ["evaluate", "publish", "refresh_manifests"], [
+        (r["jobName"], r["creationTime"] - since, r["tags"]) for r in runs
+    ]
     assert all(r["tags"].get("defake/source") == "cli" for r in runs)
     scenarios.figures["cli_while_daemon"] = {"runs": len(runs), "daemon_runs": 0}
     assert consistent(live)
@@ -226,6 +235,7 @@ def test_cli_run_while_the_daemon_runs_sets_nothing_off(scenarios):
 
 def test_idle_five_minutes_launch_nothing(scenarios):
     live = scenarios.live
+    scenarios.at_rest()
     since = time.time()
     time.sleep(IDLE_S)
     runs = [r for r in live.runs() if r["creationTime"] >= since]
