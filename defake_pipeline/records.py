@@ -60,6 +60,8 @@ class Prediction:
     """Tokens priced at the model's ``price_in``/``price_out``."""
     n_requests: int
     """Requests this run sent for the image (0: every answer came from the journal)."""
+    refused: bool
+    """The model declined to answer (its refusal is the response; the verdict is unknown)."""
     error: str | None
     """Why the image got no answer (after retries), or None."""
     model: str
@@ -101,7 +103,7 @@ def job_key(sha256: str | None, path: str) -> str:
 def _arrow_type(annotation: str) -> pa.DataType:
     import pyarrow as pa
 
-    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.string()}
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "list[str]": pa.string()}
     return types[annotation.replace(" | None", "")]
 
 

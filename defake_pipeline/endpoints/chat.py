@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import secrets
 import time
@@ -66,6 +67,14 @@ def image_size(url: Any) -> tuple[int, int]:
     return (512, 512)  # a remote URL: the provider fetches it; one tile's worth is the guess
 
 
+def choose_served_id(served: list[str], before: str | None) -> str:
+    """Which of the ids ``/v1/models`` lists is the model: the one chosen before, while it is
+    still listed; else the first in sorted order, whatever order the server lists them in."""
+    if before in served:
+        return before
+    return sorted(served)[0]
+
+
 @dataclass(frozen=True)
 class ChatReply:
     text: str
@@ -74,6 +83,8 @@ class ChatReply:
     latency_s: float
     score_fake: float | None = None
     repaired_encoding: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
+    refusal: str | None = None  # the model declined to answer: this is its refusal
+    usage_estimated: bool = False  # the endpoint's usage was missing or invalid: tokens are estimated
 
 
 class ChatBackend:
@@ -112,11 +123,19 @@ class ChatBackend:
     def where(self) -> str:
         return self.base_url or "the OpenAI API"
 
+    @property
+    def endpoint(self) -> str:
+        """Where answers come from, as the journal keys them: the base URL without credentials."""
+        return str(self.client.base_url).rstrip("/")
+
     async def model_id(self) -> str:
         """The id to send: fixed for OpenAI presets, asked of ``/v1/models`` for self-hosted ones."""
         if self._model_id is None:
-            self._model_id = (await self.served_models())[0]
+            self._model_id = choose_served_id(await self.served_models(), None)
         return self._model_id
+
+    def use_model_id(self, model_id: str) -> None:
+        self._model_id = model_id
 
     async def served_models(self) -> list[str]:
         """The ids ``/v1/models`` lists; a one-line FatalEndpointError when it cannot be read."""
@@ -179,13 +198,21 @@ class ChatBackend:
         score = None
         if self.spec.logprobs and completion.logprobs:
             score = score_from_logprobs(completion.logprobs)
+        prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
+        if prompt_tokens is None or completion_tokens is None:
+            # A billed answer whose usage cannot be trusted (missing, negative, not a number) is
+            # costed by the same estimate the rate limiter uses, never as free or negative.
+            prompt_tokens = request_tokens(messages, 0, image_size)
+            completion_tokens = math.ceil(len(completion.text or completion.refusal or "") / 4)
         return ChatReply(
             text=completion.text,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=latency,
             score_fake=score,
             repaired_encoding=completion.repaired,
+            refusal=completion.refusal,
+            usage_estimated=not completion.usage_known,
         )
 
     async def complete(self, messages: list[dict]) -> ChatReply:

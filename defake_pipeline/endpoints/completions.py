@@ -29,18 +29,29 @@ def repair_text(text: str) -> tuple[str, bool]:
 @dataclass(frozen=True)
 class Completion:
     """What the engine reads from a chat completion: the first choice's text, the usage, and
-    that choice's ``logprobs.content`` as sent (a list of dicts), when there is one."""
+    that choice's ``logprobs.content`` as sent (a list of dicts), when there is one.
+
+    A completion with no text is still an answer the endpoint billed: ``refusal`` holds the
+    model's refusal when it declined, and ``text`` is empty when it said nothing at all
+    (``content: null``, or no choices). Token counts are None where the usage is missing or
+    is not a non-negative integer."""
 
     text: str
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
     logprobs: list | None = None
     repaired: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
+    refusal: str | None = None
+
+    @property
+    def usage_known(self) -> bool:
+        return self.prompt_tokens is not None and self.completion_tokens is not None
 
 
-def _count(usage: object, name: str) -> int:
+def _count(usage: object, name: str) -> int | None:
     value = usage.get(name) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if valid else None
 
 
 def parse_completion(content_type: str | None, body: bytes) -> Completion:
@@ -59,18 +70,28 @@ def parse_completion(content_type: str | None, body: bytes) -> Completion:
     if not isinstance(data, dict):
         raise NonJSONBodyError(f"endpoint returned JSON that is not a completion object ({kind})")
     choices = data.get("choices")
+    usage = data.get("usage")
+    # A completion object (a list of choices, or a usage) is an answer the endpoint billed,
+    # even with no text in it: it is kept, never asked again. Anything else is a fault.
+    if not isinstance(choices, list) and not isinstance(usage, dict):
+        raise EmptyResponseError("the endpoint returned no completion (no choices and no usage)")
     first = choices[0] if isinstance(choices, list) and choices else None
     message = first.get("message") if isinstance(first, dict) else None
-    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-        raise EmptyResponseError("the endpoint returned no message content")
-    content, fixed = repair_text(message["content"])
+    message = message if isinstance(message, dict) else {}
+    content = message.get("content")
+    refusal = message.get("refusal")
+    text, fixed = repair_text(content) if isinstance(content, str) else ("", False)
+    if isinstance(refusal, str) and refusal and not text:
+        refusal, fixed = repair_text(refusal)
+    else:
+        refusal = None
     logprobs = first.get("logprobs") if isinstance(first, dict) else None
     tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    usage = data.get("usage")
     return Completion(
-        text=content,
+        text=text,
         prompt_tokens=_count(usage, "prompt_tokens"),
         completion_tokens=_count(usage, "completion_tokens"),
         logprobs=tokens if isinstance(tokens, list) else None,
         repaired=repaired or fixed,
+        refusal=refusal,
     )

@@ -28,7 +28,7 @@ ErrorKind = Literal["rate_limited", "transient", "permanent", "fatal"]
 
 
 class EmptyResponseError(ValueError):
-    """A 200 answer with no message content (no choices, or a null message)."""
+    """A 200 answer that is no completion object: neither choices nor a usage (nothing was billed)."""
 
 
 class NonJSONBodyError(ValueError):

@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from defake_pipeline.endpoints.baselines import BASELINES, run_baseline
 from defake_pipeline.endpoints.budget import CostBudget
-from defake_pipeline.endpoints.chat import ChatBackend
+from defake_pipeline.endpoints.chat import ChatBackend, choose_served_id
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DefakeError, PromptError
-from defake_pipeline.evaluation.journal import JournalEntry, ResponseJournal
+from defake_pipeline.evaluation.journal import AnswerKey, Claim, JournalEntry, ResponseJournal
 from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
 from defake_pipeline.prompting.decorators import (
     DECORATOR_TIMEOUT_S,
@@ -31,6 +32,7 @@ from defake_pipeline.prompting.templating import TemplateError, render, sole_var
 from defake_pipeline.records import PRED_OF_VERDICT, VERDICT_OF_PRED, ImageJob, Prediction
 from defake_pipeline.verdict import parse_verdict
 
+log = logging.getLogger(__name__)
 _ERROR_MAX_CHARS = 500
 # How often a runner waiting for another runner's answer to the same request looks again.
 LEASE_POLL_S = 0.1
@@ -53,6 +55,13 @@ class Evaluator:
         self.prompt = prompt
         self.journal = journal
         self.model_id = spec.model or spec.name
+        # Things the run did that its user should hear of, each said once (and logged).
+        self.notices: list[str] = []
+
+    def notice(self, text: str) -> None:
+        if text not in self.notices:
+            self.notices.append(text)
+            log.warning("%s", text)
 
     @property
     def prompt_key(self) -> str:
@@ -93,6 +102,7 @@ class Evaluator:
             completion_tokens=0,
             cost_usd=0.0,
             n_requests=0,
+            refused=False,
             error=None,
             model=self.spec.key,
             model_id=self.model_id,
@@ -112,12 +122,13 @@ class BaselineEvaluator(Evaluator):
     async def predict(self, job: ImageJob) -> Prediction:
         detector = self.spec.detector or self.spec.name
         request_hash = BASELINES[detector].version
-        entry = self.journal.get(self.model_id, request_hash, job.key)
+        key = AnswerKey(f"local:{detector}", self.model_id, request_hash, job.key)
+        entry = self.journal.get(key)
         n_requests = 0
         if entry is None:
             reply = await run_baseline(detector, job.path.read_bytes())
             entry = JournalEntry(reply.text, extra={"score_fake": reply.score_fake})
-            self.journal.put(self.model_id, request_hash, job.key, entry)
+            self.journal.put(key, entry)
             n_requests = 1
         return self.prediction(job, entry.response, score=(entry.extra or {}).get("score_fake"), n_requests=n_requests)
 
@@ -145,7 +156,30 @@ class ChatEvaluator(Evaluator):
         self.budget = budget
 
     async def setup(self) -> None:
-        self.model_id = await self.backend.model_id()
+        if self.spec.model:
+            self.model_id = self.spec.model
+            return
+        # The served id is part of every answer's key: it is chosen by a stated rule
+        # (``choose_served_id``), recorded, and a change is said, never silent.
+        served = await self.backend.served_models()
+        endpoint = self.backend.endpoint
+        before = self.journal.served_id(endpoint, self.spec.name)
+        chosen = choose_served_id(served, before)
+        if before is not None and before != chosen:
+            self.notice(
+                f"{self.backend.where} no longer serves {before!r} for model {self.spec.name!r}: evaluating "
+                f"{chosen!r} instead, whose answers are asked anew"
+            )
+        elif before is None and len(set(served)) > 1:
+            self.notice(
+                f"{self.backend.where}/models lists {len(set(served))} ids ({', '.join(sorted(set(served)))}): "
+                f'model {self.spec.name!r} is {chosen!r}, the first in sorted order; set model = "..." '
+                "in its models.toml entry to choose another"
+            )
+        if before != chosen:
+            self.journal.record_served_id(endpoint, self.spec.name, chosen)
+        self.backend.use_model_id(chosen)
+        self.model_id = chosen
 
     async def close(self) -> None:
         await self.backend.aclose()
@@ -200,7 +234,7 @@ class ChatEvaluator(Evaluator):
             "label": VERDICT_OF_PRED.get(job.label, "unknown"),
         }
         turns: list[str] = []
-        score, verdict = None, None
+        score, verdict, refused = None, None, False
         latency_s = 0.0
         counts = {"prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
         for conv in self.prompt.spec.conversations:
@@ -208,13 +242,15 @@ class ChatEvaluator(Evaluator):
                 await self._run_decorators(conv, cache)
             wire = self.backend.wire_messages(self._render(conv, cache))
             request_hash = _hash_request({"model": self.model_id, "messages": wire, **self.backend.request_params()})
-            entry = self.journal.get(self.model_id, request_hash, job.key)
+            key = AnswerKey(self.backend.endpoint, self.model_id, request_hash, job.key)
+            entry = self.journal.get(key)
             if entry is None:
-                entry, asked = await self._answer(wire, request_hash, job.key)
+                entry, asked = await self._answer(wire, key)
                 counts["n_requests"] += asked
             if conv.response_var_name == RESULT_VARIABLE:
                 score = (entry.extra or {}).get("score_fake")
                 verdict = (entry.extra or {}).get("verdict")  # read before a long answer was capped
+                refused = bool((entry.extra or {}).get("refusal"))
             cache[conv.response_var_name] = entry.response
             turns.append(entry.response)
             latency_s += entry.latency_s
@@ -223,26 +259,34 @@ class ChatEvaluator(Evaluator):
         cost = self.spec.cost_usd(counts["prompt_tokens"], counts["completion_tokens"])
         response = str(cache[RESULT_VARIABLE])
         return self.prediction(
-            job, response, verdict, turns=turns, score=score, cost_usd=cost, latency_s=latency_s, **counts
+            job,
+            response,
+            verdict,
+            turns=turns,
+            score=score,
+            cost_usd=cost,
+            latency_s=latency_s,
+            refused=refused,
+            **counts,
         )
 
-    async def _answer(self, wire: list[dict], request_hash: str, sha256: str) -> tuple[JournalEntry, bool]:
-        """The answer to one request, and whether this runner paid for it: while another
-        runner holds the key's lease (it is asking), wait for its answer instead."""
-        key = (self.model_id, request_hash, sha256)
+    async def _answer(self, wire: list[dict], key: AnswerKey) -> tuple[JournalEntry, bool]:
+        """The answer to one request, and whether this runner paid for it: while a request for
+        the same key is in flight (another runner's, or this one's for a copy of the image),
+        wait for its answer instead."""
         while True:
-            claimed = self.journal.claim(*key, ttl_s=self.lease_ttl_s)
+            claimed = self.journal.claim(key, ttl_s=self.lease_ttl_s)
             if isinstance(claimed, JournalEntry):
                 return claimed, False
-            if claimed:
+            if claimed is Claim.ASK:
                 break
             await asyncio.sleep(LEASE_POLL_S)
         try:
             entry = await self._ask(wire)
         except BaseException:
-            self.journal.release(*key)
+            self.journal.release(key)
             raise
-        self.journal.put(*key, entry)
+        self.journal.put(key, entry)
         return entry, True
 
     async def _ask(self, wire: list[dict]) -> JournalEntry:
@@ -266,11 +310,23 @@ class ChatEvaluator(Evaluator):
         extra: dict = {"score_fake": reply.score_fake} if reply.score_fake is not None else {}
         if reply.repaired_encoding:
             extra["repaired_encoding"] = True  # paid for: kept with U+FFFD where bytes were invalid
+        if reply.usage_estimated:
+            extra["usage_estimated"] = True
+            self.notice(
+                f"{self.backend.where} sent a missing or invalid token usage; tokens and cost of those answers "
+                "are estimated (text at 4 characters a token, images by the model's rule)"
+            )
         text = reply.text
+        if reply.refusal is not None:
+            # Billed, and an answer: the model declined. Its verdict is unknown, whatever words
+            # ("I can't tell whether this is real") the refusal holds.
+            text = reply.refusal
+            extra.update(refusal=True, verdict="unknown")
         if len(text) > self.spec.max_response_chars:
             # What is stored (journal, Parquet, CSV, reports) is capped; the verdict is read from
             # the whole answer now and kept, and later turns see the capped text on every run.
-            extra.update(verdict=parse_verdict(text), response_chars=len(text))
+            extra.setdefault("verdict", parse_verdict(text))
+            extra["response_chars"] = len(text)
             text = text[: self.spec.max_response_chars] + f" … [truncated: {len(text):,} characters in all]"
         return JournalEntry(text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra or None)
 

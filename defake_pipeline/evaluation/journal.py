@@ -5,9 +5,10 @@ processes) from paying twice: a runner claims a key before sending its request, 
 runner that needs the same key waits for that answer instead of asking again. A lease ends
 with the answer, with a failure, at its expiry, or with its process (checked on this host).
 
-It is the response cache too. Its key is (model id, hash of the rendered request, image
-sha256), so a rerun with nothing changed makes no calls, an edited prompt re-queries only
-itself, and a crash loses at most the requests in flight. SQLite in WAL mode lets several
+It is the response cache too. Its key is what answered (the endpoint and the id it serves the
+model under), the hash of the rendered request and the image's sha256, so a rerun with
+nothing changed makes no calls, an edited prompt re-queries only itself, and a crash loses
+at most the requests in flight. SQLite in WAL mode lets several
 processes (CLI runs, Dagster partition runs) share it without a lock error reaching anyone.
 """
 
@@ -22,12 +23,19 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from defake_pipeline.errors import DefakeError, JournalDamagedError, JournalWriteError
 
+# Answers are keyed by what answered (the endpoint, without credentials, and the id it serves
+# the model under), the rendered request's hash and the image's sha256. `responses` is the
+# layout before the endpoint was part of the key: its answers are adopted, each once, by the
+# first endpoint that asks for them under the same served id (see `_adopt_legacy`).
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
+CREATE TABLE IF NOT EXISTS answers (
+    endpoint TEXT NOT NULL,
     model_id TEXT NOT NULL,
     request_hash TEXT NOT NULL,
     image_sha256 TEXT NOT NULL,
@@ -37,9 +45,10 @@ CREATE TABLE IF NOT EXISTS responses (
     latency_s REAL NOT NULL DEFAULT 0,
     extra TEXT,
     created_at TEXT NOT NULL,
-    PRIMARY KEY (model_id, request_hash, image_sha256)
+    PRIMARY KEY (endpoint, model_id, request_hash, image_sha256)
 );
-CREATE TABLE IF NOT EXISTS leases (
+CREATE TABLE IF NOT EXISTS answer_leases (
+    endpoint TEXT NOT NULL,
     model_id TEXT NOT NULL,
     request_hash TEXT NOT NULL,
     image_sha256 TEXT NOT NULL,
@@ -47,10 +56,28 @@ CREATE TABLE IF NOT EXISTS leases (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     expires_at REAL NOT NULL,
-    PRIMARY KEY (model_id, request_hash, image_sha256)
+    PRIMARY KEY (endpoint, model_id, request_hash, image_sha256)
+);
+CREATE TABLE IF NOT EXISTS served_ids (
+    endpoint TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    chosen_at TEXT NOT NULL,
+    PRIMARY KEY (endpoint, model_name)
 );
 """
-_KEY = "model_id=? AND request_hash=? AND image_sha256=?"
+_KEY = "endpoint=? AND model_id=? AND request_hash=? AND image_sha256=?"
+_LEGACY_KEY = "model_id=? AND request_hash=? AND image_sha256=?"
+_ANSWER_COLUMNS = "response, prompt_tokens, completion_tokens, latency_s, extra"
+
+
+class AnswerKey(NamedTuple):
+    """What identifies one paid answer."""
+
+    endpoint: str  # where it was asked: the base URL without credentials, or local:<detector>
+    model_id: str  # the id the endpoint serves the model under
+    request_hash: str  # the rendered request (prompt, decorator outputs, encoding, settings)
+    image_sha256: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,13 @@ class JournalEntry:
     completion_tokens: int = 0
     latency_s: float = 0.0
     extra: dict | None = None
+
+
+class Claim(Enum):
+    """What ``claim`` found for a key with no stored answer."""
+
+    ASK = "ask"  # this journal holds the lease now: send the request
+    WAIT = "wait"  # a request for it is in flight (this runner's or another's): wait for its answer
 
 
 class ResponseJournal:
@@ -77,6 +111,8 @@ class ResponseJournal:
             # NORMAL survives a killed process (only an OS crash could lose the last commits).
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            self._has_legacy = "responses" in tables
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._failure(exc, "cannot open it") from None
@@ -104,33 +140,57 @@ class ResponseJournal:
             f"{self.path}: {doing} ({exc}); no further requests are sent, every answer stored before is kept"
         )
 
-    def get(self, model_id: str, request_hash: str, image_sha256: str) -> JournalEntry | None:
+    def get(self, key: AnswerKey) -> JournalEntry | None:
         try:
             with self._lock:
-                return self._get_unlocked(model_id, request_hash, image_sha256)
+                return self._get_unlocked(key)
         except sqlite3.Error as exc:
             raise self._failure(exc, "cannot read an answer") from None
 
-    def _get_unlocked(self, model_id: str, request_hash: str, image_sha256: str) -> JournalEntry | None:
-        row = self._conn.execute(
-            f"SELECT response, prompt_tokens, completion_tokens, latency_s, extra FROM responses WHERE {_KEY}",
-            (model_id, request_hash, image_sha256),
-        ).fetchone()
+    def _get_unlocked(self, key: AnswerKey) -> JournalEntry | None:
+        row = self._conn.execute(f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE {_KEY}", key).fetchone()
+        if row is None and self._has_legacy:
+            row = self._adopt_legacy(key)
         if row is None:
             return None
         return JournalEntry(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None)
 
-    def put(self, model_id: str, request_hash: str, image_sha256: str, entry: JournalEntry) -> None:
+    def _adopt_legacy(self, key: AnswerKey) -> tuple | None:
+        """An answer stored before the endpoint was part of the key, moved under this endpoint.
+
+        Which endpoint gave it was not recorded; the first to ask for it under the same served
+        id takes it, and it leaves the old table, so a second endpoint serving that id asks its
+        own model instead of sharing the answer."""
+        legacy = key[1:]
+        row = self._conn.execute(f"SELECT {_ANSWER_COLUMNS}, created_at FROM responses WHERE {_LEGACY_KEY}", legacy)
+        found = row.fetchone()
+        if found is None:
+            return None
+        in_transaction = self._conn.in_transaction
+        if not in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("INSERT OR IGNORE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?)", (*key, *found))
+            self._conn.execute(f"DELETE FROM responses WHERE {_LEGACY_KEY}", legacy)
+            if not in_transaction:
+                self._conn.execute("COMMIT")
+        except BaseException:
+            if not in_transaction and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        return found[:5]
+
+    def put(self, key: AnswerKey, entry: JournalEntry) -> None:
         """Store one answer; a JournalWriteError (one line) when it cannot be stored."""
         try:
-            self._put(model_id, request_hash, image_sha256, entry)
+            self._put(key, entry)
         except sqlite3.Error as exc:
             raise self._failure(exc, "cannot store an answer") from None
 
-    def claim(self, model_id: str, request_hash: str, image_sha256: str, ttl_s: float) -> JournalEntry | bool:
-        """The answer if one is stored; else True when this journal now holds the key's lease
-        (it should ask), or False while another live runner holds it (wait, then claim again)."""
-        key = (model_id, request_hash, image_sha256)
+    def claim(self, key: AnswerKey, ttl_s: float) -> JournalEntry | Claim:
+        """The answer if one is stored; else whether to ask now (this journal took the key's
+        lease) or to wait: a live lease is held, by another runner or by this one for another
+        image of the same content, and its answer serves this one too."""
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -145,34 +205,30 @@ class ResponseJournal:
                 raise self._failure(exc, "cannot record a request in flight") from None
         return outcome
 
-    def _claim_in_transaction(self, key: tuple[str, str, str], ttl_s: float) -> JournalEntry | bool:
-        entry = self._get_unlocked(*key)
+    def _claim_in_transaction(self, key: AnswerKey, ttl_s: float) -> JournalEntry | Claim:
+        entry = self._get_unlocked(key)
         if entry is not None:
             return entry
-        row = self._conn.execute(f"SELECT owner, host, pid, expires_at FROM leases WHERE {_KEY}", key).fetchone()
-        if row is not None and row[0] != self.owner and _lease_alive(row[1], row[2], row[3]):
-            return False
+        row = self._conn.execute(f"SELECT host, pid, expires_at FROM answer_leases WHERE {_KEY}", key).fetchone()
+        if row is not None and _lease_alive(*row):
+            return Claim.WAIT
         self._conn.execute(
-            "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO answer_leases VALUES (?,?,?,?,?,?,?,?)",
             (*key, self.owner, _HOST, os.getpid(), time.time() + ttl_s),
         )
-        return True
+        return Claim.ASK
 
-    def release(self, model_id: str, request_hash: str, image_sha256: str) -> None:
+    def release(self, key: AnswerKey) -> None:
         """Give up this journal's lease on a key (its request failed): another runner may ask."""
         try:
             with self._lock:
-                self._conn.execute(
-                    f"DELETE FROM leases WHERE {_KEY} AND owner=?", (model_id, request_hash, image_sha256, self.owner)
-                )
+                self._conn.execute(f"DELETE FROM answer_leases WHERE {_KEY} AND owner=?", (*key, self.owner))
         except sqlite3.Error:
             pass  # the lease expires on its own
 
-    def _put(self, model_id: str, request_hash: str, image_sha256: str, entry: JournalEntry) -> None:
+    def _put(self, key: AnswerKey, entry: JournalEntry) -> None:
         row = (
-            model_id,
-            request_hash,
-            image_sha256,
+            *key,
             entry.response,
             entry.prompt_tokens,
             entry.completion_tokens,
@@ -185,17 +241,35 @@ class ResponseJournal:
             # lease or the answer, never neither.
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?)", row)
-                self._conn.execute(f"DELETE FROM leases WHERE {_KEY}", row[:3])
+                self._conn.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+                self._conn.execute(f"DELETE FROM answer_leases WHERE {_KEY}", key)
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    def served_id(self, endpoint: str, model_name: str) -> str | None:
+        """The id last chosen for a model at an endpoint (see ``ChatEvaluator.setup``)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT model_id FROM served_ids WHERE endpoint=? AND model_name=?", (endpoint, model_name)
+            ).fetchone()
+        return row[0] if row else None
+
+    def record_served_id(self, endpoint: str, model_name: str, model_id: str) -> None:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO served_ids VALUES (?,?,?,?)", (endpoint, model_name, model_id, now)
+                )
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "cannot record the served model id") from None
+
     def count(self) -> int:
         with self._lock:
-            return self._conn.execute("SELECT count(*) FROM responses").fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM answers").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:

@@ -92,6 +92,7 @@ def _experiment_tables(frame: pd.DataFrame, dataset: str, model: str, prompt: st
             "prompt_tokens": _numeric(frame, "prompt_tokens", 0).astype("int64"),
             "completion_tokens": _numeric(frame, "completion_tokens", 0).astype("int64"),
             "cost_usd": _numeric(frame, "cost_usd", 0.0),
+            "refused": _column(frame, "refused", False).astype(str).str.lower().eq("true"),
             "model": model or "unknown",
             "prompt": prompt or "unknown",
             "prompt_hash": _column(frame, "prompt_hash", "–").astype(str),

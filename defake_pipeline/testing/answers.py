@@ -16,16 +16,25 @@ class Faults:
     rate_429: float = 0.0
     rate_500: float = 0.0
     rate_malformed: float = 0.0
-    rate_empty: float = 0.0
+    rate_empty: float = 0.0  # 200 with an empty body: nothing billed, a transient fault
     rate_drop: float = 0.0
     rate_400: float = 0.0  # a permanent refusal, such as an image the model cannot take
     rate_html: float = 0.0  # 200 with a proxy's HTML error page
     rate_trickle: float = 0.0  # a valid answer sent one byte every trickle_interval_s
     rate_bad_encoding: float = 0.0  # a valid answer whose text holds invalid UTF-8 and a lone surrogate
+    # Billed answers with no text, as OpenAI sends them: each carries its usage.
+    rate_refusal: float = 0.0  # content null, with the model's refusal
+    rate_null_content: float = 0.0  # content null, no refusal
+    rate_no_choices: float = 0.0  # an empty list of choices
+    bad_usage: object = None  # when set, sent as prompt_tokens in place of the true count (hostile values)
     trickle_interval_s: float = 0.5
     retry_after_s: float = 0.05
     retry_after_header: str | None = None  # sent verbatim in place of retry_after_s (hostile values)
     seed: int = 1234
+
+
+# Worded to hold a verdict word: a refusal must never be read as a verdict.
+REFUSAL_TEXT = "I'm sorry, I can't help decide whether this image is real or generated."
 
 
 def default_responder(body: dict) -> str:

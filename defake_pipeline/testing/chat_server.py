@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from defake_pipeline.datasets.images import data_url_size
 from defake_pipeline.endpoints.ratelimits import TokenBucket, format_duration, request_tokens
-from defake_pipeline.testing.answers import Faults, default_responder, logprobs_of
+from defake_pipeline.testing.answers import REFUSAL_TEXT, Faults, default_responder, logprobs_of
 
 
 def _per_minute_bucket(per_minute: int) -> TokenBucket:
@@ -32,6 +32,7 @@ def _per_minute_bucket(per_minute: int) -> TokenBucket:
 @dataclass
 class ServerState:
     served_model: str = "local/test-vlm"
+    served_models: list[str] | None = None  # what /v1/models lists, in this order (default: served_model)
     latency_s: float = 0.0
     rpm_limit: int | None = None
     tpm_limit: int | None = None  # tokens per minute, counted as OpenAI's limiter counts them
@@ -180,7 +181,10 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 200,
                 {
                     "object": "list",
-                    "data": [{"id": state.served_model, "object": "model", "created": 0, "owned_by": "local"}],
+                    "data": [
+                        {"id": served, "object": "model", "created": 0, "owned_by": "local"}
+                        for served in state.served_models or [state.served_model]
+                    ],
                 },
             )
 
@@ -254,6 +258,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 ("html", f.rate_html),
                 ("trickle", f.rate_trickle),
                 ("bad_encoding", f.rate_bad_encoding),
+                ("refusal", f.rate_refusal),
+                ("null_content", f.rate_null_content),
+                ("no_choices", f.rate_no_choices),
             ]
             acc = 0.0
             for name, share in edges:
@@ -280,7 +287,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 "model": body.get("model", state.served_model),
                 "choices": [choice],
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
+                    "prompt_tokens": prompt_tokens if state.faults.bad_usage is None else state.faults.bad_usage,
                     "completion_tokens": len(text.split()),
                     "total_tokens": prompt_tokens + len(text.split()),
                 },
@@ -320,9 +327,18 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if name == "malformed":
                 return self._send(200, b'{"id": "chatcmpl-x", "choices": [')
             if name == "empty":
-                return self._send(
-                    200, {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
-                )
+                return self._send(200, b"")
+            if name in ("refusal", "null_content", "no_choices"):
+                # Billed like any answer (OpenAI's shape: content null, the refusal beside it).
+                answer = self._completion(body or {}, length, "")
+                message = answer["choices"][0]["message"]
+                message["content"] = None
+                if name == "refusal":
+                    message["refusal"] = REFUSAL_TEXT
+                    answer["usage"]["completion_tokens"] = len(REFUSAL_TEXT.split())
+                if name == "no_choices":
+                    answer["choices"] = []
+                return self._send(200, answer)
             # drop: close the socket without a response
             self.close_connection = True
             self.connection.shutdown(2)

@@ -73,6 +73,7 @@ def create_metrics(
     Every partition gets metrics, each row carrying its ``gate_status``; comparisons pair
     only partitions that passed the gate.
     """
+    _add_missing_prediction_columns(con)
     create_gate_table(con, thresholds or GateThresholds(), partitions, unreadable)
     con.execute(SCORED_VIEW_SQL)
     con.execute(
@@ -86,6 +87,15 @@ def create_metrics(
     con.register("comparison_frame", pairs)
     con.execute("CREATE TABLE comparisons AS SELECT * FROM comparison_frame")
     con.unregister("comparison_frame")
+
+
+def _add_missing_prediction_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Columns the record gained since older partition files (and seed CSVs) were written: NULL there."""
+    have = {row[0] for row in con.execute("DESCRIBE predictions").fetchall()}
+    for field in prediction_schema():
+        if field.name not in have:
+            sql_type = {"string": "VARCHAR", "int64": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN"}[str(field.type)]
+            con.execute(f'ALTER TABLE predictions ADD COLUMN "{field.name}" {sql_type}')
 
 
 def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:

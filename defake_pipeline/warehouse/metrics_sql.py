@@ -17,6 +17,7 @@ WILSON_Z = 1.959963984540054  # two-sided 95%
 # The two rates, over columns n_images, n_error and n_unknown; the gate uses them too.
 ERROR_RATE_SQL = "n_error::DOUBLE / nullif(n_images, 0)"  # no answer, over all images
 UNKNOWN_RATE_SQL = "n_unknown::DOUBLE / nullif(n_images - n_error, 0)"  # no verdict, over the answered
+REFUSAL_RATE_SQL = "n_refused::DOUBLE / nullif(n_images - n_error, 0)"  # declined, over the answered
 
 SCORED_VIEW_SQL = """
 CREATE OR REPLACE VIEW scored AS
@@ -25,6 +26,7 @@ SELECT
     p.model, p.prompt, p.prompt_hash, p.verdict, p.pred, p.score, p.response, p.error,
     p.latency_s, p.prompt_tokens, p.completion_tokens, p.cost_usd, p.created_at,
     p.error IS NOT NULL AS is_error,
+    p.error IS NULL AND coalesce(p.refused, false) AS is_refused,
     p.error IS NULL AND p.pred = -1 AS is_unknown,
     p.error IS NULL AND p.pred <> -1 AS is_valid
 FROM image_manifest AS m
@@ -55,6 +57,7 @@ WITH grouped AS (
         count(*) FILTER (WHERE label = 1) AS n_real,
         count(*) FILTER (WHERE label = 0) AS n_fake,
         count(*) FILTER (WHERE is_unknown) AS n_unknown,
+        count(*) FILTER (WHERE is_refused) AS n_refused,
         count(*) FILTER (WHERE is_error) AS n_error,
         count(*) FILTER (WHERE is_valid) AS n_valid,
         count(*) FILTER (WHERE is_valid AND label = 1 AND pred = 1) AS tp,
@@ -92,7 +95,7 @@ WITH grouped AS (
 )
 SELECT
     c.dataset, c.model, c.prompt, c.scope, c.grp AS subset, prompt_hash,
-    n_images, n_real, n_fake, n_unknown, n_error, n_valid, tp, tn, fp, fn,
+    n_images, n_real, n_fake, n_unknown, n_refused, n_error, n_valid, tp, tn, fp, fn,
     (tp + tn)::DOUBLE / nullif(n_valid, 0) AS accuracy,
     {_wilson("tp + tn", "n_valid", "-")} AS accuracy_low,
     {_wilson("tp + tn", "n_valid", "+")} AS accuracy_high,
@@ -110,6 +113,7 @@ SELECT
     {_wilson("tn", "tn + fp", "+")} AS fake_accuracy_high,
     (tp::DOUBLE / nullif(tp + fn, 0) + tn::DOUBLE / nullif(tn + fp, 0)) / 2 AS balanced_accuracy,
     {UNKNOWN_RATE_SQL} AS unknown_rate,
+    {REFUSAL_RATE_SQL} AS refusal_rate,
     {ERROR_RATE_SQL} AS error_rate,
     n_scored, r.auc, r.average_precision,
     prompt_tokens, completion_tokens, prompt_tokens + completion_tokens AS total_tokens, cost_usd,

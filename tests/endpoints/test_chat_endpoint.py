@@ -129,8 +129,8 @@ def test_encoded_images_are_spliced_into_the_body_unchanged():
 
 
 def test_a_completion_is_read_from_its_json_and_odd_fields_do_not_break_it():
-    """#12: answers are read as JSON (no SDK model is built); usage and logprobs of another
-    shape than the API's give zeros and no score, never an error on a paid answer."""
+    """Answers are read as JSON (no SDK model is built); usage and logprobs of another shape
+    than the API's give no counts (they are estimated) and no score, never an error on a paid answer."""
     from defake_pipeline.endpoints.completions import parse_completion
     from defake_pipeline.verdict import score_from_logprobs
 
@@ -147,7 +147,7 @@ def test_a_completion_is_read_from_its_json_and_odd_fields_do_not_break_it():
 
     odd = json.dumps({"choices": [{"message": {"content": "real \ud800"}, "logprobs": "nope"}], "usage": "x"})
     read = parse_completion("application/json", odd.encode())
-    assert (read.text, read.prompt_tokens, read.logprobs, read.repaired) == ("real \ufffd", 0, None, True)
+    assert (read.text, read.prompt_tokens, read.logprobs, read.repaired) == ("real \ufffd", None, None, True)
     hostile = [None, {"token": 7}, {"token": "fake", "top_logprobs": [{"token": "fake", "logprob": "high"}, 3]}]
     assert score_from_logprobs(hostile) is None
     assert score_from_logprobs([{"token": "fake", "logprob": -0.1, "top_logprobs": 5}]) == 1.0  # itself, then

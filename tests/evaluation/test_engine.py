@@ -383,7 +383,7 @@ def test_a_badly_encoded_answer_is_journaled_once_and_flagged(chat_server, tmp_p
     assert chat_server.state.n_chat == 4
     journal = ResponseJournal(tmp_path / "journal.sqlite")
     try:
-        flags = [row[0] for row in journal._conn.execute("SELECT extra FROM responses")]
+        flags = [row[0] for row in journal._conn.execute("SELECT extra FROM answers")]
     finally:
         journal.close()
     assert flags == ['{"repaired_encoding": true}'] * 4
