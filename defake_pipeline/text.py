@@ -7,6 +7,7 @@ shown as text, never acted on.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 
@@ -47,7 +48,10 @@ def markdown_code(text: str) -> str:
     return "`" + " ".join(text.splitlines()) + "`"
 
 
-_SLUG_RE = re.compile(r"[^a-z0-9_.-]+")
+# Letters and digits of any script stay (\w is Unicode-aware); a run of anything else is one '-',
+# and a run of dots one '.' (Dagster refuses "..." in a partition key).
+_SLUG_RE = re.compile(r"[^\w.-]+")
+_DOTS_RE = re.compile(r"\.{2,}")
 
 
 def is_utf8(text: str) -> bool:
@@ -65,6 +69,11 @@ def printable(text: str) -> str:
 
 
 def slugify(text: str) -> str:
-    """A partition-safe key: lower case, no ``|`` or ``,``, never empty."""
-    slug = _SLUG_RE.sub("-", text.strip().lower()).strip("-.")
-    return slug or "unnamed"
+    """A partition key that keeps distinct names distinct: the name in lower case, with no
+    ``|``, ``,`` or space; where that changes the name (case, spaces, punctuation), a short
+    hash of the whole name follows, so ``My Model`` and ``my-model`` stay two keys. Never empty."""
+    slug = _DOTS_RE.sub(".", _SLUG_RE.sub("-", text.strip().lower())).strip("-.")
+    if slug and slug == text:
+        return slug
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{slug}-{digest}" if slug else f"name-{digest}"

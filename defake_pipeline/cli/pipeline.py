@@ -42,14 +42,14 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
     from defake_pipeline.datasets.layouts import dataset_specs, get_dataset
     from defake_pipeline.endpoints.chat import check_endpoint
     from defake_pipeline.endpoints.registry import get_model, registered_models
-    from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_files
+    from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_index
     from defake_pipeline.warehouse.parquet import (
         missing_manifest_lines,
         missing_manifests,
     )
 
     specs = [endpoint_spec(m) for m in (models or registered_models())]
-    prompt_paths = [find_prompt(p) for p in prompts] if prompts else prompt_files()
+    prompt_paths = [find_prompt(p) for p in prompts] if prompts else list(prompt_index().values())
     prompt_keys = list(dict.fromkeys(load_prompt(p).key for p in prompt_paths))
     dataset_keys = [get_dataset(d).key for d in datasets]
     registered = {get_model(m).key for m in registered_models()}

@@ -147,7 +147,7 @@ def infer(
                 bar.clear()
                 print_turns(pred)
 
-        run_experiment(
+        notices = run_experiment(
             layout,
             spec,
             loaded,
@@ -159,6 +159,8 @@ def infer(
             max_cost_usd=max_cost,
             on_result=on_result,
         )
+    for notice in notices:
+        click.echo(f"warning: {visible_controls(notice)}", err=True)
     # The summary covers the whole output CSV (earlier runs of --continue included), not only
     # the images this invocation answered.
     whole = tally_of_csv(target) if target.exists() else Tally()

@@ -15,7 +15,7 @@ from pathlib import Path
 from defake_pipeline.datasets.images import IMAGE_SUFFIXES
 from defake_pipeline.datasets.layouts import DatasetSpec
 from defake_pipeline.errors import DefakeError
-from defake_pipeline.prompting.spec import load_prompt, prompt_files
+from defake_pipeline.prompting.spec import index_prompts, load_prompt
 
 
 def _walk(folder: Path):
@@ -63,11 +63,13 @@ def scan_prompts() -> PromptScan:
     """Every prompt file's key and content hash; invalid files are reported, never raised."""
     valid: dict[str, str] = {}
     invalid: dict[str, str] = {}
-    for path in prompt_files():
+    index, clashes = index_prompts()
+    invalid.update({str(path): error for path, error in clashes.items()})
+    for path in index.values():
         try:
             prompt = load_prompt(path)
         except DefakeError as exc:
             invalid[str(path)] = str(exc)
             continue
-        valid.setdefault(prompt.key, prompt.content_hash)
+        valid[prompt.key] = prompt.content_hash
     return PromptScan(valid, invalid)

@@ -99,8 +99,12 @@ def dataset_specs() -> list[DatasetSpec]:
     """Every dataset defined under ``datasets/`` (the working directory's first; names are unique)."""
     specs: dict[str, DatasetSpec] = {}
     for folder in project_dirs("datasets"):
+        own: dict[str, Path] = {}
         for file in sorted(folder.glob("*.toml")):
             spec = load_dataset_spec(file)
+            if spec.key in own:
+                raise DatasetError(f"{own[spec.key]} and {file} give one dataset key {spec.key!r}; rename one")
+            own[spec.key] = file
             specs.setdefault(spec.key, spec)
     return list(specs.values())
 

@@ -125,7 +125,13 @@ def _model_table(stamps: tuple[tuple[Path, int, int], ...]) -> dict[str, ModelSp
             raw[name] = {**base, **{k: v for k, v in entry.items() if k != "preset"}}
             origin[name] = file
     table: dict[str, ModelSpec] = {}
+    named: dict[str, str] = {}  # partition key -> the name that gave it
     for name, entry in raw.items():
+        if (other := named.setdefault(slugify(name), name)) != name:
+            raise ModelConfigError(
+                f"{origin[other]}: model {other!r} and {origin[name]}: model {name!r} give one partition key "
+                f"{slugify(name)!r}; rename one"
+            )
         try:
             spec = ModelSpec(name=name, **entry)
         except ValidationError as exc:

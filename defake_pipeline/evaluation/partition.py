@@ -73,6 +73,7 @@ def evaluate_partition(
     try:
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
         evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=record, collect=False)
+        summary.note = "; ".join(filter(None, [summary.note, *evaluator.notices]))
         if datasets and target.exists():
             # Earlier rows for images of other datasets stay, while those images are still listed.
             # Rows match on the job key, which is also how an unreadable image's `missing:<path>`

@@ -174,6 +174,34 @@ def prompt_files(extra_dirs: list[Path] | None = None) -> list[Path]:
     return files
 
 
+def index_prompts() -> tuple[dict[str, Path], dict[Path, str]]:
+    """Every prompt file by its partition key (``./prompts`` shadows the project's own), and
+    the files left out because another file of their folder gives the same key
+    (``a/x.json`` and ``b/x.json``), each with the error naming both: neither may run, or be
+    published, under the other's name."""
+    index: dict[str, Path] = {}
+    clashes: dict[Path, str] = {}
+    for folder in project_dirs("prompts"):
+        own: dict[str, list[Path]] = {}
+        for path in sorted(folder.rglob("*.json")):
+            own.setdefault(prompt_key_for(path), []).append(path)
+        for key, paths in own.items():
+            if len(paths) > 1:
+                error = f"{' and '.join(map(str, paths))} give one prompt key {key!r}; rename one"
+                clashes.update(dict.fromkeys(paths, error))
+            elif key not in index:
+                index[key] = paths[0]
+    return index, clashes
+
+
+def prompt_index() -> dict[str, Path]:
+    """``index_prompts``'s index; a PromptError where two files give one key."""
+    index, clashes = index_prompts()
+    if clashes:
+        raise PromptError(next(iter(clashes.values())))
+    return index
+
+
 def find_prompt(name_or_path: str) -> Path:
     """Resolve a prompt given as a path, or as a name searched in ./prompts then the project's prompts/."""
     candidate = Path(name_or_path)
@@ -181,16 +209,16 @@ def find_prompt(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
         raise PromptError(f"{name_or_path}: prompt file not found")
-    wanted = slugify(name_or_path)
-    for path in prompt_files():
-        if path.stem == name_or_path or prompt_key_for(path) == wanted:
-            return path
+    index = prompt_index()
+    path = index.get(name_or_path) or index.get(slugify(name_or_path))
+    if path is not None:
+        return path
     raise PromptError(f"{name_or_path}: no prompt of that name under ./prompts or the project's prompts/")
 
 
 def prompt_by_key(key: str) -> LoadedPrompt:
-    """The prompt whose partition key is ``key`` (the first match, ./prompts before the project's)."""
-    for path in prompt_files():
-        if prompt_key_for(path) == key:
-            return load_prompt(path)
+    """The prompt whose partition key is ``key`` (./prompts before the project's)."""
+    path = prompt_index().get(key)
+    if path is not None:
+        return load_prompt(path)
     raise PromptError(f"no prompt file with key {key!r} under ./prompts or the project's prompts/")

@@ -194,8 +194,9 @@ def run_experiment(
     api_key: str | None = None,
     max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
-) -> None:
-    """Evaluate images and append one CSV row per image the moment its answer arrives."""
+) -> list[str]:
+    """Evaluate images and append one CSV row per image the moment its answer arrives; returns
+    what the run's user should hear of (see ``Evaluator.notices``)."""
     if output.exists() and not (resume or overwrite):
         raise DefakeError(f"{output} already exists; pass --continue to resume it or --overwrite to start again")
     done: set[str] = set()
@@ -234,6 +235,7 @@ def run_experiment(
 
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
         evaluate_sync(jobs, evaluator, on_result=write, collect=False)
+        return evaluator.notices
     finally:
         jobs.close()
         probes.close()
