@@ -179,10 +179,10 @@ def _run_partitions_in_processes(keys: list[dg.MultiPartitionKey], datasets: lis
 
 def gate_failures(layout, pairs: list[tuple[str, str]]) -> list[str]:
     """One line per chosen partition that is not on the leaderboard, with the gate's reason."""
-    gate = query(layout, "SELECT model, prompt, status, reason FROM partition_gate WHERE status <> 'passed'")
+    gate = query(layout, "SELECT dataset, model, prompt, status, reason FROM partition_gate WHERE status <> 'passed'")
     wanted = set(pairs)
     return [
-        f"{r.model}|{r.prompt}: quality gate {r.status}: {r.reason}"
+        f"{r.model}|{r.prompt} on {r.dataset}: quality gate {r.status}: {r.reason}"
         for r in gate.itertuples(index=False)
         if (r.model, r.prompt) in wanted
     ]

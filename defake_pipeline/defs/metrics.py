@@ -34,7 +34,7 @@ def metrics(context: dg.AssetExecutionContext, store: DefakeStore, quality: Qual
         "SELECT dataset, model, prompt, gate_status, n_images, n_unknown, n_error, round(accuracy, 4) AS accuracy "
         "FROM metrics WHERE scope = 'dataset' ORDER BY accuracy DESC NULLS LAST LIMIT 50",
     )
-    gate = query(layout, "SELECT model, prompt, status, reason FROM partition_gate WHERE status <> 'passed'")
+    gate = query(layout, "SELECT dataset, model, prompt, status, reason FROM partition_gate WHERE status <> 'passed'")
     for row in gate.itertuples(index=False):
         if "unreadable" in row.reason:
             context.log.warning(f"{row.model}|{row.prompt}: {row.reason}")

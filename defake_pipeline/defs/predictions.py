@@ -3,6 +3,7 @@
 import warnings
 
 import dagster as dg
+import pandas as pd
 
 from defake_pipeline.defs.automation import PREDICTIONS_FOLLOW_MANIFEST
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
@@ -11,8 +12,8 @@ from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint, QualityGa
 from defake_pipeline.endpoints.registry import model_by_key
 from defake_pipeline.evaluation.partition import evaluate_partition
 from defake_pipeline.prompting.spec import prompt_by_key
-from defake_pipeline.warehouse.gate import GATE_PASSED, partition_gate
-from defake_pipeline.warehouse.parquet import predictions_content_hash
+from defake_pipeline.warehouse.gate import GATE_PASSED, PartitionGate, partition_gate
+from defake_pipeline.warehouse.parquet import predictions_content_hash, read_manifests
 
 # BackfillPolicy is marked beta in this Dagster release; the warning says nothing to users.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -40,12 +41,16 @@ _CHECKS = [
 ]
 
 
-def _gate_table(gates: dict[str, dict]) -> dg.MetadataValue:
-    lines = ["| partition | images | error rate | unknown rate | gate |", "| --- | ---: | ---: | ---: | --- |"]
-    for key, g in gates.items():
-        err = "–" if g["error_rate"] is None else f"{100 * g['error_rate']:.1f}%"
-        unk = "–" if g["unknown_rate"] is None else f"{100 * g['unknown_rate']:.1f}%"
-        lines.append(f"| {key} | {g['n_images']} | {err} | {unk} | {g['status']} {g['reason'] or ''} |")
+def _gate_table(gates: dict[str, PartitionGate]) -> dg.MetadataValue:
+    lines = [
+        "| partition | dataset | images | error rate | unknown rate | gate |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for key, gate in gates.items():
+        for g in gate.rows.itertuples():
+            err = "–" if pd.isna(g.error_rate) else f"{100 * g.error_rate:.1f}%"
+            unk = "–" if pd.isna(g.unknown_rate) else f"{100 * g.unknown_rate:.1f}%"
+            lines.append(f"| {key} | {g.dataset} | {g.n_images} | {err} | {unk} | {g.status} {g.reason or ''} |")
     return dg.MetadataValue.md("\n".join(lines))
 
 
@@ -69,8 +74,9 @@ def predictions(
     """Every manifest image asked of one model with one prompt; cached answers cost nothing."""
     layout = store.layout()
     totals = {"n_images": 0, "n_requests": 0, "n_cached": 0, "n_errors": 0, "n_unknown": 0, "cost_usd": 0.0}
-    gates: dict[str, dict] = {}
+    gates: dict[str, PartitionGate] = {}
     files = []
+    manifests = read_manifests(layout)
     for key in context.partition_keys:
         model, prompt_key = split_partition_key(key)
         spec = endpoint.spec(model_by_key(model))
@@ -88,11 +94,11 @@ def predictions(
         files.append(target)
         for name in totals:
             totals[name] += getattr(summary, name)
-        gates[key] = partition_gate(target, quality.thresholds())
-        if gates[key]["status"] != GATE_PASSED:
-            context.log.warning(f"{key}: quality gate {gates[key]['status']}: {gates[key]['reason']}")
-    failed_error = [k for k, g in gates.items() if g["error_rate_over"]]
-    failed_unknown = [k for k, g in gates.items() if g["unknown_rate_over"]]
+        gates[key] = partition_gate(target, manifests, quality.thresholds())
+        if gates[key].status != GATE_PASSED:
+            context.log.warning(f"{key}: quality gate {gates[key].status}: {gates[key].reason}")
+    failed_error = [f"{k} on {d}" for k, g in gates.items() for d in g.failures("error_rate_over")]
+    failed_unknown = [f"{k} on {d}" for k, g in gates.items() for d in g.failures("unknown_rate_over")]
     check_results = [
         dg.AssetCheckResult(
             check_name="error_rate_below_threshold",

@@ -236,7 +236,7 @@ def _digests_file(layout: HomeLayout) -> Path:
 
 
 def passed_partitions(layout: HomeLayout) -> list[tuple[str, str]]:
-    rows = query(layout, "SELECT model, prompt FROM partition_gate WHERE status = 'passed' ORDER BY ALL")
+    rows = query(layout, "SELECT DISTINCT model, prompt FROM partition_gate WHERE status = 'passed' ORDER BY ALL")
     return list(rows.itertuples(index=False, name=None))
 
 
@@ -305,10 +305,9 @@ def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
     (the charts inlined as data URIs)."""
     ranked = query(
         layout,
-        "SELECT m.* FROM metrics AS m SEMI JOIN partition_gate AS g "
-        "ON g.model = m.model AND g.prompt = m.prompt AND g.status = 'passed'",
+        "SELECT * FROM metrics WHERE gate_status = 'passed'",
     )
-    unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY model, prompt")
+    unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY dataset, model, prompt")
     comparisons = query(layout, "SELECT * FROM comparisons")
     leaks = dict(query(layout, _LABEL_LEAKS_SQL).itertuples(index=False, name=None))
     pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from defake_pipeline.records import prediction_schema
 from defake_pipeline.warehouse.files import atomic_path
-from defake_pipeline.warehouse.gate import GateThresholds, create_gate_table
+from defake_pipeline.warehouse.gate import GateThresholds, add_missing_prediction_columns, create_gate_table
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import (
     COMPARISON_COUNTS_SQL,
@@ -73,12 +73,12 @@ def create_metrics(
     Every partition gets metrics, each row carrying its ``gate_status``; comparisons pair
     only partitions that passed the gate.
     """
-    _add_missing_prediction_columns(con)
-    create_gate_table(con, thresholds or GateThresholds(), partitions, unreadable)
+    add_missing_prediction_columns(con)
     con.execute(SCORED_VIEW_SQL)
+    create_gate_table(con, thresholds or GateThresholds(), partitions, unreadable)
     con.execute(
         f"CREATE TABLE metrics AS SELECT m.*, g.status AS gate_status FROM ({METRICS_SQL}) AS m "
-        "LEFT JOIN partition_gate AS g ON g.model = m.model AND g.prompt = m.prompt"
+        "LEFT JOIN partition_gate AS g ON (g.dataset, g.model, g.prompt) = (m.dataset, m.model, m.prompt)"
     )
     pairs = con.execute(COMPARISON_COUNTS_SQL).df()
     pairs["mcnemar_p"] = [
@@ -87,15 +87,6 @@ def create_metrics(
     con.register("comparison_frame", pairs)
     con.execute("CREATE TABLE comparisons AS SELECT * FROM comparison_frame")
     con.unregister("comparison_frame")
-
-
-def _add_missing_prediction_columns(con: duckdb.DuckDBPyConnection) -> None:
-    """Columns the record gained since older partition files (and seed CSVs) were written: NULL there."""
-    have = {row[0] for row in con.execute("DESCRIBE predictions").fetchall()}
-    for field in prediction_schema():
-        if field.name not in have:
-            sql_type = {"string": "VARCHAR", "int64": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN"}[str(field.type)]
-            con.execute(f'ALTER TABLE predictions ADD COLUMN "{field.name}" {sql_type}')
 
 
 def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:

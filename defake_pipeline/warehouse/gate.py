@@ -13,7 +13,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from defake_pipeline.warehouse.metrics_sql import ERROR_RATE_SQL, UNKNOWN_RATE_SQL
+from defake_pipeline.records import prediction_schema
+from defake_pipeline.warehouse.metrics_sql import ERROR_RATE_SQL, SCORED_VIEW_SQL, UNKNOWN_RATE_SQL
 
 GATE_PASSED, GATE_FAILED, GATE_MISSING = "passed", "failed", "missing"
 
@@ -26,17 +27,18 @@ class GateThresholds:
     max_unknown_rate: float = 0.5  # answers with no verdict, over the images that got an answer
 
 
-# Over a relation `predictions` holding one or more partitions; `$max_error` and
-# `$max_unknown` are the thresholds.
+# Over a relation `scored` (manifest rows joined to one or more partitions' predictions, see
+# SCORED_VIEW_SQL): one gate per dataset × model × prompt, so a dataset full of errors is held
+# back however clean the others are. `$max_error` and `$max_unknown` are the thresholds.
 GATE_SQL = f"""
 WITH rates AS (
     SELECT
-        model, prompt,
+        dataset, model, prompt,
         count(*) AS n_images,
-        count(*) FILTER (WHERE error IS NOT NULL) AS n_error,
-        count(*) FILTER (WHERE error IS NULL AND pred = -1) AS n_unknown
-    FROM predictions
-    GROUP BY model, prompt
+        count(*) FILTER (WHERE is_error) AS n_error,
+        count(*) FILTER (WHERE is_unknown) AS n_unknown
+    FROM scored
+    GROUP BY dataset, model, prompt
 ), rated AS (
     SELECT *,
         {ERROR_RATE_SQL} AS error_rate,
@@ -47,7 +49,7 @@ WITH rates AS (
     FROM rated
 )
 SELECT
-    model, prompt, n_images, n_error, n_unknown, error_rate, unknown_rate,
+    dataset, model, prompt, n_images, n_error, n_unknown, error_rate, unknown_rate,
     CASE WHEN error_rate_over OR unknown_rate_over THEN 'failed' ELSE 'passed' END AS status,
     concat_ws('; ',
         CASE WHEN error_rate_over
@@ -57,7 +59,17 @@ SELECT
     ) AS reason,
     error_rate_over, unknown_rate_over
 FROM judged
+ORDER BY dataset, model, prompt
 """
+
+
+def add_missing_prediction_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Columns the record gained since older partition files (and seed CSVs) were written: NULL there."""
+    have = {row[0] for row in con.execute("DESCRIBE predictions").fetchall()}
+    for field in prediction_schema():
+        if field.name not in have:
+            sql_type = {"string": "VARCHAR", "int64": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN"}[str(field.type)]
+            con.execute(f'ALTER TABLE predictions ADD COLUMN "{field.name}" {sql_type}')
 
 
 def gate_params(thresholds: GateThresholds) -> dict[str, float]:
@@ -70,9 +82,9 @@ def create_gate_table(
     expected: list[tuple[str, str]] | None = None,
     unreadable: dict[tuple[str, str], str] | None = None,
 ) -> None:
-    """``partition_gate`` over the ``predictions`` table: one row per partition with rows, plus
-    a ``missing`` row for each expected (registered) partition that has none yet, or whose
-    file is unreadable (the reason says which, and how to rebuild it)."""
+    """``partition_gate`` over the ``scored`` view: one row per dataset × partition with rows,
+    plus a ``missing`` row for each dataset of each expected (registered) partition that has
+    none yet, or whose file is unreadable (the reason says which, and how to rebuild it)."""
     con.execute(f"CREATE TABLE partition_gate AS {GATE_SQL}", gate_params(thresholds))
     if expected:
         reasons = unreadable or {}
@@ -92,25 +104,42 @@ def create_gate_table(
         con.execute(
             """
             INSERT INTO partition_gate
-            SELECT w.model, w.prompt, 0, 0, 0, NULL, NULL, 'missing', w.reason, false, false
-            FROM wanted AS w ANTI JOIN partition_gate AS g ON g.model = w.model AND g.prompt = w.prompt
+            SELECT d.dataset, w.model, w.prompt, 0, 0, 0, NULL, NULL, 'missing', w.reason, false, false
+            FROM wanted AS w CROSS JOIN (SELECT DISTINCT dataset FROM image_manifest) AS d
+            ANTI JOIN partition_gate AS g ON g.dataset = d.dataset AND g.model = w.model AND g.prompt = w.prompt
             """
         )
 
 
-def partition_gate(parquet: Path, thresholds: GateThresholds) -> dict:
-    """The gate row of one partition file (status ``missing`` when it holds no rows)."""
+@dataclass(frozen=True)
+class PartitionGate:
+    """The gate of one partition file: a row per dataset, and what failed."""
+
+    rows: pd.DataFrame  # GATE_SQL's columns
+
+    @property
+    def status(self) -> str:
+        if self.rows.empty:
+            return GATE_MISSING
+        return GATE_PASSED if (self.rows["status"] == GATE_PASSED).all() else GATE_FAILED
+
+    def failures(self, column: str) -> list[str]:
+        """The datasets over one threshold (``error_rate_over`` or ``unknown_rate_over``)."""
+        return [str(d) for d in self.rows.loc[self.rows[column].astype(bool), "dataset"]]
+
+    @property
+    def reason(self) -> str:
+        failed = self.rows[self.rows["status"] != GATE_PASSED]
+        return "; ".join(f"{r.dataset}: {r.reason}" for r in failed.itertuples()) or (
+            "no images" if self.rows.empty else ""
+        )
+
+
+def partition_gate(parquet: Path, manifests: pd.DataFrame, thresholds: GateThresholds) -> PartitionGate:
+    """The gate of one partition file, per dataset of the manifest rows it answers."""
     with duckdb.connect() as con:
-        predictions = con.read_parquet(str(parquet))  # noqa: F841 - the relation GATE_SQL reads
-        rows = con.execute(GATE_SQL, gate_params(thresholds)).df()
-    if rows.empty:
-        return {
-            "n_images": 0,
-            "error_rate": None,
-            "unknown_rate": None,
-            "status": GATE_MISSING,
-            "reason": "no images",
-            "error_rate_over": False,
-            "unknown_rate_over": False,
-        }
-    return rows.iloc[0].to_dict()
+        con.register("image_manifest", manifests)
+        con.execute("CREATE TABLE predictions AS SELECT * FROM read_parquet(?)", [str(parquet)])
+        add_missing_prediction_columns(con)
+        con.execute(SCORED_VIEW_SQL)
+        return PartitionGate(con.execute(GATE_SQL, gate_params(thresholds)).df())

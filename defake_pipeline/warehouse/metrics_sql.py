@@ -138,7 +138,8 @@ WITH truth AS (
     SELECT DISTINCT s.dataset, s.model, s.prompt, s.sha256, s.pred = t.label AS correct
     FROM scored AS s
     JOIN truth AS t USING (dataset, sha256)
-    SEMI JOIN partition_gate AS g ON g.model = s.model AND g.prompt = s.prompt AND g.status = 'passed'
+    SEMI JOIN partition_gate AS g
+        ON (g.dataset, g.model, g.prompt) = (s.dataset, s.model, s.prompt) AND g.status = 'passed'
     WHERE s.is_valid
 )
 SELECT

@@ -164,7 +164,7 @@ def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home,
     assert "Traceback" not in result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert warnings == [
-        "warning: qwen2vl|simple: quality gate failed: error rate 100.0% over the 20% limit; left off the leaderboard"
+        "warning: qwen2vl|simple on demo: quality gate failed: error rate 100.0% over the 20% limit; left off the leaderboard"
     ]
     layout = HomeLayout(defake_home)
     assert "report: " + str(layout.report_file("canny", "simple")) in result.output
