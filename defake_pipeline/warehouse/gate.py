@@ -127,6 +127,10 @@ class PartitionGate:
         """The datasets over one threshold (``error_rate_over`` or ``unknown_rate_over``)."""
         return [str(d) for d in self.rows.loc[self.rows[column].astype(bool), "dataset"]]
 
+    def summary(self) -> dict[str, str]:
+        """The gate in a few words per dataset, for a partition's metadata."""
+        return {f"gate/{r.dataset}": f"{r.status} {r.reason or ''}".strip() for r in self.rows.itertuples()}
+
     @property
     def reason(self) -> str:
         failed = self.rows[self.rows["status"] != GATE_PASSED]

@@ -9,6 +9,7 @@ from conftest import project_dagster_home
 from defake_pipeline.cli import main
 from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
+from defake_pipeline.defs.partitions import model_prompt_partitions
 from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint
 from defake_pipeline.warehouse.layout import HomeLayout
 
@@ -164,7 +165,8 @@ def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home,
     assert "Traceback" not in result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert warnings == [
-        "warning: qwen2vl|simple on demo: quality gate failed: error rate 100.0% over the 20% limit; left off the leaderboard"
+        "warning: qwen2vl|simple on demo: quality gate failed: error rate 100.0% over the 20% limit; "
+        "left off the leaderboard"
     ]
     layout = HomeLayout(defake_home)
     assert "report: " + str(layout.report_file("canny", "simple")) in result.output
@@ -184,3 +186,23 @@ def test_a_deleted_manifest_is_named_in_the_metadata_and_the_cli(defake_home, tm
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     metadata = instance.get_latest_materialization_event(dg.AssetKey("metrics")).asset_materialization.metadata
     assert metadata["missing_manifests"].value == "extra"
+
+
+def test_a_partitions_data_version_is_a_function_of_its_own_rows(defake_home):
+    """A run that covers one partition and a run that covers three record the same data version
+    for a partition whose rows did not change, so the warehouse does not rebuild for nothing."""
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["canny"], ["simple", "fusion", "common_sense"])
+    key = dg.AssetKey("predictions")
+    after_single = instance.event_log_storage.get_maximum_record_id()
+    job = defs.resolve_job_def("evaluate")
+    # A single run over a range of partitions, as a backfill with a single-run policy launches it.
+    keys = [str(k) for k in model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)]
+    range_tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    result = job.execute_in_process(instance=instance, tags=range_tags)
+    assert result.success
+    records = instance.fetch_materializations(key, limit=20).records
+    covered = {r.asset_materialization.partition for r in records if r.run_id == result.run_id}
+    assert covered == {"canny|simple", "canny|fusion", "canny|common_sense"}
+    changed = instance.event_log_storage.get_updated_data_version_partitions(key, sorted(covered), after_single)
+    assert changed == set()
