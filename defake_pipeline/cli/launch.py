@@ -81,6 +81,11 @@ def materialize_evaluation(
     return results
 
 
+def publish(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """The warehouse, reports and leaderboard rebuilt from the partitions the instance has."""
+    return _execute("publish", instance, None)
+
+
 def _evaluate_in_worker(key: str, datasets: list[str]) -> str:
     """One predictions partition in a worker process, on the DAGSTER_HOME instance."""
     from defake_pipeline.defs.partitions import model_prompt_partitions

@@ -2,19 +2,45 @@
 
 import dagster as dg
 
+from defake_pipeline.defs.partitions import split_partition_key
+from defake_pipeline.endpoints.registry import registered_model_keys
+
 AC = dg.AutomationCondition
+
+
+class ModelRegistered(dg.AutomationCondition):
+    """Prediction partitions of the models ``models.toml`` registers, read at each evaluation.
+
+    A model that a CLI run asked for stays ad hoc: its partitions exist (its results are
+    published), but the daemon never evaluates it on its own, on other prompts or on new
+    images. Python of our own, so ``automation_sensor`` runs on the code server."""
+
+    @property
+    def name(self) -> str:
+        return "model_registered"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        registered = registered_model_keys()
+        candidates = context.candidate_subset
+        keys = {k for k in candidates.expensively_compute_partition_keys() if split_partition_key(k)[0] in registered}
+        return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(keys))
+
+
+MODEL_REGISTERED = ModelRegistered()
 
 # `mllmdf materialize` publishes its own results; the daemon need not follow its updates.
 FROM_CLI = AC.all_new_updates_have_run_tags(tag_values={"defake/source": "cli"})
 
-# A prediction partition runs when it is new (a model or prompt was registered), or when the
-# manifest's content changed. A manifest rematerialized with the same content (a CLI run,
+# A prediction partition of a registered model runs when it is new (a model or prompt was
+# registered), or when the manifest's content changed. A manifest rematerialized with the same content (a CLI run,
 # the nightly rescan) has the same data version, so it costs no run.
 PREDICTIONS_FOLLOW_MANIFEST = (
-    (
+    MODEL_REGISTERED
+    & (
         (AC.newly_missing() | AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI)).since_last_handled()
-        # Partitions registered while the daemon was down are missing already on its first tick.
-        | (AC.missing() & AC.initial_evaluation())
+        # Partitions registered while the daemon was down are missing already on its first tick;
+        # an ad hoc model's partitions exist already when models.toml comes to register it.
+        | (AC.missing() & (AC.initial_evaluation() | MODEL_REGISTERED.newly_true()))
     )
     & ~AC.any_deps_missing()
     & ~AC.any_deps_in_progress()

@@ -22,10 +22,11 @@ from defake_pipeline.defs.partitions import (
     model_prompt_partitions,
     partition_key,
     prompt_partitions,
+    split_partition_key,
 )
 from defake_pipeline.defs.predictions import predictions
 from defake_pipeline.defs.reports import leaderboard, model_reports
-from defake_pipeline.endpoints.registry import get_model, registered_models
+from defake_pipeline.endpoints.registry import get_model, registered_model_keys, registered_models
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.prompting.spec import prompt_key_for
 
@@ -55,25 +56,37 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
 
     Dagster's automation would ask for the prediction partitions after the manifest run, as
     a backfill that the backfill daemon (every 30 s) turns into a run: a new image would wait
-    twice. A partition range in the run's tags gives the same single run at once.
+    twice. A partition range in the run's tags gives the same single run at once, where the
+    partitions to evaluate again (those of registered models evaluated before) are one
+    contiguous range; otherwise the run refreshes the manifests alone, and the predictions'
+    automation condition asks for exactly those partitions.
     """
     datasets = sorted(changed)
     selection = DatasetSelection(datasets=datasets)
-    # Partitions evaluated before; missing ones are the automation condition's to run, and
-    # including them here would evaluate them twice.
+    # Partitions evaluated before, of registered models: missing ones are the automation
+    # condition's to run, and an ad hoc model is never evaluated on its own.
     done = instance.get_materialized_partitions(predictions.key)
-    keys = [
-        k for k in map(str, model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)) if k in done
-    ]
-    assets = _NEW_IMAGES_ASSETS if keys else [a for a in _NEW_IMAGES_ASSETS if a is not predictions]
+    registered = registered_model_keys()
+    every = [str(k) for k in model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)]
+    wanted = [i for i, k in enumerate(every) if k in done and split_partition_key(k)[0] in registered]
+    keys = [every[i] for i in wanted]
+    contiguous = bool(wanted) and wanted[-1] - wanted[0] + 1 == len(wanted)
+    if contiguous:
+        assets = _NEW_IMAGES_ASSETS
+    elif keys:
+        assets = [image_manifest]
+    else:
+        assets = [a for a in _NEW_IMAGES_ASSETS if a is not predictions]
     tags = {"defake/trigger": "new_images", "defake/dataset": ",".join(datasets)}
-    if keys:
+    if contiguous:
         tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
     content = json.dumps([changed, keys], sort_keys=True).encode()
     return dg.RunRequest(
         run_key=f"images:{hashlib.sha256(content).hexdigest()[:16]}",
         asset_selection=[a.key for a in assets],
-        run_config=dg.RunConfig(ops={"image_manifest": selection, **({"predictions": selection} if keys else {})}),
+        run_config=dg.RunConfig(
+            ops={"image_manifest": selection, **({"predictions": selection} if contiguous else {})}
+        ),
         tags=tags,
     )
 
@@ -200,4 +213,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     # Many prediction partitions requested at once become one backfill, which the single-run
     # backfill policy turns into one run.
     emit_backfills=True,
+    # The predictions' condition reads models.toml (automation.ModelRegistered): Python of ours,
+    # which only the code server can run.
+    use_user_code_server=True,
 )

@@ -6,6 +6,8 @@ The preset table is data (``presets.toml``); a project may add or override entri
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -172,11 +174,45 @@ def model_by_key(key: str) -> ModelSpec:
     return get_model(key)
 
 
+def registered_model_keys() -> set[str]:
+    """Partition keys of the registered models; none when models.toml cannot be read (so
+    nothing is evaluated on its own until it is mended)."""
+    try:
+        return {get_model(name).key for name in registered_models()}
+    except ModelConfigError:
+        return set()
+
+
 def registered_models() -> list[str]:
-    """Models registered for the pipeline's partitions (``registered = [...]`` in models.toml)."""
+    """Models registered for the pipeline's partitions (``registered = [...]`` in models.toml);
+    ``canny`` where no models.toml says (the demo's)."""
     names: list[str] = []
+    said = False
     for file in registry_files():
-        for name in _read_toml(file).get("registered", []):
+        table = _read_toml(file)
+        said = said or "registered" in table
+        for name in table.get("registered", []):
             if name not in names:
                 names.append(name)
-    return names or ["canny"]
+    return names if said else ["canny"]
+
+
+_REGISTERED_LINE = re.compile(r"^registered\s*=\s*\[[^\]]*\]", re.M)
+
+
+def registry_file() -> Path:
+    """The ``models.toml`` that registering writes: the first one found, else the working directory's."""
+    files = registry_files()
+    return files[0] if files else Path.cwd() / "models.toml"
+
+
+def write_registered(names: list[str]) -> Path:
+    """Make ``names`` the ``registered`` list of ``registry_file()``; the rest of the file is kept."""
+    file = registry_file()
+    text = file.read_text(encoding="utf-8") if file.exists() else ""
+    line = "registered = [" + ", ".join(json.dumps(n, ensure_ascii=False) for n in names) + "]"
+    found = _REGISTERED_LINE.search(text)
+    text = _REGISTERED_LINE.sub(lambda _: line, text, count=1) if found else f"{line}\n{text}"
+    tomllib.loads(text)  # never leave a file that no longer parses
+    file.write_text(text, encoding="utf-8")
+    return file

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import register_partitions
 from defake_pipeline.defs.schedules import nightly_reevaluation
 from defake_pipeline.defs.sensors import new_images_sensor, registry_sensor
+from defake_pipeline.text import slugify
 from defake_pipeline.warehouse.layout import HomeLayout
 
 
@@ -163,12 +165,13 @@ def test_registry_sensor_models(project):
     register_partitions(instance, ["adhoc"], [p.stem for p in (REPO / "prompts").glob("*.json")] + ["mine"])
     (project / "models.toml").write_text('registered = ["canny", "My Qwen"]\n[models."My Qwen"]\npreset = "qwen2vl"\n')
     first = tick(registry_sensor, instance)
-    assert first.dynamic_partitions_requests[0].partition_keys == ["canny", "my-qwen"]  # slugs of the names
-    register_partitions(instance, ["canny", "my-qwen"], [])
+    my_qwen = slugify("My Qwen")
+    assert first.dynamic_partitions_requests[0].partition_keys == ["canny", my_qwen]
+    register_partitions(instance, ["canny", my_qwen], [])
     (project / "models.toml").write_text('registered = ["canny"]\n')
     removed = tick(registry_sensor, instance, first.cursor)
-    # A model models.toml stopped listing goes; one the CLI registered ("adhoc") stays.
-    assert [r.partition_keys for r in removed.dynamic_partitions_requests] == [["my-qwen"]]
+    # A model models.toml stopped listing goes; one the CLI ran ad hoc ("adhoc") stays.
+    assert [r.partition_keys for r in removed.dynamic_partitions_requests] == [[my_qwen]]
 
 
 def test_nightly_schedule_refreshes_manifests():
@@ -332,3 +335,76 @@ def test_per_model_backfill_runs_partitions_in_processes_and_only_missing_work(p
     second = CliRunner().invoke(main, args, env=env)
     assert second.exit_code == 0, second.output
     assert requests_per_partition() == {"canny|mine": 0, "canny|simple": 0, "canny|fusion": 0}
+
+
+def test_an_ad_hoc_model_is_never_evaluated_by_the_daemon_on_its_own(project):
+    """A model a CLI run asked for (not in models.toml) has partitions, but automation asks for
+    none of them, on other prompts or on new images; registering it later evaluates it."""
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny", "qwen2vl"], ["mine", "simple"])
+    manifest = [defs.get_assets_def("image_manifest")]
+    dg.materialize(manifest, instance=instance, resources=defs.resources)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    asked = {str(k) for k in first.get_requested_partitions(dg.AssetKey("predictions"))}
+    assert asked == {"canny|mine", "canny|simple"}
+    for key in ("canny|mine", "canny|simple"):
+        dg.materialize(
+            [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key=key
+        )
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")
+    dg.materialize(manifest, instance=instance, resources=defs.resources)
+    changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    asked = {str(k) for k in changed.get_requested_partitions(dg.AssetKey("predictions"))}
+    assert asked == {"canny|mine", "canny|simple"}
+    (project / "models.toml").write_text('registered = ["canny", "qwen2vl"]\n')
+    registered = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=changed.cursor)
+    asked = {str(k) for k in registered.get_requested_partitions(dg.AssetKey("predictions"))}
+    assert asked == {"qwen2vl|mine", "qwen2vl|simple"}
+
+
+def test_new_images_never_reach_an_ad_hoc_model(project):
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["canny", "qwen2vl", "vllm"], ["mine", "simple"])
+    for key in ("canny|mine", "canny|simple", "qwen2vl|mine", "vllm|mine"):
+        instance.report_runless_asset_event(dg.AssetMaterialization("predictions", partition=key))
+    (project / "models.toml").write_text('registered = ["canny", "vllm"]\n')
+    # canny's two and vllm|mine are not one range (qwen2vl's lie between): the manifest alone runs,
+    # and the predictions' condition asks for exactly the partitions that need it.
+    [request] = tick(new_images_sensor, instance).run_requests
+    assert request.asset_selection == [dg.AssetKey("image_manifest")]
+    assert "dagster/asset_partition_range_start" not in request.tags
+    (project / "models.toml").write_text('registered = ["canny"]\n')
+    [request] = tick(new_images_sensor, instance).run_requests
+    assert request.tags["dagster/asset_partition_range_start"] == "canny|mine"
+    assert request.tags["dagster/asset_partition_range_end"] == "canny|simple"
+
+
+def test_models_are_listed_added_and_removed(project, tmp_path):
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    env = {"DAGSTER_HOME": str(tmp_path / "dh")}
+    (project / "models.toml").write_text('# mine\nregistered = ["canny"]\n\n[models.mine]\npreset = "vllm"\n')
+    added = CliRunner().invoke(main, ["models", "add", "mine", "qwen2vl"], env=env)
+    assert added.exit_code == 0, added.output
+    text = (project / "models.toml").read_text()
+    assert 'registered = ["canny", "mine", "qwen2vl"]' in text and "# mine" in text and "[models.mine]" in text
+    listing = CliRunner().invoke(main, ["models", "list"], env=env).output
+    assert re.search(r"^mine +mine +self_hosted +registered$", listing, re.M), listing
+    assert re.search(r"^gpt4o +gpt4o +openai +available$", listing, re.M)
+    unknown = CliRunner().invoke(main, ["models", "add", "nope"], env=env)
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
+    # An ad hoc model: run once from the CLI, listed as such, removed with its results.
+    assert CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "mine"], env=env).exit_code == 0
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "dh"))
+    register_partitions(instance, ["adhoc-canny"], [])
+    listing = CliRunner().invoke(main, ["models", "list"], env=env).output
+    assert re.search(r"^qwen2vl +qwen2vl +self_hosted +registered$", listing, re.M)
+    removed = CliRunner().invoke(main, ["models", "remove", "qwen2vl", "canny"], env=env)
+    assert removed.exit_code == 0, removed.output
+    assert 'registered = ["mine"]' in (project / "models.toml").read_text()
+    assert "canny" not in instance.get_dynamic_partitions("model")
+    board = HomeLayout().leaderboard_file.read_text()
+    assert "`canny`" not in board and not list(HomeLayout().reports_dir.glob("canny__*"))
