@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # pandas and pyarrow take most of a second to import; `mllmdf
 
 
 Verdict = Literal["real", "fake", "unknown"]
+# The prompt key of a baseline's predictions: a baseline reads no prompt, so it is evaluated
+# (and ranked) once, not once per prompt. No prompt file's key can be this (see text.slugify).
+NO_PROMPT = "-"
 PRED_OF_VERDICT: dict[str, int] = {"real": 1, "fake": 0, "unknown": -1}
 VERDICT_OF_PRED: dict[int, str] = {pred: verdict for verdict, pred in PRED_OF_VERDICT.items()}
 

@@ -53,3 +53,11 @@ def demo_manifest():
 @pytest.fixture
 def demo_jobs(demo_manifest):
     return list(jobs_from_manifest(demo_manifest))
+
+
+@pytest.fixture
+def vllm_endpoint(chat_server, defake_home, monkeypatch):
+    """The ``vllm`` preset answered by the test server: a chat model for tests of model × prompt
+    partitions (the Canny baseline reads no prompt, so it has none)."""
+    monkeypatch.setenv("BASE_URL", chat_server.base_url)
+    return chat_server

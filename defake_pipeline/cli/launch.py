@@ -14,8 +14,10 @@ import time
 
 import dagster as dg
 
+from defake_pipeline.defs.baselines import BaselinesConfig
 from defake_pipeline.defs.manifests import DatasetSelection
 from defake_pipeline.defs.partitions import partition_key, register_partitions
+from defake_pipeline.endpoints.registry import model_by_key
 from defake_pipeline.errors import DefakeError, RunInterrupted
 from defake_pipeline.warehouse.database import query
 
@@ -24,10 +26,18 @@ _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 CLI_TAGS = {"defake/source": "cli"}
 
 
-def _run_config(op: str | None, datasets: list[str] | None) -> dg.RunConfig:
-    """Quiet console logs, and the dataset selection for the asset that takes one."""
-    ops = {op: DatasetSelection(datasets=list(datasets or []))} if op else {}
+def _run_config(op: str | None, config: dg.Config | None) -> dg.RunConfig:
+    """Quiet console logs, and the config of the asset that takes one."""
+    ops = {op: config} if op and config is not None else {}
     return dg.RunConfig(ops=ops, loggers=_QUIET_CONSOLE["loggers"])
+
+
+# The asset of each named job that takes a config (which datasets, which baselines).
+_CONFIGURED_ASSET = {
+    "refresh_manifests": "image_manifest",
+    "evaluate": "predictions",
+    "evaluate_baselines": "baseline_predictions",
+}
 
 
 def _execute(
@@ -37,15 +47,18 @@ def _execute(
     key: str | None = None,
     datasets: list[str] | None = None,
     tags: dict | None = None,
+    config: dg.Config | None = None,
 ) -> dg.ExecuteInProcessResult:
     from defake_pipeline.definitions import defs
 
     job = defs.resolve_job_def(job_name)
-    op = {"refresh_manifests": "image_manifest", "evaluate": "predictions"}.get(job_name)
+    op = _CONFIGURED_ASSET.get(job_name)
+    if config is None and op is not None:
+        config = DatasetSelection(datasets=list(datasets or []))
     return job.execute_in_process(
         instance=instance,
         partition_key=key,
-        run_config=_run_config(op, datasets),
+        run_config=_run_config(op, config),
         tags={**CLI_TAGS, **(tags or {})},
         resources=resources,
     )
@@ -64,15 +77,21 @@ def materialize_evaluation(
     datasets: list[str] | None = None,
     max_parallel: int = 1,
 ) -> list[dg.ExecuteInProcessResult]:
-    """Manifest, then every model × prompt partition, then the warehouse, reports and leaderboard.
+    """Manifest, then the baselines among ``models`` (once: they read no prompt) and every other
+    model × prompt partition, then the warehouse, reports and leaderboard.
 
     Each step is its own run of a named job, so all of them appear in the UI's run list. With
     ``max_parallel`` > 1 on a persistent instance, prediction partitions run in that many
     processes at once (they share only the journal, which takes concurrent writers).
     """
-    register_partitions(instance, models, prompts)
+    baselines = [m for m in models if model_by_key(m).backend == "baseline"]
+    models = [m for m in models if m not in baselines]
+    register_partitions(instance, models, prompts if models else [])
     keys = [partition_key(m, p) for m in models for p in prompts]
     results = [_execute("refresh_manifests", instance, resources, datasets=datasets)]
+    if baselines:
+        chosen = BaselinesConfig(models=baselines, datasets=list(datasets or []))
+        results.append(_execute("evaluate_baselines", instance, resources, config=chosen))
     if max_parallel > 1 and len(keys) > 1 and not instance.is_ephemeral and not resources:
         _run_partitions_in_processes(keys, datasets or [], max_parallel)
     else:

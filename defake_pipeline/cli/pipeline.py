@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from defake_pipeline.cli.app import endpoint_spec, main
+from defake_pipeline.records import NO_PROMPT
 from defake_pipeline.settings import load_settings
 from defake_pipeline.warehouse.layout import HomeLayout
 
@@ -57,15 +58,22 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
         if spec.key not in registered:
             check_endpoint(spec, load_settings().api_key)
     model_keys = list(dict.fromkeys(s.key for s in specs))
-    click.echo(
-        f"materializing {len(model_keys)} model(s) × {len(prompt_keys)} prompt(s): "
-        f"{', '.join(model_keys)} × {', '.join(prompt_keys)}",
-        err=True,
-    )
+    baselines = list(dict.fromkeys(s.key for s in specs if s.backend == "baseline"))
+    chat = [m for m in model_keys if m not in baselines]
+    if chat:
+        click.echo(
+            f"materializing {len(chat)} model(s) × {len(prompt_keys)} prompt(s): "
+            f"{', '.join(chat)} × {', '.join(prompt_keys)}",
+            err=True,
+        )
+    if baselines:
+        click.echo(
+            f"materializing {len(baselines)} baseline(s), which read no prompt: {', '.join(baselines)}", err=True
+        )
     materialize_evaluation(local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel)
     layout = HomeLayout()
     click.echo(layout.leaderboard_file.read_text(encoding="utf-8"))
-    pairs = [(m, p) for m in model_keys for p in prompt_keys]
+    pairs = [(m, p) for m in chat for p in prompt_keys] + [(b, NO_PROMPT) for b in baselines]
     failures = gate_failures(layout, pairs)
     for line in failures:
         click.echo(f"warning: {line}; left off the leaderboard", err=True)

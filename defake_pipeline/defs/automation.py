@@ -47,13 +47,25 @@ PREDICTIONS_FOLLOW_MANIFEST = (
     & ~AC.in_progress()
 ).with_label("new partition, or new manifest content")
 
+# Baselines follow the manifest's content in the same way; the registry sensor asks for them
+# when models.toml registers another baseline, or no longer registers one.
+BASELINES_FOLLOW_MANIFEST = (
+    (
+        AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI).since_last_handled()
+        | (AC.missing() & AC.initial_evaluation())
+    )
+    & ~AC.any_deps_missing()
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("new manifest content")
+
 # The warehouse follows changed predictions (a changed manifest always reaches it through
 # them), once no run is still computing any. Unlike eager(), a missing partition (one that
 # failed, or is not evaluated yet) does not hold the others back: the gate lists it as missing.
 WAREHOUSE_FOLLOWS_INPUTS = (
     # Data versions hash content: a rerun that found nothing new does not rebuild anything.
     AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI)
-    .allow(dg.AssetSelection.assets("predictions"))
+    .allow(dg.AssetSelection.assets("predictions", "baseline_predictions"))
     .since_last_handled()
     # A run still computing predictions holds the rebuild back; a finished backfill does not
     # wait for the backfill daemon's next pass (every 30 s) to be marked complete.

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from defake_pipeline.defs.baselines import baseline_predictions
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.predictions import predictions
@@ -14,6 +15,11 @@ evaluate_job = dg.define_asset_job(
     "evaluate",
     selection=[predictions],
     description="Ask one model × prompt partition about every manifest image (cached answers cost nothing).",
+)
+evaluate_baselines_job = dg.define_asset_job(
+    "evaluate_baselines",
+    selection=[baseline_predictions],
+    description="Run baseline detectors (which read no prompt) on every manifest image, once per dataset.",
 )
 publish_job = dg.define_asset_job(
     "publish",

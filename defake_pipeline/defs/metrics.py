@@ -4,8 +4,9 @@ import dagster as dg
 
 from defake_pipeline.datasets.layouts import dataset_specs
 from defake_pipeline.defs.automation import WAREHOUSE_FOLLOWS_INPUTS
+from defake_pipeline.defs.baselines import baseline_predictions
 from defake_pipeline.defs.manifests import image_manifest
-from defake_pipeline.defs.partitions import registered_pairs
+from defake_pipeline.defs.partitions import published_pairs
 from defake_pipeline.defs.predictions import predictions
 from defake_pipeline.defs.resources import DefakeStore, QualityGate
 from defake_pipeline.reporting.render import frame_to_markdown
@@ -18,7 +19,7 @@ DUCKDB_WRITER_POOL = "duckdb_writer"
 
 @dg.asset(
     group_name="evaluation",
-    deps=[image_manifest, predictions],
+    deps=[image_manifest, predictions, baseline_predictions],
     kinds={"duckdb"},
     pool=DUCKDB_WRITER_POOL,
     automation_condition=WAREHOUSE_FOLLOWS_INPUTS,
@@ -27,7 +28,7 @@ def metrics(context: dg.AssetExecutionContext, store: DefakeStore, quality: Qual
     """Metrics per dataset × model × prompt × subset, computed in SQL, and each partition's
     gate status (tables image_manifest, predictions, partition_gate, metrics, comparisons)."""
     layout = store.layout()
-    counts = rebuild_warehouse(layout, quality.thresholds(), registered_pairs(context.instance))
+    counts = rebuild_warehouse(layout, quality.thresholds(), published_pairs(context.instance, layout))
     context.log.info(f"warehouse rebuilt: {counts}")
     preview = query(
         layout,

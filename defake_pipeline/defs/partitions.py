@@ -2,6 +2,10 @@
 
 import dagster as dg
 
+from defake_pipeline.endpoints.registry import registered_baselines
+from defake_pipeline.records import NO_PROMPT
+from defake_pipeline.warehouse.layout import HomeLayout
+
 MODEL, PROMPT = "model", "prompt"  # the dimensions, and the names of their dynamic partitions
 model_partitions = dg.DynamicPartitionsDefinition(name=MODEL)
 prompt_partitions = dg.DynamicPartitionsDefinition(name=PROMPT)
@@ -27,8 +31,13 @@ def register_partitions(instance: dg.DagsterInstance, models: list[str], prompts
             instance.add_dynamic_partitions(name, new)
 
 
-def registered_pairs(instance: dg.DagsterInstance) -> list[tuple[str, str]]:
-    """Every model × prompt the instance has partitions for."""
+def published_pairs(instance: dg.DagsterInstance, layout: HomeLayout) -> list[tuple[str, str]]:
+    """What the warehouse publishes: every model × prompt the instance has partitions for, and
+    each baseline once (the registered ones, and any a CLI run evaluated)."""
     models = instance.get_dynamic_partitions(MODEL)
     prompts = instance.get_dynamic_partitions(PROMPT)
-    return [(m, p) for m in models for p in prompts]
+    baselines = {spec.key for spec in registered_baselines()}
+    baselines |= {
+        f.parent.name.removeprefix("model=") for f in layout.predictions_dir.glob(f"model=*/prompt={NO_PROMPT}.parquet")
+    }
+    return [(m, p) for m in models for p in prompts] + [(b, NO_PROMPT) for b in sorted(baselines)]

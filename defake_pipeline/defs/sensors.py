@@ -13,6 +13,7 @@ import dagster as dg
 
 from defake_pipeline.datasets.fingerprints import dataset_fingerprint, scan_prompts
 from defake_pipeline.datasets.layouts import dataset_specs
+from defake_pipeline.defs.baselines import BaselinesConfig, baseline_predictions
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.partitions import (
@@ -48,7 +49,7 @@ def _predictions_request(model: str, prompt: str, run_key: str, reason: str) -> 
 # What a changed dataset needs, in one run: its manifest, every registered prediction
 # partition (only its images are asked, and the journal answers all but the new ones), then
 # the warehouse, the reports and the leaderboard.
-_NEW_IMAGES_ASSETS = [image_manifest, predictions, metrics, model_reports, leaderboard]
+_NEW_IMAGES_ASSETS = [image_manifest, baseline_predictions, predictions, metrics, model_reports, leaderboard]
 
 
 def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) -> dg.RunRequest:
@@ -77,6 +78,7 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
         assets = [image_manifest]
     else:
         assets = [a for a in _NEW_IMAGES_ASSETS if a is not predictions]
+    baselines = {"baseline_predictions": BaselinesConfig(datasets=datasets)} if baseline_predictions in assets else {}
     tags = {"defake/trigger": "new_images", "defake/dataset": ",".join(datasets)}
     if contiguous:
         tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
@@ -85,7 +87,7 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
         run_key=f"images:{hashlib.sha256(content).hexdigest()[:16]}",
         asset_selection=[a.key for a in assets],
         run_config=dg.RunConfig(
-            ops={"image_manifest": selection, **({"predictions": selection} if contiguous else {})}
+            ops={"image_manifest": selection, **baselines, **({"predictions": selection} if contiguous else {})}
         ),
         tags=tags,
     )
@@ -122,8 +124,30 @@ def _registry_cursor(raw: str | None) -> dict:
     return {"prompts": cursor.get("prompts", {}), "models": cursor.get("models", [])}
 
 
+def _baselines_request(instance: dg.DagsterInstance, wanted: list[str]) -> dg.RunRequest | None:
+    """A run of ``baseline_predictions`` when models.toml registers other baselines than its last
+    materialization evaluated (read from that materialization: a reset cursor loses nothing)."""
+    event = instance.get_latest_materialization_event(baseline_predictions.key)
+    if event is None or event.asset_materialization is None:
+        return None  # never evaluated: its automation condition runs it
+    entry = event.asset_materialization.metadata.get("baselines")
+    text = entry.value if entry is not None else ""
+    done = [k for k in str(text).split(", ") if k and k != "none"]
+    if sorted(done) == sorted(wanted):
+        return None
+    gone = sorted(set(done) - set(wanted))
+    return dg.RunRequest(
+        run_key=f"baselines:{_digest([wanted, gone, event.run_id])}",
+        asset_selection=[baseline_predictions.key, metrics.key, model_reports.key, leaderboard.key],
+        run_config=dg.RunConfig(ops={"baseline_predictions": BaselinesConfig(remove=gone)}),
+        tags={"defake/trigger": "registry_baselines"},
+    )
+
+
 @dg.sensor(
-    target=[predictions, metrics, model_reports, leaderboard], minimum_interval_seconds=5, default_status=RUNNING
+    target=[baseline_predictions, predictions, metrics, model_reports, leaderboard],
+    minimum_interval_seconds=5,
+    default_status=RUNNING,
 )
 def registry_sensor(context: dg.SensorEvaluationContext):
     """``models.toml`` and ``prompts/`` are the truth: partitions are added and removed to match.
@@ -138,11 +162,16 @@ def registry_sensor(context: dg.SensorEvaluationContext):
     scan = scan_prompts()
     for file, error in scan.invalid.items():
         context.log.warning(f"skipped invalid prompt {file}: {error}")
+    wanted_models: list[str] | None
+    wanted_baselines: list[str] | None
     try:
-        wanted_models = list(dict.fromkeys(get_model(name).key for name in registered_models()))
+        specs = [get_model(name) for name in registered_models()]
+        # Baselines read no prompt: they have no partitions of their own (defs/baselines.py).
+        wanted_models = list(dict.fromkeys(s.key for s in specs if s.backend != "baseline"))
+        wanted_baselines = list(dict.fromkeys(s.key for s in specs if s.backend == "baseline"))
     except DefakeError as exc:
         context.log.warning(f"models.toml not usable, models left as they are: {exc}")
-        wanted_models = None
+        wanted_models = wanted_baselines = None
     instance = context.instance
     models = instance.get_dynamic_partitions(MODEL)
     prompts = instance.get_dynamic_partitions(PROMPT)
@@ -181,6 +210,8 @@ def registry_sensor(context: dg.SensorEvaluationContext):
                 tags={"defake/trigger": "registry_removed"},
             )
         )
+    if wanted_baselines is not None and (baselines := _baselines_request(instance, wanted_baselines)):
+        requests.append(baselines)
     for verb, keys in (
         ("added", new_prompts + new_models),
         ("removed", gone_prompts + gone_models),

@@ -183,6 +183,15 @@ def registered_model_keys() -> set[str]:
         return set()
 
 
+def registered_baselines() -> list[ModelSpec]:
+    """The registered models that are baselines (they read no prompt)."""
+    try:
+        specs = [get_model(name) for name in registered_models()]
+    except ModelConfigError:
+        return []
+    return [spec for spec in specs if spec.backend == "baseline"]
+
+
 def registered_models() -> list[str]:
     """Models registered for the pipeline's partitions (``registered = [...]`` in models.toml);
     ``canny`` where no models.toml says (the demo's)."""

@@ -29,7 +29,7 @@ from defake_pipeline.prompting.decorators import (
 )
 from defake_pipeline.prompting.spec import RESULT_VARIABLE, LoadedPrompt
 from defake_pipeline.prompting.templating import TemplateError, render, sole_variable
-from defake_pipeline.records import PRED_OF_VERDICT, VERDICT_OF_PRED, ImageJob, Prediction
+from defake_pipeline.records import NO_PROMPT, PRED_OF_VERDICT, VERDICT_OF_PRED, ImageJob, Prediction
 from defake_pipeline.verdict import parse_verdict
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,11 @@ class Evaluator:
 
     @property
     def prompt_key(self) -> str:
-        return self.prompt.key if self.prompt else "none"
+        return NO_PROMPT if self.spec.backend == "baseline" or self.prompt is None else self.prompt.key
 
     @property
     def prompt_hash(self) -> str:
-        return self.prompt.content_hash if self.prompt else "none"
+        return NO_PROMPT if self.spec.backend == "baseline" or self.prompt is None else self.prompt.content_hash
 
     async def setup(self) -> None:
         """Anything that needs the endpoint once per run (such as the served model id)."""

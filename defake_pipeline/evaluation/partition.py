@@ -17,7 +17,7 @@ from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
-from defake_pipeline.records import Prediction
+from defake_pipeline.records import NO_PROMPT, Prediction
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.parquet import (
     PredictionWriter,
@@ -36,22 +36,29 @@ class PartitionSummary(Tally):
     note: str = ""  # something the run did that the user should hear of
 
 
+def prompt_key_of(spec: ModelSpec, prompt: LoadedPrompt | None) -> str:
+    """The prompt key a model's predictions are stored under: a baseline reads no prompt."""
+    return NO_PROMPT if spec.backend == "baseline" or prompt is None else prompt.key
+
+
 def evaluate_partition(
     layout: HomeLayout,
     spec: ModelSpec,
-    prompt: LoadedPrompt,
+    prompt: LoadedPrompt | None,
     api_key: str | None = None,
     datasets: list[str] | None = None,
     max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
 ) -> PartitionSummary:
-    """Evaluate manifest images with one model × prompt and write the partition's Parquet file.
+    """Evaluate manifest images with one model × prompt and write the partition's Parquet file
+    (a baseline's, under ``NO_PROMPT``, whatever the prompt).
 
     With ``datasets``, only their images are evaluated; the partition keeps its earlier rows
     for images of other datasets that are still in the manifest.
     """
     manifest = read_manifests(layout)
-    target = layout.predictions_file(spec.key, prompt.key)
+    prompt_key = prompt_key_of(spec, prompt)
+    target = layout.predictions_file(spec.key, prompt_key)
     if datasets and target.exists() and (why := unreadable_parquet(target)):
         # Its rows for other datasets cannot be kept: every dataset is evaluated again,
         # which the journal answers without a request for everything asked before.
@@ -60,7 +67,7 @@ def evaluate_partition(
     else:
         summary_note = ""
     chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
-    summary = PartitionSummary(model=spec.key, prompt=prompt.key, path=target, note=summary_note)
+    summary = PartitionSummary(model=spec.key, prompt=prompt_key, path=target, note=summary_note)
     writer = PredictionWriter(target)
     journal = ResponseJournal(layout.journal)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from defake_pipeline.records import VERDICT_OF_PRED
+from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
 from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target
 from defake_pipeline.warehouse.database import export, query
@@ -74,6 +74,7 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell, link=md_link_target, code=code)
+_env.globals.update(no_prompt=NO_PROMPT)
 
 
 def data_uri(path: Path, mime: str) -> str:
@@ -177,7 +178,7 @@ def render_accuracy_chart(rows: pd.DataFrame, title: str = "") -> str:
     """An SVG bar chart of accuracy with its Wilson interval, one bar per model × prompt."""
     bars = [
         {
-            "label": f"{r.model} × {r.prompt}",
+            "label": f"{r.model} (baseline)" if r.prompt == NO_PROMPT else f"{r.model} × {r.prompt}",
             "accuracy": None if _missing(r.accuracy) else float(r.accuracy),
             "low": 0.0 if _missing(r.accuracy_low) else float(r.accuracy_low),
             "high": 0.0 if _missing(r.accuracy_high) else float(r.accuracy_high),

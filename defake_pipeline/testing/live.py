@@ -32,7 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_project(root: Path) -> Path:
+def make_project(root: Path, models_toml: str = 'registered = ["canny"]\n') -> Path:
     """A project folder with its own copy of the demo images, models.toml and prompts/ and
     a workspace.yaml whose code server runs in that folder."""
     (root / "datasets").mkdir(parents=True)
@@ -40,7 +40,7 @@ def make_project(root: Path) -> Path:
     shutil.copytree(PACKAGE_ROOT / "demo" / "fake", root / "images" / "fake")
     (root / "datasets" / "demo.toml").write_text('name = "demo"\nlayout = "real_fake"\nroot = "../images"\n')
     (root / "prompts").mkdir()
-    (root / "models.toml").write_text('registered = ["canny"]\n')
+    (root / "models.toml").write_text(models_toml)
     (root / "workspace.yaml").write_text(
         "load_from:\n  - python_module:\n      module_name: defake_pipeline.definitions\n"
         "      location_name: defake_pipeline\n      working_directory: .\n"

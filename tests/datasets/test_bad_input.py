@@ -22,6 +22,7 @@ from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
 from defake_pipeline.prompting.spec import find_prompt, load_prompt
+from defake_pipeline.records import NO_PROMPT
 
 
 def save(img, path, **kw):
@@ -208,10 +209,10 @@ def test_a_dataset_scoped_run_keeps_the_error_rows_of_other_datasets(tmp_path):
         refresh_manifest(layout, spec)
     canny, prompt = get_model("canny"), load_prompt(find_prompt("simple"))
     evaluate_partition(layout, canny, prompt)
-    before = pd.read_parquet(layout.predictions_file("canny", "simple"))
+    before = pd.read_parquet(layout.predictions_file("canny", NO_PROMPT))
     assert before["image_sha256"].str.startswith("missing:").sum() == 1 and len(before) == 5
     evaluate_partition(layout, canny, prompt, datasets=["b"])
-    after = pd.read_parquet(layout.predictions_file("canny", "simple"))
+    after = pd.read_parquet(layout.predictions_file("canny", NO_PROMPT))
     assert sorted(after["image_sha256"]) == sorted(before["image_sha256"])
 
 
@@ -255,14 +256,14 @@ def test_a_truncated_predictions_file_counts_as_missing_and_a_run_rebuilds_it(tm
     refresh_manifest(layout, get_dataset("demo"))
     canny, prompt = get_model("canny"), load_prompt(find_prompt("simple"))
     evaluate_partition(layout, canny, prompt)
-    target = layout.predictions_file("canny", "simple")
+    target = layout.predictions_file("canny", NO_PROMPT)
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
-    rebuild_warehouse(layout, partitions=[("canny", "simple")])
+    rebuild_warehouse(layout, partitions=[("canny", NO_PROMPT)])
     gate = query(layout, "SELECT status, reason FROM partition_gate").iloc[0]
-    assert gate.status == "missing" and "prompt=simple.parquet is unreadable" in gate.reason
+    assert gate.status == "missing" and "prompt=-.parquet is unreadable" in gate.reason
     assert "rebuild it from the journal" in gate.reason
     summary = evaluate_partition(layout, canny, prompt, datasets=["demo"])
     assert "rebuilt for every dataset from the journal" in summary.note and summary.n_requests == 0
     assert len(pd.read_parquet(target)) == 16
-    rebuild_warehouse(layout, partitions=[("canny", "simple")])
+    rebuild_warehouse(layout, partitions=[("canny", NO_PROMPT)])
     assert query(layout, "SELECT status FROM partition_gate").iloc[0].status == "passed"

@@ -11,12 +11,14 @@ from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import model_prompt_partitions
 from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint
+from defake_pipeline.records import NO_PROMPT
 from defake_pipeline.warehouse.layout import HomeLayout
 
 EXPECTED_DEPS = {
     "image_manifest": set(),
     "predictions": {"image_manifest"},
-    "metrics": {"image_manifest", "predictions"},
+    "baseline_predictions": {"image_manifest"},
+    "metrics": {"image_manifest", "predictions", "baseline_predictions"},
     "model_reports": {"metrics"},
     "leaderboard": {"metrics"},
 }
@@ -49,20 +51,20 @@ def test_whole_graph_on_demo_with_baseline(defake_home):
     assert all(r.success for r in results)
     layout = HomeLayout(defake_home)
     assert _tables(layout) == {"image_manifest": 16, "predictions": 16, "metrics": 2}
-    report = layout.report_file("canny", "simple").read_text()
+    report = layout.report_file("canny", NO_PROMPT).read_text()
     assert "## Wrong predictions" in report and "## Correct predictions" in report
     board = layout.leaderboard_file.read_text()
-    assert "`canny`" in board and "canny__simple.md" in board
+    assert "| `canny` | *baseline* |" in board and "canny__-.md" in board
     # The report is also attached to the materialization, as markdown metadata the UI can
     # render whole: thumbnails inlined, since the UI cannot load the report's relative paths.
     event = instance.get_latest_materialization_event(dg.AssetKey("model_reports"))
-    attached = event.asset_materialization.metadata["canny__simple"].value
+    attached = event.asset_materialization.metadata["canny__-"].value
     assert attached.split("## Metrics")[1].split("## Wrong")[0] == report.split("## Metrics")[1].split("## Wrong")[0]
     assert attached.count("](<data:image/jpeg;base64,") == 7 and "thumbs/" not in attached  # 1 wrong, 6 correct
     # A second run reuses every journaled answer.
     materialize_evaluation(instance, ["canny"], ["simple"])
-    event = instance.get_latest_materialization_event(dg.AssetKey("predictions"))
-    assert event.asset_materialization.metadata["n_requests"].value == 0
+    event = instance.get_latest_materialization_event(dg.AssetKey("baseline_predictions"))
+    assert event.asset_materialization.metadata["canny/n_requests"].value == 0
 
 
 def test_self_hosted_model_through_the_endpoint_resource(defake_home, chat_server):
@@ -78,20 +80,20 @@ def test_self_hosted_model_through_the_endpoint_resource(defake_home, chat_serve
     assert rows == [("canny", 16, 0), ("qwen2vl", 16, 0)]
 
 
-def test_cli_materialize_runs_on_the_local_instance(defake_home, tmp_path, monkeypatch):
+def test_cli_materialize_runs_on_the_local_instance(defake_home, tmp_path, monkeypatch, vllm_endpoint):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    result = CliRunner().invoke(main, ["materialize", "--model", "canny", "--prompt", "simple"])
+    result = CliRunner().invoke(main, ["materialize", "--model", "canny", "--model", "vllm", "--prompt", "simple"])
     assert result.exit_code == 0, result.output
-    assert "# Leaderboard" in result.output and "canny__simple.md" in result.output
+    assert "# Leaderboard" in result.output and "canny__-.md" in result.output and "vllm__simple.md" in result.output
     config = (tmp_path / "dagster_home" / "dagster.yaml").read_text()
     assert "enabled: false" in config
     instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster_home"))
     runs = instance.get_runs()
     # Named jobs, tagged with where they came from and, for a partition, the model and prompt.
-    assert sorted(r.job_name for r in runs) == ["evaluate", "publish", "refresh_manifests"]
+    assert sorted(r.job_name for r in runs) == ["evaluate", "evaluate_baselines", "publish", "refresh_manifests"]
     assert all(r.tags["defake/source"] == "cli" for r in runs)
     [evaluate] = [r for r in runs if r.job_name == "evaluate"]
-    assert evaluate.tags["defake/model"] == "canny" and evaluate.tags["defake/prompt"] == "simple"
+    assert evaluate.tags["defake/model"] == "vllm" and evaluate.tags["defake/prompt"] == "simple"
 
 
 def test_cli_reports_bad_model_on_one_line(defake_home, tmp_path, monkeypatch):
@@ -136,7 +138,7 @@ def test_demo_report_links_resolve_and_chart_is_svg(defake_home):
 
     materialize_evaluation(dg.DagsterInstance.ephemeral(), ["canny"], ["simple"])
     layout = HomeLayout(defake_home)
-    report = layout.report_file("canny", "simple")
+    report = layout.report_file("canny", NO_PROMPT)
     targets = re.findall(r"\]\(<([^>]+)>\)", report.read_text())
     thumbs = [t for t in targets if t.startswith("thumbs/")]
     assert len(thumbs) == 16 and all((report.parent / t).is_file() for t in targets)
@@ -145,15 +147,15 @@ def test_demo_report_links_resolve_and_chart_is_svg(defake_home):
     board = layout.leaderboard_file.read_text()
     assert "accuracy_demo.svg" in board
     svg = ET.parse(layout.reports_dir / "accuracy_demo.svg").getroot()
-    assert svg.tag.endswith("svg") and "canny × simple" in ET.tostring(svg, encoding="unicode")
+    assert svg.tag.endswith("svg") and "canny (baseline)" in ET.tostring(svg, encoding="unicode")
 
 
 def test_report_metadata_carries_numeric_figures_per_dataset(defake_home):
     instance = dg.DagsterInstance.ephemeral()
     materialize_evaluation(instance, ["canny"], ["simple"])
     metadata = instance.get_latest_materialization_event(dg.AssetKey("model_reports")).asset_materialization.metadata
-    assert metadata["canny__simple/demo/accuracy"].value == pytest.approx(15 / 16)
-    assert metadata["canny__simple/demo/auc"].value > 0.9 and "canny__simple/demo/cost_usd" in metadata
+    assert metadata["canny__-/demo/accuracy"].value == pytest.approx(15 / 16)
+    assert metadata["canny__-/demo/auc"].value > 0.9 and "canny__-/demo/cost_usd" in metadata
 
 
 def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home, tmp_path, monkeypatch, chat_server):
@@ -169,7 +171,7 @@ def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home,
         "left off the leaderboard"
     ]
     layout = HomeLayout(defake_home)
-    assert "report: " + str(layout.report_file("canny", "simple")) in result.output
+    assert "report: " + str(layout.report_file("canny", NO_PROMPT)) in result.output
     assert not layout.report_file("qwen2vl", "simple").exists()
 
 
@@ -188,11 +190,11 @@ def test_a_deleted_manifest_is_named_in_the_metadata_and_the_cli(defake_home, tm
     assert metadata["missing_manifests"].value == "extra"
 
 
-def test_a_partitions_data_version_is_a_function_of_its_own_rows(defake_home):
+def test_a_partitions_data_version_is_a_function_of_its_own_rows(defake_home, vllm_endpoint):
     """A run that covers one partition and a run that covers three record the same data version
     for a partition whose rows did not change, so the warehouse does not rebuild for nothing."""
     instance = dg.DagsterInstance.ephemeral()
-    materialize_evaluation(instance, ["canny"], ["simple", "fusion", "common_sense"])
+    materialize_evaluation(instance, ["vllm"], ["simple", "fusion", "common_sense"])
     key = dg.AssetKey("predictions")
     after_single = instance.event_log_storage.get_maximum_record_id()
     job = defs.resolve_job_def("evaluate")
@@ -203,6 +205,6 @@ def test_a_partitions_data_version_is_a_function_of_its_own_rows(defake_home):
     assert result.success
     records = instance.fetch_materializations(key, limit=20).records
     covered = {r.asset_materialization.partition for r in records if r.run_id == result.run_id}
-    assert covered == {"canny|simple", "canny|fusion", "canny|common_sense"}
+    assert covered == {"vllm|simple", "vllm|fusion", "vllm|common_sense"}
     changed = instance.event_log_storage.get_updated_data_version_partitions(key, sorted(covered), after_single)
     assert changed == set()

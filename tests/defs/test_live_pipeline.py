@@ -1,8 +1,10 @@
 """The always-on pipeline as people run it: ``dagster dev`` with its daemon, on a copy of the demo.
 
 One deployment goes through the scenarios in order, asserting on the instance's runs (read
-through GraphQL) and on the files. Runs launched and seconds from each change to the updated
-leaderboard and reports are written to test-artifacts/live_pipeline.json.
+through GraphQL) and on the files. It registers the Canny baseline and a chat model served by
+the project's test server on 127.0.0.1 (``live-vlm``), which answers every prompt. Runs
+launched and seconds from each change to the updated leaderboard and reports are written to
+test-artifacts/live_pipeline.json.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from PIL import Image
 from conftest import REPO
 from defake_pipeline.testing.chat_server import ChatServer, Faults, ServerState
 from defake_pipeline.testing.live import LiveDagster, make_project
+from defake_pipeline.text import slugify
 
 pytestmark = pytest.mark.live
 ARTIFACTS = REPO / "test-artifacts"
 N_PROMPTS = len(list((REPO / "prompts").glob("*.json")))
+N_RANKED = N_PROMPTS + 1  # the chat model on every prompt, the baseline once
+VLM = "live-vlm"
 NEW_IMAGE_DEADLINE_S = 60
 IDLE_S = 300
 
-_BOARD_ROW = re.compile(r"^\| (\d+) \| `([^`]+)` \| `([^`]+)` \| (\d+) \|", re.M)
+_BOARD_ROW = re.compile(r"^\| (\d+) \| `([^`]+)` \| (?:`([^`]+)`|\*baseline\*) \| (\d+) \|", re.M)
 _REPORT_ROW = re.compile(r"^\| demo \| (\d+) \|", re.M)
 
 
@@ -36,7 +41,7 @@ def ranked(live: LiveDagster) -> dict[tuple[str, str], int]:
     if not board.exists():
         return {}
     text = board.read_text(encoding="utf-8").split("## Not ranked")[0]
-    return {(m, p): int(n) for _, m, p, n in _BOARD_ROW.findall(text)}
+    return {(m, p or "-"): int(n) for _, m, p, n in _BOARD_ROW.findall(text)}
 
 
 def not_ranked(live: LiveDagster) -> str:
@@ -74,6 +79,7 @@ class Scenarios:
         self.live = live
         self.figures: dict[str, dict] = {}
         self.daemon_started = 0.0
+        self.models_toml = ""
 
     def settle(self, name: str, since: float, **extra) -> list[dict]:
         self.live.wait_quiet(since, settle_s=20, timeout_s=300)
@@ -88,17 +94,25 @@ class Scenarios:
         so a scenario that counts runs sees only its own, whichever tests ran before it."""
         if "first_start" in self.figures:
             return  # that scenario waited for it, and each later one settled its own runs
-        wait_for(lambda: len(ranked(self.live)) >= N_PROMPTS and consistent(self.live), 300)
+        wait_for(lambda: len(ranked(self.live)) >= N_RANKED and consistent(self.live), 300)
         self.live.wait_quiet(self.daemon_started, settle_s=20, timeout_s=300)
 
 
 @pytest.fixture(scope="module")
-def scenarios(tmp_path_factory):
+def vlm_server():
+    with ChatServer(ServerState()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory, vlm_server):
     root = tmp_path_factory.mktemp("live")
-    live = LiveDagster(make_project(root / "project"), root)
+    models = f'registered = ["canny", "{VLM}"]\n\n[models.{VLM}]\npreset = "vllm"\nbase_url = "{vlm_server.base_url}"\n'
+    live = LiveDagster(make_project(root / "project", models), root)
+    runner = Scenarios(live)
+    runner.models_toml = models
     started = time.time()
     live.cli("materialize", "--model", "canny", "--prompt", "simple")  # what `make demo` runs
-    runner = Scenarios(live)
     runner.daemon_started = time.time()
     live.start()
     runner.figures["setup_s"] = {"seconds": round(time.time() - started, 1)}
@@ -114,10 +128,10 @@ def scenarios(tmp_path_factory):
 def test_first_start_after_make_demo(scenarios):
     live = scenarios.live
     since = scenarios.daemon_started
-    seconds = wait_for(lambda: len(ranked(live)) == N_PROMPTS and consistent(live), 240)
+    seconds = wait_for(lambda: len(ranked(live)) == N_RANKED and consistent(live), 240)
     runs = scenarios.settle("first_start", since, seconds=round(seconds, 1))
-    # The first scan of the datasets (one run through to the reports), one run for the new
-    # prompt partitions, one rebuild.
+    # The first scan of the datasets (one run through to the reports, the baseline included),
+    # one run for the chat model's partitions, one rebuild.
     assert len(runs) <= 3, [(r["jobName"], r["tags"].get("dagster/partition")) for r in runs]
     assert consistent(live)
 
@@ -133,7 +147,8 @@ def test_new_image_reaches_every_report(scenarios):
     )
     runs = scenarios.settle("new_image", since, seconds=round(seconds, 1))
     assert seconds <= NEW_IMAGE_DEADLINE_S, f"took {seconds:.1f} s"
-    assert len(runs) == 1  # manifest, every partition, the warehouse and the reports: one run
+    assert len(runs) == 1  # manifest, the baseline, every partition, the warehouse and the reports: one run
+    assert ranked(live)[("canny", "-")] == before[("canny", "-")] + 1  # the baseline, once
     assert all("live_new.png" in f.read_text() for f in (live.defake_home / "reports").glob("*__*.md"))
 
 
@@ -143,14 +158,15 @@ def test_new_prompt(scenarios):
     data = json.loads((REPO / "prompts" / "simple.json").read_text())
     data["name"] = "live extra"
     (live.project / "prompts" / "live_extra.json").write_text(json.dumps(data))
-    seconds = wait_for(lambda: ("canny", "live_extra") in ranked(live) and consistent(live), 120)
+    seconds = wait_for(lambda: (VLM, "live_extra") in ranked(live) and consistent(live), 120)
     runs = scenarios.settle("new_prompt", since, seconds=round(seconds, 1))
+    assert ("canny", "live_extra") not in ranked(live)  # a baseline reads no prompt
     assert len(runs) <= 2  # the new partition, one rebuild
 
 
 def test_edited_prompt(scenarios):
     live = scenarios.live
-    report = live.defake_home / "reports" / "canny__live_extra.md"
+    report = live.defake_home / "reports" / f"{VLM}__live_extra.md"
     old_text = report.read_text()
     since = time.time()
     path = live.project / "prompts" / "live_extra.json"
@@ -161,7 +177,7 @@ def test_edited_prompt(scenarios):
     runs = scenarios.settle("edited_prompt", since, seconds=round(seconds, 1))
     assert len(runs) <= 2  # that prompt's partition, one rebuild
     assert {r["tags"].get("dagster/partition") for r in runs if r["tags"].get("dagster/partition")} == {
-        "canny|live_extra"
+        f"{VLM}|live_extra"
     }
 
 
@@ -169,19 +185,27 @@ def test_prompt_file_removed(scenarios):
     live = scenarios.live
     since = time.time()
     (live.project / "prompts" / "live_extra.json").unlink()
-    seconds = wait_for(lambda: ("canny", "live_extra") not in ranked(live) and consistent(live), 120)
+    seconds = wait_for(lambda: (VLM, "live_extra") not in ranked(live) and consistent(live), 120)
     runs = scenarios.settle("prompt_removed", since, seconds=round(seconds, 1))
     assert len(runs) <= 1
-    assert not (live.defake_home / "reports" / "canny__live_extra.md").exists()
+    assert not (live.defake_home / "reports" / f"{VLM}__live_extra.md").exists()
+
+
+def with_models(scenarios: Scenarios, *names: str) -> str:
+    """The first start's models.toml, registering ``names`` too ("My VLM": a second chat model on
+    the same test server; others need their own entry added)."""
+    base_url = re.search(r'base_url = "([^"]+)"', scenarios.models_toml).group(1)
+    listed = ", ".join(f'"{n}"' for n in names)
+    text = scenarios.models_toml.replace(f'"{VLM}"]', f'"{VLM}", {listed}]')
+    return text + f'\n[models."My VLM"]\npreset = "vllm"\nbase_url = "{base_url}"\n'
 
 
 def test_model_added_to_models_toml(scenarios):
     live = scenarios.live
     since = time.time()
-    (live.project / "models.toml").write_text(
-        'registered = ["canny", "My Canny"]\n\n[models."My Canny"]\npreset = "canny"\n'
-    )
-    seconds = wait_for(lambda: sum(m == "my-canny" for m, _ in ranked(live)) == N_PROMPTS and consistent(live), 180)
+    (live.project / "models.toml").write_text(with_models(scenarios, "My VLM"))
+    key = slugify("My VLM")
+    seconds = wait_for(lambda: sum(m == key for m, _ in ranked(live)) == N_PROMPTS and consistent(live), 180)
     runs = scenarios.settle("model_added", since, seconds=round(seconds, 1))
     assert len(runs) <= 2  # every new partition in one run, one rebuild
 
@@ -191,8 +215,8 @@ def test_model_whose_endpoint_fails_is_kept_off_the_leaderboard(scenarios):
     with ChatServer(ServerState(faults=Faults(rate_500=1.0))) as server:
         since = time.time()
         (live.project / "models.toml").write_text(
-            'registered = ["canny", "My Canny", "broken"]\n\n[models."My Canny"]\npreset = "canny"\n\n'
-            f'[models.broken]\npreset = "vllm"\nbase_url = "{server.base_url}"\nmax_retries = 0\n'
+            with_models(scenarios, "My VLM", "broken")
+            + f'\n[models.broken]\npreset = "vllm"\nbase_url = "{server.base_url}"\nmax_retries = 0\n'
         )
         wait_for(lambda: not_ranked(live).count("`broken`") == N_PROMPTS, 240)
         runs = scenarios.settle("failing_endpoint", since)
@@ -220,18 +244,26 @@ def test_mistaken_cli_run_leaves_nothing_behind(scenarios):
 
 
 def test_cli_run_while_the_daemon_runs_sets_nothing_off(scenarios):
+    """A CLI run that found nothing new, and one for a model models.toml does not register, start
+    their own runs and nothing else: the ad hoc model gets no other request in two minutes."""
     live = scenarios.live
     scenarios.at_rest()
-    since = time.time()
-    live.cli("materialize", "--model", "canny", "--prompt", "simple")
-    time.sleep(30)
+    with ChatServer(ServerState(served_model="adhoc-vlm")) as adhoc:
+        since = time.time()
+        live.cli("materialize", "--model", "canny", "--prompt", "simple")
+        live.cli("materialize", "--model", "qwen2vl", "--prompt", "simple", env={"BASE_URL": adhoc.base_url})
+        asked = adhoc.state.n_chat
+        time.sleep(120)
+        n_images = len([f for f in (live.project / "images").rglob("*") if f.is_file()])
+        assert adhoc.state.n_chat == asked == n_images  # each image once, for the one prompt asked
     runs = [r for r in live.runs() if r["creationTime"] >= since]
-    # The CLI's own three runs; nothing new in the manifest or the predictions, so no daemon run.
-    assert sorted(r["jobName"] for r in runs) == ["evaluate", "publish", "refresh_manifests"], [
-        (r["jobName"], r["creationTime"] - since, r["tags"]) for r in runs
-    ]
+    # Each CLI run's own: manifest, the baseline or the one partition, publish. No daemon run.
+    assert sorted(r["jobName"] for r in runs) == sorted(
+        ["refresh_manifests", "evaluate_baselines", "publish", "refresh_manifests", "evaluate", "publish"]
+    ), [(r["jobName"], r["creationTime"] - since, r["tags"]) for r in runs]
     assert all(r["tags"].get("defake/source") == "cli" for r in runs)
-    scenarios.figures["cli_while_daemon"] = {"runs": len(runs), "daemon_runs": 0}
+    scenarios.figures["cli_while_daemon"] = {"runs": len(runs), "daemon_runs": 0, "adhoc_requests": asked}
+    assert ("qwen2vl", "simple") in ranked(live)  # what the CLI asked for is published
     assert consistent(live)
 
 

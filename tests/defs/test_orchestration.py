@@ -19,13 +19,15 @@ from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import register_partitions
 from defake_pipeline.defs.schedules import nightly_reevaluation
 from defake_pipeline.defs.sensors import new_images_sensor, registry_sensor
+from defake_pipeline.records import NO_PROMPT
 from defake_pipeline.text import slugify
 from defake_pipeline.warehouse.layout import HomeLayout
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch, defake_home):
-    """A working directory with its own datasets/, prompts/ and models.toml (read before the project's)."""
+def project(tmp_path, monkeypatch, vllm_endpoint):
+    """A working directory with its own datasets/, prompts/ and models.toml (read before the
+    project's), registering the Canny baseline and ``vllm``, answered by the test server."""
     root = tmp_path / "proj"
     for label, colour in (("real", "white"), ("fake", "gray")):
         (root / "data" / label).mkdir(parents=True)
@@ -34,7 +36,7 @@ def project(tmp_path, monkeypatch, defake_home):
     (root / "datasets" / "local.toml").write_text('layout = "real_fake"\nroot = "../data"\n')
     (root / "prompts").mkdir()
     shutil.copy(REPO / "prompts" / "simple.json", root / "prompts" / "mine.json")
-    (root / "models.toml").write_text('registered = ["canny"]\n')
+    (root / "models.toml").write_text('registered = ["canny", "vllm"]\n')
     monkeypatch.chdir(root)
     return root
 
@@ -50,6 +52,7 @@ def test_new_images_sensor_cases(project):
     assert request.tags["defake/dataset"] == "demo,local"
     assert request.asset_selection == [
         dg.AssetKey("image_manifest"),
+        dg.AssetKey("baseline_predictions"),
         dg.AssetKey("metrics"),
         dg.AssetKey("model_reports"),
         dg.AssetKey("leaderboard"),
@@ -59,18 +62,20 @@ def test_new_images_sensor_cases(project):
     nothing = tick(new_images_sensor, instance, cursor)
     assert isinstance(nothing, dg.SkipReason) and "no images added" in nothing.skip_message
 
-    register_partitions(instance, ["canny", "my-qwen"], ["mine", "simple"])
-    for key in ("canny|mine", "canny|simple", "my-qwen|mine", "my-qwen|simple"):  # evaluated before
+    (project / "models.toml").write_text('registered = ["canny", "vllm", "qwen2vl"]\n')
+    register_partitions(instance, ["vllm", "qwen2vl"], ["mine", "simple"])
+    for key in ("vllm|mine", "vllm|simple", "qwen2vl|mine", "qwen2vl|simple"):  # evaluated before
         instance.report_runless_asset_event(dg.AssetMaterialization("predictions", partition=key))
     Image.new("RGB", (32, 32), "black").save(project / "data" / "fake" / "b.png")  # a new image
     [added] = tick(new_images_sensor, instance, cursor).run_requests
-    # One run: the manifest, every registered partition (as a range), the warehouse and reports.
+    # One run: the manifest, the baselines, every registered partition (as a range), the warehouse and reports.
     assert added.run_config["ops"]["image_manifest"]["config"]["datasets"] == ["local"]
     assert added.run_config["ops"]["predictions"]["config"]["datasets"] == ["local"]
+    assert added.run_config["ops"]["baseline_predictions"]["config"]["datasets"] == ["local"]
     assert dg.AssetKey("predictions") in added.asset_selection
     assert (added.tags["dagster/asset_partition_range_start"], added.tags["dagster/asset_partition_range_end"]) == (
-        "canny|mine",
-        "my-qwen|simple",
+        "vllm|mine",
+        "qwen2vl|simple",
     )
     added_cursor = tick(new_images_sensor, instance, cursor).cursor
 
@@ -87,7 +92,7 @@ def test_new_images_sensor_cases(project):
 def test_new_images_run_lands_the_image_in_every_report(project, defake_home):
     """The sensor's one run, executed: manifest, a range of partitions, warehouse, reports."""
     instance = dg.DagsterInstance.ephemeral()
-    materialize_evaluation(instance, ["canny"], ["mine", "simple"])
+    materialize_evaluation(instance, ["canny", "vllm"], ["mine", "simple"])
     Image.new("RGB", (48, 48), "purple").save(project / "data" / "fake" / "new.png")
     request = tick(new_images_sensor, instance, json.dumps({"demo": "unchanged"}))
     [run] = request.run_requests
@@ -97,24 +102,25 @@ def test_new_images_run_lands_the_image_in_every_report(project, defake_home):
     )
     assert result.success
     partitions = {e.partition for e in result.get_asset_materialization_events() if e.partition}
-    assert partitions == {"canny|mine", "canny|simple"}
+    assert partitions == {"vllm|mine", "vllm|simple"}
     layout = HomeLayout(defake_home)
-    assert all("new.png" in layout.report_file("canny", p).read_text() for p in ("mine", "simple"))
+    reports = [layout.report_file("vllm", p) for p in ("mine", "simple")] + [layout.report_file("canny", NO_PROMPT)]
+    assert all("new.png" in report.read_text() for report in reports)
 
 
 def test_predictions_follow_new_manifest_content_only(project):
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, ["canny"], ["mine", "simple"])
+    register_partitions(instance, ["vllm"], ["mine", "simple"])
     manifest = [defs.get_assets_def("image_manifest")]
     dg.materialize(manifest, instance=instance, resources=defs.resources)
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     # Missing partitions on the first evaluation run (they were registered while no daemon ran).
     assert first.get_num_requested(dg.AssetKey("predictions")) == 2
     dg.materialize(
-        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|mine"
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="vllm|mine"
     )
     dg.materialize(
-        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|simple"
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="vllm|simple"
     )
     settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     dg.materialize(manifest, instance=instance, resources=defs.resources)  # a rescan that found nothing new
@@ -128,7 +134,7 @@ def test_predictions_follow_new_manifest_content_only(project):
 
 def test_registry_sensor_prompts(project):
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, ["canny", "qwen2vl"], [])
+    register_partitions(instance, ["vllm", "qwen2vl"], [])
     first = tick(registry_sensor, instance)
     added = first.dynamic_partitions_requests[0].partition_keys
     assert "mine" in added and "simple" in added
@@ -145,7 +151,7 @@ def test_registry_sensor_prompts(project):
     data["conversations"][0]["payload"][1][1] = "Photograph, or made by a model?"
     (project / "prompts" / "mine.json").write_text(json.dumps(data))
     changed = tick(registry_sensor, instance, new.cursor)
-    assert {r.partition_key for r in changed.run_requests} == {"canny|mine", "qwen2vl|mine"}  # that prompt only
+    assert {r.partition_key for r in changed.run_requests} == {"vllm|mine", "qwen2vl|mine"}  # that prompt only
     assert not changed.dynamic_partitions_requests
 
     (project / "prompts" / "broken.json").write_text("{ not json")
@@ -166,8 +172,8 @@ def test_registry_sensor_models(project):
     (project / "models.toml").write_text('registered = ["canny", "My Qwen"]\n[models."My Qwen"]\npreset = "qwen2vl"\n')
     first = tick(registry_sensor, instance)
     my_qwen = slugify("My Qwen")
-    assert first.dynamic_partitions_requests[0].partition_keys == ["canny", my_qwen]
-    register_partitions(instance, ["canny", my_qwen], [])
+    assert first.dynamic_partitions_requests[0].partition_keys == [my_qwen]  # canny, a baseline, has none
+    register_partitions(instance, [my_qwen], [])
     (project / "models.toml").write_text('registered = ["canny"]\n')
     removed = tick(registry_sensor, instance, first.cursor)
     # A model models.toml stopped listing goes; one the CLI ran ad hoc ("adhoc") stays.
@@ -217,7 +223,7 @@ def test_failed_gate_keeps_a_partition_off_every_ranking(defake_home, chat_serve
     }
     assert checks == {"error_rate_below_threshold": False}
     layout = HomeLayout(defake_home)
-    gate = query(layout, "SELECT model, status, reason FROM partition_gate ORDER BY model")
+    gate = query(layout, "SELECT model, status, reason FROM partition_gate WHERE dataset = 'demo' ORDER BY model")
     assert gate.to_dict("records") == [
         {"model": "canny", "status": "passed", "reason": ""},
         {"model": "qwen2vl", "status": "failed", "reason": "error rate 100.0% over the 20% limit"},
@@ -226,30 +232,31 @@ def test_failed_gate_keeps_a_partition_off_every_ranking(defake_home, chat_serve
     board = layout.leaderboard_file.read_text()
     ranked, unranked = board.split("## Not ranked")
     assert "`canny`" in ranked and "`qwen2vl`" not in ranked and "error rate 100.0%" in unranked
-    assert layout.report_file("canny", "simple").exists() and not layout.report_file("qwen2vl", "simple").exists()
+    assert layout.report_file("canny", NO_PROMPT).exists() and not layout.report_file("qwen2vl", "simple").exists()
     assert query(layout, "SELECT count(*) AS n FROM comparisons")["n"][0] == 0
 
 
-def test_automation_makes_metrics_and_reports_follow_predictions(defake_home):
+def test_automation_makes_metrics_and_reports_follow_predictions(defake_home, vllm_endpoint):
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, ["canny"], ["simple"])
+    register_partitions(instance, ["vllm"], ["simple"])
     dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources)
+    dg.materialize([defs.get_assets_def("baseline_predictions")], instance=instance, resources=defs.resources)
     dg.materialize(
-        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|simple"
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="vllm|simple"
     )
     quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert quiet.total_requested == 0
     dg.materialize(
-        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="canny|simple"
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="vllm|simple"
     )
     same = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
     assert same.total_requested == 0  # nothing new in the predictions: no rebuild
-    (defake_home / "predictions" / "model=canny" / "prompt=simple.parquet").unlink()
+    (defake_home / "predictions" / "model=vllm" / "prompt=simple.parquet").unlink()
     dg.materialize(
         [defs.get_assets_def("predictions")],
         instance=instance,
         resources=defs.resources,
-        partition_key="canny|simple",
+        partition_key="vllm|simple",
         run_config={"ops": {"predictions": {"config": {"datasets": ["nope"]}}}},
     )
     changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=same.cursor)
@@ -259,18 +266,18 @@ def test_automation_makes_metrics_and_reports_follow_predictions(defake_home):
     } == {"metrics": 1, "model_reports": 1, "leaderboard": 1, "predictions": 0}
 
 
-def test_parallel_partition_runs_land_every_row(defake_home, tmp_path):
+def test_parallel_partition_runs_land_every_row(defake_home, tmp_path, vllm_endpoint):
     """Three partitions and two warehouse rebuilds at once, as separate processes on one instance."""
     home = project_dagster_home(tmp_path)
     env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(defake_home)}
     instance = dg.DagsterInstance.from_config(str(home))
-    register_partitions(instance, ["canny"], ["simple", "common_sense", "fusion"])
+    register_partitions(instance, ["vllm"], ["simple", "common_sense", "fusion"])
     dagster = str(Path(sys.executable).with_name("dagster"))
     base = [dagster, "asset", "materialize", "-m", "defake_pipeline.definitions"]
     subprocess.run([*base, "--select", "image_manifest"], env=env, cwd=REPO, check=True, capture_output=True)
     procs = [
         subprocess.Popen(
-            [*base, "--select", "predictions", "--partition", f"canny|{p}"],
+            [*base, "--select", "predictions", "--partition", f"vllm|{p}"],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -315,7 +322,7 @@ def test_per_model_backfill_runs_partitions_in_processes_and_only_missing_work(p
     from defake_pipeline.cli import main
 
     env = {"DAGSTER_HOME": str(tmp_path / "dh")}
-    args = ["materialize", "--model", "canny", "-p", "mine", "-p", "simple", "-p", "fusion", "-j", "2"]
+    args = ["materialize", "--model", "vllm", "-p", "mine", "-p", "simple", "-p", "fusion", "-j", "2"]
     first = CliRunner().invoke(main, args, env=env)
     assert first.exit_code == 0, first.output
     instance = dg.DagsterInstance.from_config(str(tmp_path / "dh"))
@@ -328,26 +335,25 @@ def test_per_model_backfill_runs_partitions_in_processes_and_only_missing_work(p
         return out
 
     first_run = requests_per_partition()
-    assert set(first_run) == {"canny|mine", "canny|simple", "canny|fusion"}
-    # A baseline's answer does not depend on the prompt, so partitions share journal entries:
-    # every image is computed at least once, and never once per partition after that.
-    assert sum(first_run.values()) >= 18
+    assert set(first_run) == {"vllm|mine", "vllm|simple", "vllm|fusion"}
+    # mine.json is simple.json under another name: the same requests, paid once for both.
+    assert sum(first_run.values()) >= 2 * 18  # every image of the demo and local datasets
     second = CliRunner().invoke(main, args, env=env)
     assert second.exit_code == 0, second.output
-    assert requests_per_partition() == {"canny|mine": 0, "canny|simple": 0, "canny|fusion": 0}
+    assert requests_per_partition() == {"vllm|mine": 0, "vllm|simple": 0, "vllm|fusion": 0}
 
 
 def test_an_ad_hoc_model_is_never_evaluated_by_the_daemon_on_its_own(project):
     """A model a CLI run asked for (not in models.toml) has partitions, but automation asks for
     none of them, on other prompts or on new images; registering it later evaluates it."""
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, ["canny", "qwen2vl"], ["mine", "simple"])
+    register_partitions(instance, ["vllm", "qwen2vl"], ["mine", "simple"])
     manifest = [defs.get_assets_def("image_manifest")]
     dg.materialize(manifest, instance=instance, resources=defs.resources)
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     asked = {str(k) for k in first.get_requested_partitions(dg.AssetKey("predictions"))}
-    assert asked == {"canny|mine", "canny|simple"}
-    for key in ("canny|mine", "canny|simple"):
+    assert asked == {"vllm|mine", "vllm|simple"}
+    for key in ("vllm|mine", "vllm|simple"):
         dg.materialize(
             [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key=key
         )
@@ -356,8 +362,8 @@ def test_an_ad_hoc_model_is_never_evaluated_by_the_daemon_on_its_own(project):
     dg.materialize(manifest, instance=instance, resources=defs.resources)
     changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
     asked = {str(k) for k in changed.get_requested_partitions(dg.AssetKey("predictions"))}
-    assert asked == {"canny|mine", "canny|simple"}
-    (project / "models.toml").write_text('registered = ["canny", "qwen2vl"]\n')
+    assert asked == {"vllm|mine", "vllm|simple"}
+    (project / "models.toml").write_text('registered = ["canny", "vllm", "qwen2vl"]\n')
     registered = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=changed.cursor)
     asked = {str(k) for k in registered.get_requested_partitions(dg.AssetKey("predictions"))}
     assert asked == {"qwen2vl|mine", "qwen2vl|simple"}
@@ -365,19 +371,19 @@ def test_an_ad_hoc_model_is_never_evaluated_by_the_daemon_on_its_own(project):
 
 def test_new_images_never_reach_an_ad_hoc_model(project):
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, ["canny", "qwen2vl", "vllm"], ["mine", "simple"])
-    for key in ("canny|mine", "canny|simple", "qwen2vl|mine", "vllm|mine"):
+    register_partitions(instance, ["vllm", "qwen2vl", "internvl3"], ["mine", "simple"])
+    for key in ("vllm|mine", "vllm|simple", "qwen2vl|mine", "internvl3|mine"):
         instance.report_runless_asset_event(dg.AssetMaterialization("predictions", partition=key))
-    (project / "models.toml").write_text('registered = ["canny", "vllm"]\n')
-    # canny's two and vllm|mine are not one range (qwen2vl's lie between): the manifest alone runs,
-    # and the predictions' condition asks for exactly the partitions that need it.
+    (project / "models.toml").write_text('registered = ["vllm", "internvl3"]\n')
+    # vllm's two and internvl3|mine are not one range (qwen2vl's lie between): the manifest alone
+    # runs, and the predictions' condition asks for exactly the partitions that need it.
     [request] = tick(new_images_sensor, instance).run_requests
     assert request.asset_selection == [dg.AssetKey("image_manifest")]
     assert "dagster/asset_partition_range_start" not in request.tags
-    (project / "models.toml").write_text('registered = ["canny"]\n')
+    (project / "models.toml").write_text('registered = ["vllm"]\n')
     [request] = tick(new_images_sensor, instance).run_requests
-    assert request.tags["dagster/asset_partition_range_start"] == "canny|mine"
-    assert request.tags["dagster/asset_partition_range_end"] == "canny|simple"
+    assert request.tags["dagster/asset_partition_range_start"] == "vllm|mine"
+    assert request.tags["dagster/asset_partition_range_end"] == "vllm|simple"
 
 
 def test_models_are_listed_added_and_removed(project, tmp_path):
@@ -397,14 +403,15 @@ def test_models_are_listed_added_and_removed(project, tmp_path):
     unknown = CliRunner().invoke(main, ["models", "add", "nope"], env=env)
     assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
     # An ad hoc model: run once from the CLI, listed as such, removed with its results.
-    assert CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "mine"], env=env).exit_code == 0
-    instance = dg.DagsterInstance.from_config(str(tmp_path / "dh"))
-    register_partitions(instance, ["adhoc-canny"], [])
+    ran = CliRunner().invoke(main, ["materialize", "-m", "internvl3", "-p", "mine"], env=env)
+    assert ran.exit_code == 0, ran.output
     listing = CliRunner().invoke(main, ["models", "list"], env=env).output
-    assert re.search(r"^qwen2vl +qwen2vl +self_hosted +registered$", listing, re.M)
-    removed = CliRunner().invoke(main, ["models", "remove", "qwen2vl", "canny"], env=env)
+    assert re.search(r"^internvl3 +internvl3 +self_hosted +ad hoc$", listing, re.M), listing
+    assert "`internvl3`" in HomeLayout().leaderboard_file.read_text()
+    removed = CliRunner().invoke(main, ["models", "remove", "qwen2vl", "internvl3"], env=env)
     assert removed.exit_code == 0, removed.output
-    assert 'registered = ["mine"]' in (project / "models.toml").read_text()
-    assert "canny" not in instance.get_dynamic_partitions("model")
-    board = HomeLayout().leaderboard_file.read_text()
-    assert "`canny`" not in board and not list(HomeLayout().reports_dir.glob("canny__*"))
+    assert 'registered = ["canny", "mine"]' in (project / "models.toml").read_text()
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "dh"))
+    assert "internvl3" not in instance.get_dynamic_partitions("model")
+    assert "`internvl3`" not in HomeLayout().leaderboard_file.read_text()
+    assert not list(HomeLayout().reports_dir.glob("internvl3__*"))
