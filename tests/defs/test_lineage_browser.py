@@ -16,7 +16,7 @@ from conftest import REPO, project_dagster_home
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-ASSETS = ["image_manifest", "predictions", "metrics", "model_reports", "leaderboard"]
+ASSETS = ["image_manifest", "baseline_predictions", "predictions", "metrics", "model_reports", "leaderboard"]
 
 pytestmark = pytest.mark.browser
 

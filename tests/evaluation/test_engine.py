@@ -291,7 +291,9 @@ def test_the_opening_round_ramps_to_the_whole_concurrency_before_the_first_answe
     times = chat_server.state.request_times
     assert all(p.error is None for p in preds) and len(times) == 33
     assert times[15] - times[0] < 0.45  # all 16 before the first answer (a lone first request: 0.6 s)
-    assert times[15] - times[0] >= 15 * AdaptiveLimiter.OPENING_SPACING_S * 0.9  # spread, not a burst
+    # Spread, not a burst. Starts leave the client 2 ms apart, but arrive as their connections
+    # open: on a loaded 2-core machine the 16 arrived over 8-12 ms instead of the 30 ms they left over.
+    assert times[15] - times[0] >= 3 * AdaptiveLimiter.OPENING_SPACING_S
     assert chat_server.state.peak_in_flight == 16
 
 
