@@ -67,12 +67,22 @@ def image_size(url: Any) -> tuple[int, int]:
     return (512, 512)  # a remote URL: the provider fetches it; one tile's worth is the guess
 
 
-def choose_served_id(served: list[str], before: str | None) -> str:
+def choose_served_id(served: list[str], before: str | None, where: str) -> tuple[str, str | None]:
     """Which of the ids ``/v1/models`` lists is the model: the one chosen before, while it is
-    still listed; else the first in sorted order, whatever order the server lists them in."""
+    still listed; else the first in sorted order, whatever order the server lists them in. With
+    it, what the user should hear of the choice (several ids listed, or the choice changed)."""
     if before in served:
-        return before
-    return sorted(served)[0]
+        return before, None
+    chosen = sorted(served)[0]
+    if before is not None:
+        return chosen, f"{where}: {before!r} is no longer served; evaluating {chosen!r}, whose answers are asked anew"
+    ids = sorted(set(served))
+    if len(ids) > 1:
+        return chosen, (
+            f"{where}: /models lists {len(ids)} ids ({', '.join(ids)}); evaluating {chosen!r}, the first in "
+            'sorted order (set model = "..." in its models.toml entry to choose another)'
+        )
+    return chosen, None
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ class ChatBackend:
     async def model_id(self) -> str:
         """The id to send: fixed for OpenAI presets, asked of ``/v1/models`` for self-hosted ones."""
         if self._model_id is None:
-            self._model_id = choose_served_id(await self.served_models(), None)
+            self._model_id = choose_served_id(await self.served_models(), None, self.where)[0]
         return self._model_id
 
     def use_model_id(self, model_id: str) -> None:

@@ -164,18 +164,9 @@ class ChatEvaluator(Evaluator):
         served = await self.backend.served_models()
         endpoint = self.backend.endpoint
         before = self.journal.served_id(endpoint, self.spec.name)
-        chosen = choose_served_id(served, before)
-        if before is not None and before != chosen:
-            self.notice(
-                f"{self.backend.where} no longer serves {before!r} for model {self.spec.name!r}: evaluating "
-                f"{chosen!r} instead, whose answers are asked anew"
-            )
-        elif before is None and len(set(served)) > 1:
-            self.notice(
-                f"{self.backend.where}/models lists {len(set(served))} ids ({', '.join(sorted(set(served)))}): "
-                f'model {self.spec.name!r} is {chosen!r}, the first in sorted order; set model = "..." '
-                "in its models.toml entry to choose another"
-            )
+        chosen, notice = choose_served_id(served, before, f"{self.backend.where} for model {self.spec.name!r}")
+        if notice:
+            self.notice(notice)
         if before != chosen:
             self.journal.record_served_id(endpoint, self.spec.name, chosen)
         self.backend.use_model_id(chosen)

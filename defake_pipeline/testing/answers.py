@@ -64,3 +64,16 @@ def logprobs_of(text: str, p_verdict: float) -> list[dict]:
             ]
         out.append({"token": token, "logprob": top[0]["logprob"], "bytes": None, "top_logprobs": top})
     return out
+
+
+def without_text(fault: str, completion: dict) -> dict:
+    """A completion turned into a billed answer with no text, as OpenAI sends one: content null,
+    with the model's refusal beside it (``refusal``), alone (``null_content``), or no choices."""
+    message = completion["choices"][0]["message"]
+    message["content"] = None
+    if fault == "refusal":
+        message["refusal"] = REFUSAL_TEXT
+        completion["usage"]["completion_tokens"] = len(REFUSAL_TEXT.split())
+    if fault == "no_choices":
+        completion["choices"] = []
+    return completion

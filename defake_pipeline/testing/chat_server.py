@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from defake_pipeline.datasets.images import data_url_size
 from defake_pipeline.endpoints.ratelimits import TokenBucket, format_duration, request_tokens
-from defake_pipeline.testing.answers import REFUSAL_TEXT, Faults, default_responder, logprobs_of
+from defake_pipeline.testing.answers import Faults, default_responder, logprobs_of, without_text
 
 
 def _per_minute_bucket(per_minute: int) -> TokenBucket:
@@ -177,16 +177,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return
             with state.lock:
                 state.n_models += 1
-            self._send(
-                200,
-                {
-                    "object": "list",
-                    "data": [
-                        {"id": served, "object": "model", "created": 0, "owned_by": "local"}
-                        for served in state.served_models or [state.served_model]
-                    ],
-                },
-            )
+            ids = state.served_models or [state.served_model]
+            models = [{"id": i, "object": "model", "created": 0, "owned_by": "local"} for i in ids]
+            self._send(200, {"object": "list", "data": models})
 
         def _read_body(self, length: int) -> bytes:
             """The request body, read no faster than the uplink carries it (when one is set)."""
@@ -329,16 +322,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if name == "empty":
                 return self._send(200, b"")
             if name in ("refusal", "null_content", "no_choices"):
-                # Billed like any answer (OpenAI's shape: content null, the refusal beside it).
-                answer = self._completion(body or {}, length, "")
-                message = answer["choices"][0]["message"]
-                message["content"] = None
-                if name == "refusal":
-                    message["refusal"] = REFUSAL_TEXT
-                    answer["usage"]["completion_tokens"] = len(REFUSAL_TEXT.split())
-                if name == "no_choices":
-                    answer["choices"] = []
-                return self._send(200, answer)
+                return self._send(200, without_text(name, self._completion(body or {}, length, "")))
             # drop: close the socket without a response
             self.close_connection = True
             self.connection.shutdown(2)
