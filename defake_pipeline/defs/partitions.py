@@ -33,11 +33,11 @@ def register_partitions(instance: dg.DagsterInstance, models: list[str], prompts
 
 def published_pairs(instance: dg.DagsterInstance, layout: HomeLayout) -> list[tuple[str, str]]:
     """What the warehouse publishes: every model × prompt the instance has partitions for, and
-    each baseline once (the registered ones, and any a CLI run evaluated)."""
-    models = instance.get_dynamic_partitions(MODEL)
-    prompts = instance.get_dynamic_partitions(PROMPT)
+    each baseline once (the registered ones, and any a CLI run evaluated). A baseline's model
+    partitions, left by an older release, are not published: it reads no prompt."""
     baselines = {spec.key for spec in registered_baselines()}
-    baselines |= {
-        f.parent.name.removeprefix("model=") for f in layout.predictions_dir.glob(f"model=*/prompt={NO_PROMPT}.parquet")
-    }
+    files = layout.predictions_dir.glob(f"model=*/prompt={NO_PROMPT}.parquet")
+    baselines |= {f.parent.name.removeprefix("model=") for f in files}
+    models = [m for m in instance.get_dynamic_partitions(MODEL) if m not in baselines]
+    prompts = instance.get_dynamic_partitions(PROMPT)
     return [(m, p) for m in models for p in prompts] + [(b, NO_PROMPT) for b in sorted(baselines)]

@@ -121,21 +121,26 @@ def _digest(value) -> str:
 
 def _registry_cursor(raw: str | None) -> dict:
     cursor = json.loads(raw) if raw else {}
-    return {"prompts": cursor.get("prompts", {}), "models": cursor.get("models", [])}
+    return {
+        "prompts": cursor.get("prompts", {}),
+        "models": cursor.get("models", []),
+        "baselines": cursor.get("baselines", []),
+    }
 
 
-def _baselines_request(instance: dg.DagsterInstance, wanted: list[str]) -> dg.RunRequest | None:
-    """A run of ``baseline_predictions`` when models.toml registers other baselines than its last
-    materialization evaluated (read from that materialization: a reset cursor loses nothing)."""
+def _baselines_request(instance: dg.DagsterInstance, wanted: list[str], before: list[str]) -> dg.RunRequest | None:
+    """A run of ``baseline_predictions`` when models.toml registers a baseline its last
+    materialization did not evaluate (read from that materialization), or no longer registers
+    one it did (``before``: the sensor's cursor). A baseline a CLI run evaluated ad hoc stays."""
     event = instance.get_latest_materialization_event(baseline_predictions.key)
     if event is None or event.asset_materialization is None:
-        return None  # never evaluated: its automation condition runs it
+        return None  # never evaluated: the first scan of the datasets runs it
     entry = event.asset_materialization.metadata.get("baselines")
-    text = entry.value if entry is not None else ""
-    done = [k for k in str(text).split(", ") if k and k != "none"]
-    if sorted(done) == sorted(wanted):
+    done = [k for k in str(entry.value if entry is not None else "").split(", ") if k and k != "none"]
+    added = sorted(set(wanted) - set(done))
+    gone = sorted(set(before) - set(wanted))
+    if not added and not gone:
         return None
-    gone = sorted(set(done) - set(wanted))
     return dg.RunRequest(
         run_key=f"baselines:{_digest([wanted, gone, event.run_id])}",
         asset_selection=[baseline_predictions.key, metrics.key, model_reports.key, leaderboard.key],
@@ -210,7 +215,9 @@ def registry_sensor(context: dg.SensorEvaluationContext):
                 tags={"defake/trigger": "registry_removed"},
             )
         )
-    if wanted_baselines is not None and (baselines := _baselines_request(instance, wanted_baselines)):
+    if wanted_baselines is not None and (
+        baselines := _baselines_request(instance, wanted_baselines, seen["baselines"])
+    ):
         requests.append(baselines)
     for verb, keys in (
         ("added", new_prompts + new_models),
@@ -223,6 +230,7 @@ def registry_sensor(context: dg.SensorEvaluationContext):
         {
             "prompts": {**seen["prompts"], **scan.valid},
             "models": wanted_models if wanted_models is not None else seen["models"],
+            "baselines": wanted_baselines if wanted_baselines is not None else seen["baselines"],
         },
         sort_keys=True,
     )

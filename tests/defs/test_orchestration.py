@@ -415,3 +415,23 @@ def test_models_are_listed_added_and_removed(project, tmp_path):
     assert "internvl3" not in instance.get_dynamic_partitions("model")
     assert "`internvl3`" not in HomeLayout().leaderboard_file.read_text()
     assert not list(HomeLayout().reports_dir.glob("internvl3__*"))
+
+
+def test_registry_sensor_reruns_baselines_when_models_toml_changes_them(project):
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("baseline_predictions", metadata={"baselines": "canny"})
+    )
+    first = tick(registry_sensor, instance)
+    assert not [r for r in first.run_requests if "baseline_predictions" in str(r.asset_selection)]
+    (project / "models.toml").write_text('registered = ["canny", "edges"]\n\n[models.edges]\npreset = "canny"\n')
+    added = tick(registry_sensor, instance, first.cursor)
+    [request] = [r for r in added.run_requests if dg.AssetKey("baseline_predictions") in r.asset_selection]
+    assert request.run_config["ops"]["baseline_predictions"]["config"]["remove"] == []
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("baseline_predictions", metadata={"baselines": "canny, edges"})
+    )
+    (project / "models.toml").write_text('registered = ["canny"]\n\n[models.edges]\npreset = "canny"\n')
+    gone = tick(registry_sensor, instance, added.cursor)
+    [request] = [r for r in gone.run_requests if dg.AssetKey("baseline_predictions") in r.asset_selection]
+    assert request.run_config["ops"]["baseline_predictions"]["config"]["remove"] == ["edges"]
