@@ -31,16 +31,18 @@ MODEL_REGISTERED = ModelRegistered()
 # `mllmdf materialize` publishes its own results; the daemon need not follow its updates.
 FROM_CLI = AC.all_new_updates_have_run_tags(tag_values={"defake/source": "cli"})
 
-# A prediction partition of a registered model runs when it is new (a model or prompt was
-# registered), or when the manifest's content changed. A manifest rematerialized with the same content (a CLI run,
-# the nightly rescan) has the same data version, so it costs no run.
+# A prediction partition of a registered model runs when it was never evaluated, or when the
+# manifest's content changed. A manifest rematerialized with the same content (a CLI run, the
+# nightly rescan) has the same data version, so it costs no run.
 PREDICTIONS_FOLLOW_MANIFEST = (
     MODEL_REGISTERED
     & (
-        (AC.newly_missing() | AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI)).since_last_handled()
-        # Partitions registered while the daemon was down are missing already on its first tick;
-        # an ad hoc model's partitions exist already when models.toml comes to register it.
-        | (AC.missing() & (AC.initial_evaluation() | MODEL_REGISTERED.newly_true()))
+        AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI).since_last_handled()
+        # Never evaluated (a new model or prompt, one registered while the daemon was down, an
+        # ad hoc model models.toml now registers), and not failed: a failure is not retried
+        # on its own, so a broken endpoint costs one attempt. Unlike newly_missing(), this
+        # holds until the deps are settled, however busy the first ticks are.
+        | (AC.missing() & ~AC.execution_failed())
     )
     & ~AC.any_deps_missing()
     & ~AC.any_deps_in_progress()
@@ -52,7 +54,7 @@ PREDICTIONS_FOLLOW_MANIFEST = (
 BASELINES_FOLLOW_MANIFEST = (
     (
         AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI).since_last_handled()
-        | (AC.missing() & AC.initial_evaluation())
+        | (AC.missing() & ~AC.execution_failed())
     )
     & ~AC.any_deps_missing()
     & ~AC.any_deps_in_progress()
