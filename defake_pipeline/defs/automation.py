@@ -31,19 +31,23 @@ MODEL_REGISTERED = ModelRegistered()
 # `mllmdf materialize` publishes its own results; the daemon need not follow its updates.
 FROM_CLI = AC.all_new_updates_have_run_tags(tag_values={"defake/source": "cli"})
 
-# A prediction partition of a registered model runs when it was never evaluated, or when the
-# manifest's content changed. A manifest rematerialized with the same content (a CLI run, the
-# nightly rescan) has the same data version, so it costs no run.
+# Handled: asked for, or updated. Unlike since_last_handled(), the first evaluation does not
+# count as handling: a partition found missing then, while its inputs were still being
+# refreshed, is asked for once they settle, not forgotten.
+HANDLED = (AC.newly_requested() | AC.newly_updated()).with_label("handled")
+
+# A prediction partition of a registered model runs when it is new (a model or prompt was
+# registered, or an ad hoc model came to be registered), when it was missing as the daemon
+# started, or when the manifest's content changed. A manifest rematerialized with the same
+# content (a CLI run, the nightly rescan) has the same data version, so it costs no run. A
+# failed run is not retried on its own: a broken endpoint costs one attempt.
 PREDICTIONS_FOLLOW_MANIFEST = (
     MODEL_REGISTERED
     & (
-        AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI).since_last_handled()
-        # Never evaluated (a new model or prompt, one registered while the daemon was down, an
-        # ad hoc model models.toml now registers), and not failed: a failure is not retried
-        # on its own, so a broken endpoint costs one attempt. Unlike newly_missing(), this
-        # holds until the deps are settled, however busy the first ticks are.
-        | (AC.missing() & ~AC.execution_failed())
-    )
+        AC.newly_missing()
+        | AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI)
+        | (AC.missing() & (AC.initial_evaluation() | MODEL_REGISTERED.newly_true()))
+    ).since(HANDLED)
     & ~AC.any_deps_missing()
     & ~AC.any_deps_in_progress()
     & ~AC.in_progress()
@@ -52,10 +56,7 @@ PREDICTIONS_FOLLOW_MANIFEST = (
 # Baselines follow the manifest's content in the same way; the registry sensor asks for them
 # when models.toml registers another baseline, or no longer registers one.
 BASELINES_FOLLOW_MANIFEST = (
-    (
-        AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI).since_last_handled()
-        | (AC.missing() & ~AC.execution_failed())
-    )
+    (AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI) | (AC.missing() & AC.initial_evaluation())).since(HANDLED)
     & ~AC.any_deps_missing()
     & ~AC.any_deps_in_progress()
     & ~AC.in_progress()
