@@ -1,5 +1,21 @@
 """Error types whose messages are meant to be shown to a user as one line."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+def validation_line(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: where (``conversations.0.payload``), what, and
+    how many more errors there are."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')}{more}"
+
 
 class DefakeError(Exception):
     """Base class: the message names the file (or object) and the cause, on one line."""

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from defake_pipeline.datasets.images import is_image_candidate
-from defake_pipeline.errors import DatasetError
+from defake_pipeline.errors import DatasetError, validation_line
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
 
@@ -90,9 +90,7 @@ def load_dataset_spec(file: Path) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise DatasetError(f"{file}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise DatasetError(f"{file}: {validation_line(exc)}") from None
 
 
 def dataset_specs() -> list[DatasetSpec]:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defake_pipeline.datasets.images import EncodingPolicy
-from defake_pipeline.errors import ModelConfigError
+from defake_pipeline.errors import ModelConfigError, validation_line
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
 
@@ -137,9 +137,7 @@ def _model_table(stamps: tuple[tuple[Path, int, int], ...]) -> dict[str, ModelSp
         try:
             spec = ModelSpec(name=name, **entry)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise ModelConfigError(f"{origin[name]}: model {name!r}: {loc}: {err['msg']}") from None
+            raise ModelConfigError(f"{origin[name]}: model {name!r}: {validation_line(exc)}") from None
         table[name] = spec
         for alias in spec.aliases:
             table.setdefault(alias, spec)

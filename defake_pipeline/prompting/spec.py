@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from defake_pipeline.errors import PromptError
+from defake_pipeline.errors import PromptError, validation_line
 from defake_pipeline.prompting.templating import TemplateError, template_fields
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
@@ -103,14 +103,6 @@ class LoadedPrompt(BaseModel):
         return self.spec.name
 
 
-def _format_validation_error(path: Path, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{path}: {loc}: {msg}{more}"
-
-
 def prompt_key_for(path: Path) -> str:
     """Partition key of a prompt file: the slug of its file stem, as the seed looks prompts up by stem."""
     return slugify(path.stem)
@@ -138,7 +130,7 @@ def load_prompt(path: Path | str) -> LoadedPrompt:
     try:
         spec = PromptSpec.model_validate(raw)
     except ValidationError as exc:
-        raise PromptError(_format_validation_error(path, exc)) from None
+        raise PromptError(f"{path}: {validation_line(exc)}") from None
     check_variables(spec, path)
     return LoadedPrompt(spec=spec, path=path.absolute(), key=prompt_key_for(path), content_hash=content_hash(raw))
 
