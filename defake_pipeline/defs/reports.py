@@ -34,18 +34,19 @@ def _md_metadata(text: str, path) -> dg.MetadataValue:
 @dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_WAREHOUSE)
 def model_reports(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
     """One report per model × prompt whose predictions passed the gate: metrics, confusion
-    matrix, wrong then correct predictions. Only reports whose rows changed are rendered."""
+    matrix, wrong then correct predictions. Only reports whose rows changed are rendered again."""
     layout = store.layout()
-    written, removed = write_reports(layout)
+    current, removed = write_reports(layout)
     for gone in removed:
         context.log.info(f"removed {gone.name}: its partition did not pass the gate or left the registry")
     overall = query(layout, "SELECT * FROM metrics WHERE scope = 'dataset' AND gate_status = 'passed'")
     metadata: dict[str, dg.MetadataValue] = {
-        "n_rendered": dg.MetadataValue.int(len(written)),
+        "n_rendered": dg.MetadataValue.int(sum(r.rendered for r in current)),
         "n_removed": dg.MetadataValue.int(len(removed)),
         "path": dg.MetadataValue.path(str(layout.reports_dir)),
     }
-    for report in written:
+    # Every current report, rendered now or not: the latest materialization is what the UI shows.
+    for report in current:
         metadata[f"{report.model}__{report.prompt}"] = _md_metadata(report.ui_markdown, report.path)
     # Numeric entries are what the UI plots over time; one per partition, dataset and figure.
     for _, row in overall.iterrows():

@@ -230,10 +230,16 @@ class WrittenReport:
     prompt: str
     path: Path
     ui_markdown: str  # the same report with inlined thumbnails and fewer rows, for the UI
+    rendered: bool = True  # False: unchanged since the last run, read back as it was
 
 
 def _digests_file(layout: HomeLayout) -> Path:
     return layout.reports_dir / ".inputs.json"
+
+
+def _ui_file(report: Path) -> Path:
+    """Where the UI form of a report is kept, so an unchanged report is shown without rendering."""
+    return report.parent / ".ui" / report.name
 
 
 def passed_partitions(layout: HomeLayout) -> list[tuple[str, str]]:
@@ -256,6 +262,8 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
     text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name)
     target.write_text(text, encoding="utf-8")
     ui = render_report(metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION)
+    _ui_file(target).parent.mkdir(exist_ok=True)
+    _ui_file(target).write_text(ui, encoding="utf-8")
     return WrittenReport(model, prompt, target, ui)
 
 
@@ -263,29 +271,32 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[Path]]:
     """Bring the reports in line with the warehouse: one per partition that passed the gate.
 
     A report is rendered again only when its rows or metrics changed; the report of a
-    partition that failed its gate, or left the registry, is removed. Returns the reports
-    written and the files removed.
+    partition that failed its gate, or left the registry, is removed. Returns every current
+    report (``rendered`` says which were rendered now) and the files removed.
     """
     wanted = passed_partitions(layout)
     digests_file = _digests_file(layout)
     old = json.loads(digests_file.read_text(encoding="utf-8")) if digests_file.exists() else {}
-    digests, written = {}, []
+    digests, current = {}, []
     for model, prompt in wanted:
-        name = layout.report_file(model, prompt).name
+        target = layout.report_file(model, prompt)
         row = query(layout, _REPORT_DIGEST_SQL, [model, prompt]).iloc[0]
-        digests[name] = f"{row['n']}:{row['h']}"
-        if old.get(name) != digests[name] or not layout.report_file(model, prompt).exists():
-            written.append(write_report(layout, model, prompt))
+        digests[target.name] = f"{row['n']}:{row['h']}"
+        if old.get(target.name) == digests[target.name] and target.exists() and _ui_file(target).exists():
+            ui = _ui_file(target).read_text(encoding="utf-8")
+            current.append(WrittenReport(model, prompt, target, ui, rendered=False))
+        else:
+            current.append(write_report(layout, model, prompt))
     removed = []
     keep = {layout.report_file(m, p).name for m, p in wanted}
     for stale in layout.reports_dir.glob("*__*.md") if layout.reports_dir.exists() else []:
         if stale.name not in keep:
-            for file in (stale, stale.with_suffix(".csv")):
+            for file in (stale, stale.with_suffix(".csv"), _ui_file(stale)):
                 file.unlink(missing_ok=True)
             removed.append(stale)
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
     digests_file.write_text(json.dumps(digests, indent=1, sort_keys=True), encoding="utf-8")
-    return written, removed
+    return current, removed
 
 
 def _sql_path(path: Path) -> str:

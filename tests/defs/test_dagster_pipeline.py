@@ -65,6 +65,10 @@ def test_whole_graph_on_demo_with_baseline(defake_home):
     materialize_evaluation(instance, ["canny"], ["simple"])
     event = instance.get_latest_materialization_event(dg.AssetKey("baseline_predictions"))
     assert event.asset_materialization.metadata["canny/n_requests"].value == 0
+    # Nothing changed, so nothing is rendered again; the UI still shows every current report.
+    event = instance.get_latest_materialization_event(dg.AssetKey("model_reports"))
+    assert event.asset_materialization.metadata["n_rendered"].value == 0
+    assert event.asset_materialization.metadata["canny__-"].value == attached
 
 
 def test_self_hosted_model_through_the_endpoint_resource(defake_home, chat_server):
