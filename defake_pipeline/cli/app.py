@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -57,35 +54,6 @@ def print_turns(pred) -> None:
 @click.group(cls=DefakeGroup)
 def main() -> None:
     """Evaluate multimodal LLMs as detectors of AI-generated images."""
-
-
-def run() -> None:
-    """The ``mllmdf`` console script: ``main``, then an exit without the interpreter's teardown.
-
-    Tearing down the loaded modules (the openai SDK's hundreds of pydantic classes among them)
-    took 0.2-0.3 s after every command: a fifth of a 100-image run. Exit handlers still run
-    (logging's flush among them) and output is flushed; while a thread the interpreter would
-    wait for is alive (not a daemon such as tqdm's monitor), the exit is the usual one.
-    """
-    try:
-        main()  # standalone mode: always ends in SystemExit
-        code: str | int | None = 0
-    except SystemExit as exc:
-        code = exc.code
-    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
-        sys.exit(code)
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        print(code, file=sys.stderr)  # what SystemExit does with a message
-        code = 1
-    atexit._run_exitfuncs()  # what the interpreter's own exit calls first, and os._exit skips
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`mllmdf ... | head`), a closed stream
-            pass
-    os._exit(code)
 
 
 def endpoint_spec(name: str):

@@ -24,19 +24,14 @@ from defake_pipeline.warehouse.layout import HomeLayout
 def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     """Classify one IMAGE; prints exactly real, fake or unknown."""
     from defake_pipeline.datasets.layouts import LabeledImage
-    from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
-    from defake_pipeline.evaluation.journal import ResponseJournal
+    from defake_pipeline.evaluation.run import probed_jobs, run_evaluation
     from defake_pipeline.prompting.spec import find_prompt, load_prompt
-    from defake_pipeline.seed.infer import jobs_for
 
     spec, loaded = endpoint_spec(model), load_prompt(find_prompt(prompt))
-    layout = HomeLayout()
-    journal = ResponseJournal(layout.journal)
-    try:
-        evaluator = make_evaluator(spec, loaded, journal, load_settings().api_key)
-        [pred] = evaluate_sync(jobs_for([LabeledImage(Path(image).absolute(), -1, "default")]), evaluator)
-    finally:
-        journal.close()
+    preds: list = []
+    image_job = probed_jobs([LabeledImage(Path(image).absolute(), -1, "default")])
+    run_evaluation(HomeLayout(), spec, loaded, image_job, preds.append, api_key=load_settings().api_key)
+    [pred] = preds
     if verbose:
         print_turns(pred)
     if pred.error:

@@ -13,8 +13,7 @@ from defake_pipeline.datasets.manifest import (
     jobs_from_manifest,
 )
 from defake_pipeline.endpoints.registry import ModelSpec
-from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
-from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.evaluation.run import run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import NO_PROMPT, Prediction
@@ -69,7 +68,6 @@ def evaluate_partition(
     chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
     summary = PartitionSummary(model=spec.key, prompt=prompt_key, path=target, note=summary_note)
     writer = PredictionWriter(target)
-    journal = ResponseJournal(layout.journal)
 
     def record(pred: Prediction) -> None:
         writer.add(pred.as_row())
@@ -78,9 +76,9 @@ def evaluate_partition(
             on_result(pred)
 
     try:
-        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-        evaluate_sync(jobs_from_manifest(chosen), evaluator, on_result=record, collect=False)
-        summary.note = "; ".join(filter(None, [summary.note, *evaluator.notices]))
+        jobs = jobs_from_manifest(chosen)
+        notices = run_evaluation(layout, spec, prompt, jobs, record, api_key=api_key, max_cost_usd=max_cost_usd)
+        summary.note = "; ".join(filter(None, [summary.note, *notices]))
         if datasets and target.exists():
             # Earlier rows for images of other datasets stay, while those images are still listed.
             # Rows match on the job key, which is also how an unreadable image's `missing:<path>`
@@ -93,6 +91,4 @@ def evaluate_partition(
     except BaseException:
         writer.discard()
         raise
-    finally:
-        journal.close()
     return summary

@@ -8,20 +8,16 @@ from __future__ import annotations
 import csv
 import random
 import re
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from defake_pipeline.datasets.images import ImageProbe
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
-from defake_pipeline.datasets.probe_cache import ProbeCache, stat_key
-from defake_pipeline.datasets.probe_worker import ProbeChunk, ProbeWorker
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DatasetError, DefakeError
-from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.evaluation.run import probed_jobs, run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
-from defake_pipeline.records import CSV_COLUMNS, ImageJob, Prediction, job_key
+from defake_pipeline.records import CSV_COLUMNS, Prediction
 from defake_pipeline.text import printable
 from defake_pipeline.warehouse.layout import HomeLayout
 
@@ -116,72 +112,6 @@ def tally_of_csv(path: Path) -> Tally:
     return Tally.from_rows(labels, preds, errors)
 
 
-# Images probed ahead of the engine, and how many go to the probe worker at once.
-PROBE_AHEAD = 64
-PROBE_CHUNK = 16
-
-
-class ProbedJobs:
-    """Jobs for the images, in order. A probe remembered in ``cache`` (same path, size and
-    modification time) is used as it is; the others go to a worker process in chunks, a little
-    ahead of the engine (see ``probe_worker``: while it starts, they are probed here).
-
-    ``start()`` sends the first chunks before anyone asks for a job, so the worker probes them
-    while the caller does something else (``run_experiment`` imports the engine meanwhile).
-    """
-
-    def __init__(self, images: list[LabeledImage], cache: ProbeCache | None = None):
-        self.worker = ProbeWorker()
-        self._images = iter(images)
-        self._cache = cache
-        self._ahead: deque[tuple[LabeledImage, tuple[int, int] | None, ImageProbe | ProbeChunk, int]] = deque()
-        self._chunk: ProbeChunk | None = None
-
-    def start(self) -> ProbedJobs:
-        """Queue images until PROBE_AHEAD are ahead; full chunks go to the worker at once."""
-        cache = self._cache
-        while len(self._ahead) < PROBE_AHEAD and (item := next(self._images, None)) is not None:
-            key = stat_key(item.path) if cache is not None else None
-            known = cache.get(item.path, key) if cache is not None and key is not None else None
-            if known is not None:
-                self._ahead.append((item, None, known, 0))
-                continue
-            chunk = self._chunk
-            if chunk is None or chunk.submitted:  # the engine may have asked for a partial chunk
-                chunk = self._chunk = ProbeChunk(self.worker, [])
-            self._ahead.append((item, key, chunk, len(chunk.paths)))
-            chunk.paths.append(item.path)
-            if len(chunk.paths) >= PROBE_CHUNK:
-                chunk.submit()
-                self._chunk = None
-        return self
-
-    def _job(
-        self, item: LabeledImage, key: tuple[int, int] | None, probing: ImageProbe | ProbeChunk, index: int
-    ) -> ImageJob:
-        probe = probing.probe(index) if isinstance(probing, ProbeChunk) else probing
-        if self._cache is not None and key is not None:
-            self._cache.put(item.path, key, probe)
-        return ImageJob(
-            path=item.path, key=job_key(probe.sha256, str(item.path)), label=item.label, probe_error=probe.error
-        )
-
-    def __iter__(self) -> Iterator[ImageJob]:
-        try:
-            while self.start()._ahead:
-                yield self._job(*self._ahead.popleft())
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.worker.close()
-
-
-def jobs_for(images: list[LabeledImage], cache: ProbeCache | None = None) -> ProbedJobs:
-    """Jobs for the images, in order (see ``ProbedJobs``)."""
-    return ProbedJobs(images, cache)
-
-
 def run_experiment(
     layout: HomeLayout,
     spec: ModelSpec,
@@ -206,7 +136,6 @@ def run_experiment(
     cwd = Path.cwd()
     todo = [i for i in images if display_path(i.path, cwd) not in done] if done else images
     fresh = not (resume and output.exists())
-    journal = ResponseJournal(layout.journal)
     # The file is opened at the first row: a run that fails before any answer (unreachable
     # endpoint, missing decorator) leaves no header-only CSV that a rerun would refuse.
     opened: list = []
@@ -225,20 +154,10 @@ def run_experiment(
         if on_result:
             on_result(pred)
 
-    probes = ProbeCache(layout.probe_cache)
-    jobs = jobs_for(todo, probes)
     try:
-        # The worker probes the first images while the engine is imported: importing it imports
-        # the openai SDK, 0.4-0.9 s of this process's start-up.
-        jobs.start()
-        from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
-
-        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-        evaluate_sync(jobs, evaluator, on_result=write, collect=False)
-        return evaluator.notices
+        return run_evaluation(
+            layout, spec, prompt, probed_jobs(todo), write, api_key=api_key, max_cost_usd=max_cost_usd
+        )
     finally:
-        jobs.close()
-        probes.close()
-        journal.close()
         if opened:
             opened[0].close()

@@ -18,11 +18,6 @@ class HomeLayout:
         return self.home / "cache" / "responses.sqlite"
 
     @property
-    def probe_cache(self) -> Path:
-        """What ``mllmdf infer`` learned of each image file (datasets/probe_cache.py)."""
-        return self.home / "cache" / "probes.sqlite"
-
-    @property
     def manifests_dir(self) -> Path:
         return self.home / "manifests"
 
