@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.endpoints.tokens import request_tokens
 
 
 class BudgetExhausted(RuntimeError):
@@ -12,12 +13,10 @@ class BudgetExhausted(RuntimeError):
 class CostBudget:
     """Stops new requests once the next one could exceed a spending limit.
 
-    Until a first answer arrives, a request is estimated from its size (text at 4 characters
-    a token, 1000 tokens an image, and the full output allowance); after that, from the
+    Until a first answer arrives, a request is estimated as the rate limiter counts it
+    (``tokens.request_tokens``, the whole output allowance included); after that, from the
     dearest request seen so far. Requests in flight hold their estimate until they settle.
     """
-
-    IMAGE_TOKENS = 1000
 
     def __init__(self, limit_usd: float):
         self.limit_usd = limit_usd
@@ -28,15 +27,7 @@ class CostBudget:
     def estimate(self, spec: ModelSpec, messages: list[dict]) -> float:
         if self.dearest_usd:
             return self.dearest_usd
-        chars, images = 0, 0
-        for msg in messages:
-            parts = msg["content"] if isinstance(msg["content"], list) else [{"type": "text", "text": msg["content"]}]
-            for part in parts:
-                if part["type"] == "text":
-                    chars += len(part["text"])
-                else:
-                    images += 1
-        return spec.cost_usd(chars // 4 + images * self.IMAGE_TOKENS, spec.max_tokens)
+        return spec.cost_usd(request_tokens(messages, 0), spec.max_tokens)
 
     def reserve(self, estimate: float) -> None:
         if self.spent_usd + self.reserved_usd + estimate > self.limit_usd:

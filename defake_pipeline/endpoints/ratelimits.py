@@ -1,13 +1,11 @@
-"""Pacing from the server's own rate-limit headers, and the token estimate a TPM limit needs.
+"""Pacing from the server's own rate-limit headers.
 
 OpenAI answers every request with ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``.
 Where they are present, starts are paced just under the announced requests and tokens per
 minute, so the 429s a limit would cause never happen; where they are absent (vLLM, most
 gateways), nothing is paced here and the AIMD limiter in ``retry.py`` finds the limit.
 
-A request's tokens are counted as OpenAI's rate limiter counts them: the prompt estimated from
-its characters (4 to a token) and its images (by the model's own rule), plus the whole output
-allowance (``max_tokens``), which is charged up front whatever the answer's length.
+A request's tokens are what ``tokens.request_tokens`` estimates: what the server's limiter charges.
 """
 
 from __future__ import annotations
@@ -16,46 +14,8 @@ import asyncio
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-# OpenAI's rule for gpt-4o and 4.1 (tile-based models): the image is fitted in 2048x2048, its
-# short side scaled to 768, then cut into 512-pixel tiles of 170 tokens each, plus 85.
-_TILE, _TILE_TOKENS, _BASE_TOKENS, _LOW_DETAIL_TOKENS = 512, 170, 85, 85
-# Self-hosted vision transformers (Qwen2-VL and its kin) spend a token per 28x28 patch.
-_PATCH = 28
-
-
-def image_tokens(width: int, height: int, detail: str | None) -> int:
-    """Tokens an image costs: OpenAI's tile rule when ``detail`` is set, else one per 28-px patch."""
-    if detail == "low":
-        return _LOW_DETAIL_TOKENS
-    if detail:
-        scale = min(1.0, 2048 / max(width, height))
-        scale *= min(1.0, 768 / (min(width, height) * scale))
-        return _BASE_TOKENS + _TILE_TOKENS * math.ceil(width * scale / _TILE) * math.ceil(height * scale / _TILE)
-    return math.ceil(width / _PATCH) * math.ceil(height / _PATCH)
-
-
-def request_tokens(messages: Iterable[dict], max_tokens: int, image_size: Callable[[Any], tuple[int, int]]) -> int:
-    """Tokens a rate limiter charges for a chat request: text at 4 characters a token, each
-    image by ``image_tokens`` (``image_size`` gives its pixels from its URL value), and the
-    output allowance."""
-    chars, tokens = 0, max_tokens
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-            continue
-        for part in content or ():
-            if part.get("type") == "text":
-                chars += len(part.get("text") or "")
-            elif part.get("type") == "image_url":
-                image = part["image_url"]
-                tokens += image_tokens(*image_size(image["url"]), image.get("detail"))
-    return tokens + math.ceil(chars / 4)
-
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -282,17 +282,17 @@ class ChatEvaluator(Evaluator):
 
     async def _ask(self, wire: list[dict]) -> JournalEntry:
         """Send one request (within the budget, if any) and return its journal entry."""
+        # Reading, decoding and downscaling a large image takes tens of milliseconds: off the
+        # event loop, so other requests keep flowing meanwhile. The estimate needs the pixels sent.
+        images = lazy_images(wire)
+        if not all([image.encode_if_cheap() for image in images]):
+            await asyncio.to_thread(encode_images, images)
         estimate = 0.0
         if self.budget:
             estimate = self.budget.estimate(self.spec, wire)
             self.budget.reserve(estimate)
         actual = 0.0
         try:
-            # Reading, decoding and downscaling a large image takes tens of milliseconds:
-            # off the event loop, so other requests keep flowing meanwhile.
-            images = lazy_images(wire)
-            if not all([image.encode_if_cheap() for image in images]):
-                await asyncio.to_thread(encode_images, images)
             reply = await self.backend.complete(wire)
             actual = self.spec.cost_usd(reply.prompt_tokens, reply.completion_tokens)
         finally:

@@ -15,9 +15,7 @@ class LazyImage:
     """The image a prompt's ``{image_url}`` stands for, encoded only when a request is sent.
 
     Its cache token (sha256 + encoding policy) stands in for the data URL when the request
-    is hashed, so a warm rerun finds its answers without reading any image. On the wire its
-    JSON is spliced in as bytes (``json_bytes``): base64 needs no escaping, so the largest
-    part of a request is never scanned by the JSON encoder.
+    is hashed, so a warm rerun finds its answers without reading any image.
     """
 
     def __init__(self, job: ImageJob, policy: EncodingPolicy):
@@ -50,12 +48,12 @@ class LazyImage:
     def data_url(self) -> str:
         return self.encoded().url
 
+    def json_bytes(self) -> bytes:
+        return b'"' + self.data_url().encode("ascii") + b'"'
+
     @property
     def size(self) -> tuple[int, int]:
         return self.encoded().width, self.encoded().height
-
-    def json_bytes(self) -> bytes:
-        return b'"' + self.data_url().encode("ascii") + b'"'
 
 
 def lazy_images(messages: list[dict]) -> list[LazyImage]:
@@ -70,6 +68,6 @@ def lazy_images(messages: list[dict]) -> list[LazyImage]:
 
 
 def encode_images(images: list[LazyImage]) -> None:
-    """Encode every image now (they stay in place in the messages, spliced in on the wire)."""
+    """Encode every image now (they stay in place in the messages until they are sent)."""
     for image in images:
         image.encoded()

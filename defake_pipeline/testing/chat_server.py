@@ -11,7 +11,6 @@ binds to loopback only.
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
 import time
@@ -19,14 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from defake_pipeline.datasets.images import data_url_size
-from defake_pipeline.endpoints.ratelimits import TokenBucket, format_duration, request_tokens
 from defake_pipeline.testing.answers import Faults, default_responder, logprobs_of, without_text
-
-
-def _per_minute_bucket(per_minute: int) -> TokenBucket:
-    """A per-minute limit enforced over short spans, as hosted APIs do: one second deep."""
-    return TokenBucket(per_minute / 60.0, max(1.0, per_minute / 60.0))
+from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
 
 
 @dataclass
@@ -65,10 +58,13 @@ class ServerState:
         self.reset_limits()
 
     def reset_limits(self) -> None:
-        """Full buckets for the limits as they are set now."""
-        self.requests = _per_minute_bucket(self.rpm_limit) if self.rpm_limit else None
-        self.tokens = _per_minute_bucket(self.tpm_limit) if self.tpm_limit else None
-        self.uplink = TokenBucket(self.uplink_bytes_per_s, 65536) if self.uplink_bytes_per_s else None
+        """Fresh limits as they are set now, nothing charged yet."""
+        self.requests = MinuteLimit(self.rpm_limit) if self.rpm_limit else None
+        self.tokens = MinuteLimit(self.tpm_limit) if self.tpm_limit else None
+        # The uplink carries 64 KiB at once, then its rate: bytes_per_s × 60 "a minute".
+        self.uplink = MinuteLimit(self.uplink_bytes_per_s * 60) if self.uplink_bytes_per_s else None
+        if self.uplink:
+            self.uplink.tolerance_s = 65536 * self.uplink.unit_s
         self._limits = (self.rpm_limit, self.tpm_limit, self.uplink_bytes_per_s)
 
     def sync_limits(self) -> None:
@@ -95,20 +91,12 @@ class ServerState:
         """Charge a request to the limits (call with the lock held): None when it may go, else
         seconds until it could; and the rate-limit headers to answer with."""
         self.sync_limits()
-        cost = 0
-        if self.tokens or self.ratelimit_headers:
-            cost = request_tokens(body.get("messages") or [], _output_allowance(body), data_url_size)
-        waits = []
-        for bucket, amount in ((self.requests, 1), (self.tokens, cost)):
-            if bucket:
-                bucket.refill()
-                waits.append(bucket.wait_s(amount))
-        wait = max(waits, default=0.0)
+        cost = charged_tokens(body) if self.tokens or self.ratelimit_headers else 0
+        charges = [(limit, amount) for limit, amount in ((self.requests, 1), (self.tokens, cost)) if limit]
+        wait = max((limit.wait_s(amount) for limit, amount in charges), default=0.0)
         if wait <= 0:
-            if self.requests:
-                self.requests.level -= 1
-            if self.tokens:
-                self.tokens.level -= cost
+            for limit, amount in charges:
+                limit.take(amount)
             self.n_tokens += cost
         return (wait if wait > 0 else None), self.limit_headers()
 
@@ -116,18 +104,12 @@ class ServerState:
         headers: dict[str, str] = {}
         if not self.ratelimit_headers:
             return headers
-        limits = (("requests", self.rpm_limit, self.requests), ("tokens", self.tpm_limit, self.tokens))
-        for kind, limit, bucket in limits:
-            if limit and bucket:
-                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(bucket.level)))
-                headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.reset_s())
+        for kind, limit in (("requests", self.requests), ("tokens", self.tokens)):
+            if limit:
+                headers[f"x-ratelimit-limit-{kind}"] = str(round(limit.per_minute))
+                headers[f"x-ratelimit-remaining-{kind}"] = str(limit.remaining())
+                headers[f"x-ratelimit-reset-{kind}"] = openai_duration(limit.reset_s())
         return headers
-
-
-def _output_allowance(body: dict) -> int:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    return value if isinstance(value, int) else 0
 
 
 def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
@@ -195,7 +177,8 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 left -= len(chunk)
                 chunks.append(chunk)
                 with state.lock:
-                    wait = state.uplink.reserve(len(chunk))
+                    wait = state.uplink.wait_s(len(chunk))
+                    state.uplink.take(len(chunk))
                 time.sleep(wait)
             return b"".join(chunks)
 

@@ -104,28 +104,26 @@ def test_openai_preset_uses_openai_base_url_and_fixed_model(chat_server, demo_jo
     assert all(p.cost_usd > 0 for p in preds)
 
 
-def test_encoded_images_are_spliced_into_the_body_unchanged():
-    """#12: the JSON encoder never scans an encoded image; the body still parses to the same request."""
+def test_images_encoded_when_sent_go_out_as_their_data_urls():
+    """An image value is sent as its data URL; text, other fields and plain URLs are unchanged."""
     import json
 
-    from defake_pipeline.endpoints.chat import json_body
+    from defake_pipeline.endpoints.chat import with_data_urls
 
     class Encoded:
-        def json_bytes(self) -> bytes:
-            return b'"data:image/png;base64,AAAA"'
+        def data_url(self) -> str:
+            return "data:image/png;base64,AAAA"
 
-    payload = {
-        "model": "m",
-        "messages": [
-            {"role": "user", "content": [{"type": "text", "text": 'é "quoted" \\ 0123abcd:0'}]},
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": Encoded(), "detail": "high"}}]},
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": Encoded()}}]},
-        ],
-    }
-    parsed = json.loads(json_body(payload))
-    assert parsed["messages"][0]["content"][0]["text"] == 'é "quoted" \\ 0123abcd:0'
-    assert parsed["messages"][1]["content"][0]["image_url"] == {"url": "data:image/png;base64,AAAA", "detail": "high"}
-    assert parsed["messages"][2]["content"][0]["image_url"]["url"] == "data:image/png;base64,AAAA"
+    messages = [
+        {"role": "system", "content": 'é "quoted" \\ 0123abcd:0'},
+        {"role": "user", "content": [{"type": "text", "text": 'é "quoted" \\ 0123abcd:0'}]},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": Encoded(), "detail": "high"}}]},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
+    ]
+    parsed = json.loads(json.dumps(with_data_urls(messages)))
+    assert parsed[0] == messages[0] and parsed[1] == messages[1] and parsed[3] == messages[3]
+    assert parsed[2]["content"][0]["image_url"] == {"url": "data:image/png;base64,AAAA", "detail": "high"}
+    assert isinstance(messages[2]["content"][0]["image_url"]["url"], Encoded)  # the caller's messages are kept
 
 
 def test_a_completion_is_read_from_its_json_and_odd_fields_do_not_break_it():

@@ -313,7 +313,8 @@ def test_a_cold_start_against_an_announced_limit_meets_it_once_at_most(chat_serv
 
 
 def test_token_rules_and_reset_durations():
-    from defake_pipeline.endpoints.ratelimits import image_tokens, parse_duration_s, parse_limits
+    from defake_pipeline.endpoints.ratelimits import parse_duration_s, parse_limits
+    from defake_pipeline.endpoints.tokens import image_tokens
 
     # OpenAI's published examples for gpt-4o at detail high, and detail low.
     assert image_tokens(1024, 1024, "high") == 765
