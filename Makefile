@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DEFAKE_HOME ?= $(CURDIR)/outputs
 
-.PHONY: demo test ui bench install install-dev clean
+.PHONY: demo check test ui bench install install-dev clean lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +31,24 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/mllmdf materialize --model canny --prompt simple
 
 LINTED := defake_pipeline tests benchmarks decorators
+# Tests spread over worker processes (pytest-xdist), a module to a worker: each live module's
+# scenarios share one deployment and run in order. Two workers mostly wait on the live daemons.
+PARALLEL := -n 4 --dist loadscope
 
-test: install-dev $(DAGSTER_HOME)/dagster.yaml
+lint: install-dev
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+
+# The inner loop: lint and every test but the live and browser ones.
+check: lint $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m pytest -n 3 -m "not live and not browser and not timing"
+	$(BIN)/python -m pytest -m "timing"
+
+# Everything: the live scenarios on dagster dev and the UI in Chromium too.
+test: lint $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m pytest $(PARALLEL) -m "not timing"
+	$(BIN)/python -m pytest -m "timing"
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster instance concurrency set duckdb_writer 1

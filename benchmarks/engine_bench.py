@@ -20,10 +20,10 @@ from pathlib import Path
 from openai import OpenAI
 from PIL import Image
 
-from defake_pipeline.datasets.images import encode_image_file
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.imaging.encode import encode_image_file
 from defake_pipeline.prompting.spec import find_prompt, load_prompt
 from defake_pipeline.records import ImageJob
 

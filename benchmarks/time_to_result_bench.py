@@ -24,8 +24,8 @@ from pathlib import Path
 from engine_bench import LATENCY, Server, run_engine
 from PIL import Image
 
-from defake_pipeline.datasets.images import encode_image
 from defake_pipeline.endpoints.registry import get_model
+from defake_pipeline.imaging.encode import encode_image
 from defake_pipeline.records import ImageJob
 
 MLLMDF = str(Path(sys.executable).with_name("mllmdf"))

@@ -7,7 +7,7 @@ crop of the busiest region asks it to look there.
 import numpy as np
 from PIL import Image
 
-from defake_pipeline.datasets.images import decode_data_url, encode_pil
+from defake_pipeline.imaging.encode import decode_data_url, encode_pil
 
 # Side of the crop, as a share of the image's shorter side.
 ROI_SHARE = 0.5

@@ -3,7 +3,7 @@
 from functools import cache as memoize
 from pathlib import Path
 
-from defake_pipeline.datasets.images import encode_image_file
+from defake_pipeline.imaging.encode import encode_image_file
 
 DEMO = Path(__file__).resolve().parents[1] / "demo"
 

@@ -41,10 +41,7 @@ class Settings(BaseModel):
 
 def load_settings() -> Settings:
     """The environment as it is now (read afresh: cheap, and tests change it), validated by
-    pydantic. An empty variable counts as unset (DEFAKE_HOME= must not mean the current folder).
-
-    A plain model fed from ``os.environ``: pydantic-settings did the same for these six names,
-    and importing it added 50-70 ms to every command's start-up."""
+    pydantic. An empty variable counts as unset (DEFAKE_HOME= must not mean the current folder)."""
     return Settings.model_validate({name: value for name in Settings.model_fields if (value := os.environ.get(name))})
 
 

@@ -17,13 +17,7 @@ from defake_pipeline.warehouse.layout import HomeLayout
 @click.option(
     "-p", "--prompt", "prompts", multiple=True, help="Prompt name or path (repeatable). Default: every prompt file."
 )
-@click.option(
-    "-d",
-    "--dataset",
-    "datasets",
-    multiple=True,
-    help="Only refresh and evaluate these datasets (repeatable). Default: all.",
-)
+@click.option("-d", "--dataset", "datasets", multiple=True, help="Only these datasets (repeatable). Default: all.")
 @click.option(
     "-j",
     "--parallel",

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from defake_pipeline.datasets.images import IMAGE_SUFFIXES
 from defake_pipeline.datasets.layouts import DatasetSpec
 from defake_pipeline.errors import DefakeError
+from defake_pipeline.imaging.probe import IMAGE_SUFFIXES
 from defake_pipeline.prompting.spec import index_prompts, load_prompt
 
 

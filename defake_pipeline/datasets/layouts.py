@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from defake_pipeline.datasets.images import is_image_candidate
 from defake_pipeline.errors import DatasetError, validation_line
+from defake_pipeline.imaging.probe import is_image_candidate
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from defake_pipeline.datasets.images import ImageProbe, probe_image
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
+from defake_pipeline.imaging.probe import ImageProbe, probe_image
 from defake_pipeline.records import ImageJob, job_key
 from defake_pipeline.text import is_utf8, printable
 

@@ -5,7 +5,7 @@ import dagster as dg
 from defake_pipeline.defs.partitions import split_partition_key
 from defake_pipeline.endpoints.registry import registered_model_keys
 
-AC = dg.AutomationCondition
+Condition = dg.AutomationCondition
 
 
 class ModelRegistered(dg.AutomationCondition):
@@ -29,12 +29,12 @@ class ModelRegistered(dg.AutomationCondition):
 MODEL_REGISTERED = ModelRegistered()
 
 # `mllmdf materialize` publishes its own results; the daemon need not follow its updates.
-FROM_CLI = AC.all_new_updates_have_run_tags(tag_values={"defake/source": "cli"})
+FROM_CLI = Condition.all_new_updates_have_run_tags(tag_values={"defake/source": "cli"})
 
 # Handled: asked for, or updated. Unlike since_last_handled(), the first evaluation does not
 # count as handling: a partition found missing then, while its inputs were still being
 # refreshed, is asked for once they settle, not forgotten.
-HANDLED = (AC.newly_requested() | AC.newly_updated()).with_label("handled")
+HANDLED = (Condition.newly_requested() | Condition.newly_updated()).with_label("handled")
 
 # A prediction partition of a registered model runs when it is new (a model or prompt was
 # registered, or an ad hoc model came to be registered), when it was missing as the daemon
@@ -44,22 +44,25 @@ HANDLED = (AC.newly_requested() | AC.newly_updated()).with_label("handled")
 PREDICTIONS_FOLLOW_MANIFEST = (
     MODEL_REGISTERED
     & (
-        AC.newly_missing()
-        | AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI)
-        | (AC.missing() & (AC.initial_evaluation() | MODEL_REGISTERED.newly_true()))
+        Condition.newly_missing()
+        | Condition.any_deps_match(Condition.data_version_changed() & ~FROM_CLI)
+        | (Condition.missing() & (Condition.initial_evaluation() | MODEL_REGISTERED.newly_true()))
     ).since(HANDLED)
-    & ~AC.any_deps_missing()
-    & ~AC.any_deps_in_progress()
-    & ~AC.in_progress()
+    & ~Condition.any_deps_missing()
+    & ~Condition.any_deps_in_progress()
+    & ~Condition.in_progress()
 ).with_label("new partition, or new manifest content")
 
 # Baselines follow the manifest's content in the same way; the registry sensor asks for them
 # when models.toml registers another baseline, or no longer registers one.
 BASELINES_FOLLOW_MANIFEST = (
-    (AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI) | (AC.missing() & AC.initial_evaluation())).since(HANDLED)
-    & ~AC.any_deps_missing()
-    & ~AC.any_deps_in_progress()
-    & ~AC.in_progress()
+    (
+        Condition.any_deps_match(Condition.data_version_changed() & ~FROM_CLI)
+        | (Condition.missing() & Condition.initial_evaluation())
+    ).since(HANDLED)
+    & ~Condition.any_deps_missing()
+    & ~Condition.any_deps_in_progress()
+    & ~Condition.in_progress()
 ).with_label("new manifest content")
 
 # The warehouse follows changed predictions (a changed manifest always reaches it through
@@ -67,17 +70,17 @@ BASELINES_FOLLOW_MANIFEST = (
 # failed, or is not evaluated yet) does not hold the others back: the gate lists it as missing.
 WAREHOUSE_FOLLOWS_INPUTS = (
     # Data versions hash content: a rerun that found nothing new does not rebuild anything.
-    AC.any_deps_match(AC.data_version_changed() & ~FROM_CLI)
+    Condition.any_deps_match(Condition.data_version_changed() & ~FROM_CLI)
     .allow(dg.AssetSelection.assets("predictions", "baseline_predictions"))
     .since_last_handled()
     # A run still computing predictions holds the rebuild back; a finished backfill does not
     # wait for the backfill daemon's next pass (every 30 s) to be marked complete.
-    & ~AC.any_deps_match(AC.run_in_progress())
-    & ~AC.in_progress()
+    & ~Condition.any_deps_match(Condition.run_in_progress())
+    & ~Condition.in_progress()
 ).with_label("inputs updated and settled")
 
 # Reports and the leaderboard follow the warehouse in the same run (any_deps_updated counts a
 # warehouse rebuild requested on the same tick).
 FOLLOW_WAREHOUSE = (
-    AC.any_deps_updated().since_last_handled() & ~AC.any_deps_in_progress() & ~AC.in_progress()
+    Condition.any_deps_updated().since_last_handled() & ~Condition.any_deps_in_progress() & ~Condition.in_progress()
 ).with_label("warehouse updated")

@@ -7,7 +7,7 @@ import dagster as dg
 
 from defake_pipeline.defs.automation import BASELINES_FOLLOW_MANIFEST
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
-from defake_pipeline.defs.resources import DefakeStore
+from defake_pipeline.defs.resources import DefakeHomeFolder
 from defake_pipeline.endpoints.registry import model_by_key, registered_baselines
 from defake_pipeline.evaluation.partition import evaluate_partition
 from defake_pipeline.records import NO_PROMPT
@@ -26,7 +26,7 @@ class BaselinesConfig(DatasetSelection):
     group_name="evaluation", deps=[image_manifest], kinds={"parquet"}, automation_condition=BASELINES_FOLLOW_MANIFEST
 )
 def baseline_predictions(
-    context: dg.AssetExecutionContext, config: BaselinesConfig, store: DefakeStore
+    context: dg.AssetExecutionContext, config: BaselinesConfig, store: DefakeHomeFolder
 ) -> Iterator[dg.MaterializeResult]:
     """Every manifest image judged by each baseline detector (computed here; journaled like answers)."""
     layout = store.layout()

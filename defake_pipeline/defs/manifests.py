@@ -6,7 +6,7 @@ from defake_pipeline.datasets import quality
 from defake_pipeline.datasets.layouts import dataset_specs
 from defake_pipeline.datasets.manifest import manifest_content_hash
 from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
-from defake_pipeline.defs.resources import DefakeStore
+from defake_pipeline.defs.resources import DefakeHomeFolder
 from defake_pipeline.warehouse.parquet import read_manifests
 
 _CHECKS = [
@@ -72,7 +72,7 @@ def manifest_checks(manifest) -> list[dg.AssetCheckResult]:
 
 @dg.asset(group_name="evaluation", kinds={"parquet"}, check_specs=_CHECKS)
 def image_manifest(
-    context: dg.AssetExecutionContext, config: DatasetSelection, store: DefakeStore
+    context: dg.AssetExecutionContext, config: DatasetSelection, store: DefakeHomeFolder
 ) -> dg.MaterializeResult:
     """One row per image of every dataset: label, subset, sha256, real format, size, probe error, provenance."""
     layout = store.layout()

@@ -8,7 +8,7 @@ from defake_pipeline.defs.baselines import baseline_predictions
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.defs.partitions import published_pairs
 from defake_pipeline.defs.predictions import predictions
-from defake_pipeline.defs.resources import DefakeStore, QualityGate
+from defake_pipeline.defs.resources import DefakeHomeFolder, QualityGate
 from defake_pipeline.reporting.render import frame_to_markdown
 from defake_pipeline.warehouse.database import query, rebuild_warehouse
 from defake_pipeline.warehouse.parquet import missing_manifest_lines, missing_manifests
@@ -24,7 +24,7 @@ DUCKDB_WRITER_POOL = "duckdb_writer"
     pool=DUCKDB_WRITER_POOL,
     automation_condition=WAREHOUSE_FOLLOWS_INPUTS,
 )
-def metrics(context: dg.AssetExecutionContext, store: DefakeStore, quality: QualityGate) -> dg.MaterializeResult:
+def metrics(context: dg.AssetExecutionContext, store: DefakeHomeFolder, quality: QualityGate) -> dg.MaterializeResult:
     """Metrics per dataset × model × prompt × subset, computed in SQL, and each partition's
     gate status (tables image_manifest, predictions, partition_gate, metrics, comparisons)."""
     layout = store.layout()

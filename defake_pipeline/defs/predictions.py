@@ -9,7 +9,7 @@ import pandas as pd
 from defake_pipeline.defs.automation import PREDICTIONS_FOLLOW_MANIFEST
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
 from defake_pipeline.defs.partitions import model_prompt_partitions, split_partition_key
-from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint, QualityGate
+from defake_pipeline.defs.resources import DefakeHomeFolder, ModelEndpoint, QualityGate
 from defake_pipeline.endpoints.registry import model_by_key
 from defake_pipeline.evaluation.partition import evaluate_partition
 from defake_pipeline.prompting.spec import prompt_by_key
@@ -71,7 +71,7 @@ def _gate_table(gates: dict[str, PartitionGate]) -> dg.MetadataValue:
 def predictions(
     context: dg.AssetExecutionContext,
     config: PredictionsConfig,
-    store: DefakeStore,
+    store: DefakeHomeFolder,
     endpoint: ModelEndpoint,
     quality: QualityGate,
 ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:

@@ -5,7 +5,7 @@ import pandas as pd
 
 from defake_pipeline.defs.automation import FOLLOW_WAREHOUSE
 from defake_pipeline.defs.metrics import metrics
-from defake_pipeline.defs.resources import DefakeStore
+from defake_pipeline.defs.resources import DefakeHomeFolder
 from defake_pipeline.reporting.render import write_leaderboard, write_reports
 from defake_pipeline.warehouse.database import query
 
@@ -32,7 +32,7 @@ def _md_metadata(text: str, path) -> dg.MetadataValue:
 
 
 @dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_WAREHOUSE)
-def model_reports(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.MaterializeResult:
+def model_reports(context: dg.AssetExecutionContext, store: DefakeHomeFolder) -> dg.MaterializeResult:
     """One report per model × prompt whose predictions passed the gate: metrics, confusion
     matrix, wrong then correct predictions. Only reports whose rows changed are rendered again."""
     layout = store.layout()
@@ -58,7 +58,7 @@ def model_reports(context: dg.AssetExecutionContext, store: DefakeStore) -> dg.M
 
 
 @dg.asset(group_name="evaluation", deps=[metrics], kinds={"markdown"}, automation_condition=FOLLOW_WAREHOUSE)
-def leaderboard(store: DefakeStore) -> dg.MaterializeResult:
+def leaderboard(store: DefakeHomeFolder) -> dg.MaterializeResult:
     """Every model × prompt that passed the gate, ranked per dataset, with accuracy intervals
     and cost; the others are listed apart with the reason."""
     path, _, ui_text = write_leaderboard(store.layout())

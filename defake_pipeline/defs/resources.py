@@ -8,7 +8,7 @@ from defake_pipeline.warehouse.gate import GateThresholds
 from defake_pipeline.warehouse.layout import HomeLayout
 
 
-class DefakeStore(dg.ConfigurableResource):
+class DefakeHomeFolder(dg.ConfigurableResource):
     """The DEFAKE_HOME folder: manifests, prediction partitions, the DuckDB warehouse, reports."""
 
     home: str | None = None  # None: DEFAKE_HOME at run time
@@ -52,7 +52,7 @@ class QualityGate(dg.ConfigurableResource):
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
-        "store": DefakeStore(),
+        "store": DefakeHomeFolder(),
         "endpoint": ModelEndpoint(),
         "quality": QualityGate(),
     }

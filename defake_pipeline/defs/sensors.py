@@ -31,6 +31,9 @@ from defake_pipeline.endpoints.registry import get_model, registered_model_keys,
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.prompting.spec import prompt_key_for
 
+# The daemon looks at its sensors every 5 s at most; the sensors ask for no longer a wait.
+SENSOR_INTERVAL_S = 5
+
 RUNNING = dg.DefaultSensorStatus.RUNNING
 # The tags by which a run covers a range of partitions (what a single-run backfill sets).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -93,7 +96,7 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
     )
 
 
-@dg.sensor(target=_NEW_IMAGES_ASSETS, minimum_interval_seconds=5, default_status=RUNNING)
+@dg.sensor(target=_NEW_IMAGES_ASSETS, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=RUNNING)
 def new_images_sensor(context: dg.SensorEvaluationContext):
     """When a dataset's images are added, changed or removed, refresh its manifest and carry the
     change through to the leaderboard, in one run."""
@@ -151,7 +154,7 @@ def _baselines_request(instance: dg.DagsterInstance, wanted: list[str], before: 
 
 @dg.sensor(
     target=[baseline_predictions, predictions, metrics, model_reports, leaderboard],
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=RUNNING,
 )
 def registry_sensor(context: dg.SensorEvaluationContext):
@@ -248,7 +251,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     # Many prediction partitions requested at once become one backfill, which the single-run
     # backfill policy turns into one run.
     emit_backfills=True,

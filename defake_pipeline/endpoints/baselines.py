@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from defake_pipeline.datasets.images import open_rgb
+from defake_pipeline.imaging.encode import open_rgb
 
 CANNY_LOW, CANNY_HIGH = 100, 200
 # The seed's rule: an edge density above this is called real.

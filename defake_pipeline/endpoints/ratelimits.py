@@ -37,14 +37,6 @@ def parse_duration_s(text: str | None) -> float | None:
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
-def format_duration(seconds: float) -> str:
-    """A duration as OpenAI writes it: "120ms" below a second, "1.5s" or "2m3s" above."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.3g}s" if minutes else f"{rest:.3g}s"
-
-
 @dataclass(frozen=True)
 class Limit:
     """One limit as the headers announce it: per minute, what is left, and when it is full again."""

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from defake_pipeline.datasets.images import EncodingPolicy
 from defake_pipeline.errors import ModelConfigError, validation_line
+from defake_pipeline.imaging.encode import EncodingPolicy
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
 

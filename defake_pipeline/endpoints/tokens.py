@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from defake_pipeline.datasets.images import data_url_size
+from defake_pipeline.imaging.encode import data_url_size
 
 # OpenAI's rule for gpt-4o and 4.1 (tile-based models): the image is fitted in 2048x2048, its
 # short side scaled to 768, then cut into 512-pixel tiles of 170 tokens each, plus 85.

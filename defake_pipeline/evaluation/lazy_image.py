@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from defake_pipeline.datasets.images import EncodedImage, EncodingPolicy, encode_as_is, encode_image
+from defake_pipeline.imaging.encode import EncodedImage, EncodingPolicy, encode_as_is, encode_image
 from defake_pipeline.records import ImageJob
 
 # A file up to this size that can be sent as it is is encoded on the event loop (its header
@@ -47,9 +47,6 @@ class LazyImage:
 
     def data_url(self) -> str:
         return self.encoded().url
-
-    def json_bytes(self) -> bytes:
-        return b'"' + self.data_url().encode("ascii") + b'"'
 
     @property
     def size(self) -> tuple[int, int]:

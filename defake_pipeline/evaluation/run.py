@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from defake_pipeline.datasets.images import probe_image
 from defake_pipeline.datasets.layouts import LabeledImage
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.imaging.probe import probe_image
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import ImageJob, Prediction, job_key
 from defake_pipeline.warehouse.layout import HomeLayout

@@ -26,36 +26,31 @@ class Tally:
     by_label: dict[int, list[int]] = field(default_factory=lambda: {1: [0, 0], 0: [0, 0]})
 
     def add(self, p: Prediction) -> None:
-        self.n_images += 1
         self.n_requests += p.n_requests
         self.prompt_tokens += p.prompt_tokens
         self.completion_tokens += p.completion_tokens
         self.cost_usd += p.cost_usd
-        if p.error is not None:
-            self.n_errors += 1
-            return
-        if p.n_requests == 0:
+        if p.error is None and p.n_requests == 0:
             self.n_cached += 1
-        if p.pred == -1:
+        self.count(p.label, p.pred, p.error)
+
+    def count(self, label: int, pred: int, error: str | None) -> None:
+        """One image's outcome: an error or an unknown verdict apart, else right or wrong for its label."""
+        self.n_images += 1
+        if isinstance(error, str) and error:
+            self.n_errors += 1
+        elif pred == -1:
             self.n_unknown += 1
-        elif p.label in self.by_label:
-            counts = self.by_label[p.label]
-            counts[0] += p.pred == p.label
-            counts[1] += 1
+        elif label in self.by_label:
+            self.by_label[label][0] += pred == label
+            self.by_label[label][1] += 1
 
     @classmethod
     def from_rows(cls, labels, preds, errors) -> Tally:
         """Totals of rows read back (an output CSV): label and pred 1/0/-1, error text or empty."""
         tally = cls()
         for label, pred, error in zip(labels, preds, errors, strict=True):
-            tally.n_images += 1
-            if isinstance(error, str) and error:
-                tally.n_errors += 1
-            elif pred == -1:
-                tally.n_unknown += 1
-            elif label in tally.by_label:
-                tally.by_label[label][0] += pred == label
-                tally.by_label[label][1] += 1
+            tally.count(label, pred, error)
         return tally
 
     @staticmethod

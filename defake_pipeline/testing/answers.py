@@ -8,6 +8,22 @@ import json
 import math
 from dataclasses import dataclass
 
+# The faults a share of the answers can get (``Faults.rate_<name>``), in the order they are drawn.
+FAULT_NAMES = (
+    "429",
+    "500",
+    "malformed",
+    "empty",
+    "drop",
+    "400",
+    "html",
+    "trickle",
+    "bad_encoding",
+    "refusal",
+    "null_content",
+    "no_choices",
+)
+
 
 @dataclass
 class Faults:

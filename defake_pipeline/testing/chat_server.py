@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from defake_pipeline.testing.answers import Faults, default_responder, logprobs_of, without_text
+from defake_pipeline.testing.answers import FAULT_NAMES, Faults, default_responder, logprobs_of, without_text
 from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
 
 
@@ -224,20 +224,8 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 draw = state.rng.random()
             if state.latency_s:
                 time.sleep(state.latency_s)
-            edges = [
-                ("429", f.rate_429),
-                ("500", f.rate_500),
-                ("malformed", f.rate_malformed),
-                ("empty", f.rate_empty),
-                ("drop", f.rate_drop),
-                ("400", f.rate_400),
-                ("html", f.rate_html),
-                ("trickle", f.rate_trickle),
-                ("bad_encoding", f.rate_bad_encoding),
-                ("refusal", f.rate_refusal),
-                ("null_content", f.rate_null_content),
-                ("no_choices", f.rate_no_choices),
-            ]
+            # Each fault's share of the answers, in the order the draw meets them.
+            edges = [(name, getattr(f, f"rate_{name}")) for name in FAULT_NAMES]
             acc = 0.0
             for name, share in edges:
                 acc += share

@@ -143,6 +143,16 @@ class LiveDagster:
             run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
         return runs
 
+    def sensor_ticks(self, since: float) -> dict[str, int]:
+        """Ticks each sensor has had since ``since`` (``time.time()``), by sensor name."""
+        data = self.graphql(
+            'query Ticks($after: Float) { sensorsOrError(repositorySelector: {repositoryName: "__repository__", '
+            'repositoryLocationName: "defake_pipeline"}) { ... on Sensors { results { name '
+            "sensorState { ticks(afterTimestamp: $after, limit: 1000) { timestamp } } } } } }",
+            {"after": since},
+        )
+        return {s["name"]: len(s["sensorState"]["ticks"]) for s in data["sensorsOrError"]["results"]}
+
     def open_backfills(self) -> list[dict]:
         """Backfills the daemon has not finished (it turns them into runs every 30 s)."""
         data = self.graphql(

@@ -9,18 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from defake_pipeline.datasets.images import (
-    EncodingPolicy,
-    encode_data_url,
-    open_rgb,
-    probe_image,
-)
 from defake_pipeline.datasets.layouts import load_dataset_spec
 from defake_pipeline.datasets.manifest import build_manifest, jobs_from_manifest
 from defake_pipeline.endpoints.baselines import canny_detect
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.imaging.encode import EncodingPolicy, encode_data_url, open_rgb
+from defake_pipeline.imaging.probe import probe_image
 from defake_pipeline.prompting.spec import find_prompt, load_prompt
 from defake_pipeline.records import NO_PROMPT
 
@@ -217,7 +213,7 @@ def test_a_dataset_scoped_run_keeps_the_error_rows_of_other_datasets(tmp_path):
 
 
 def test_decorators_run_off_the_loop_and_a_slow_one_fails_its_image_only(tmp_path, chat_server, demo_jobs, monkeypatch):
-    """#11 item 9: decorators run on threads, so a 1 s decorator does not serialize the run; one
+    """Decorators run on threads, so a 1 s decorator does not serialize the run; one
     past its deadline fails that image only."""
     import time
 
@@ -244,7 +240,7 @@ def test_decorators_run_off_the_loop_and_a_slow_one_fails_its_image_only(tmp_pat
 
 
 def test_a_truncated_predictions_file_counts_as_missing_and_a_run_rebuilds_it(tmp_path):
-    """#11 item 18: a corrupt partition file neither breaks the warehouse nor blocks its own
+    """A corrupt partition file neither breaks the warehouse nor blocks its own
     repair: it is listed as missing with the reason, and a run rebuilds it from the journal."""
     from defake_pipeline.datasets.layouts import get_dataset
     from defake_pipeline.datasets.refresh import refresh_manifest

@@ -165,7 +165,7 @@ def test_roi_decorator_sends_a_crop(chat_server, demo_jobs, tmp_path):
         for part in chat_server.state.bodies[0]["messages"][-1]["content"]
         if part["type"] == "image_url"
     ]
-    from defake_pipeline.datasets.images import decode_data_url
+    from defake_pipeline.imaging.encode import decode_data_url
 
     crop = decode_data_url(urls[0])
     original = Image.open(demo_jobs[0].path)

@@ -10,7 +10,7 @@ from defake_pipeline.cli import main
 from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import model_prompt_partitions
-from defake_pipeline.defs.resources import DefakeStore, ModelEndpoint
+from defake_pipeline.defs.resources import DefakeHomeFolder, ModelEndpoint
 from defake_pipeline.records import NO_PROMPT
 from defake_pipeline.warehouse.layout import HomeLayout
 
@@ -73,7 +73,10 @@ def test_whole_graph_on_demo_with_baseline(defake_home):
 
 def test_self_hosted_model_through_the_endpoint_resource(defake_home, chat_server):
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"store": DefakeStore(home=str(defake_home)), "endpoint": ModelEndpoint(base_url=chat_server.base_url)}
+    resources = {
+        "store": DefakeHomeFolder(home=str(defake_home)),
+        "endpoint": ModelEndpoint(base_url=chat_server.base_url),
+    }
     results = materialize_evaluation(instance, ["qwen2vl", "canny"], ["simple"], resources=resources)
     assert all(r.success for r in results)
     assert chat_server.state.n_chat == 16
@@ -180,7 +183,7 @@ def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home,
 
 
 def test_a_deleted_manifest_is_named_in_the_metadata_and_the_cli(defake_home, tmp_path, monkeypatch):
-    """#11 item 19: a dataset whose manifest is gone drops out of the leaderboard, and says so."""
+    """A dataset whose manifest is gone drops out of the leaderboard, and says so."""
     add_extra_dataset(tmp_path, monkeypatch)
     env = {"DAGSTER_HOME": str(project_dagster_home(tmp_path))}
     assert CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "simple"], env=env).exit_code == 0

@@ -168,7 +168,7 @@ def test_concurrent_writers_lose_no_rows(slow_project, chat_server, tmp_path):
 
 
 def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
-    """The key, and a password inside the base URL (#11 item 14), appear in no output or file;
+    """The key, and a password inside the base URL, appear in no output or file;
     the Bearer key is what authenticates (httpx would send the URL's userinfo as Basic auth)."""
     chat_server.state.api_key = SECRET
     root = tmp_path / "proj"
@@ -257,7 +257,7 @@ def test_everything_served_binds_to_loopback(chat_server):
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
 def test_a_signal_to_materialize_stops_every_worker_with_one_line(slow_project, chat_server, tmp_path, how):
-    """#11 item 10: SIGTERM (to the CLI process, as `kill` sends it) or SIGINT (to the group, as
+    """SIGTERM (to the CLI process, as `kill` sends it) or SIGINT (to the group, as
     Ctrl-C sends it) stops every worker at once, keeps what was journaled, and prints one line."""
     root, env = slow_project
     chat_server.state.latency_s = 0.3
@@ -324,7 +324,7 @@ except DefakeError as exc:
 
 
 def test_a_full_disk_stops_new_requests_at_once_and_leaves_no_temporary_file(chat_server, tmp_path):
-    """#11 item 11: once an answer cannot be journaled, nothing more is sent (a rerun would pay
+    """Once an answer cannot be journaled, nothing more is sent (a rerun would pay
     for every answer sent after it), and the partition's temporary Parquet file is removed.
     RLIMIT_FSIZE stands in for a full disk: every write past the limit fails with EFBIG."""
     from defake_pipeline.datasets.layouts import DatasetSpec
@@ -356,7 +356,7 @@ def test_a_full_disk_stops_new_requests_at_once_and_leaves_no_temporary_file(cha
 
 
 def test_two_runners_over_the_same_images_pay_once(slow_project, chat_server, tmp_path):
-    """#11 item 13: a runner waits for the answer another runner is already asking for (the
+    """A runner waits for the answer another runner is already asking for (the
     journal's leases), so two concurrent runs over the same images pay for each answer once."""
     root, env = slow_project
     chat_server.state.latency_s = 0.2

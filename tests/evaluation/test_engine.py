@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from defake_pipeline.datasets.images import decode_data_url
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.endpoints.retry import AdaptiveLimiter, RetryPolicy, retry_after_s
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.imaging.encode import decode_data_url
 from defake_pipeline.prompting.spec import find_prompt, load_prompt
 from defake_pipeline.records import ImageJob
 from defake_pipeline.testing.chat_server import Faults
@@ -122,6 +122,7 @@ def test_timeout_becomes_an_error_row_within_the_limit(chat_server, tmp_path):
     assert time.monotonic() - started < 2.5
 
 
+@pytest.mark.timing
 def test_images_run_concurrently_and_turns_in_order(chat_server, tmp_path):
     chat_server.state.latency_s = 0.2
     prompt = load_prompt(REPO / "prompts" / "structural.json")
@@ -239,6 +240,7 @@ def test_sigkill_midway_resumes_without_asking_again(chat_server, tmp_path):
     assert sent_before - answered_before <= 4
 
 
+@pytest.mark.timing
 def test_rate_limited_endpoint_is_paced_not_hammered(chat_server, tmp_path):
     chat_server.state.rpm_limit = 600  # 10 requests a second, one second of burst
     chat_server.state.latency_s = 0.1
@@ -254,8 +256,9 @@ def test_rate_limited_endpoint_is_paced_not_hammered(chat_server, tmp_path):
     assert evaluator.backend.limiter.limit < 32
 
 
+@pytest.mark.timing
 def test_announced_limits_are_paced_without_a_429(chat_server, tmp_path):
-    """#12: with OpenAI's x-ratelimit-* headers, starts are paced under the requests and the
+    """With OpenAI's x-ratelimit-* headers, starts are paced under the requests and the
     tokens per minute announced, so no request is refused once they are known. The opening
     round starts before any answer has announced them: it may meet the limit once (the requests
     already on their way when the first refusal comes back are refused too, a few more on a
@@ -286,8 +289,9 @@ def test_announced_limits_are_paced_without_a_429(chat_server, tmp_path):
     assert elapsed > (state.n_tokens - 1000) / 1000
 
 
+@pytest.mark.timing
 def test_the_opening_round_ramps_to_the_whole_concurrency_before_the_first_answer(chat_server, tmp_path):
-    """#12: no request waits for the first answer: the opening round starts one request every
+    """No request waits for the first answer: the opening round starts one request every
     OPENING_SPACING_S, so all 16 are in flight within a few milliseconds, and spread out."""
     chat_server.state.latency_s = 0.6
     preds, _ = run(spec_for(chat_server, concurrency=16), many_jobs(tmp_path, 33), tmp_path)
@@ -300,8 +304,9 @@ def test_the_opening_round_ramps_to_the_whole_concurrency_before_the_first_answe
     assert chat_server.state.peak_in_flight == 16
 
 
+@pytest.mark.timing
 def test_a_cold_start_against_an_announced_limit_meets_it_once_at_most(chat_server, tmp_path):
-    """#12: the opening round cannot know a limit no answer has announced yet, but its starts are
+    """The opening round cannot know a limit no answer has announced yet, but its starts are
     spread out, so the first refusal (with its headers and Retry-After) stops it: at concurrency
     64, against 20 requests a second, a few 429s (1-4 seen; more on a loaded machine), where a
     burst would get 44."""
@@ -328,7 +333,7 @@ def test_token_rules_and_reset_durations():
 
 
 def test_hostile_retry_after_values_never_stall_or_deadlock(chat_server, tmp_path):
-    """#11 item 6: `Retry-After: 100000` is capped (max_retry_wait_s); `Retry-After: soon` is
+    """`Retry-After: 100000` is capped (max_retry_wait_s); `Retry-After: soon` is
     ignored, and the limiter's slot is released either way."""
     chat_server.state.faults.rate_429 = 1.0
     spec = spec_for(chat_server, concurrency=4, max_retries=1, backoff_base_s=0.01, max_retry_wait_s=0.2)
@@ -362,7 +367,7 @@ def _bounded(coro_fn, limit_s):
 
 
 def test_a_trickling_endpoint_ends_at_the_overall_deadline(chat_server, tmp_path):
-    """#11 item 7: a byte every 0.5 s never trips a per-read timeout; the request deadline does."""
+    """A byte every 0.5 s never trips a per-read timeout; the request deadline does."""
     chat_server.state.faults = Faults(rate_trickle=1.0, trickle_interval_s=0.5)
     spec = spec_for(chat_server, timeout_s=1.0, max_retries=1, backoff_base_s=0.01)
     started = time.monotonic()
@@ -373,7 +378,7 @@ def test_a_trickling_endpoint_ends_at_the_overall_deadline(chat_server, tmp_path
 
 
 def test_an_html_body_is_retried_and_named(chat_server, tmp_path):
-    """#11 item 8: a 200 answer holding a proxy's HTML page is retried, then recorded by its type."""
+    """A 200 answer holding a proxy's HTML page is retried, then recorded by its type."""
     chat_server.state.faults = Faults(rate_html=1.0)
     preds, evaluator = run(spec_for(chat_server, max_retries=2, backoff_base_s=0.01), many_jobs(tmp_path, 2), tmp_path)
     assert all(p.error == "NonJSONBodyError: endpoint returned a non-JSON body (text/html)" for p in preds)
@@ -381,7 +386,7 @@ def test_an_html_body_is_retried_and_named(chat_server, tmp_path):
 
 
 def test_a_badly_encoded_answer_is_journaled_once_and_flagged(chat_server, tmp_path):
-    """#11 item 12: invalid UTF-8 and a lone surrogate are stored (as U+FFFD), so no rerun pays again."""
+    """Invalid UTF-8 and a lone surrogate are stored (as U+FFFD), so no rerun pays again."""
     chat_server.state.faults = Faults(rate_bad_encoding=1.0)
     jobs = many_jobs(tmp_path, 4)
     preds, _ = run(spec_for(chat_server), jobs, tmp_path)
@@ -398,8 +403,9 @@ def test_a_badly_encoded_answer_is_journaled_once_and_flagged(chat_server, tmp_p
     assert chat_server.state.n_chat == 4 and {p.image_sha256: p.response for p in again} == answers
 
 
+@pytest.mark.timing
 def test_an_uplink_cap_bounds_bytes_per_second_and_the_openai_rule_sends_far_fewer(chat_server, tmp_path):
-    """#12: the test server reads request bodies no faster than its uplink; what the gpt-4o
+    """The test server reads request bodies no faster than its uplink; what the gpt-4o
     preset sends of a 4000×3000 JPEG (1024×768) goes through it many times faster."""
     job = _jpeg(tmp_path, (4000, 3000))
     chat_server.state.uplink_bytes_per_s = 4_000_000
@@ -417,10 +423,10 @@ def test_an_uplink_cap_bounds_bytes_per_second_and_the_openai_rule_sends_far_few
 
 
 def test_the_event_loop_encodes_only_images_that_go_as_they_are(tmp_path):
-    """#12: a small file sent as it is is encoded in place (a thread's round trip cost more);
+    """A small file sent as it is is encoded in place (a thread's round trip cost more);
     one that must be downscaled is left for a thread, with the bytes already read."""
-    from defake_pipeline.datasets.images import EncodingPolicy
     from defake_pipeline.evaluation.lazy_image import LazyImage
+    from defake_pipeline.imaging.encode import EncodingPolicy
 
     gpt4o = EncodingPolicy(max_side=2048, short_side=768)
     small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"

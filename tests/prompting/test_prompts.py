@@ -90,7 +90,7 @@ def test_upstream_prompts_naming_unshipped_decorators_fail_clearly(name, decorat
 
 
 def test_a_decorator_module_that_fails_to_import_is_one_line_and_shadows_nothing(tmp_path, monkeypatch):
-    """#11 item 21: the original tool's decorators/ folder in the working directory (its modules
+    """The original tool's decorators/ folder in the working directory (its modules
     import mllm_defake) neither raises a traceback nor hides the project's own two_shot.v1."""
     from defake_pipeline.settings import PACKAGE_ROOT
 

@@ -175,7 +175,7 @@ def test_rerun_under_another_output_name_makes_zero_calls(seed_cwd, chat_server)
 
 
 def test_failed_infer_start_leaves_no_csv_and_doc_skips_header_only(tmp_path):
-    """#11 item 22: no CSV before the first row; `doc all` skips a header-only CSV with a note."""
+    """No CSV before the first row; `doc all` skips a header-only CSV with a note."""
     for label in ("real", "fake"):
         (tmp_path / "d" / label).mkdir(parents=True)
         shutil.copy(REPO / "demo" / label / sorted(os.listdir(REPO / "demo" / label))[0], tmp_path / "d" / label)
@@ -197,7 +197,7 @@ def test_failed_infer_start_leaves_no_csv_and_doc_skips_header_only(tmp_path):
 
 
 def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
-    """#11 item 5: the summary covers the output CSV, not only this invocation's new images."""
+    """The summary covers the output CSV, not only this invocation's new images."""
     for label in ("real", "fake"):
         shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
     env = {"DEFAKE_HOME": str(tmp_path / "out")}
@@ -261,7 +261,7 @@ def _rendered(markdown: str):
 
 
 def test_file_names_and_answers_inject_no_markup(tmp_path):
-    """#11 items 15 and 16: HTML, pipes, link syntax and line breaks in file names, and remote
+    """HTML, pipes, link syntax and line breaks in file names, and remote
     images or escape sequences in answers, are shown as text."""
     outputs = tmp_path / "outputs"
     outputs.mkdir()
@@ -304,7 +304,7 @@ def test_verbose_turns_show_escape_sequences_as_text(tmp_path, chat_server):
 
 
 def test_huge_answers_are_stored_capped_with_the_verdict_of_the_whole(tmp_path, chat_server):
-    """#11 item 17: four 10 MB answers. What is stored is capped (max_response_chars, 20,000 by
+    """Four 10 MB answers. What is stored is capped (max_response_chars, 20,000 by
     default) with a truncation mark; the verdict is read from the whole answer."""
     chat_server.state.responder = lambda body: "real " + "x" * 10_000_000 + " generated"
     data = tmp_path / "data"
@@ -348,7 +348,7 @@ def test_huge_answers_are_stored_capped_with_the_verdict_of_the_whole(tmp_path, 
 
 @pytest.mark.parametrize("damage", ["garbage", "half"])
 def test_a_damaged_journal_is_one_line_and_left_as_it_is(tmp_path, damage):
-    """#11 item 20: a garbage or half-truncated journal gives one line naming the file and the
+    """A garbage or half-truncated journal gives one line naming the file and the
     way out, never a traceback, and the file is not written over."""
     data = tmp_path / "data"
     for i in range(40):

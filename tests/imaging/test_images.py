@@ -6,12 +6,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import REPO, upstream_or_skip
-from defake_pipeline.datasets.images import EncodingPolicy, draft_for, encode_data_url, probe_image
 from defake_pipeline.endpoints.baselines import (
     CANNY_THRESHOLD,
     canny_detect,
     canny_edge_density,
 )
+from defake_pipeline.imaging.encode import EncodingPolicy, draft_for, encode_data_url
+from defake_pipeline.imaging.probe import probe_image
 from defake_pipeline.verdict import parse_verdict
 
 
@@ -69,7 +70,7 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
 
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_a_large_jpeg_decodes_at_a_reduced_dct_scale_with_lanczos_quality(orientation):
-    """#12: a 4000×3000 JPEG headed for 1024×768 is decoded at 2000×1500 (half the work of a full
+    """A 4000×3000 JPEG headed for 1024×768 is decoded at 2000×1500 (half the work of a full
     decode), and what is sent stays close to a Lanczos resize of the full decode, even on noise."""
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -118,9 +119,9 @@ def test_openai_detail_high_rule_and_policy_tokens():
 
 
 def test_only_an_image_that_can_go_as_it_is_is_encoded_from_its_header(tmp_path):
-    """#12: what needs no pixel work (a format the APIs take, within the policy's size) is
+    """What needs no pixel work (a format the APIs take, within the policy's size) is
     encoded from its header and bytes; the rest is left to ``encode_image``."""
-    from defake_pipeline.datasets.images import encode_as_is, encode_image
+    from defake_pipeline.imaging.encode import encode_as_is, encode_image
 
     gpt4o = EncodingPolicy(max_side=2048, short_side=768)
     small, large, bitmap = tmp_path / "small.jpg", tmp_path / "large.jpg", tmp_path / "small.bmp"

@@ -1,0 +1,135 @@
+"""The always-on pipeline as people run it: ``dagster dev`` with its daemon, on a copy of the demo.
+
+Each live test module takes one deployment through its scenarios in order, asserting on the
+instance's runs (read through GraphQL) and on the files. A deployment registers the Canny
+baseline and a chat model served by the project's test server on 127.0.0.1 (``live-vlm``),
+which answers every prompt. Runs launched and seconds from each change to the updated
+leaderboard and reports are written to test-artifacts/<module>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from conftest import REPO
+from defake_pipeline.defs.sensors import SENSOR_INTERVAL_S
+from defake_pipeline.testing.chat_server import ChatServer, ServerState
+from defake_pipeline.testing.live import LiveDagster, make_project
+
+ARTIFACTS = REPO / "test-artifacts"
+N_PROMPTS = len(list((REPO / "prompts").glob("*.json")))
+N_RANKED = N_PROMPTS + 1  # the chat model on every prompt, the baseline once
+VLM = "live-vlm"
+NEW_IMAGE_DEADLINE_S = 60
+# Quiet is proved by sensor ticks, not by minutes: a run the daemon would launch on its own is
+# requested on the first tick that sees a reason for it.
+QUIET_S = 3 * SENSOR_INTERVAL_S  # no run starts for three ticks: the runs a change set off are done
+IDLE_TICKS = 10
+
+_BOARD_ROW = re.compile(r"^\| (\d+) \| `([^`]+)` \| (?:`([^`]+)`|\*baseline\*) \| (\d+) \|", re.M)
+_REPORT_ROW = re.compile(r"^\| demo \| (\d+) \|", re.M)
+
+
+def ranked(live: LiveDagster) -> dict[tuple[str, str], int]:
+    """(model, prompt) -> images, for every row the leaderboard ranks."""
+    board = live.defake_home / "reports" / "leaderboard.md"
+    if not board.exists():
+        return {}
+    text = board.read_text(encoding="utf-8").split("## Not ranked")[0]
+    return {(m, p or "-"): int(n) for _, m, p, n in _BOARD_ROW.findall(text)}
+
+
+def not_ranked(live: LiveDagster) -> str:
+    text = (live.defake_home / "reports" / "leaderboard.md").read_text(encoding="utf-8")
+    return text.split("## Not ranked")[1] if "## Not ranked" in text else ""
+
+
+def reports(live: LiveDagster) -> dict[tuple[str, str], int]:
+    """(model, prompt) -> images, from every report file's metrics table."""
+    out = {}
+    for file in (live.defake_home / "reports").glob("*__*.md"):
+        model, prompt = file.stem.split("__")
+        match = _REPORT_ROW.search(file.read_text(encoding="utf-8"))
+        out[(model, prompt)] = int(match.group(1)) if match else 0
+    return out
+
+
+def consistent(live: LiveDagster) -> bool:
+    """Every ranked run has a non-empty report with the same image count, and no other report exists."""
+    board = ranked(live)
+    return bool(board) and board == reports(live) and all(n > 0 for n in board.values())
+
+
+def wait_for(condition, timeout_s: float, step_s: float = 0.5) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(step_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def wait_ticks(live: LiveDagster, since: float, n: int) -> dict[str, int]:
+    """Wait until every sensor has ticked ``n`` times since ``since``; their tick counts."""
+    ticks: dict[str, int] = {}
+
+    def ticked() -> bool:
+        ticks.update(live.sensor_ticks(since))
+        return bool(ticks) and min(ticks.values()) >= n
+
+    wait_for(ticked, timeout_s=(n + 6) * SENSOR_INTERVAL_S * 3, step_s=1)
+    return ticks
+
+
+class Scenarios:
+    def __init__(self, live: LiveDagster):
+        self.live = live
+        self.figures: dict[str, dict] = {}
+        self.daemon_started = 0.0
+        self.models_toml = ""
+
+    def settle(self, name: str, since: float, **extra) -> list[dict]:
+        self.live.wait_quiet(since, settle_s=QUIET_S, timeout_s=300)
+        runs = [r for r in self.live.runs() if r["creationTime"] >= since]
+        failed = [r for r in runs if r["status"] != "SUCCESS"]
+        assert not failed, f"{name}: failed runs {[(r['jobName'], r['tags']) for r in failed]}"
+        self.figures[name] = {"runs": len(runs), **extra}
+        return runs
+
+    def at_rest(self) -> None:
+        """Wait until the daemon's first start has published everything and launched its last run,
+        so a scenario that counts runs sees only its own, whichever tests ran before it."""
+        if "first_start" in self.figures:
+            return  # that scenario waited for it, and each later one settled its own runs
+        wait_for(lambda: len(ranked(self.live)) >= N_RANKED and consistent(self.live), 300)
+        self.live.wait_quiet(self.daemon_started, settle_s=QUIET_S, timeout_s=300)
+
+
+@contextmanager
+def deployment(tmp_path_factory, name: str) -> Iterator[Scenarios]:
+    """A fresh deployment after `make demo`: the CLI's first run, then dagster dev with its daemon."""
+    with ChatServer(ServerState()) as vlm_server:
+        root = tmp_path_factory.mktemp("live")
+        models = (
+            f'registered = ["canny", "{VLM}"]\n\n[models.{VLM}]\npreset = "vllm"\nbase_url = "{vlm_server.base_url}"\n'
+        )
+        live = LiveDagster(make_project(root / "project", models), root)
+        runner = Scenarios(live)
+        runner.models_toml = models
+        started = time.time()
+        live.cli("materialize", "--model", "canny", "--prompt", "simple")  # what `make demo` runs
+        runner.daemon_started = time.time()
+        live.start()
+        runner.figures["setup_s"] = {"seconds": round(time.time() - started, 1)}
+        try:
+            yield runner
+        finally:
+            live.stop()
+            ARTIFACTS.mkdir(exist_ok=True)
+            (ARTIFACTS / f"{name}.json").write_text(json.dumps(runner.figures, indent=1))
+            shutil.copy(live.log_path, ARTIFACTS / f"{name}-dagster-dev.log")

@@ -1,0 +1,76 @@
+"""The live pipeline at rest: mistaken and ad hoc CLI runs set nothing off, and an idle daemon
+launches nothing (see live_scenarios). A deployment of its own, so these run beside the changes."""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+import pytest
+from live_scenarios import IDLE_TICKS, consistent, deployment, ranked, wait_ticks
+
+from defake_pipeline.testing.chat_server import ChatServer, ServerState
+
+# `make test` hands each module to one worker (--dist loadscope): the scenarios share one
+# deployment and run in order.
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory):
+    with deployment(tmp_path_factory, "live_quiet") as runner:
+        yield runner
+
+
+def test_mistaken_cli_run_leaves_nothing_behind(scenarios):
+    live = scenarios.live
+    scenarios.at_rest()
+    since = time.time()
+    result = live.cli("materialize", "--model", "gpt4o", "--prompt", "simple", check=False, env={"OPENAI_API_KEY": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: model 'gpt4o' needs OPENAI_API_KEY, which is not set"]
+    offline = live.cli("materialize", "--model", "qwen2vl", check=False, env={"BASE_URL": "http://127.0.0.1:9/v1"})
+    assert offline.returncode == 2 and "cannot reach" in offline.stderr and "Traceback" not in offline.stderr
+    wait_ticks(live, since, 3)
+    runs = scenarios.settle("mistaken_cli", since)
+    assert runs == []
+    instance = dg.DagsterInstance.from_config(str(live.dagster_home))
+    assert not {"gpt4o", "qwen2vl"} & set(instance.get_dynamic_partitions("model"))
+    assert not any(m in ("gpt4o", "qwen2vl") for m, _ in ranked(live))
+    assert not list((live.defake_home / "reports").glob("gpt4o__*"))
+
+
+def test_cli_run_while_the_daemon_runs_sets_nothing_off(scenarios):
+    """A CLI run that found nothing new, and one for a model models.toml does not register, start
+    their own runs and nothing else: the ad hoc model gets no other request over ten ticks of
+    every sensor."""
+    live = scenarios.live
+    scenarios.at_rest()
+    with ChatServer(ServerState(served_model="adhoc-vlm")) as adhoc:
+        since = time.time()
+        live.cli("materialize", "--model", "canny", "--prompt", "simple")
+        live.cli("materialize", "--model", "qwen2vl", "--prompt", "simple", env={"BASE_URL": adhoc.base_url})
+        asked = adhoc.state.n_chat
+        wait_ticks(live, time.time(), IDLE_TICKS)
+        n_images = len([f for f in (live.project / "images").rglob("*") if f.is_file()])
+        assert adhoc.state.n_chat == asked == n_images  # each image once, for the one prompt asked
+    runs = [r for r in live.runs() if r["creationTime"] >= since]
+    # Each CLI run's own: manifest, the baseline or the one partition, publish. No daemon run.
+    assert sorted(r["jobName"] for r in runs) == sorted(
+        ["refresh_manifests", "evaluate_baselines", "publish", "refresh_manifests", "evaluate", "publish"]
+    ), [(r["jobName"], r["creationTime"] - since, r["tags"]) for r in runs]
+    assert all(r["tags"].get("defake/source") == "cli" for r in runs)
+    scenarios.figures["cli_while_daemon"] = {"runs": len(runs), "daemon_runs": 0, "adhoc_requests": asked}
+    assert ("qwen2vl", "simple") in ranked(live)  # what the CLI asked for is published
+    assert consistent(live)
+
+
+def test_idle_ten_ticks_launch_nothing(scenarios):
+    live = scenarios.live
+    scenarios.at_rest()
+    since = time.time()
+    ticks = wait_ticks(live, since, IDLE_TICKS)
+    runs = [r for r in live.runs() if r["creationTime"] >= since]
+    scenarios.figures["idle"] = {"runs": len(runs), "seconds": round(time.time() - since, 1), "ticks": ticks}
+    assert runs == [], [(r["jobName"], r["tags"]) for r in runs]
+    assert consistent(live)
