@@ -1,5 +1,6 @@
-"""The prediction record, declared once: the Parquet schema, the CSV columns and the data frames
-derive from it. Also the one mapping between verdict words and the seed's numeric labels.
+"""The records, declared once: a prediction (the Parquet schema, the CSV columns and the data
+frames derive from it) and a manifest row (the manifest's columns and types derive from it).
+Also the one mapping between verdict words and the seed's numeric labels.
 
 Conventions (CNNDetection's, kept by the seed's CSVs): label and pred are 1 real, 0 fake,
 -1 unknown. An error (no answer) is never a wrong answer: its verdict is ``unknown`` and its
@@ -84,6 +85,41 @@ class Prediction:
         row = {name: getattr(self, name) for name in PREDICTION_COLUMNS}
         row["turns"] = json.dumps(self.turns, ensure_ascii=False)
         return row
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One image of a dataset's manifest: where it is, how it is labelled, and what its bytes say
+    it is (``imaging.probe``)."""
+
+    dataset: str
+    """The dataset's key."""
+    path: str
+    """Absolute path of the image."""
+    rel_path: str
+    """The path below the dataset's folder, as reports show it."""
+    label: int
+    """1 real, 0 fake."""
+    subset: str | None
+    """The subset (a generator's name, say) the layout files the image under."""
+    sha256: str | None
+    """The content hash; None for a file that could not be read."""
+    size_bytes: int | None
+    mtime_ns: int | None
+    """Size and modification time: a rescan trusts an unchanged pair and reads nothing."""
+    width: int | None
+    height: int | None
+    format: str | None
+    """The format read from the content, whatever the suffix."""
+    probe_error: str | None
+    """Why the image cannot be asked about, or None."""
+    provenance: str | None
+    """Generator metadata found in the file (PNG text, EXIF software, C2PA), as JSON."""
+
+
+MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
+# pandas types of the manifest frame: a whole number that may be missing is a nullable Int64.
+MANIFEST_DTYPES = {"label": "int64"} | {f.name: "Int64" for f in fields(ManifestRow) if f.type == "int | None"}
 
 
 @dataclass(frozen=True)

@@ -16,24 +16,8 @@ import pandas as pd
 
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
 from defake_pipeline.imaging.probe import ImageProbe, probe_image
-from defake_pipeline.records import ImageJob, job_key
+from defake_pipeline.records import MANIFEST_COLUMNS, MANIFEST_DTYPES, ImageJob, job_key
 from defake_pipeline.text import is_utf8, printable
-
-MANIFEST_COLUMNS = [
-    "dataset",
-    "path",
-    "rel_path",
-    "label",
-    "subset",
-    "sha256",
-    "size_bytes",
-    "mtime_ns",
-    "width",
-    "height",
-    "format",
-    "probe_error",
-    "provenance",
-]
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
@@ -100,10 +84,7 @@ def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, prog
         rows.append(row)
         if progress:
             progress(1)
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    return frame.astype(
-        {"label": "int64", "size_bytes": "Int64", "mtime_ns": "Int64", "width": "Int64", "height": "Int64"}
-    )
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype(MANIFEST_DTYPES)
 
 
 def job_keys(manifest: pd.DataFrame) -> set[str]:

@@ -36,6 +36,11 @@ FROM_CLI = Condition.all_new_updates_have_run_tags(tag_values={"defake/source": 
 # refreshed, is asked for once they settle, not forgotten.
 HANDLED = (Condition.newly_requested() | Condition.newly_updated()).with_label("handled")
 
+# New content upstream (a data version hashes content); a CLI run's own updates set nothing off.
+NEW_INPUT_CONTENT = Condition.any_deps_match(Condition.data_version_changed() & ~FROM_CLI)
+# Nothing upstream missing or being computed, and no run of its own under way.
+INPUTS_SETTLED = ~Condition.any_deps_missing() & ~Condition.any_deps_in_progress() & ~Condition.in_progress()
+
 # A prediction partition of a registered model runs when it is new (a model or prompt was
 # registered, or an ad hoc model came to be registered), when it was missing as the daemon
 # started, or when the manifest's content changed. A manifest rematerialized with the same
@@ -45,24 +50,16 @@ PREDICTIONS_FOLLOW_MANIFEST = (
     MODEL_REGISTERED
     & (
         Condition.newly_missing()
-        | Condition.any_deps_match(Condition.data_version_changed() & ~FROM_CLI)
+        | NEW_INPUT_CONTENT
         | (Condition.missing() & (Condition.initial_evaluation() | MODEL_REGISTERED.newly_true()))
     ).since(HANDLED)
-    & ~Condition.any_deps_missing()
-    & ~Condition.any_deps_in_progress()
-    & ~Condition.in_progress()
+    & INPUTS_SETTLED
 ).with_label("new partition, or new manifest content")
 
 # Baselines follow the manifest's content in the same way; the registry sensor asks for them
 # when models.toml registers another baseline, or no longer registers one.
 BASELINES_FOLLOW_MANIFEST = (
-    (
-        Condition.any_deps_match(Condition.data_version_changed() & ~FROM_CLI)
-        | (Condition.missing() & Condition.initial_evaluation())
-    ).since(HANDLED)
-    & ~Condition.any_deps_missing()
-    & ~Condition.any_deps_in_progress()
-    & ~Condition.in_progress()
+    (NEW_INPUT_CONTENT | (Condition.missing() & Condition.initial_evaluation())).since(HANDLED) & INPUTS_SETTLED
 ).with_label("new manifest content")
 
 # The warehouse follows changed predictions (a changed manifest always reaches it through
@@ -70,9 +67,7 @@ BASELINES_FOLLOW_MANIFEST = (
 # failed, or is not evaluated yet) does not hold the others back: the gate lists it as missing.
 WAREHOUSE_FOLLOWS_INPUTS = (
     # Data versions hash content: a rerun that found nothing new does not rebuild anything.
-    Condition.any_deps_match(Condition.data_version_changed() & ~FROM_CLI)
-    .allow(dg.AssetSelection.assets("predictions", "baseline_predictions"))
-    .since_last_handled()
+    NEW_INPUT_CONTENT.allow(dg.AssetSelection.assets("predictions", "baseline_predictions")).since_last_handled()
     # A run still computing predictions holds the rebuild back; a finished backfill does not
     # wait for the backfill daemon's next pass (every 30 s) to be marked complete.
     & ~Condition.any_deps_match(Condition.run_in_progress())

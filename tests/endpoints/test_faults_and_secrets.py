@@ -289,7 +289,7 @@ def test_a_signal_to_materialize_stops_every_worker_with_one_line(slow_project, 
     stopped = chat_server.state.n_chat
     time.sleep(2)
     assert chat_server.state.n_chat == stopped, "a worker kept sending after the signal"
-    assert proc.returncode == 128 + getattr(signal, how)
+    assert proc.returncode == 128 + getattr(signal, how), err
     assert "Traceback" not in err and err.count(f"stopped by {how}") == 1, err
     assert err.strip().splitlines()[-1].startswith(f"error: stopped by {how}")
     journal = ResponseJournal(tmp_path / "out" / "cache" / "responses.sqlite")
