@@ -17,7 +17,9 @@ from defake_pipeline.warehouse.layout import HomeLayout
 @click.option(
     "-p", "--prompt", "prompts", multiple=True, help="Prompt name or path (repeatable). Default: every prompt file."
 )
-@click.option("-d", "--dataset", "datasets", multiple=True, help="Only these datasets (repeatable). Default: all.")
+@click.option(
+    "-d", "--dataset", "datasets", multiple=True, help="Refresh and evaluate only these datasets (repeatable)."
+)
 @click.option(
     "-j",
     "--parallel",
