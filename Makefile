@@ -33,7 +33,7 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 LINTED := defake_pipeline tests benchmarks decorators
 # Tests spread over worker processes (pytest-xdist), a module to a worker: each live module's
 # scenarios share one deployment and run in order. Two workers mostly wait on the live daemons.
-PARALLEL := -n 4 --dist loadscope
+PARALLEL := -n 3 --dist loadscope
 
 lint: install-dev
 	$(BIN)/ruff check $(LINTED)

@@ -1,4 +1,4 @@
-"""Cheap change detection for sensors: folder fingerprints from size + mtime, prompt registries.
+"""Cheap change detection for sensors: folder fingerprints from size + mtime.
 
 A rescan stats files and hashes nothing, so watching 100k unchanged images costs a
 directory walk (see ``make bench``). The manifest rebuild likewise reuses the probe of any
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from defake_pipeline.datasets.layouts import DatasetSpec
-from defake_pipeline.errors import DefakeError
 from defake_pipeline.imaging.probe import IMAGE_SUFFIXES
-from defake_pipeline.prompting.spec import index_prompts, load_prompt
 
 
 def _walk(folder: Path):
@@ -51,25 +48,3 @@ def dataset_fingerprint(spec: DatasetSpec) -> str:
     if spec.layout == "csv" and spec.path("csv").exists():
         digest.update(spec.path("csv").read_bytes())
     return digest.hexdigest()[:24]
-
-
-@dataclass(frozen=True)
-class PromptScan:
-    valid: dict[str, str]  # prompt key -> content hash
-    invalid: dict[str, str]  # file -> one-line error
-
-
-def scan_prompts() -> PromptScan:
-    """Every prompt file's key and content hash; invalid files are reported, never raised."""
-    valid: dict[str, str] = {}
-    invalid: dict[str, str] = {}
-    index, clashes = index_prompts()
-    invalid.update({str(path): error for path, error in clashes.items()})
-    for path in index.values():
-        try:
-            prompt = load_prompt(path)
-        except DefakeError as exc:
-            invalid[str(path)] = str(exc)
-            continue
-        valid[prompt.key] = prompt.content_hash
-    return PromptScan(valid, invalid)

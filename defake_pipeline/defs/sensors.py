@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from defake_pipeline.datasets.fingerprints import dataset_fingerprint, scan_prompts
+from defake_pipeline.datasets.fingerprints import dataset_fingerprint
 from defake_pipeline.datasets.layouts import dataset_specs
 from defake_pipeline.defs.baselines import BaselinesConfig, baseline_predictions
 from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
@@ -29,7 +29,7 @@ from defake_pipeline.defs.predictions import predictions
 from defake_pipeline.defs.reports import leaderboard, model_reports
 from defake_pipeline.endpoints.registry import get_model, registered_model_keys, registered_models
 from defake_pipeline.errors import DefakeError
-from defake_pipeline.prompting.spec import prompt_key_for
+from defake_pipeline.prompting.spec import prompt_key_for, scan_prompts
 
 # The daemon looks at its sensors every 5 s at most; the sensors ask for no longer a wait.
 SENSOR_INTERVAL_S = 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from defake_pipeline.errors import PromptError, validation_line
+from defake_pipeline.errors import DefakeError, PromptError, validation_line
 from defake_pipeline.prompting.templating import TemplateError, template_fields
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
@@ -214,3 +215,25 @@ def prompt_by_key(key: str) -> LoadedPrompt:
     if path is not None:
         return load_prompt(path)
     raise PromptError(f"no prompt file with key {key!r} under ./prompts or the project's prompts/")
+
+
+@dataclass(frozen=True)
+class PromptScan:
+    valid: dict[str, str]  # prompt key -> content hash
+    invalid: dict[str, str]  # file -> one-line error
+
+
+def scan_prompts() -> PromptScan:
+    """Every prompt file's key and content hash, for the registry sensor; invalid files are reported, never raised."""
+    valid: dict[str, str] = {}
+    invalid: dict[str, str] = {}
+    index, clashes = index_prompts()
+    invalid.update({str(path): error for path, error in clashes.items()})
+    for path in index.values():
+        try:
+            prompt = load_prompt(path)
+        except DefakeError as exc:
+            invalid[str(path)] = str(exc)
+            continue
+        valid[prompt.key] = prompt.content_hash
+    return PromptScan(valid, invalid)

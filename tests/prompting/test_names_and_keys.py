@@ -6,10 +6,9 @@ import shutil
 import pytest
 
 from conftest import REPO
-from defake_pipeline.datasets.fingerprints import scan_prompts
 from defake_pipeline.endpoints.registry import model_table
 from defake_pipeline.errors import ModelConfigError, PromptError
-from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_by_key
+from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_by_key, scan_prompts
 from defake_pipeline.text import slugify
 
 
