@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from conftest import REPO
 from defake_pipeline.defs.sensors import SENSOR_INTERVAL_S
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
@@ -133,3 +135,15 @@ def deployment(tmp_path_factory, name: str) -> Iterator[Scenarios]:
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / f"{name}.json").write_text(json.dumps(runner.figures, indent=1))
             shutil.copy(live.log_path, ARTIFACTS / f"{name}-dagster-dev.log")
+
+
+def scenarios_fixture(name: str):
+    """A live module's ``scenarios`` fixture: one deployment for the module, its figures and log
+    written to test-artifacts/<name>.*."""
+
+    @pytest.fixture(scope="module")
+    def scenarios(tmp_path_factory) -> Iterator[Scenarios]:
+        with deployment(tmp_path_factory, name) as runner:
+            yield runner
+
+    return scenarios

@@ -16,9 +16,9 @@ from live_scenarios import (
     VLM,
     Scenarios,
     consistent,
-    deployment,
     not_ranked,
     ranked,
+    scenarios_fixture,
     wait_for,
 )
 from PIL import Image
@@ -29,12 +29,7 @@ from defake_pipeline.text import slugify
 # `make test` hands each module to one worker (--dist loadscope): the scenarios share one
 # deployment and run in order.
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture(scope="module")
-def scenarios(tmp_path_factory):
-    with deployment(tmp_path_factory, "live_pipeline") as runner:
-        yield runner
+scenarios = scenarios_fixture("live_pipeline")
 
 
 def test_first_start_after_make_demo(scenarios):

@@ -7,19 +7,14 @@ import time
 
 import dagster as dg
 import pytest
-from live_scenarios import IDLE_TICKS, consistent, deployment, ranked, wait_ticks
+from live_scenarios import IDLE_TICKS, consistent, ranked, scenarios_fixture, wait_ticks
 
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
 # `make test` hands each module to one worker (--dist loadscope): the scenarios share one
 # deployment and run in order.
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture(scope="module")
-def scenarios(tmp_path_factory):
-    with deployment(tmp_path_factory, "live_quiet") as runner:
-        yield runner
+scenarios = scenarios_fixture("live_quiet")
 
 
 def test_mistaken_cli_run_leaves_nothing_behind(scenarios):
