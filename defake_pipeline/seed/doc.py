@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
@@ -12,7 +14,15 @@ import pandas as pd
 
 from defake_pipeline.endpoints.registry import model_table
 from defake_pipeline.errors import DefakeError
-from defake_pipeline.records import SEED_CSV_COLUMNS, VERDICT_OF_PRED
+from defake_pipeline.records import (
+    MANIFEST_COLUMNS,
+    MANIFEST_DTYPES,
+    SEED_CSV_COLUMNS,
+    VERDICT_OF_PRED,
+    ManifestRow,
+    Prediction,
+    predictions_frame,
+)
 from defake_pipeline.reporting.render import render_report
 from defake_pipeline.warehouse.database import create_metrics
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -49,56 +59,82 @@ def guess_experiment_setup(name: str, datasets: list[str]) -> tuple[str, str, st
     return dataset, model, prompt, count
 
 
-def _column(frame: pd.DataFrame, name: str, default) -> pd.Series:
-    """A column of a CSV that may predate it (the seed's CSVs have only path,label,pred,response)."""
-    return frame[name] if name in frame else pd.Series([default] * len(frame), index=frame.index)
+def _cell(row: dict, name: str, default):
+    """A cell of a CSV that may predate its column (the seed's CSVs have only path,label,pred,response)."""
+    value = row.get(name)
+    return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def _numeric(frame: pd.DataFrame, name: str, default: float) -> pd.Series:
-    return pd.to_numeric(_column(frame, name, default), errors="coerce").fillna(default)
+def _number(row: dict, name: str, default: float) -> float:
+    try:
+        value = float(_cell(row, name, default))
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(value) else value
 
 
-def _experiment_tables(frame: pd.DataFrame, dataset: str, model: str, prompt: str) -> duckdb.DuckDBPyConnection:
+def _records(row: dict, dataset: str, model: str, prompt: str) -> tuple[ManifestRow, Prediction]:
+    """One CSV row as the manifest row and the prediction the pipeline would have stored."""
+    # A CSV row is one prediction: the join key is the row's own (paths are unique once
+    # de-duplicated), so an image stored at k paths counts k times, not k².
+    path = str(row["path"])
+    key = hashlib.sha256(f"{path}\0{_cell(row, 'image_sha256', '')}".encode()).hexdigest()
+    absolute = str(Path(path).absolute())
+    label = int(row["label"])
+    pred = int(_number(row, "pred", -1))
+    error = _cell(row, "error", None)
+    score = _number(row, "score", math.nan)
+    manifest = ManifestRow(
+        dataset=dataset or "csv",
+        path=absolute,
+        rel_path=path,
+        label=label,
+        subset=str(_cell(row, "subset", "default")),
+        sha256=key,
+        size_bytes=None,
+        mtime_ns=None,
+        width=None,
+        height=None,
+        format=None,
+        probe_error=None,
+        provenance=None,
+    )
+    prediction = Prediction(
+        image_sha256=key,
+        path=absolute,
+        label=label,
+        verdict=VERDICT_OF_PRED.get(pred, "unknown"),
+        pred=pred,
+        score=None if math.isnan(score) else score,
+        response=str(_cell(row, "response", "")),
+        turns=[],
+        latency_s=_number(row, "latency_s", 0.0),
+        prompt_tokens=int(_number(row, "prompt_tokens", 0)),
+        completion_tokens=int(_number(row, "completion_tokens", 0)),
+        cost_usd=_number(row, "cost_usd", 0.0),
+        n_requests=0,
+        refused=str(_cell(row, "refused", False)).lower() == "true",
+        error=None if error is None else str(error),
+        model=model or "unknown",
+        model_id=str(_cell(row, "model_id", model or "unknown")),
+        prompt=prompt or "unknown",
+        prompt_hash=str(_cell(row, "prompt_hash", "–")),
+        created_at=str(_cell(row, "created_at", "")),
+    )
+    return manifest, prediction
+
+
+def _experiment_tables(
+    csv_path: Path, frame: pd.DataFrame, dataset: str, model: str, prompt: str
+) -> duckdb.DuckDBPyConnection:
     """An in-memory warehouse holding one CSV, so ``doc`` uses the pipeline's own metrics and templates."""
-    frame = frame.drop_duplicates("path", keep="last").reset_index(drop=True)
-    # A CSV row is one prediction: the join key is the row's own (paths are unique after the
-    # de-duplication above), so an image stored at k paths counts k times, not k².
-    content = _column(frame, "image_sha256", None).fillna("").astype(str)
-    key = pd.Series(
-        [hashlib.sha256(f"{p}\0{c}".encode()).hexdigest() for p, c in zip(frame["path"], content, strict=True)],
-        index=frame.index,
-    )
-    pred = _numeric(frame, "pred", -1).astype("int64")
-    error = _column(frame, "error", None)
-    manifest = pd.DataFrame(
-        {
-            "dataset": dataset or "csv",
-            "path": frame["path"].map(lambda p: str(Path(p).absolute())),
-            "rel_path": frame["path"].astype(str),
-            "label": frame["label"].astype("int64"),
-            "subset": _column(frame, "subset", "default"),
-            "sha256": key,
-        }
-    )
-    preds = pd.DataFrame(
-        {
-            "image_sha256": key,
-            "pred": pred,
-            "verdict": pred.map(VERDICT_OF_PRED),
-            "score": pd.to_numeric(_column(frame, "score", None), errors="coerce"),
-            "response": frame["response"].fillna("").astype(str),
-            "error": error.where(error.notna(), None),
-            "latency_s": _numeric(frame, "latency_s", 0.0),
-            "prompt_tokens": _numeric(frame, "prompt_tokens", 0).astype("int64"),
-            "completion_tokens": _numeric(frame, "completion_tokens", 0).astype("int64"),
-            "cost_usd": _numeric(frame, "cost_usd", 0.0),
-            "refused": _column(frame, "refused", False).astype(str).str.lower().eq("true"),
-            "model": model or "unknown",
-            "prompt": prompt or "unknown",
-            "prompt_hash": _column(frame, "prompt_hash", "–").astype(str),
-            "created_at": None,
-        }
-    )
+    rows = frame.drop_duplicates("path", keep="last").to_dict("records")
+    try:
+        records = [_records(row, dataset, model, prompt) for row in rows]
+    except (TypeError, ValueError) as exc:
+        raise DefakeError(f"{csv_path}: a label is not a number ({exc})") from None
+    manifest = pd.DataFrame([asdict(m) for m, _ in records], columns=MANIFEST_COLUMNS).astype(MANIFEST_DTYPES)
+    preds = predictions_frame([p.as_row() for _, p in records])
     con = duckdb.connect()
     con.register("manifest_frame", manifest)
     con.register("predictions_frame", preds)
@@ -123,7 +159,7 @@ def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list
         raise DefakeError(f"{csv_path}: no predictions yet (header only), nothing to document")
     name = csv_path.stem
     dataset, model, prompt, count = guess_experiment_setup(name, dataset_names)
-    with _experiment_tables(frame, dataset, model, prompt) as con:
+    with _experiment_tables(csv_path, frame, dataset, model, prompt) as con:
         metrics = con.execute("SELECT * FROM metrics").df()
         scored = con.execute("SELECT * FROM scored ORDER BY label DESC, path").df()
     markdown_path.parent.mkdir(parents=True, exist_ok=True)

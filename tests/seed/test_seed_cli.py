@@ -395,3 +395,13 @@ def test_the_console_script_ends_with_its_logs_output_and_exit_codes_intact(tmp_
     )
     usage = mllmdf(["infer", "--no-such-option"], tmp_path, env, check=False)
     assert usage.returncode == 2 and "No such option" in usage.stderr
+
+
+def test_doc_names_the_csv_whose_label_is_not_a_number(tmp_path):
+    from defake_pipeline.errors import DefakeError
+    from defake_pipeline.seed.doc import document_experiment
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label,pred,response\na.png,1,1,real\nb.png,real,0,fake\n")
+    with pytest.raises(DefakeError, match=r"bad\.csv: a label is not a number"):
+        document_experiment(bad, tmp_path / "bad.md", [])
