@@ -12,6 +12,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
+from defake_pipeline.endpoints.bounded import RefusedBodyError, bound_response_body
 from defake_pipeline.endpoints.completions import parse_completion
 from defake_pipeline.endpoints.ratelimits import RatePacer
 from defake_pipeline.endpoints.registry import ModelSpec
@@ -101,7 +102,9 @@ class ChatBackend:
             base_url=self.base_url,
             timeout=spec.timeout_s,
             max_retries=0,
-            http_client=DefaultAioHttpClient(),
+            # Redirects are not followed: a 307 would send the image, and the answers we publish
+            # under this model's name, to another server.
+            http_client=DefaultAioHttpClient(follow_redirects=False, event_hooks={"response": [bound_response_body]}),
         )
         self._model_id: str | None = spec.model
 
@@ -124,19 +127,39 @@ class ChatBackend:
         self._model_id = model_id
 
     async def served_models(self) -> list[str]:
-        """The ids ``/v1/models`` lists; a one-line FatalEndpointError when it cannot be read."""
+        """The ids ``/v1/models`` lists; a one-line FatalEndpointError when it cannot be read
+        within ``timeout_s``, whatever the server does."""
         try:
-            listing = await self.client.models.list()
+            async with asyncio.timeout(self.spec.timeout_s):
+                raw = await self.client.get("/models", cast_to=httpx2.Response)
+                listing = raw.json().get("data")
+            served = [str(m["id"]) for m in listing]
+        except TimeoutError:
+            raise FatalEndpointError(
+                f"{self.where}/models sent no complete answer within timeout_s={self.spec.timeout_s:g} s"
+            ) from None
         except openai.APIConnectionError:
             hint = " (set BASE_URL to the vLLM server)" if self.spec.backend == "self_hosted" else ""
             raise FatalEndpointError(f"cannot reach {self.where} for model {self.spec.name!r}{hint}") from None
         except openai.APIStatusError as exc:
+            self._refuse_redirect(exc.response, "/models")
             if classify_error(exc) == "fatal":
                 raise self._rejected(exc) from None
             raise FatalEndpointError(f"{self.where}/models answered HTTP {exc.status_code}") from None
-        if not listing.data:
+        except (RefusedBodyError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise FatalEndpointError(f"{self.where}/models sent no list of models ({exc})") from None
+        if not served:
             raise FatalEndpointError(f"{self.where}/models lists no served model")
-        return [m.id for m in listing.data]
+        return served
+
+    def _refuse_redirect(self, raw: httpx2.Response, path: str) -> None:
+        if raw.is_redirect:
+            to = httpx2.URL(raw.headers.get("location", ""))
+            target = f"{to.scheme}://{to.host}{f':{to.port}' if to.port else ''}" if to.host else "elsewhere"
+            raise FatalEndpointError(
+                f"{self.where}{path} answered HTTP {raw.status_code}, a redirect to {target}; requests are not "
+                "sent on to another address (set base_url to where the model is served)"
+            )
 
     def _rejected(self, exc: openai.APIStatusError) -> FatalEndpointError:
         # A rejected key fails every request the same way: stop at once instead of paying retries.
@@ -176,6 +199,9 @@ class ChatBackend:
                 self.pacer.observe(raw.headers)
         except TimeoutError:
             raise RequestTimeoutError(f"no complete answer within timeout_s={self.spec.timeout_s:g} s") from None
+        except openai.APIStatusError as exc:
+            self._refuse_redirect(exc.response, "/chat/completions")
+            raise
         latency = time.perf_counter() - started
         completion = parse_completion(raw.headers.get("content-type"), content)
         score = None

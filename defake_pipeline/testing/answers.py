@@ -22,6 +22,8 @@ FAULT_NAMES = (
     "refusal",
     "null_content",
     "no_choices",
+    "gzip_bomb",
+    "redirect",
 )
 
 
@@ -42,6 +44,10 @@ class Faults:
     rate_refusal: float = 0.0  # content null, with the model's refusal
     rate_null_content: float = 0.0  # content null, no refusal
     rate_no_choices: float = 0.0  # an empty list of choices
+    rate_gzip_bomb: float = 0.0  # a gzip body of a few MB that inflates to gzip_bomb_mb
+    rate_redirect: float = 0.0  # 307 to redirect_url, which would take the image elsewhere
+    gzip_bomb_mb: int = 2048
+    redirect_url: str = "http://127.0.0.1:9/v1/chat/completions"
     bad_usage: object = None  # when set, sent as prompt_tokens in place of the true count (hostile values)
     trickle_interval_s: float = 0.5
     retry_after_s: float = 0.05

@@ -14,6 +14,7 @@ import json
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,7 @@ class ServerState:
     uplink_bytes_per_s: float | None = None  # request bodies are read no faster than this
     api_key: str | None = None  # when set, any other bearer token gets 401
     faults: Faults = field(default_factory=Faults)
+    models_trickle_interval_s: float | None = None  # /v1/models sends one byte every this many seconds
     responder: Callable[[dict], str] = default_responder
     keep_bodies: bool = True
     # With logprobs requested, the verdict token gets this probability, its rival the rest.
@@ -161,7 +163,22 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 state.n_models += 1
             ids = state.served_models or [state.served_model]
             models = [{"id": i, "object": "model", "created": 0, "owned_by": "local"} for i in ids]
+            if state.models_trickle_interval_s is not None:
+                return self._trickle(
+                    json.dumps({"object": "list", "data": models}).encode(), state.models_trickle_interval_s
+                )
             self._send(200, {"object": "list", "data": models})
+
+        def _trickle(self, raw: bytes, interval_s: float) -> None:
+            """A valid answer, one byte at a time: each read succeeds, only an overall deadline ends it."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            for i in range(len(raw)):
+                self.wfile.write(raw[i : i + 1])
+                self.wfile.flush()
+                time.sleep(interval_s)
 
         def _read_body(self, length: int) -> bytes:
             """The request body, read no faster than the uplink carries it (when one is set)."""
@@ -268,14 +285,14 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return None
             if name == "trickle":
                 raw = json.dumps(self._completion(body or {}, length, "real")).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
+                return self._trickle(raw, f.trickle_interval_s)
+            if name == "gzip_bomb":
+                return self._gzip_bomb(f.gzip_bomb_mb)
+            if name == "redirect":
+                self.send_response(307)
+                self.send_header("Location", f.redirect_url)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
-                for i in range(len(raw)):  # each read succeeds: only an overall deadline ends this
-                    self.wfile.write(raw[i : i + 1])
-                    self.wfile.flush()
-                    time.sleep(f.trickle_interval_s)
                 return None
             if name == "bad_encoding":
                 text = state.responder(body or {})
@@ -297,6 +314,27 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             # drop: close the socket without a response
             self.close_connection = True
             self.connection.shutdown(2)
+
+        def _gzip_bomb(self, megabytes: int) -> None:
+            """A valid-looking JSON start, then zeros: megabytes once inflated, about a
+            thousandth of that on the wire, compressed as it is sent."""
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def chunk(data: bytes) -> None:
+                if data:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+            chunk(packer.compress(b'{"id": "chatcmpl-bomb", "choices": [], "pad": "'))
+            zeros = b"0" * (1 << 20)
+            for _ in range(megabytes):
+                chunk(packer.compress(zeros))
+            chunk(packer.compress(b'"}') + packer.flush())
+            self.wfile.write(b"0\r\n\r\n")
 
     return Handler
 
