@@ -12,15 +12,14 @@ The subset (usually the generator) lands in the manifest and splits the metrics.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from defake_pipeline.datasets.walk import walk_images
 from defake_pipeline.errors import DatasetError, validation_line
-from defake_pipeline.imaging.probe import is_image_candidate
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
 
@@ -115,13 +114,10 @@ def get_dataset(name: str) -> DatasetSpec:
     raise DatasetError(f"unknown dataset {name!r}; datasets/ defines: {known}")
 
 
-def _images_under(folder: Path) -> Iterator[Path]:
+def _images_under(folder: Path, notes: list[str] | None) -> list[Path]:
     # Broken and looping symlinks are kept: they become manifest rows with a probe error
     # rather than images that silently vanish.
-    for path in sorted(folder.rglob("*")):
-        hidden = any(p.startswith(".") for p in path.relative_to(folder).parts)
-        if (path.is_file() or path.is_symlink()) and is_image_candidate(path) and not hidden:
-            yield path
+    return sorted(found.path for found in walk_images(folder, notes))
 
 
 def _require_dir(spec_name: str, folder: Path) -> Path:
@@ -130,10 +126,10 @@ def _require_dir(spec_name: str, folder: Path) -> Path:
     return folder
 
 
-def _from_label_dirs(spec_name: str, real: Path, fake: Path, subset_of) -> list[LabeledImage]:
+def _from_label_dirs(spec_name: str, real: Path, fake: Path, subset_of, notes) -> list[LabeledImage]:
     out = []
     for label, folder in ((REAL, real), (FAKE, fake)):
-        for path in _images_under(_require_dir(spec_name, folder)):
+        for path in _images_under(_require_dir(spec_name, folder), notes):
             out.append(LabeledImage(path, label, subset_of(folder, path)))
     return out
 
@@ -143,19 +139,20 @@ def _first_subfolder(folder: Path, path: Path) -> str:
     return parts[0] if len(parts) > 1 else DEFAULT_SUBSET
 
 
-def list_images(spec: DatasetSpec) -> list[LabeledImage]:
-    """Every labelled image of a dataset, in a stable order."""
+def list_images(spec: DatasetSpec, notes: list[str] | None = None) -> list[LabeledImage]:
+    """Every labelled image of a dataset, in a stable order; what the walk skipped (a folder
+    reached twice, one that cannot be listed) goes to ``notes``."""
     if spec.layout == "real_fake":
         root = spec.path("root")
-        return _from_label_dirs(spec.name, root / "real", root / "fake", _first_subfolder)
+        return _from_label_dirs(spec.name, root / "real", root / "fake", _first_subfolder, notes)
     if spec.layout == "image_folders":
-        return _from_label_dirs(spec.name, spec.path("real_dir"), spec.path("fake_dir"), _first_subfolder)
+        return _from_label_dirs(spec.name, spec.path("real_dir"), spec.path("fake_dir"), _first_subfolder, notes)
     if spec.layout == "csv":
         return _from_csv(spec)
     root = _require_dir(spec.name, spec.path("root"))
     real_names, fake_names = ({"0_real"}, {"1_fake"}) if spec.layout == "generator_folders" else ({"nature"}, {"ai"})
     out = []
-    for path in _images_under(root):
+    for path in _images_under(root, notes):
         rel = path.relative_to(root).parts
         labels = [REAL for p in rel[:-1] if p in real_names] + [FAKE for p in rel[:-1] if p in fake_names]
         if labels and len(rel) > 2:
@@ -163,9 +160,19 @@ def list_images(spec: DatasetSpec) -> list[LabeledImage]:
     return out
 
 
+def require_regular_csv(spec: DatasetSpec) -> Path:
+    """The CSV of a ``csv`` dataset, which must be a regular file: a named pipe would block
+    every reader, the sensor's included."""
+    csv = spec.path("csv")
+    if csv.exists() and not csv.is_file():
+        raise DatasetError(f"{csv}: the dataset's CSV is not a regular file (a named pipe, device or folder)")
+    return csv
+
+
 def _from_csv(spec: DatasetSpec) -> list[LabeledImage]:
     import pandas as pd  # here, not at the top: listing folders (the common case) needs no pandas
 
+    require_regular_csv(spec)
     try:
         table = pd.read_csv(spec.csv, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError) as exc:

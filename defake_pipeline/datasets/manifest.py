@@ -44,12 +44,15 @@ def _rel_path(path: Path, roots: Iterable[Path]) -> str:
     return path.name
 
 
-def build_manifest(spec: DatasetSpec, previous: pd.DataFrame | None = None, progress=None) -> pd.DataFrame:
-    """Probe every image of a dataset; ``previous`` lets unchanged files skip hashing."""
+def build_manifest(
+    spec: DatasetSpec, previous: pd.DataFrame | None = None, progress=None, notes: list[str] | None = None
+) -> pd.DataFrame:
+    """Probe every image of a dataset; ``previous`` lets unchanged files skip hashing. What the
+    walk skipped goes to ``notes``."""
     reuse = _previous_probes(previous)
     roots = spec.watched_dirs()
     rows = []
-    images: list[LabeledImage] = list_images(spec)
+    images: list[LabeledImage] = list_images(spec, notes)
     for item in images:
         stat = _stat_key(item.path)
         old = reuse.get((str(item.path), *stat)) if stat else None

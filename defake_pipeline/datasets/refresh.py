@@ -25,13 +25,16 @@ class ManifestSummary:
     n_real: int
     n_fake: int
     n_probe_errors: int
+    notes: list[str]
+    """What the walk skipped: a folder reached twice (a symlink loop), one that cannot be listed."""
 
 
 def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None) -> ManifestSummary:
     """Re-scan one dataset and write its manifest, reusing probes of unchanged files."""
     target = layout.manifest_file(spec.key)
     previous = pd.read_parquet(target) if target.exists() else None
-    manifest = build_manifest(spec, previous, progress=progress)
+    notes: list[str] = []
+    manifest = build_manifest(spec, previous, progress=progress, notes=notes)
     write_parquet_atomic(manifest, target)
     return ManifestSummary(
         dataset=spec.key,
@@ -40,6 +43,7 @@ def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None) -> Ma
         n_real=int((manifest["label"] == 1).sum()),
         n_fake=int((manifest["label"] == 0).sum()),
         n_probe_errors=int(manifest["probe_error"].notna().sum()),
+        notes=notes,
     )
 
 

@@ -86,6 +86,8 @@ def image_manifest(
             continue
         summary = refresh_manifest(layout, spec)
         context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
+        for note in summary.notes:
+            context.log.warning(f"dataset {summary.dataset}: {note}")
         summaries.append(summary)
     table = "\n".join(
         f"| {s.dataset} | {s.n_images} | {s.n_real} | {s.n_fake} | {s.n_probe_errors} |" for s in summaries

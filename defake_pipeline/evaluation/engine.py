@@ -21,6 +21,7 @@ from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DefakeError, PromptError
 from defake_pipeline.evaluation.journal import AnswerKey, Claim, JournalEntry, ResponseJournal
 from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
+from defake_pipeline.imaging.probe import read_image_bytes
 from defake_pipeline.prompting.decorators import (
     DECORATOR_TIMEOUT_S,
     Decorator,
@@ -126,7 +127,7 @@ class BaselineEvaluator(Evaluator):
         entry = self.journal.get(key)
         n_requests = 0
         if entry is None:
-            reply = await run_baseline(detector, job.path.read_bytes())
+            reply = await run_baseline(detector, read_image_bytes(job.path))
             entry = JournalEntry(reply.text, extra={"score_fake": reply.score_fake})
             self.journal.put(key, entry)
             n_requests = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from defake_pipeline.imaging.encode import EncodedImage, EncodingPolicy, encode_as_is, encode_image
+from defake_pipeline.imaging.probe import read_image_bytes
 from defake_pipeline.records import ImageJob
 
 # A file up to this size that can be sent as it is is encoded on the event loop (its header
@@ -30,7 +31,7 @@ class LazyImage:
 
     def encoded(self) -> EncodedImage:
         if self._encoded is None:
-            data, self._data = self._data or self.job.path.read_bytes(), None
+            data, self._data = self._data or read_image_bytes(self.job.path), None
             self._encoded = encode_image(data, self.policy)
         return self._encoded
 
@@ -39,7 +40,7 @@ class LazyImage:
         image is encoded. The bytes read are kept for ``encoded()`` otherwise."""
         unread = self._encoded is None and self._data is None
         if unread and self.job.path.stat().st_size <= INLINE_ENCODE_MAX_BYTES:
-            self._data = self.job.path.read_bytes()
+            self._data = read_image_bytes(self.job.path)
             self._encoded = encode_as_is(self._data, self.policy)
             if self._encoded is not None:
                 self._data = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,10 @@ from PIL import Image
 # It is where Pillow raises DecompressionBombError (twice its MAX_IMAGE_PIXELS); Pillow's own
 # setting is left alone, and its warning between the two is not an error here.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
+
+# Far above any image a model API takes (OpenAI's limit is 20 MB a request); a file over it is a
+# probe error, and no read takes in more than this, whatever the file claims to be.
+MAX_IMAGE_BYTES = 100 << 20
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jfif"}
@@ -67,10 +73,41 @@ def _decode_error(path: Path, exc: Exception) -> str:
     return f"not a readable image: {exc}"
 
 
+class NotAnImageFile(Exception):
+    """A path that is not a regular file within ``MAX_IMAGE_BYTES``; its text says which."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """An image file's bytes. Only a regular file is read (a named pipe would block, and
+    ``/dev/zero`` never ends), and never more than ``MAX_IMAGE_BYTES``; else NotAnImageFile.
+    The file is opened without blocking, so a pipe swapped in after the check cannot block it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise NotAnImageFile(f"not a regular file ({kind}); only regular files are read")
+        data = handle.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise NotAnImageFile(f"over the {MAX_IMAGE_BYTES >> 20} MB limit for one image")
+    return data
+
+
 def probe_image(path: Path) -> ImageProbe:
     """Hash and inspect one file. Never raises: a bad file gives a probe with ``error`` set."""
     try:
-        data = path.read_bytes()
+        data = read_image_bytes(path)
+    except NotAnImageFile as exc:
+        return ImageProbe(sha256=None, size_bytes=None, error=str(exc))
     except OSError as exc:
         if path.is_symlink() and not path.exists():
             return ImageProbe(sha256=None, size_bytes=None, error=f"broken or looping symlink ({exc.strerror or exc})")

@@ -1,0 +1,60 @@
+"""The one walk of a dataset's folders, shared by the manifest and the sensors' fingerprints, so
+the two always see the same files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from defake_pipeline.imaging.probe import is_image_candidate
+
+
+@dataclass(frozen=True)
+class FoundImage:
+    """An image candidate below a folder, with the size and mtime a rescan compares (-1 for a
+    file that cannot be stat'ed, such as a broken symlink: it stays listed, and its probe says why)."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def walk_images(folder: Path, notes: list[str] | None = None) -> Iterator[FoundImage]:
+    """Every image candidate below ``folder``, hidden names skipped. Symlinked folders are
+    followed (a generator's images often live on another disk); a folder reached a second
+    time, as through a symlink loop, is not walked again, and ``notes`` says so."""
+    walked: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = current.stat()
+            if (st.st_dev, st.st_ino) in walked:
+                if notes is not None:
+                    notes.append(f"{current}: a folder already walked (a symlink loop or a second link to it); skipped")
+                continue
+            walked.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            if notes is not None:
+                notes.append(f"{current}: cannot be listed ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            path = Path(entry.path)
+            if is_dir:
+                stack.append(path)
+            elif is_image_candidate(path):
+                try:
+                    found = entry.stat()
+                except OSError:
+                    yield FoundImage(path, -1, -1)
+                    continue
+                yield FoundImage(path, found.st_size, found.st_mtime_ns)

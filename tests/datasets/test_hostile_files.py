@@ -1,0 +1,90 @@
+"""Files real datasets hold: named pipes, devices, huge files, symlinked folders and symlink
+loops. None may hang a scan or exhaust memory, and the manifest and the sensors' fingerprint
+always see the same files."""
+
+import os
+import resource
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from defake_pipeline.datasets.fingerprints import dataset_fingerprint
+from defake_pipeline.datasets.layouts import DatasetSpec, list_images
+from defake_pipeline.datasets.manifest import build_manifest
+from defake_pipeline.errors import DatasetError
+from defake_pipeline.imaging.probe import MAX_IMAGE_BYTES, probe_image
+
+pytestmark = pytest.mark.timeout(60)  # a hang is a failure, not a stuck suite
+
+
+def image(path, color="navy"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 12), color).save(path)
+    return path
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "data"
+    image(root / "real" / "a.png")
+    image(root / "fake" / "b.png", "olive")
+    return DatasetSpec(name="hostile", layout="real_fake", root=root)
+
+
+def errors_by_name(manifest):
+    return {os.path.basename(p): e for p, e in zip(manifest["path"], manifest["probe_error"], strict=True)}
+
+
+def test_a_named_pipe_and_devices_are_named_errors_not_reads(dataset, tmp_path):
+    fake = dataset.root / "fake"
+    os.mkfifo(tmp_path / "pipe")
+    (fake / "pipe.png").symlink_to(tmp_path / "pipe")
+    os.mkfifo(fake / "bare-pipe.png")
+    (fake / "zero.png").symlink_to("/dev/zero")
+    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    errors = errors_by_name(build_manifest(dataset))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_kb) / 1024 < 100
+    assert errors["pipe.png"].startswith("not a regular file (a named pipe)")
+    assert errors["bare-pipe.png"].startswith("not a regular file (a named pipe)")
+    assert errors["zero.png"].startswith("not a regular file (a character device)")
+    assert pd.isna(errors["a.png"]) and pd.isna(errors["b.png"])
+    dataset_fingerprint(dataset)  # the sensor's scan stats; it never opens them
+
+
+def test_a_file_over_the_size_limit_is_not_read(tmp_path):
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as handle:
+        handle.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no disk used
+    assert probe_image(huge).error == f"over the {MAX_IMAGE_BYTES >> 20} MB limit for one image"
+
+
+def test_a_csv_dataset_whose_csv_is_a_pipe_is_one_dataset_error(tmp_path):
+    os.mkfifo(tmp_path / "labels.csv")
+    spec = DatasetSpec(name="piped", layout="csv", csv=tmp_path / "labels.csv")
+    with pytest.raises(DatasetError, match=r"labels\.csv: the dataset's CSV is not a regular file"):
+        list_images(spec)
+    with pytest.raises(DatasetError, match="not a regular file"):
+        dataset_fingerprint(spec)  # the sensor logs it and goes on with the other datasets
+
+
+def test_a_symlinked_generator_folder_is_in_the_manifest_and_the_fingerprint(dataset, tmp_path):
+    other_disk = tmp_path / "otherdisk" / "sdxl"
+    image(other_disk / "s1.png", "red")
+    image(other_disk / "s2.png", "blue")
+    (dataset.root / "fake" / "sdxl").symlink_to(other_disk)
+    manifest = build_manifest(dataset)
+    assert sorted(manifest["subset"]) == ["default", "default", "sdxl", "sdxl"]
+    before = dataset_fingerprint(dataset)
+    image(other_disk / "s3.png", "green")
+    assert dataset_fingerprint(dataset) != before
+    assert len(build_manifest(dataset)) == 5
+
+
+def test_a_symlink_loop_is_named_once_and_the_rest_still_counts(dataset):
+    (dataset.root / "fake" / "loop").symlink_to(".")  # fake/loop -> fake
+    notes: list[str] = []
+    manifest = build_manifest(dataset, notes=notes)
+    assert len(manifest) == 2 and manifest["probe_error"].isna().all()
+    assert len(notes) == 1 and "already walked" in notes[0] and "loop" in notes[0]
+    assert dataset_fingerprint(dataset)
