@@ -146,7 +146,15 @@ def render_report(
     correct = scored[correct_mask].head(max_rows)
     shown = pd.concat([wrong, correct])
     thumbs = (
-        ensure_thumbnails(dict(zip(shown["sha256"], shown["path"], strict=True)), report_dir / "thumbs")
+        ensure_thumbnails(
+            # An image that could not be hashed has no thumbnail: its row shows the error.
+            {
+                sha: path
+                for sha, path in zip(shown["sha256"], shown["path"], strict=True)
+                if isinstance(sha, str) and sha
+            },
+            report_dir / "thumbs",
+        )
         if thumbnails and len(shown)
         else {}
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from defake_pipeline.imaging.probe import read_image_bytes
 from defake_pipeline.warehouse.files import atomic_path
 
 THUMB_SIDE = 96
@@ -14,7 +16,7 @@ THUMB_SIDE = 96
 
 def _make(source: Path, target: Path) -> bool:
     try:
-        with Image.open(source) as img:
+        with Image.open(io.BytesIO(read_image_bytes(source))) as img:
             img.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))  # JPEG decodes at reduced scale: much faster
             img.seek(0)
             thumb = ImageOps.exif_transpose(img).convert("RGB")
