@@ -80,7 +80,7 @@ def load_dataset_spec(file: Path) -> DatasetSpec:
     """Read one definition; relative paths are taken from the definition file's folder."""
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise DatasetError(f"{file}: invalid TOML ({exc})") from None
     raw.setdefault("name", file.stem)
     for key in ("root", "real_dir", "fake_dir", "csv"):

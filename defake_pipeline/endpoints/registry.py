@@ -101,7 +101,8 @@ def without_userinfo(url: str) -> str:
 def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # tomllib recurses: a file nested thousands deep is invalid TOML here, not a crash.
         raise ModelConfigError(f"{path}: invalid TOML ({exc})") from None
 
 

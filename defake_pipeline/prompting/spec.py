@@ -119,6 +119,15 @@ def load_prompt(path: Path | str) -> LoadedPrompt:
     """Load and validate a prompt file. Raises PromptError naming the file and the field."""
     path = Path(path)
     try:
+        return _load_prompt(path)
+    except RecursionError:
+        # Python's JSON reader, pydantic and hashing all recurse: a file nested thousands deep
+        # is refused as a whole, whichever of them meets the depth first.
+        raise PromptError(f"{path}: JSON nested too deeply to read") from None
+
+
+def _load_prompt(path: Path) -> LoadedPrompt:
+    try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PromptError(f"{path}: prompt file not found") from None

@@ -88,3 +88,12 @@ def test_a_symlink_loop_is_named_once_and_the_rest_still_counts(dataset):
     assert len(manifest) == 2 and manifest["probe_error"].isna().all()
     assert len(notes) == 1 and "already walked" in notes[0] and "loop" in notes[0]
     assert dataset_fingerprint(dataset)
+
+
+def test_a_deeply_nested_dataset_definition_is_one_dataset_error(tmp_path):
+    from defake_pipeline.datasets.layouts import load_dataset_spec
+
+    file = tmp_path / "deep.toml"
+    file.write_text("root = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DatasetError, match=r"deep\.toml: invalid TOML"):
+        load_dataset_spec(file)

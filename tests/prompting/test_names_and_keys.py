@@ -93,3 +93,15 @@ def test_model_names_keep_their_own_keys_and_a_clash_is_an_error(tmp_path, monke
     )
     with pytest.raises(ModelConfigError, match=f"'My Model' and .*'{clash}' give one partition key"):
         model_table()
+
+
+@pytest.mark.parametrize("depth", [100_000, 5_000])
+def test_a_deeply_nested_prompt_is_one_line_and_the_scan_goes_on(project, depth):
+    deep = project / "prompts" / "deep.json"
+    nested = "[" * depth + "]" * depth
+    deep.write_text('{"format_version": "3", "conversations": ' + nested + "}")
+    with pytest.raises(PromptError, match=r"deep\.json: (JSON nested too deeply to read|conversations)") as caught:
+        load_prompt(deep)
+    assert "\n" not in str(caught.value)
+    scan = scan_prompts()  # what the registry sensor reads every tick
+    assert str(deep) in scan.invalid and {"真实", "生成"} <= set(scan.valid)
