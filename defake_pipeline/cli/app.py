@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -15,6 +16,7 @@ from defake_pipeline.text import visible_controls
 from defake_pipeline.warehouse.layout import HomeLayout
 
 log = logging.getLogger("mllmdf")
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class DefakeGroup(click.Group):
@@ -30,6 +32,13 @@ class DefakeGroup(click.Group):
         except KeyboardInterrupt:
             click.echo(f"error: {RunInterrupted(signal.SIGINT)}", err=True)
             sys.exit(128 + signal.SIGINT)
+        except OSError as exc:
+            if exc.errno not in _UNWRITABLE or not exc.filename:
+                raise
+            # A read-only or someone else's DEFAKE_HOME (or DAGSTER_HOME) fails on its first write.
+            where = visible_controls(str(exc.filename))
+            click.echo(f"error: cannot write {where}: {exc.strerror}", err=True)
+            sys.exit(2)
 
 
 def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:

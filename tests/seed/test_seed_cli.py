@@ -405,3 +405,33 @@ def test_doc_names_the_csv_whose_label_is_not_a_number(tmp_path):
     bad.write_text("path,label,pred,response\na.png,1,1,real\nb.png,real,0,fake\n")
     with pytest.raises(DefakeError, match=r"bad\.csv: a label is not a number"):
         document_experiment(bad, tmp_path / "bad.md", [])
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["classify", "infer", "materialize"])
+def test_a_read_only_home_is_one_line_naming_the_folder(read_only_folder, command):
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    demo = REPO / "demo"
+    args = {
+        "classify": ["classify", str(demo / "real" / "astronaut.jpg"), "-m", "canny"],
+        "infer": ["infer", "-m", "canny", "--real_dir", str(demo / "real"), "--fake_dir", str(demo / "fake")],
+        "materialize": ["materialize", "-m", "canny"],
+    }[command]
+    env = {"DEFAKE_HOME": str(read_only_folder), "DAGSTER_HOME": str(read_only_folder / "dagster")}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write {read_only_folder}") and "Read-only file system" in last
+    assert "Traceback" not in result.output
