@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from defake_pipeline.errors import DefakeError, JournalDamagedError, JournalWriteError
+from defake_pipeline.warehouse.files import process_alive
 
 # Answers are keyed by what answered (the endpoint, without credentials, and the id it serves
 # the model under), the rendered request's hash and the image's sha256. `responses` is the
@@ -284,10 +285,4 @@ def _lease_alive(host: str, pid: int, expires_at: float) -> bool:
         return False
     if host != _HOST:
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False  # its process died holding it
-    except PermissionError:
-        pass
-    return True
+    return process_alive(pid)  # False: its process died holding it

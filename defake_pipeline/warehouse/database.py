@@ -6,7 +6,7 @@ import duckdb
 import pandas as pd
 
 from defake_pipeline.records import prediction_schema
-from defake_pipeline.warehouse.files import atomic_path
+from defake_pipeline.warehouse.files import atomic_path, remove_abandoned
 from defake_pipeline.warehouse.gate import GateThresholds, add_missing_prediction_columns, create_gate_table
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import (
@@ -40,6 +40,7 @@ def rebuild_warehouse(
     predictions = [f for f in predictions if partition_of(f) not in unreadable]
     if not manifests:
         raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
+    remove_abandoned(layout.warehouse, ".duckdb.tmp")
     with atomic_path(layout.warehouse, ".duckdb.tmp", create=False) as tmp, duckdb.connect(str(tmp)) as con:
         con.execute(
             "CREATE TABLE image_manifest AS SELECT * FROM read_parquet(?, union_by_name=true)",

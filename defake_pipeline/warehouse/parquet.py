@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from defake_pipeline.records import PREDICTION_COLUMNS, prediction_schema
 from defake_pipeline.warehouse.files import (
     atomic_path,
+    remove_abandoned,
     remove_quietly,
     temporary_beside,
 )
@@ -26,6 +27,7 @@ from defake_pipeline.warehouse.layout import HomeLayout
 
 def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> Path:
     """Write a Parquet file so that readers see the old file or the new one, never half of one."""
+    remove_abandoned(target, ".parquet.tmp")
     with atomic_path(target, ".parquet.tmp") as tmp:
         frame.to_parquet(tmp, index=False)
     return target
@@ -42,6 +44,7 @@ class PredictionWriter:
 
     def __init__(self, target: Path):
         self.target = target
+        remove_abandoned(target, ".parquet.tmp")  # what a killed run of this partition left
         self._tmp = temporary_beside(target, ".parquet.tmp")
         self._writer = pq.ParquetWriter(self._tmp, prediction_schema())
         self._batch: list[dict] = []
