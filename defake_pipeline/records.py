@@ -27,6 +27,16 @@ Verdict = Literal["real", "fake", "unknown"]
 NO_PROMPT = "-"
 PRED_OF_VERDICT: dict[str, int] = {"real": 1, "fake": 0, "unknown": -1}
 VERDICT_OF_PRED: dict[int, str] = {pred: verdict for verdict, pred in PRED_OF_VERDICT.items()}
+_LABEL_WORDS = {"1": 1, "real": 1, "0": 0, "fake": 0, "generated": 0}
+
+
+def label_from_text(value: object) -> int | None:
+    """A ground-truth label as datasets and CSVs write it: 1/0 (also 1.0/0.0, as pandas reads a
+    column with gaps), or real/fake/generated in any case; None for anything else."""
+    text = str(value).strip().lower()
+    if text in _LABEL_WORDS:
+        return _LABEL_WORDS[text]
+    return {"1.0": 1, "0.0": 0}.get(text)
 
 
 def _now() -> str:

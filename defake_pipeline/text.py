@@ -10,16 +10,25 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import urllib.parse
 
-# C0 controls but tab and newline, DEL, and C1 controls (0x9b is a one-byte CSI).
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 controls but tab and newline, DEL, and C1 controls (0x9b is a one-byte CSI); and the
+# invisible format characters that reorder or hide text: bidirectional embeddings, overrides
+# and isolates (a name can read backwards), zero-width spaces and joiners, the BOM.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 # Markdown punctuation that can start a link, an image, emphasis, code or a table cell.
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 
 def visible_controls(text: str) -> str:
-    """``text`` with control characters shown as ``\\xNN`` (a terminal acts on none of them)."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` with control and invisible format characters shown as ``\\xNN`` or ``\\uNNNN``
+    (a terminal acts on none of them, and a reader sees they are there)."""
+    return _CONTROLS.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def markdown_cell(text: str) -> str:
@@ -31,14 +40,20 @@ def markdown_cell(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
 
 
+# "|" too: inside a table row it would end the cell, even within the angle brackets.
+_LINK_ESCAPES = (("%", "%25"), ("\\", "%5C"), ("<", "%3C"), (">", "%3E"), ("\n", "%0A"), ("\r", "%0D"), ("|", "%7C"))
+
+
 def markdown_link_target(target: str) -> str:
     """A link destination in angle brackets that survives spaces, parentheses, and any of
-    ``<``, ``>``, ``\\`` or a line break in a file name (percent-encoded)."""
+    ``<``, ``>``, ``\\``, ``|`` or a line break in a file name (percent-encoded)."""
     if target.startswith("data:"):
         return f"<{target}>"
-    for char, code in (("%", "%25"), ("\\", "%5C"), ("<", "%3C"), (">", "%3E"), ("\n", "%0A"), ("\r", "%0D")):
+    for char, code in _LINK_ESCAPES:
         target = target.replace(char, code)
-    return f"<{target}>"
+    # Controls and invisible characters, percent-encoded: the path still resolves, and the raw
+    # markdown cannot be reordered by a right-to-left override.
+    return "<" + _CONTROLS.sub(lambda m: urllib.parse.quote(m.group()), target) + ">"
 
 
 def markdown_code(text: str) -> str:

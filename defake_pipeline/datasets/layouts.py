@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from defake_pipeline.datasets.walk import walk_images
 from defake_pipeline.errors import DatasetError, validation_line
+from defake_pipeline.records import label_from_text
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.text import slugify
 
@@ -27,7 +28,6 @@ Layout = Literal["real_fake", "image_folders", "generator_folders", "genimage", 
 REAL, FAKE = 1, 0
 # Images outside any generator subfolder; "all" is reserved for the whole-dataset metrics row.
 DEFAULT_SUBSET = "default"
-_LABEL_WORDS = {"1": REAL, "real": REAL, "0": FAKE, "fake": FAKE, "generated": FAKE}
 
 
 class DatasetSpec(BaseModel):
@@ -182,7 +182,7 @@ def _from_csv(spec: DatasetSpec) -> list[LabeledImage]:
             raise DatasetError(f"{spec.csv}: missing column {column!r} (expected path,label[,subset])")
     out = []
     for line, row in enumerate(table.itertuples(index=False), start=2):
-        label = _LABEL_WORDS.get(str(row.label).strip().lower())
+        label = label_from_text(row.label)
         if label is None:
             raise DatasetError(f"{spec.csv}:{line}: label {row.label!r} is not real/fake/1/0")
         subset = getattr(row, "subset", "") or DEFAULT_SUBSET

@@ -21,6 +21,7 @@ from defake_pipeline.records import (
     VERDICT_OF_PRED,
     ManifestRow,
     Prediction,
+    label_from_text,
     predictions_frame,
 )
 from defake_pipeline.reporting.render import render_report
@@ -80,7 +81,9 @@ def _records(row: dict, dataset: str, model: str, prompt: str) -> tuple[Manifest
     path = str(row["path"])
     key = hashlib.sha256(f"{path}\0{_cell(row, 'image_sha256', '')}".encode()).hexdigest()
     absolute = str(Path(path).absolute())
-    label = int(row["label"])
+    label = label_from_text(row["label"])
+    if label is None:
+        raise ValueError(f"label {row['label']!r} is not real/fake/1/0 (row of {path})")
     pred = int(_number(row, "pred", -1))
     error = _cell(row, "error", None)
     score = _number(row, "score", math.nan)
@@ -132,7 +135,7 @@ def _experiment_tables(
     try:
         records = [_records(row, dataset, model, prompt) for row in rows]
     except (TypeError, ValueError) as exc:
-        raise DefakeError(f"{csv_path}: a label is not a number ({exc})") from None
+        raise DefakeError(f"{csv_path}: {exc}") from None
     manifest = pd.DataFrame([asdict(m) for m, _ in records], columns=MANIFEST_COLUMNS).astype(MANIFEST_DTYPES)
     preds = predictions_frame([p.as_row() for _, p in records])
     con = duckdb.connect()

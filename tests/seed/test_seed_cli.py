@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,14 +398,13 @@ def test_the_console_script_ends_with_its_logs_output_and_exit_codes_intact(tmp_
     assert usage.returncode == 2 and "No such option" in usage.stderr
 
 
-def test_doc_names_the_csv_whose_label_is_not_a_number(tmp_path):
-    from defake_pipeline.errors import DefakeError
-    from defake_pipeline.seed.doc import document_experiment
-
-    bad = tmp_path / "bad.csv"
-    bad.write_text("path,label,pred,response\na.png,1,1,real\nb.png,real,0,fake\n")
-    with pytest.raises(DefakeError, match=r"bad\.csv: a label is not a number"):
-        document_experiment(bad, tmp_path / "bad.md", [])
+def test_doc_reads_word_labels_and_skips_a_csv_with_unknown_ones_in_one_line(tmp_path):
+    (tmp_path / "words.csv").write_text("path,label,pred,response\na.png,real,1,real\nb.png,Fake,0,fake\n")
+    (tmp_path / "bad.csv").write_text("path,label,pred,response\na.png,maybe,1,real\n")
+    out = mllmdf(["doc", "all"], tmp_path, {"DEFAKE_HOME": str(tmp_path)})
+    assert "words.md: accuracy 100.000% on 2 images" in out.stdout
+    assert out.stderr.count("\n") == 1 and "bad.csv: label 'maybe' is not real/fake/1/0" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 @pytest.fixture
@@ -435,3 +435,23 @@ def test_a_read_only_home_is_one_line_naming_the_folder(read_only_folder, comman
     last = result.output.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot write {read_only_folder}") and "Read-only file system" in last
     assert "Traceback" not in result.output
+
+
+def test_csv_names_pipes_and_invisible_characters_are_shown_as_text(tmp_path):
+    """A CSV's own name is escaped in its report; a "|" in an image's name keeps its row whole
+    in GitHub's renderer (which splits cells at any unescaped pipe); right-to-left overrides
+    and zero-width characters are shown as escapes, in reports and on the terminal."""
+    name = "x<img src=x onerror=alert(1)>"
+    (tmp_path / f"{name}.csv").write_text(
+        "path,label,pred,response\ndemo/a|b.png,1,1,real\ndemo/evil\u202egnp.exe,0,0,generated \u200bhidden\n"
+    )
+    out = mllmdf(["doc", "all"], tmp_path, {"DEFAKE_HOME": str(tmp_path)})
+    report = (tmp_path / f"{name}.md").read_text()
+    parts = _rendered(report)
+    assert "img" not in parts.tags
+    # Every "|" left unescaped in the image row is a cell border: 7 for 6 cells.
+    row = next(line for line in report.splitlines() if "a%7Cb.png" in line or "a|b.png" in line)
+    assert len(re.findall(r"(?<!\\)\|", row)) == 7, row
+    assert "\u202e" not in report and "\u200b" not in report
+    assert "evil\\\\u202egnp.exe" in report and "\\\\u200bhidden" in report  # backslash escaped in markdown
+    assert "\u202e" not in out.stdout + out.stderr
