@@ -15,7 +15,7 @@ import time
 import dagster as dg
 
 from defake_pipeline.defs.baselines import BaselinesConfig
-from defake_pipeline.defs.manifests import DatasetSelection
+from defake_pipeline.defs.manifests import DatasetSelection, ManifestConfig
 from defake_pipeline.defs.partitions import partition_key, register_partitions
 from defake_pipeline.endpoints.registry import model_by_key
 from defake_pipeline.errors import DefakeError, RunInterrupted
@@ -76,6 +76,7 @@ def materialize_evaluation(
     resources: dict | None = None,
     datasets: list[str] | None = None,
     max_parallel: int = 1,
+    rehash: bool = False,
 ) -> list[dg.ExecuteInProcessResult]:
     """Manifest, then the baselines among ``models`` (once: they read no prompt) and every other
     model × prompt partition, then the warehouse, reports and leaderboard.
@@ -88,7 +89,8 @@ def materialize_evaluation(
     models = [m for m in models if m not in baselines]
     register_partitions(instance, models, prompts if models else [])
     keys = [partition_key(m, p) for m in models for p in prompts]
-    results = [_execute("refresh_manifests", instance, resources, datasets=datasets)]
+    rescan = ManifestConfig(datasets=list(datasets or []), rehash=rehash)
+    results = [_execute("refresh_manifests", instance, resources, config=rescan)]
     if baselines:
         chosen = BaselinesConfig(models=baselines, datasets=list(datasets or []))
         results.append(_execute("evaluate_baselines", instance, resources, config=chosen))

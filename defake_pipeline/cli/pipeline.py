@@ -28,7 +28,15 @@ from defake_pipeline.warehouse.layout import HomeLayout
     show_default=True,
     help="Prediction partitions run at once, each in its own process.",
 )
-def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...], parallel: int) -> None:
+@click.option(
+    "--rehash",
+    is_flag=True,
+    help="Hash every image again: a rescan trusts an unchanged size and modification time, "
+    "so a file replaced by another of the same size and timestamp is found only this way.",
+)
+def materialize(
+    models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...], parallel: int, rehash: bool
+) -> None:
     """Materialize the asset graph for the chosen model × prompt partitions on the local Dagster instance.
 
     A model not registered in models.toml is first checked (key set, endpoint answering);
@@ -66,7 +74,9 @@ def materialize(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tup
         click.echo(
             f"materializing {len(baselines)} baseline(s), which read no prompt: {', '.join(baselines)}", err=True
         )
-    materialize_evaluation(local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel)
+    materialize_evaluation(
+        local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel, rehash=rehash
+    )
     layout = HomeLayout()
     click.echo(layout.leaderboard_file.read_text(encoding="utf-8"))
     pairs = [(m, p) for m in chat for p in prompt_keys] + [(b, NO_PROMPT) for b in baselines]

@@ -29,10 +29,11 @@ class ManifestSummary:
     """What the walk skipped: a folder reached twice (a symlink loop), one that cannot be listed."""
 
 
-def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None) -> ManifestSummary:
-    """Re-scan one dataset and write its manifest, reusing probes of unchanged files."""
+def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None, rehash: bool = False) -> ManifestSummary:
+    """Re-scan one dataset and write its manifest, reusing probes of files whose size and mtime
+    are unchanged, unless ``rehash``."""
     target = layout.manifest_file(spec.key)
-    previous = pd.read_parquet(target) if target.exists() else None
+    previous = pd.read_parquet(target) if target.exists() and not rehash else None
     notes: list[str] = []
     manifest = build_manifest(spec, previous, progress=progress, notes=notes)
     write_parquet_atomic(manifest, target)

@@ -34,6 +34,15 @@ class DatasetSelection(dg.Config):
     datasets: list[str] = []
 
 
+class ManifestConfig(DatasetSelection):
+    """Which datasets to rescan, and whether to hash every file again."""
+
+    rehash: bool = False
+    """Hash every file, even one whose size and modification time are unchanged: a rescan
+    trusts that pair, so a file replaced by another of the same size and timestamp (a copy
+    that kept its times, a restored backup) is found only this way."""
+
+
 def _examples(items) -> dg.MetadataValue:
     lines = [f"- `{a}`" + (f": {b}" if b else "") for a, b in list(items)[:_LISTED]]
     return dg.MetadataValue.md("\n".join(lines) or "none")
@@ -72,7 +81,7 @@ def manifest_checks(manifest) -> list[dg.AssetCheckResult]:
 
 @dg.asset(group_name="evaluation", kinds={"parquet"}, check_specs=_CHECKS)
 def image_manifest(
-    context: dg.AssetExecutionContext, config: DatasetSelection, store: DefakeHomeFolder
+    context: dg.AssetExecutionContext, config: ManifestConfig, store: DefakeHomeFolder
 ) -> dg.MaterializeResult:
     """One row per image of every dataset: label, subset, sha256, real format, size, probe error, provenance."""
     layout = store.layout()
@@ -84,7 +93,7 @@ def image_manifest(
     for spec in specs:
         if config.datasets and spec.key not in config.datasets:
             continue
-        summary = refresh_manifest(layout, spec)
+        summary = refresh_manifest(layout, spec, rehash=config.rehash)
         context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
         for note in summary.notes:
             context.log.warning(f"dataset {summary.dataset}: {note}")

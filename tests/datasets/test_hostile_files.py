@@ -97,3 +97,33 @@ def test_a_deeply_nested_dataset_definition_is_one_dataset_error(tmp_path):
     file.write_text("root = " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(DatasetError, match=r"deep\.toml: invalid TOML"):
         load_dataset_spec(file)
+
+
+def test_a_same_size_same_time_replacement_is_found_by_rehash(defake_home, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    root = tmp_path / "swap"
+    for label in ("real", "fake"):
+        for i in range(3):
+            image(root / label / f"{i}.png", (i * 60, 40 if label == "real" else 200, 10))
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "swap.toml").write_text('layout = "real_fake"\nroot = "../swap"\n')
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    args = ["materialize", "-m", "canny", "-d", "swap"]
+    assert CliRunner().invoke(main, args, env=env).exit_code == 0
+    target = root / "fake" / "0.png"
+    before = target.stat()
+    image(tmp_path / "other.png", (7, 7, 7)).replace(target)
+    assert target.stat().st_size == before.st_size  # same pixels size, same encoder: same length
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    manifest = HomeLayout(defake_home).manifest_file("swap")
+    old_sha = set(pd.read_parquet(manifest)["sha256"])
+    assert CliRunner().invoke(main, args, env=env).exit_code == 0
+    assert set(pd.read_parquet(manifest)["sha256"]) == old_sha  # what size + mtime cannot see
+    result = CliRunner().invoke(main, [*args, "--rehash"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(set(pd.read_parquet(manifest)["sha256"]) - old_sha) == 1
