@@ -28,9 +28,11 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     from defake_pipeline.prompting.spec import find_prompt, load_prompt
 
     spec, loaded = endpoint_spec(model), load_prompt(find_prompt(prompt))
+    layout = HomeLayout()
+    setup_logging(layout, "", verbose)  # standard output is the verdict: the rest goes to the log
     preds: list = []
     image_job = probed_jobs([LabeledImage(Path(image).absolute(), -1, "default")])
-    run_evaluation(HomeLayout(), spec, loaded, image_job, preds.append, api_key=load_settings().api_key)
+    run_evaluation(layout, spec, loaded, image_job, preds.append, api_key=load_settings().api_key)
     [pred] = preds
     if verbose:
         print_turns(pred)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import sys
 import threading
 from collections.abc import Callable
@@ -91,6 +92,49 @@ class DecoratorTimeoutError(TimeoutError):
     """A decorator gave no result within its deadline (the image fails, the run goes on)."""
 
 
+class DecoratorExitError(RuntimeError):
+    """A decorator called ``sys.exit``: that image fails, the run goes on."""
+
+
+log = logging.getLogger("mllmdf.decorators")
+_calling = threading.local()  # .name: the decorator this thread is running, if any
+
+
+class _DecoratorStdout:
+    """``sys.stdout`` while decorators run: what a decorator prints goes to the log, since a
+    command's standard output is its result (``classify`` prints the verdict there); every
+    other thread writes through as before."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, text: str) -> int:
+        name = getattr(_calling, "name", None)
+        if name is None:
+            return self.real.write(text)
+        if text.strip():
+            log.info("decorator %s printed: %s", name, text.rstrip())
+        return len(text)
+
+    def __getattr__(self, attr):
+        return getattr(self.real, attr)
+
+
+_routing = threading.Lock()
+_n_calls = 0
+
+
+def _route_stdout(delta: int) -> None:
+    """Route stdout through ``_DecoratorStdout`` while any decorator call runs."""
+    global _n_calls
+    with _routing:
+        _n_calls += delta
+        if _n_calls > 0 and not isinstance(sys.stdout, _DecoratorStdout):
+            sys.stdout = _DecoratorStdout(sys.stdout)
+        elif _n_calls == 0 and isinstance(sys.stdout, _DecoratorStdout):
+            sys.stdout = sys.stdout.real
+
+
 async def call_decorator(func: Decorator, cache: dict, name: str, timeout_s: float = DECORATOR_TIMEOUT_S) -> None:
     """Run one decorator on a daemon thread: the event loop keeps serving other images, and a
     call past ``timeout_s`` is abandoned (its thread cannot hold the process open)."""
@@ -102,12 +146,19 @@ async def call_decorator(func: Decorator, cache: dict, name: str, timeout_s: flo
             done.set_result(None) if exc is None else done.set_exception(exc)
 
     def target() -> None:
+        _calling.name = name
+        _route_stdout(+1)
         try:
             func(cache)
+        except SystemExit as exc:
+            outcome: BaseException | None = DecoratorExitError(f"decorator {name!r} called sys.exit({exc.code!r})")
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            outcome: BaseException | None = exc
+            outcome = exc
         else:
             outcome = None
+        finally:
+            _calling.name = None
+            _route_stdout(-1)
         try:
             loop.call_soon_threadsafe(settle, outcome)
         except RuntimeError:  # the loop closed while an abandoned call was still running

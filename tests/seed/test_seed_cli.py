@@ -1,6 +1,7 @@
 """Seed parity: the original tool's commands, run through the installed mllmdf script."""
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -455,3 +456,47 @@ def test_csv_names_pipes_and_invisible_characters_are_shown_as_text(tmp_path):
     assert "\u202e" not in report and "\u200b" not in report
     assert "evil\\\\u202egnp.exe" in report and "\\\\u200bhidden" in report  # backslash escaped in markdown
     assert "\u202e" not in out.stdout + out.stderr
+
+
+DECORATORS = """
+import sys
+
+
+def talk(cache):
+    print("DECORATOR-NOISE on stdout")
+    cache["note"] = "seen"
+
+
+def leave(cache):
+    sys.exit(3)
+"""
+
+
+def _decorated_prompt(tmp_path, name, decorator):
+    payload = [["user", "Real or generated? Answer with one word.", "{image_url}"]]
+    conversation = {"id": "c", "decorators": [decorator], "payload": payload, "response_var_name": "result"}
+    (tmp_path / "prompts" / f"{name}.json").write_text(
+        json.dumps({"format_version": "3", "name": name, "conversations": [conversation]})
+    )
+
+
+def test_decorator_prints_go_to_the_log_and_sys_exit_fails_only_its_image(tmp_path, chat_server):
+    (tmp_path / "decorators").mkdir()
+    (tmp_path / "decorators" / "odd.py").write_text(DECORATORS)
+    (tmp_path / "prompts").mkdir()
+    _decorated_prompt(tmp_path, "noisy", "odd.talk")
+    _decorated_prompt(tmp_path, "leaving", "odd.leave")
+    env = {"BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path / "home")}
+    image = str(REPO / "demo" / "real" / "coffee.jpg")
+    out = mllmdf(["classify", image, "--model", "vllm", "--prompt", "noisy"], tmp_path, env)
+    assert out.stdout.strip() in ("real", "generated", "fake", "unknown"), out.stdout
+    assert "DECORATOR-NOISE" not in out.stdout + out.stderr
+    assert (
+        "decorator odd.talk printed: DECORATOR-NOISE on stdout" in (tmp_path / "home" / "logs" / "main.log").read_text()
+    )
+    demo = REPO / "demo"
+    args = ["infer", "-m", "vllm", "-p", "leaving", "--real_dir", str(demo / "real"), "--fake_dir", str(demo / "fake")]
+    out = mllmdf([*args, "-c", "3", "-o", "left"], tmp_path, env, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader((tmp_path / "home" / "left.csv").open()))
+    assert len(rows) == 6 and all("decorator 'odd.leave' called sys.exit(3)" in r["error"] for r in rows)
