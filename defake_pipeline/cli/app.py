@@ -6,6 +6,8 @@ import errno
 import logging
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -39,6 +41,21 @@ class DefakeGroup(click.Group):
             where = visible_controls(str(exc.filename))
             click.echo(f"error: cannot write {where}: {exc.strerror}", err=True)
             sys.exit(2)
+
+
+@contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM ends the block as RunInterrupted, so the command says in one line what was kept
+    (as Ctrl-C does), instead of vanishing without a word."""
+
+    def interrupt(signum, _frame):
+        raise RunInterrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from defake_pipeline.cli.app import endpoint_spec, log, main, print_turns, setup_logging
+from defake_pipeline.cli.app import endpoint_spec, log, main, print_turns, setup_logging, stopped_by_sigterm
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.settings import load_settings
 from defake_pipeline.text import visible_controls
@@ -32,7 +32,8 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     setup_logging(layout, "", verbose)  # standard output is the verdict: the rest goes to the log
     preds: list = []
     image_job = probed_jobs([LabeledImage(Path(image).absolute(), -1, "default")])
-    run_evaluation(layout, spec, loaded, image_job, preds.append, api_key=load_settings().api_key)
+    with stopped_by_sigterm():
+        run_evaluation(layout, spec, loaded, image_job, preds.append, api_key=load_settings().api_key)
     [pred] = preds
     if verbose:
         print_turns(pred)
@@ -133,7 +134,10 @@ def infer(
     log.info("infer %s × %s on %s: %d images → %s", spec.name, loaded.key, ds.name, len(images), target)
     click.echo(f"{len(images)} images ({sum(i.label == 1 for i in images)} real) → {target}", err=True)
     running = Tally()
-    with tqdm(total=len(images), desc=f"{spec.name} × {loaded.key}", unit="img", file=sys.stderr) as bar:
+    with (
+        stopped_by_sigterm(),
+        tqdm(total=len(images), desc=f"{spec.name} × {loaded.key}", unit="img", file=sys.stderr) as bar,
+    ):
 
         def on_result(pred) -> None:
             running.add(pred)

@@ -5,8 +5,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -460,6 +462,7 @@ def test_csv_names_pipes_and_invisible_characters_are_shown_as_text(tmp_path):
 
 DECORATORS = """
 import sys
+import time
 
 
 def talk(cache):
@@ -500,3 +503,25 @@ def test_decorator_prints_go_to_the_log_and_sys_exit_fails_only_its_image(tmp_pa
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader((tmp_path / "home" / "left.csv").open()))
     assert len(rows) == 6 and all("decorator 'odd.leave' called sys.exit(3)" in r["error"] for r in rows)
+
+
+def test_sigterm_to_infer_is_one_line_and_keeps_what_was_answered(tmp_path, chat_server):
+    chat_server.state.latency_s = 0.3
+    demo = REPO / "demo"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DEFAKE_HOME", "OPENAI_API_KEY", "BASE_URL", "OPENAI_BASE_URL")
+    }
+    env.update(BASE_URL=chat_server.base_url, DEFAKE_HOME=str(tmp_path / "home"))
+    args = ["infer", "-m", "vllm", "--real_dir", str(demo / "real"), "--fake_dir", str(demo / "fake")]
+    proc = subprocess.Popen(
+        [MLLMDF, *args, "--concurrency", "1", "-o", "run"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while chat_server.state.n_ok < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; every answer received is in the journal")
+    rows = list(csv.DictReader((tmp_path / "home" / "run.csv").open()))
+    assert len(rows) >= 3 and "Traceback" not in err
