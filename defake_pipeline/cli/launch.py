@@ -14,6 +14,7 @@ import time
 
 import dagster as dg
 
+from defake_pipeline.cli.bars import PartitionBars
 from defake_pipeline.defs.baselines import BaselinesConfig
 from defake_pipeline.defs.manifests import DatasetSelection, ManifestConfig
 from defake_pipeline.defs.partitions import partition_key, register_partitions
@@ -81,9 +82,10 @@ def materialize_evaluation(
     """Manifest, then the baselines among ``models`` (once: they read no prompt) and every other
     model × prompt partition, then the warehouse, reports and leaderboard.
 
-    Each step is its own run of a named job, so all of them appear in the UI's run list. With
-    ``max_parallel`` > 1 on a persistent instance, prediction partitions run in that many
-    processes at once (they share only the journal, which takes concurrent writers).
+    Each step is its own run of a named job, so all of them appear in the UI's run list. On a
+    persistent instance, prediction partitions run in worker processes, ``max_parallel`` at once
+    (they share only the journal, which takes concurrent writers); their progress shows as one
+    bar per partition on a terminal.
     """
     baselines = [m for m in models if model_by_key(m).backend == "baseline"]
     models = [m for m in models if m not in baselines]
@@ -94,7 +96,7 @@ def materialize_evaluation(
     if baselines:
         chosen = BaselinesConfig(models=baselines, datasets=list(datasets or []))
         results.append(_execute("evaluate_baselines", instance, resources, config=chosen))
-    if max_parallel > 1 and len(keys) > 1 and not instance.is_ephemeral and not resources:
+    if keys and not instance.is_ephemeral and not resources:
         _run_partitions_in_processes(keys, datasets or [], max_parallel)
     else:
         results += [_execute("evaluate", instance, resources, k, datasets, _partition_tags(k)) for k in keys]
@@ -120,8 +122,9 @@ class _Worker:
     """A partition evaluated in a child process of its own session: the terminal's Ctrl-C
     reaches only the parent, which relays the worker's log lines until it stops it."""
 
-    def __init__(self, key: str, datasets: list[str]):
+    def __init__(self, key: str, datasets: list[str], bars: PartitionBars):
         self.key = key
+        self.bars = bars
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "defake_pipeline.cli.launch", key, *datasets],
             stdin=subprocess.DEVNULL,
@@ -140,7 +143,7 @@ class _Worker:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if self.relaying:
-                sys.stderr.write(line)
+                self.bars.relay(line)
                 self.last_line = line.strip() or self.last_line
 
     def finish(self) -> str | None:
@@ -169,6 +172,7 @@ def _run_partitions_in_processes(keys: list[dg.MultiPartitionKey], datasets: lis
     once the others finish; SIGTERM or SIGINT to this process stops every worker at once."""
     todo, failures = [str(k) for k in keys], []
     running: list[_Worker] = []
+    bars = PartitionBars()
 
     def interrupt(signum, _frame):
         raise RunInterrupted(signum, f" ({len(running)} running partition workers stopped)")
@@ -177,7 +181,7 @@ def _run_partitions_in_processes(keys: list[dg.MultiPartitionKey], datasets: lis
     try:
         while todo or running:
             while todo and len(running) < max_parallel:
-                running.append(_Worker(todo.pop(0), datasets))
+                running.append(_Worker(todo.pop(0), datasets, bars))
             done = next((w for w in running if w.proc.poll() is not None), None)
             if done is None:
                 time.sleep(0.05)
@@ -197,6 +201,7 @@ def _run_partitions_in_processes(keys: list[dg.MultiPartitionKey], datasets: lis
                 worker.proc.kill()
         raise
     finally:
+        bars.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     if failures:

@@ -35,7 +35,9 @@ def baseline_predictions(
     keys = config.models or [spec.key for spec in registered_baselines()]
     files, metadata = [], {}
     for key in keys:
-        summary = evaluate_partition(layout, model_by_key(key), None, datasets=config.datasets)
+        summary = evaluate_partition(
+            layout, model_by_key(key), None, datasets=config.datasets, on_progress=context.log.info
+        )
         context.log.info(f"{key}: {summary.n_images} images, {summary.n_cached} from the journal")
         files.append(layout.predictions_file(key, NO_PROMPT))
         metadata[f"{key}/n_images"] = summary.n_images

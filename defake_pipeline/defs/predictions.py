@@ -86,7 +86,13 @@ def predictions(
         spec = endpoint.spec(model_by_key(model))
         prompt = prompt_by_key(prompt_key)
         summary = evaluate_partition(
-            layout, spec, prompt, api_key=endpoint.key(), datasets=config.datasets, max_cost_usd=config.max_cost_usd
+            layout,
+            spec,
+            prompt,
+            api_key=endpoint.key(),
+            datasets=config.datasets,
+            max_cost_usd=config.max_cost_usd,
+            on_progress=context.log.info,
         )
         context.log.info(
             f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "

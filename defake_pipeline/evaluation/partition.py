@@ -13,6 +13,7 @@ from defake_pipeline.datasets.manifest import (
     jobs_from_manifest,
 )
 from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.evaluation.progress import ProgressLines
 from defake_pipeline.evaluation.run import run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
@@ -48,9 +49,11 @@ def evaluate_partition(
     datasets: list[str] | None = None,
     max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> PartitionSummary:
     """Evaluate manifest images with one model × prompt and write the partition's Parquet file
-    (a baseline's, under ``NO_PROMPT``, whatever the prompt).
+    (a baseline's, under ``NO_PROMPT``, whatever the prompt). ``on_progress`` gets a line at
+    least every 10 s and every 5% of the images (see ``progress.py``).
 
     With ``datasets``, only their images are evaluated; the partition keeps its earlier rows
     for images of other datasets that are still in the manifest.
@@ -68,12 +71,15 @@ def evaluate_partition(
     chosen = manifest[manifest["dataset"].isin(datasets)] if datasets else manifest
     summary = PartitionSummary(model=spec.key, prompt=prompt_key, path=target, note=summary_note)
     writer = PredictionWriter(target)
+    progress = ProgressLines(f"{spec.key}|{prompt_key}", len(job_keys(chosen)))
 
     def record(pred: Prediction) -> None:
         writer.add(pred.as_row())
         summary.add(pred)
         if on_result:
             on_result(pred)
+        if on_progress and (line := progress.add(pred)):
+            on_progress(line)
 
     try:
         jobs = jobs_from_manifest(chosen)
