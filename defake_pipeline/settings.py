@@ -22,9 +22,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     DEFAKE_HOME: Path = Path("outputs")
-    """Everything the pipeline writes: manifests, predictions, the journal, the warehouse, reports."""
+    """Everything the pipeline writes: manifests, predictions, the journal, the warehouse, reports
+    (default: ``outputs/`` in the project's root, see ``project_root``)."""
     DAGSTER_HOME: Path = Path(".dagster_home")
-    """The Dagster instance the CLI runs on."""
+    """The Dagster instance the CLI runs on (default: ``.dagster_home/`` in the project's root)."""
     OPENAI_API_KEY: SecretStr | None = None
     """The Bearer key for OpenAI presets (and any endpoint that asks for one)."""
     BASE_URL: str | None = None
@@ -39,10 +40,44 @@ class Settings(BaseModel):
         return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY else None
 
 
+# What makes a folder a project's root: any of these in it.
+PROJECT_MARKERS = ("models.toml", "datasets", "prompts")
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """The project the working directory is in: the nearest folder, from here up, that holds
+    ``models.toml``, ``datasets/`` or ``prompts/`` (as git finds its repository); None outside any."""
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder
+    return None
+
+
 def load_settings() -> Settings:
     """The environment as it is now (read afresh: cheap, and tests change it), validated by
-    pydantic. An empty variable counts as unset (DEFAKE_HOME= must not mean the current folder)."""
-    return Settings.model_validate({name: value for name in Settings.model_fields if (value := os.environ.get(name))})
+    pydantic. An empty variable counts as unset (DEFAKE_HOME= must not mean the current folder).
+    Unset homes are the project root's ``outputs/`` and ``.dagster_home/``, wherever in the
+    project a command runs; outside any project, the working directory's."""
+    values = {name: value for name in Settings.model_fields if (value := os.environ.get(name))}
+    base = project_root() or Path.cwd()
+    for name in ("DEFAKE_HOME", "DAGSTER_HOME"):
+        values.setdefault(name, base / Settings.model_fields[name].default)
+    return Settings.model_validate(values)
+
+
+def homes_notice() -> str | None:
+    """What a command run outside any project would create, and where, when DEFAKE_HOME is not
+    set (None inside a project, or with DEFAKE_HOME set)."""
+    if os.environ.get("DEFAKE_HOME") or project_root() is not None:
+        return None
+    settings = load_settings()
+    if settings.DEFAKE_HOME.exists():
+        return None
+    return (
+        f"no project here (no {', '.join(PROJECT_MARKERS)} in {Path.cwd()} or above): writing to "
+        f"{settings.DEFAKE_HOME} (set DEFAKE_HOME to choose)"
+    )
 
 
 def defake_home() -> Path:
@@ -51,8 +86,9 @@ def defake_home() -> Path:
 
 
 def project_dirs(name: str) -> list[Path]:
-    """Candidate folders called ``name``: the working directory's first, then the project's own."""
-    dirs = [Path.cwd() / name, PACKAGE_ROOT / name]
+    """Candidate folders called ``name``: the project's (see ``project_root``; else the working
+    directory's) first, then those shipped beside the package."""
+    dirs = [(project_root() or Path.cwd()) / name, PACKAGE_ROOT / name]
     seen: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:

@@ -13,12 +13,13 @@ from pathlib import Path
 import click
 
 from defake_pipeline.errors import DefakeError, RunInterrupted
-from defake_pipeline.settings import load_settings
+from defake_pipeline.settings import homes_notice, load_settings
 from defake_pipeline.text import visible_controls
 from defake_pipeline.warehouse.layout import HomeLayout
 
 log = logging.getLogger("mllmdf")
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_WRITING_COMMANDS = ("classify", "infer", "doc", "materialize")
 
 
 class DefakeGroup(click.Group):
@@ -26,6 +27,8 @@ class DefakeGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
+            if ctx.protected_args and ctx.protected_args[0] in _WRITING_COMMANDS and (notice := homes_notice()):
+                click.echo(f"note: {notice}", err=True)
             return super().invoke(ctx)
         except DefakeError as exc:
             # Messages quote file names and answers: their control characters are shown, not acted on.

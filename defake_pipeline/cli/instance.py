@@ -13,7 +13,7 @@ INSTANCE_TEMPLATE = PACKAGE_ROOT / "instance" / "dagster.yaml"
 
 
 def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, defaulting to ./.dagster_home, with the project's dagster.yaml in place."""
+    """DAGSTER_HOME, defaulting to the project root's .dagster_home, with the project's dagster.yaml in place."""
     home = load_settings().DAGSTER_HOME.absolute()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"

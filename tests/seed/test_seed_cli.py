@@ -155,7 +155,7 @@ def test_doc_renders_a_csv_written_by_the_seed(tmp_path):
 
 def test_unknown_decorator_and_unset_variable_fail_on_one_line(tmp_path, chat_server):
     upstream_or_skip("prompts", "paper")
-    env = {"BASE_URL": chat_server.base_url}
+    env = {"BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path / "home")}
     shutil.copytree(REPO / "demo", tmp_path / "demo")
     for name, needle in (("fusion", "'fusion.v1'"), ("p4", "'two_shot.v2'"), ("p2", "'roi.dinov2'")):
         prompt = upstream_or_skip("prompts", "paper", f"{name}.json")
