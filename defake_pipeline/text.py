@@ -11,6 +11,7 @@ import hashlib
 import html
 import re
 import urllib.parse
+from collections.abc import Iterable, Sequence
 
 # C0 controls but tab and newline, DEL, and C1 controls (0x9b is a one-byte CSI); and the
 # invisible format characters that reorder or hide text: bidirectional embeddings, overrides
@@ -38,6 +39,16 @@ def markdown_cell(text: str) -> str:
     text = html.escape(visible_controls(text), quote=False)
     text = _MARKDOWN.sub(r"\\\1", text)
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+
+
+def markdown_table(header: list[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
+    """A markdown table whose every cell is shown literally (``markdown_cell``): a "|" in a
+    partition key or a file name stays inside its cell. ``align`` has one letter a column,
+    ``r`` for right-aligned (numbers), anything else left."""
+    rule = ["---:" if align[i : i + 1] == "r" else "---" for i in range(len(header))]
+    body = [[markdown_cell(str(value)) for value in row] for row in rows]
+    lines = [[markdown_cell(name) for name in header], rule, *body]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 # "|" too: inside a table row it would end the cell, even within the angle brackets.

@@ -7,6 +7,7 @@ from defake_pipeline.datasets.layouts import dataset_specs
 from defake_pipeline.datasets.manifest import manifest_content_hash
 from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
 from defake_pipeline.defs.resources import DefakeHomeFolder
+from defake_pipeline.text import markdown_cell, markdown_code, markdown_table
 from defake_pipeline.warehouse.parquet import read_manifests
 
 _CHECKS = [
@@ -44,7 +45,9 @@ class ManifestConfig(DatasetSelection):
 
 
 def _examples(items) -> dg.MetadataValue:
-    lines = [f"- `{a}`" + (f": {b}" if b else "") for a, b in list(items)[:_LISTED]]
+    lines = [
+        f"- {markdown_code(str(a))}" + (f": {markdown_cell(str(b))}" if b else "") for a, b in list(items)[:_LISTED]
+    ]
     return dg.MetadataValue.md("\n".join(lines) or "none")
 
 
@@ -98,8 +101,10 @@ def image_manifest(
         for note in summary.notes:
             context.log.warning(f"dataset {summary.dataset}: {note}")
         summaries.append(summary)
-    table = "\n".join(
-        f"| {s.dataset} | {s.n_images} | {s.n_real} | {s.n_fake} | {s.n_probe_errors} |" for s in summaries
+    table = markdown_table(
+        ["dataset", "images", "real", "fake", "unreadable"],
+        [[s.dataset, s.n_images, s.n_real, s.n_fake, s.n_probe_errors] for s in summaries],
+        align="lrrrr",
     )
     manifest = read_manifests(layout)
     return dg.MaterializeResult(
@@ -108,9 +113,7 @@ def image_manifest(
         metadata={
             "n_images": len(manifest),
             "n_probe_errors": int(manifest["probe_error"].notna().sum()),
-            "refreshed": dg.MetadataValue.md(
-                "| dataset | images | real | fake | unreadable |\n| --- | ---: | ---: | ---: | ---: |\n" + table
-            ),
+            "refreshed": dg.MetadataValue.md(table),
             "path": dg.MetadataValue.path(str(layout.manifests_dir)),
         },
         check_results=manifest_checks(manifest),

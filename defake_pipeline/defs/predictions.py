@@ -13,6 +13,7 @@ from defake_pipeline.defs.resources import DefakeHomeFolder, ModelEndpoint, Qual
 from defake_pipeline.endpoints.registry import model_by_key
 from defake_pipeline.evaluation.partition import evaluate_partition
 from defake_pipeline.prompting.spec import prompt_by_key
+from defake_pipeline.text import markdown_table
 from defake_pipeline.warehouse.gate import GATE_PASSED, PartitionGate, partition_gate
 from defake_pipeline.warehouse.parquet import predictions_content_hash, read_manifests
 
@@ -46,16 +47,14 @@ _CHECKS = [
 
 
 def _gate_table(gates: dict[str, PartitionGate]) -> dg.MetadataValue:
-    lines = [
-        "| partition | dataset | images | error rate | unknown rate | gate |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
-    ]
+    rows = []
     for key, gate in gates.items():
         for g in gate.rows.itertuples():
             err = "–" if pd.isna(g.error_rate) else f"{100 * g.error_rate:.1f}%"
             unk = "–" if pd.isna(g.unknown_rate) else f"{100 * g.unknown_rate:.1f}%"
-            lines.append(f"| {key} | {g.dataset} | {g.n_images} | {err} | {unk} | {g.status} {g.reason or ''} |")
-    return dg.MetadataValue.md("\n".join(lines))
+            rows.append([key, g.dataset, g.n_images, err, unk, f"{g.status} {g.reason or ''}".strip()])
+    header = ["partition", "dataset", "images", "error rate", "unknown rate", "gate"]
+    return dg.MetadataValue.md(markdown_table(header, rows, align="llrrrl"))
 
 
 @dg.asset(
@@ -125,7 +124,7 @@ def predictions(
         check_results=check_results,
         metadata={
             **totals,
-            "cost_usd": dg.MetadataValue.float(totals["cost_usd"]),
+            "cost_usd": dg.MetadataValue.float(round(totals["cost_usd"], 6)),
             "partitions": _gate_table(gates),
             "path": dg.MetadataValue.path(str(layout.predictions_dir)),
         },

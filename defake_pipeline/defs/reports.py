@@ -53,7 +53,8 @@ def model_reports(context: dg.AssetExecutionContext, store: DefakeHomeFolder) ->
         for k in _NUMERIC:
             if not pd.isna(row[k]):
                 name = f"{row['model']}__{row['prompt']}/{row['dataset']}/{k}"
-                metadata[name] = dg.MetadataValue.float(float(row[k]))
+                # Shown as written: four decimals of a share are a hundredth of a percent.
+                metadata[name] = dg.MetadataValue.float(round(float(row[k]), 6 if k == "cost_usd" else 4))
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
-from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target
+from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target, markdown_table
 from defake_pipeline.warehouse.database import export, query
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
@@ -347,7 +347,5 @@ def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
 
 def frame_to_markdown(frame: pd.DataFrame) -> str:
     """A plain markdown table of a small data frame (for previews in metadata and the terminal)."""
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
+    rows = [["" if _missing(v) else v for v in row] for row in frame.itertuples(index=False)]
+    return markdown_table([str(c) for c in frame.columns], rows)

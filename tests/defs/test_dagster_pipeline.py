@@ -215,3 +215,18 @@ def test_a_partitions_data_version_is_a_function_of_its_own_rows(defake_home, vl
     assert covered == {"vllm|simple", "vllm|fusion", "vllm|common_sense"}
     changed = instance.event_log_storage.get_updated_data_version_partitions(key, sorted(covered), after_single)
     assert changed == set()
+
+
+def test_metadata_tables_keep_their_columns_and_figures_are_rounded(defake_home, vllm_endpoint):
+    from markdown_it import MarkdownIt
+
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["vllm"], ["simple"])
+    predictions = instance.get_latest_materialization_event(dg.AssetKey("predictions")).asset_materialization
+    html = MarkdownIt("commonmark").enable("table").render(predictions.metadata["partitions"].value)
+    rows = [row.count("<td") for row in html.split("<tr>")[1:] if "<td" in row]
+    assert rows == [6], html  # partition "vllm|simple", dataset, images, error rate, unknown rate, gate
+    assert "<td>vllm|simple</td>" in html
+    reports = instance.get_latest_materialization_event(dg.AssetKey("model_reports")).asset_materialization
+    figures = [v.value for k, v in reports.metadata.items() if k.startswith("vllm__simple/")]
+    assert figures and all(len(repr(f).split(".")[-1]) <= 6 for f in figures), figures
