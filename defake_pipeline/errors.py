@@ -37,6 +37,10 @@ class FatalEndpointError(DefakeError):
     """The endpoint refuses every request (for example a wrong API key); retrying cannot help."""
 
 
+class UnreachableEndpointError(FatalEndpointError):
+    """Nothing answers at the model's endpoint (nothing listens there, or the name does not resolve)."""
+
+
 class JournalWriteError(DefakeError):
     """An answer could not be stored (a full disk): sending more would pay for answers lost."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from defake_pipeline.errors import DefakeError, RunInterrupted
+from defake_pipeline.errors import DefakeError, RunInterrupted, UnreachableEndpointError
 from defake_pipeline.settings import homes_notice, load_settings
 from defake_pipeline.text import visible_controls
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -32,7 +32,7 @@ class DefakeGroup(click.Group):
             return super().invoke(ctx)
         except DefakeError as exc:
             # Messages quote file names and answers: their control characters are shown, not acted on.
-            click.echo(f"error: {visible_controls(str(exc))}", err=True)
+            click.echo(f"error: {visible_controls(str(exc) + _model_hint(exc))}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:
             click.echo(f"error: {RunInterrupted(signal.SIGINT)}", err=True)
@@ -59,6 +59,20 @@ def stopped_by_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _model_hint(exc: DefakeError) -> str:
+    """For an endpoint nothing answers at (the seed's default model, llama32vi, wants a vLLM
+    server at BASE_URL), which models this project registers and how to pick one."""
+    if not isinstance(exc, UnreachableEndpointError):
+        return ""
+    from defake_pipeline.endpoints.registry import registered_models
+
+    try:
+        names = registered_models()
+    except DefakeError:
+        return ""
+    return f"; models registered here: {', '.join(names) or 'none'} (choose one with --model NAME)"
 
 
 def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:

@@ -23,7 +23,7 @@ from defake_pipeline.endpoints.retry import (
     classify_error,
 )
 from defake_pipeline.endpoints.tokens import request_tokens
-from defake_pipeline.errors import DefakeError, FatalEndpointError, ModelConfigError
+from defake_pipeline.errors import DefakeError, FatalEndpointError, ModelConfigError, UnreachableEndpointError
 from defake_pipeline.verdict import score_from_logprobs
 
 
@@ -140,7 +140,7 @@ class ChatBackend:
             ) from None
         except openai.APIConnectionError:
             hint = " (set BASE_URL to the vLLM server)" if self.spec.backend == "self_hosted" else ""
-            raise FatalEndpointError(f"cannot reach {self.where} for model {self.spec.name!r}{hint}") from None
+            raise UnreachableEndpointError(f"cannot reach {self.where} for model {self.spec.name!r}{hint}") from None
         except openai.APIStatusError as exc:
             self._refuse_redirect(exc.response, "/models")
             if classify_error(exc) == "fatal":

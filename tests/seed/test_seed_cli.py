@@ -525,3 +525,12 @@ def test_sigterm_to_infer_is_one_line_and_keeps_what_was_answered(tmp_path, chat
     assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM; every answer received is in the journal")
     rows = list(csv.DictReader((tmp_path / "home" / "run.csv").open()))
     assert len(rows) >= 3 and "Traceback" not in err
+
+
+def test_a_bare_classify_that_cannot_reach_its_default_model_names_the_registered_ones(tmp_path):
+    (tmp_path / "models.toml").write_text('registered = ["canny", "vllm"]\n')
+    env = {"BASE_URL": "http://127.0.0.1:9/v1", "DEFAKE_HOME": str(tmp_path / "home")}  # nothing listens on 9
+    out = mllmdf(["classify", str(REPO / "demo" / "real" / "coffee.jpg")], tmp_path, env, check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "cannot reach http://127.0.0.1:9/v1 for model 'llama32vi'" in out.stderr
+    assert "models registered here: canny, vllm (choose one with --model NAME)" in out.stderr
