@@ -168,8 +168,9 @@ def infer(
     summary = whole.progress()
     log.info("done: %s", summary)
     click.echo(
-        f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}) over "
-        f"{whole.n_images} rows, {whole.n_errors} errors; this run: {running.n_images} images, "
+        f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}) on {whole.n_scored} "
+        f"scored of {whole.n_images} rows ({whole.n_errors} errors, {whole.n_unknown} unknown); "
+        f"this run: {running.n_images} images, "
         f"{running.n_requests} new requests, ${running.cost_usd:.4f}",
         err=True,
     )

@@ -128,6 +128,7 @@ def _registry_cursor(raw: str | None) -> dict:
         "prompts": cursor.get("prompts", {}),
         "models": cursor.get("models", []),
         "baselines": cursor.get("baselines", []),
+        "invalid": cursor.get("invalid", {}),
     }
 
 
@@ -168,8 +169,12 @@ def registry_sensor(context: dg.SensorEvaluationContext):
     """
     seen = _registry_cursor(context.cursor)
     scan = scan_prompts()
+    # Each invalid file is told once per change of its error (the error names the file), not on
+    # every tick.
+    invalid = {file: _digest(error) for file, error in scan.invalid.items()}
     for file, error in scan.invalid.items():
-        context.log.warning(f"skipped invalid prompt {file}: {error}")
+        if seen["invalid"].get(file) != invalid[file]:
+            context.log.warning(f"skipped an invalid prompt: {error}")
     wanted_models: list[str] | None
     wanted_baselines: list[str] | None
     try:
@@ -234,6 +239,7 @@ def registry_sensor(context: dg.SensorEvaluationContext):
             "prompts": {**seen["prompts"], **scan.valid},
             "models": wanted_models if wanted_models is not None else seen["models"],
             "baselines": wanted_baselines if wanted_baselines is not None else seen["baselines"],
+            "invalid": invalid,
         },
         sort_keys=True,
     )

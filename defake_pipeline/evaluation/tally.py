@@ -58,6 +58,11 @@ class Tally:
         return right / total if total else None
 
     @property
+    def n_scored(self) -> int:
+        """Images with a verdict that counts: neither an error nor unknown."""
+        return sum(c[1] for c in self.by_label.values())
+
+    @property
     def accuracy(self) -> float | None:
         right = sum(c[0] for c in self.by_label.values())
         return self._share(right, sum(c[1] for c in self.by_label.values()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass, field
@@ -67,10 +68,15 @@ def _provenance(img: Image.Image, data: bytes) -> dict[str, str]:
     return found
 
 
+# Pillow names the in-memory buffer it was given ("<_io.BytesIO object at 0x7f53…>"); the
+# error names the file instead.
+_BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
 def _decode_error(path: Path, exc: Exception) -> str:
     if path.suffix.lower() in (".heic", ".heif", ".avif") and "cannot identify" in str(exc):
         return f"{path.suffix[1:].upper()} is not supported by this Pillow build (convert the image to JPEG or PNG)"
-    return f"not a readable image: {exc}"
+    return f"not a readable image: {_BUFFER_REPR.sub(path.name, str(exc))}"
 
 
 class NotAnImageFile(Exception):

@@ -127,3 +127,10 @@ def test_a_same_size_same_time_replacement_is_found_by_rehash(defake_home, tmp_p
     result = CliRunner().invoke(main, [*args, "--rehash"], env=env)
     assert result.exit_code == 0, result.output
     assert len(set(pd.read_parquet(manifest)["sha256"]) - old_sha) == 1
+
+
+def test_a_corrupt_image_error_names_the_file_not_a_buffer(tmp_path):
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg" * 10)
+    error = probe_image(bad).error
+    assert error == "not a readable image: cannot identify image file corrupt.jpg", error

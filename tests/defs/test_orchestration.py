@@ -156,7 +156,9 @@ def test_registry_sensor_prompts(project):
 
     (project / "prompts" / "broken.json").write_text("{ not json")
     bad = tick(registry_sensor, instance, changed.cursor)
-    assert "broken.json" in bad.skip_message and "invalid JSON" in bad.skip_message
+    # The skip carries a new cursor (it remembers the invalid file, to warn once): a SensorResult.
+    skipped = bad.skip_reason.skip_message
+    assert "broken.json" in skipped and "invalid JSON" in skipped
 
     (project / "prompts" / "new.json").unlink()
     removed = tick(registry_sensor, instance, changed.cursor)
@@ -435,3 +437,24 @@ def test_registry_sensor_reruns_baselines_when_models_toml_changes_them(project)
     gone = tick(registry_sensor, instance, added.cursor)
     [request] = [r for r in gone.run_requests if dg.AssetKey("baseline_predictions") in r.asset_selection]
     assert request.run_config["ops"]["baseline_predictions"]["config"]["remove"] == ["edges"]
+
+
+def test_an_invalid_prompt_is_warned_about_once_per_change(project, capfd):
+    instance = dg.DagsterInstance.ephemeral()
+    first = tick(registry_sensor, instance)
+    register_partitions(instance, [], first.dynamic_partitions_requests[0].partition_keys)
+    broken = project / "prompts" / "broken.json"
+    broken.write_text("{ not json")
+
+    def warnings_after(cursor):
+        capfd.readouterr()
+        result = tick(registry_sensor, instance, cursor)  # the sensor's log goes to the console
+        return result, [line for line in capfd.readouterr().err.splitlines() if "invalid prompt" in line]
+
+    bad, told = warnings_after(first.cursor)
+    assert len(told) == 1 and told[0].count(str(broken)) == 1, told
+    again, told = warnings_after(bad.cursor)
+    assert told == []  # the same error on the next tick: not told again
+    broken.write_text('{"format_version": "2"}')
+    _, told = warnings_after(bad.cursor)
+    assert len(told) == 1 and "format_version" in told[0]

@@ -207,9 +207,9 @@ def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
     env = {"DEFAKE_HOME": str(tmp_path / "out")}
     args = ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "0", "-o", "all16"]
     first = mllmdf(args, tmp_path, env)
-    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) over 16 rows" in first.stderr
+    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) on 16 scored of 16 rows (0 errors, 0 unknown)" in first.stderr
     again = mllmdf([*args, "--continue"], tmp_path, env)  # nothing left to do
-    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) over 16 rows" in again.stderr
+    assert "accuracy 93.75% (reals 87.50%, fakes 100.00%) on 16 scored of 16 rows (0 errors, 0 unknown)" in again.stderr
     assert "this run: 0 images" in again.stderr
 
 
@@ -534,3 +534,13 @@ def test_a_bare_classify_that_cannot_reach_its_default_model_names_the_registere
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "cannot reach http://127.0.0.1:9/v1 for model 'llama32vi'" in out.stderr
     assert "models registered here: canny, vllm (choose one with --model NAME)" in out.stderr
+
+
+def test_the_infer_summary_says_how_many_images_were_scored(tmp_path):
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    (tmp_path / "d" / "real" / "empty.png").write_bytes(b"")
+    (tmp_path / "d" / "fake" / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    args = ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "0", "-o", "some"]
+    out = mllmdf(args, tmp_path, {"DEFAKE_HOME": str(tmp_path / "out")})
+    assert "on 16 scored of 18 rows (2 errors, 0 unknown)" in out.stderr, out.stderr
