@@ -50,9 +50,10 @@ test: lint $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m pytest $(PARALLEL) -m "not timing"
 	$(BIN)/python -m pytest -m "timing"
 
+PORT ?= 3000
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster instance concurrency set duckdb_writer 1
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
 
 clean:
 	rm -rf outputs .dagster_home

@@ -75,3 +75,11 @@ def test_outside_any_project_a_command_says_what_it_creates_and_where(tmp_path, 
     where = f"in {outside} or above): writing to {outside / 'outputs'}"
     assert f"note: no project here (no models.toml, datasets, prompts {where}" in result.output
     assert (outside / "outputs").is_dir()
+
+
+def test_make_ui_takes_its_port_from_port():
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    plan = subprocess.run(["make", "-n", "ui", "PORT=3123"], cwd=repo, capture_output=True, text=True, check=True)
+    assert "dagster dev -h 127.0.0.1 -p 3123 " in plan.stdout, plan.stdout

@@ -48,6 +48,7 @@ def materialize(
     from defake_pipeline.endpoints.chat import check_endpoint
     from defake_pipeline.endpoints.registry import get_model, registered_models
     from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_index
+    from defake_pipeline.reporting.render import leaderboard_top
     from defake_pipeline.warehouse.parquet import (
         missing_manifest_lines,
         missing_manifests,
@@ -78,7 +79,8 @@ def materialize(
         local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel, rehash=rehash
     )
     layout = HomeLayout()
-    click.echo(layout.leaderboard_file.read_text(encoding="utf-8"))
+    click.echo(leaderboard_top(layout))
+    click.echo(f"leaderboard: {layout.leaderboard_file}")
     pairs = [(m, p) for m in chat for p in prompt_keys] + [(b, NO_PROMPT) for b in baselines]
     failures = gate_failures(layout, pairs)
     for line in failures:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
-from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target, markdown_table
+from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target, markdown_table, visible_controls
 from defake_pipeline.warehouse.database import export, query
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
@@ -349,3 +349,19 @@ def frame_to_markdown(frame: pd.DataFrame) -> str:
     """A plain markdown table of a small data frame (for previews in metadata and the terminal)."""
     rows = [["" if _missing(v) else v for v in row] for row in frame.itertuples(index=False)]
     return markdown_table([str(c) for c in frame.columns], rows)
+
+
+def leaderboard_top(layout: HomeLayout, per_dataset: int = 5) -> str:
+    """The first places of each dataset's ranking, in plain text for a terminal (the whole
+    leaderboard, with its tables and charts, is the file)."""
+    ranked = _sorted_overall(query(layout, "SELECT * FROM metrics WHERE gate_status = 'passed'"))
+    lines = []
+    for dataset, rows in ranked.groupby("dataset", sort=True):
+        lines.append(f"{visible_controls(str(dataset))}:")
+        for place, r in enumerate(rows.head(per_dataset).itertuples(index=False), start=1):
+            who = f"{r.model} (baseline)" if r.prompt == NO_PROMPT else f"{r.model} × {r.prompt}"
+            interval = f"({pct(r.accuracy_low)}–{pct(r.accuracy_high)})"
+            lines.append(f"  {place}. {visible_controls(who)}: {pct(r.accuracy)} {interval} on {r.n_images} images")
+        if len(rows) > per_dataset:
+            lines.append(f"  … and {len(rows) - per_dataset} more")
+    return "\n".join(lines) or "no model × prompt has passed the quality gate yet"
