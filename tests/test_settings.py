@@ -26,38 +26,37 @@ def test_no_module_but_settings_reads_the_environment():
     assert readers == [], readers
 
 
-def test_any_folder_of_a_project_uses_the_projects_homes_and_pays_nothing_again(tmp_path, chat_server):
-    import os
-    import subprocess
-    import sys
-
+def test_any_folder_of_a_project_uses_the_projects_homes_and_pays_nothing_again(tmp_path, chat_server, monkeypatch):
+    from click.testing import CliRunner
     from PIL import Image
+
+    from defake_pipeline.cli import main
 
     project = tmp_path / "proj"
     for label in ("real", "fake"):
         (project / "images" / label).mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (16, 16), (i * 70, 30 if label == "real" else 220, 9)).save(
-                project / "images" / label / f"{i}.png"
-            )
+            color = (i * 70, 30 if label == "real" else 220, 9)
+            Image.new("RGB", (16, 16), color).save(project / "images" / label / f"{i}.png")
     (project / "datasets").mkdir()
     (project / "datasets" / "mine.toml").write_text('layout = "real_fake"\nroot = "../images"\n')
     (project / "models.toml").write_text("registered = []\n")
     deeper = project / "images" / "real"
-    env = {k: v for k, v in os.environ.items() if k not in ("DEFAKE_HOME", "DAGSTER_HOME", "OPENAI_API_KEY")}
-    env["BASE_URL"] = chat_server.base_url
-    mllmdf = str(Path(sys.executable).with_name("mllmdf"))
-    args = [mllmdf, "materialize", "-m", "vllm", "-p", "simple", "-d", "mine"]
-    first = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
+    # No DEFAKE_HOME or DAGSTER_HOME: the homes come from where the command runs.
+    env = {"DEFAKE_HOME": None, "DAGSTER_HOME": None, "OPENAI_API_KEY": None, "BASE_URL": chat_server.base_url}
+    args = ["materialize", "-m", "vllm", "-p", "simple", "-d", "mine"]
+    monkeypatch.chdir(project)
+    first = CliRunner().invoke(main, args, env=env)
+    assert first.exit_code == 0, first.output
     paid = chat_server.state.n_chat
     assert paid == 6 and (project / "outputs" / "cache" / "responses.sqlite").exists()
     assert (project / ".dagster_home").is_dir()
-    again = subprocess.run(args, cwd=deeper, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    monkeypatch.chdir(deeper)
+    again = CliRunner().invoke(main, args, env=env)
+    assert again.exit_code == 0, again.output
     assert chat_server.state.n_chat == paid  # the same journal: nothing paid again
     assert sorted(p.name for p in deeper.iterdir()) == ["0.png", "1.png", "2.png"]  # nothing created here
-    assert "note:" not in again.stderr
+    assert "note:" not in again.output
 
 
 def test_outside_any_project_a_command_says_what_it_creates_and_where(tmp_path, monkeypatch):

@@ -1,10 +1,14 @@
-"""Partition progress on the terminal: the progress lines of the workers' run logs, shown as one
-bar per partition; anywhere else (a pipe, a CI log) the lines are printed as they come."""
+"""Partition progress on the terminal: the progress lines of the run logs (a worker's, or this
+process's own Dagster console), shown as one bar per partition; anywhere else (a pipe, a CI log)
+the lines are printed as they come."""
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -12,8 +16,9 @@ from defake_pipeline.evaluation.progress import parse_progress
 
 
 class PartitionBars:
-    def __init__(self, enabled: bool | None = None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self, enabled: bool | None = None, out: TextIO | None = None):
+        self.out = out or sys.stderr  # held: sys.stderr may be routed through these bars
+        self.enabled = self.out.isatty() if enabled is None else enabled
         self._bars: dict[str, tqdm] = {}
         self._lock = threading.Lock()
 
@@ -23,13 +28,20 @@ class PartitionBars:
         with self._lock:
             if report is None:
                 if self._bars:
-                    tqdm.write(line.rstrip("\n"), file=sys.stderr)
+                    tqdm.write(line.rstrip("\n"), file=self.out)
                 else:
-                    sys.stderr.write(line)
+                    self.out.write(line)
                 return
             bar = self._bars.get(report.label)
             if bar is None:
-                bar = tqdm(total=report.total, desc=report.label, unit="img", file=sys.stderr, position=len(self._bars))
+                bar = tqdm(
+                    total=report.total,
+                    desc=report.label,
+                    file=self.out,
+                    position=len(self._bars),
+                    # The rate and ETA come with the line (the bar sees only the lines' jumps).
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} images{postfix}",
+                )
                 self._bars[report.label] = bar
             bar.n = report.done
             bar.set_postfix_str(report.rest, refresh=False)
@@ -40,3 +52,44 @@ class PartitionBars:
             for bar in self._bars.values():
                 bar.close()
             self._bars.clear()
+
+
+class _LinesToBars:
+    """``sys.stderr`` while this process runs partitions itself: whole lines go to the bars."""
+
+    def __init__(self, bars: PartitionBars):
+        self.bars = bars
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        while "\n" in self._pending:
+            line, self._pending = self._pending.split("\n", 1)
+            self.bars.relay(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.bars.relay(self._pending)
+            self._pending = ""
+        self.bars.out.flush()
+
+    def __getattr__(self, attr):
+        return getattr(self.bars.out, attr)
+
+
+@contextmanager
+def bars_in_this_process() -> Iterator[None]:
+    """On a terminal, show the progress lines this process's Dagster runs log as bars."""
+    bars = PartitionBars()
+    if not bars.enabled:
+        yield
+        return
+    routed = _LinesToBars(bars)
+    sys.stderr = routed
+    try:
+        yield
+    finally:
+        sys.stderr = bars.out
+        routed.flush()
+        bars.close()

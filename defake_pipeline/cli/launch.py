@@ -14,7 +14,7 @@ import time
 
 import dagster as dg
 
-from defake_pipeline.cli.bars import PartitionBars
+from defake_pipeline.cli.bars import PartitionBars, bars_in_this_process
 from defake_pipeline.defs.baselines import BaselinesConfig
 from defake_pipeline.defs.manifests import DatasetSelection, ManifestConfig
 from defake_pipeline.defs.partitions import partition_key, register_partitions
@@ -82,10 +82,10 @@ def materialize_evaluation(
     """Manifest, then the baselines among ``models`` (once: they read no prompt) and every other
     model × prompt partition, then the warehouse, reports and leaderboard.
 
-    Each step is its own run of a named job, so all of them appear in the UI's run list. On a
-    persistent instance, prediction partitions run in worker processes, ``max_parallel`` at once
-    (they share only the journal, which takes concurrent writers); their progress shows as one
-    bar per partition on a terminal.
+    Each step is its own run of a named job, so all of them appear in the UI's run list. With
+    ``max_parallel`` > 1 on a persistent instance, prediction partitions run in that many
+    processes at once (they share only the journal, which takes concurrent writers). Either way
+    their progress shows as one bar per partition on a terminal.
     """
     baselines = [m for m in models if model_by_key(m).backend == "baseline"]
     models = [m for m in models if m not in baselines]
@@ -96,10 +96,11 @@ def materialize_evaluation(
     if baselines:
         chosen = BaselinesConfig(models=baselines, datasets=list(datasets or []))
         results.append(_execute("evaluate_baselines", instance, resources, config=chosen))
-    if keys and not instance.is_ephemeral and not resources:
+    if max_parallel > 1 and len(keys) > 1 and not instance.is_ephemeral and not resources:
         _run_partitions_in_processes(keys, datasets or [], max_parallel)
     else:
-        results += [_execute("evaluate", instance, resources, k, datasets, _partition_tags(k)) for k in keys]
+        with bars_in_this_process():
+            results += [_execute("evaluate", instance, resources, k, datasets, _partition_tags(k)) for k in keys]
     results.append(_execute("publish", instance, resources))
     return results
 

@@ -2,24 +2,22 @@
 partition on a terminal."""
 
 import io
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from defake_pipeline.cli import main
 from defake_pipeline.cli.bars import PartitionBars
 from defake_pipeline.evaluation.progress import parse_progress
 
-MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_a_60_image_partition_reports_progress_on_the_cli_and_in_the_run_log(tmp_path, chat_server):
+def test_a_60_image_partition_reports_progress_on_the_cli_and_in_the_run_log(tmp_path, chat_server, monkeypatch):
     chat_server.state.latency_s = 0.4
     for label in ("real", "fake"):
         (tmp_path / "sixty" / label).mkdir(parents=True)
@@ -29,24 +27,16 @@ def test_a_60_image_partition_reports_progress_on_the_cli_and_in_the_run_log(tmp
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "sixty.toml").write_text('layout = "real_fake"\nroot = "../sixty"\n')
     (tmp_path / "models.toml").write_text('registered = []\n[models.slow]\npreset = "vllm"\nconcurrency = 4\n')
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "BASE_URL", "OPENAI_BASE_URL")}
-    env.update(
-        DEFAKE_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "dagster_home"), BASE_URL=chat_server.base_url
-    )
-    (tmp_path / "dagster_home").mkdir()
-    out = subprocess.run(
-        [MLLMDF, "materialize", "-m", "slow", "-p", "simple", "-d", "sixty"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=200,
-    )
-    assert out.returncode == 0, out.stderr
-    reports = [r for line in out.stderr.splitlines() if (r := parse_progress(line))]
+    env = {"DEFAKE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    env.update(BASE_URL=chat_server.base_url, OPENAI_API_KEY=None, OPENAI_BASE_URL=None)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["materialize", "-m", "slow", "-p", "simple", "-d", "sixty"], env=env)
+    assert result.exit_code == 0, result.output
+    # What the command printed (not to a terminal here: progress lines, not bars).
+    reports = [r for line in result.output.splitlines() if (r := parse_progress(line))]
     assert reports and reports[-1].done == reports[-1].total == 60
     before_the_end = [r for r in reports if r.done < 60]
-    assert len(before_the_end) >= 2, out.stderr
+    assert len(before_the_end) >= 2, result.output
     assert all(re.fullmatch(r"[\d.]+/s, ETA \w+, \d+ errors", r.rest) for r in reports)
     instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster_home"))
     [run] = [r for r in instance.get_runs() if r.job_name == "evaluate"]
@@ -66,3 +56,21 @@ def test_on_a_terminal_progress_lines_become_one_bar_per_partition(monkeypatch):
     shown = err.getvalue()
     assert "a|simple" in shown and "3/60" in shown and "b|simple" in shown and "30/60" in shown
     assert "some other line" in shown and "progress a|simple" not in shown  # shown as bars, not lines
+
+
+def test_a_partition_run_in_this_process_shows_its_progress_lines_as_a_bar(monkeypatch):
+    from defake_pipeline.cli.bars import bars_in_this_process
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with bars_in_this_process():
+        print("... - predictions - progress m|p: 20/60 images (33%), 9.5/s, ETA 5s, 0 errors", file=sys.stderr)
+        print("... - predictions - m|p: 60 images: 0 from the journal", file=sys.stderr)
+    assert sys.stderr is terminal
+    shown = terminal.getvalue()
+    assert "m|p:  33%|" in shown and "20/60 images, 9.5/s, ETA 5s, 0 errors" in shown
+    assert "progress m|p" not in shown and "m|p: 60 images: 0 from the journal" in shown
