@@ -13,6 +13,21 @@ REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "upstream"
 
 
+def real_fake_dataset(project: Path, name: str, n_per_class: int, folder: str | None = None) -> Path:
+    """A ``real_fake`` dataset of distinct small PNGs under ``project/<folder or name>``, defined
+    as ``project/datasets/<name>.toml``; returns its root."""
+    from PIL import Image
+
+    root = project / (folder or name)
+    for label, green in (("real", 40), ("fake", 210)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            Image.new("RGB", (16, 16), ((i * 37) % 256, green, i // 7)).save(root / label / f"{i}.png")
+    (project / "datasets").mkdir(exist_ok=True)
+    (project / "datasets" / f"{name}.toml").write_text(f'layout = "real_fake"\nroot = "../{root.name}"\n')
+    return root
+
+
 def project_dagster_home(tmp_path: Path) -> Path:
     """A fresh DAGSTER_HOME holding the project's dagster.yaml, as the Makefile sets one up."""
     home = tmp_path / "dagster_home"

@@ -28,18 +28,12 @@ def test_no_module_but_settings_reads_the_environment():
 
 def test_any_folder_of_a_project_uses_the_projects_homes_and_pays_nothing_again(tmp_path, chat_server, monkeypatch):
     from click.testing import CliRunner
-    from PIL import Image
 
+    from conftest import real_fake_dataset
     from defake_pipeline.cli import main
 
     project = tmp_path / "proj"
-    for label in ("real", "fake"):
-        (project / "images" / label).mkdir(parents=True)
-        for i in range(3):
-            color = (i * 70, 30 if label == "real" else 220, 9)
-            Image.new("RGB", (16, 16), color).save(project / "images" / label / f"{i}.png")
-    (project / "datasets").mkdir()
-    (project / "datasets" / "mine.toml").write_text('layout = "real_fake"\nroot = "../images"\n')
+    real_fake_dataset(project, "mine", 3, folder="images")
     (project / "models.toml").write_text("registered = []\n")
     deeper = project / "images" / "real"
     # No DEFAKE_HOME or DAGSTER_HOME: the homes come from where the command runs.

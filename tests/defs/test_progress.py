@@ -8,8 +8,8 @@ import sys
 import dagster as dg
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
+from conftest import real_fake_dataset
 from defake_pipeline.cli import main
 from defake_pipeline.cli.bars import PartitionBars
 from defake_pipeline.evaluation.progress import parse_progress
@@ -19,13 +19,7 @@ pytestmark = pytest.mark.timeout(240)
 
 def test_a_60_image_partition_reports_progress_on_the_cli_and_in_the_run_log(tmp_path, chat_server, monkeypatch):
     chat_server.state.latency_s = 0.4
-    for label in ("real", "fake"):
-        (tmp_path / "sixty" / label).mkdir(parents=True)
-        for i in range(30):
-            color = (i * 8, 100 if label == "real" else 200, 50)
-            Image.new("RGB", (24, 24), color).save(tmp_path / "sixty" / label / f"{i}.png")
-    (tmp_path / "datasets").mkdir()
-    (tmp_path / "datasets" / "sixty.toml").write_text('layout = "real_fake"\nroot = "../sixty"\n')
+    real_fake_dataset(tmp_path, "sixty", 30)
     (tmp_path / "models.toml").write_text('registered = []\n[models.slow]\npreset = "vllm"\nconcurrency = 4\n')
     env = {"DEFAKE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     env.update(BASE_URL=chat_server.base_url, OPENAI_API_KEY=None, OPENAI_BASE_URL=None)
