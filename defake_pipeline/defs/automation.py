@@ -28,6 +28,47 @@ class ModelRegistered(dg.AutomationCondition):
 
 MODEL_REGISTERED = ModelRegistered()
 
+MANIFEST = dg.AssetKey("image_manifest")
+
+
+def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int | None:
+    records = instance.fetch_materializations(key, limit=1).records
+    return records[0].storage_id if records else None
+
+
+class MaterializedBeforeManifest(dg.AutomationCondition):
+    """Partitions (or an unpartitioned asset) last materialized before the manifest's latest
+    materialization, or never.
+
+    The run that the new-images sensor launches refreshes the manifest and then evaluates every
+    registered partition: nothing is left to do after it. The manifest's new content and the
+    partitions' updates can reach the automation on different ticks of a busy machine, which
+    ``since`` alone would read as content newer than the partition's answers."""
+
+    @property
+    def name(self) -> str:
+        return "materialized_before_manifest"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        manifest_at = _latest_storage_id(instance, MANIFEST)
+        candidates = context.candidate_subset
+        if manifest_at is None:
+            return dg.AutomationResult(context, candidates)
+        if context.partitions_def is None:
+            own_at = _latest_storage_id(instance, context.key)
+            older = own_at is None or own_at < manifest_at
+            return dg.AutomationResult(context, candidates if older else context.get_empty_subset())
+        keys = set(candidates.expensively_compute_partition_keys())
+        latest = instance.get_latest_storage_id_by_partition(
+            context.key, dg.DagsterEventType.ASSET_MATERIALIZATION, keys
+        )
+        older_keys = {k for k in keys if latest.get(k, -1) < manifest_at}
+        return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(older_keys))
+
+
+MATERIALIZED_BEFORE_MANIFEST = MaterializedBeforeManifest()
+
 # `mllmdf materialize` publishes its own results; the daemon need not follow its updates.
 FROM_CLI = Condition.all_new_updates_have_run_tags(tag_values={"defake/source": "cli"})
 
@@ -50,7 +91,7 @@ PREDICTIONS_FOLLOW_MANIFEST = (
     MODEL_REGISTERED
     & (
         Condition.newly_missing()
-        | NEW_INPUT_CONTENT
+        | (NEW_INPUT_CONTENT & MATERIALIZED_BEFORE_MANIFEST)
         | (Condition.missing() & (Condition.initial_evaluation() | MODEL_REGISTERED.newly_true()))
     ).since(HANDLED)
     & INPUTS_SETTLED
@@ -59,7 +100,10 @@ PREDICTIONS_FOLLOW_MANIFEST = (
 # Baselines follow the manifest's content in the same way; the registry sensor asks for them
 # when models.toml registers another baseline, or no longer registers one.
 BASELINES_FOLLOW_MANIFEST = (
-    (NEW_INPUT_CONTENT | (Condition.missing() & Condition.initial_evaluation())).since(HANDLED) & INPUTS_SETTLED
+    ((NEW_INPUT_CONTENT & MATERIALIZED_BEFORE_MANIFEST) | (Condition.missing() & Condition.initial_evaluation())).since(
+        HANDLED
+    )
+    & INPUTS_SETTLED
 ).with_label("new manifest content")
 
 # The warehouse follows changed predictions (a changed manifest always reaches it through

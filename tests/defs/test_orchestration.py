@@ -458,3 +458,40 @@ def test_an_invalid_prompt_is_warned_about_once_per_change(project, capfd):
     broken.write_text('{"format_version": "2"}')
     _, told = warnings_after(bad.cursor)
     assert len(told) == 1 and "format_version" in told[0]
+
+
+def test_new_manifest_content_reruns_a_partition_only_if_it_is_older_than_the_manifest(
+    defake_home, tmp_path, monkeypatch, vllm_endpoint
+):
+    from conftest import real_fake_dataset
+
+    root = real_fake_dataset(tmp_path, "mine", 2)
+    (tmp_path / "models.toml").write_text('registered = ["vllm"]\n')
+    monkeypatch.chdir(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["vllm"], ["simple"])
+
+    def run(asset, partition_key=None):
+        dg.materialize(
+            [defs.get_assets_def(asset)], instance=instance, resources=defs.resources, partition_key=partition_key
+        )
+
+    run("image_manifest")
+    run("baseline_predictions")
+    run("predictions", "vllm|simple")
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert quiet.total_requested == 0
+    Image.new("RGB", (16, 16), "purple").save(root / "fake" / "new.png")
+    # The manifest's new content, seen on one tick while its partition is being evaluated...
+    run("image_manifest")
+    run("predictions", "vllm|simple")
+    run("baseline_predictions")
+    # ...and the partition's new answers on the next: the partition is newer, nothing to do.
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert after.get_num_requested(dg.AssetKey("predictions")) == 0
+    assert after.get_num_requested(dg.AssetKey("baseline_predictions")) == 0
+    Image.new("RGB", (16, 16), "orange").save(root / "fake" / "newer.png")
+    run("image_manifest")  # new content, and no evaluation after it
+    later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
+    assert later.get_num_requested(dg.AssetKey("predictions")) == 1
+    assert later.get_num_requested(dg.AssetKey("baseline_predictions")) == 1
