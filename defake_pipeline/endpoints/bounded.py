@@ -52,13 +52,20 @@ class _BoundedBody(httpx2.AsyncByteStream):
                     inflater = zlib.decompressobj(-15)
             first = False
             data = chunk
-            while data:
-                # max_length bounds what one compressed chunk may become in memory.
+            while True:
+                # max_length bounds what one compressed chunk may become in memory; a full piece
+                # may leave output pending, so the loop ends only on a short one with no input left.
                 piece = inflater.decompress(data, _PIECE)
                 data = inflater.unconsumed_tail
                 total += len(piece)
                 self._check(total)
-                yield piece
+                if piece:
+                    yield piece
+                if not data and len(piece) < _PIECE:
+                    break
+        if inflater is not None and (rest := inflater.flush()):
+            self._check(total + len(rest))
+            yield rest
 
     async def aclose(self) -> None:
         await self.inner.aclose()

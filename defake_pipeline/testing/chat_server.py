@@ -35,6 +35,7 @@ class ServerState:
     api_key: str | None = None  # when set, any other bearer token gets 401
     faults: Faults = field(default_factory=Faults)
     models_trickle_interval_s: float | None = None  # /v1/models sends one byte every this many seconds
+    compress_answers: str | None = None  # "gzip" or "deflate": answers sent compressed, as gateways do
     responder: Callable[[dict], str] = default_responder
     keep_bodies: bool = True
     # With logprobs requested, the verdict token gets this probability, its rival the rest.
@@ -126,6 +127,11 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, payload: dict | bytes, headers: dict | None = None) -> None:
             raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            if state.compress_answers and raw:
+                wbits = 31 if state.compress_answers == "gzip" else -15  # raw deflate, the harder case
+                packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+                raw = packer.compress(raw) + packer.flush()
+                headers = {**(headers or {}), "Content-Encoding": state.compress_answers}
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))

@@ -60,3 +60,22 @@ def test_a_redirect_to_another_server_is_refused_with_one_line(tmp_path, demo_jo
         journal.close()
         assert elsewhere.state.n_chat == 0 and elsewhere.state.n_models == 0
         assert 1 <= origin.state.n_chat <= 3
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_answers_are_read_whole(chat_server, tmp_path, demo_jobs, encoding):
+    chat_server.state.compress_answers = encoding
+    journal = ResponseJournal(tmp_path / "j.sqlite")
+    preds = evaluate_sync(demo_jobs, make_evaluator(vllm_at(chat_server), SIMPLE, journal))
+    journal.close()
+    assert all(p.error is None and p.verdict in ("real", "fake") for p in preds), [p.error for p in preds]
+    assert len(preds) == len(demo_jobs) == chat_server.state.n_ok
+
+
+def test_a_long_compressed_answer_is_inflated_to_its_last_byte(chat_server, tmp_path, demo_jobs):
+    chat_server.state.compress_answers = "gzip"
+    chat_server.state.responder = lambda body: "texture " * 60_000 + "so: real"  # 480 KB, inflated in pieces
+    journal = ResponseJournal(tmp_path / "j.sqlite")
+    [pred] = evaluate_sync(demo_jobs[:1], make_evaluator(vllm_at(chat_server), SIMPLE, journal))
+    journal.close()
+    assert pred.error is None and pred.verdict == "real", pred.error
