@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # The faults a share of the answers can get (``Faults.rate_<name>``), in the order they are drawn.
@@ -99,3 +101,21 @@ def without_text(fault: str, completion: dict) -> dict:
     if fault == "no_choices":
         completion["choices"] = []
     return completion
+
+
+def compressed(raw: bytes, encoding: str) -> bytes:
+    """``raw`` as a gateway sends it with ``Content-Encoding: encoding`` (gzip, or deflate sent
+    raw, the harder of deflate's two forms for a client)."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31 if encoding == "gzip" else -15)
+    return packer.compress(raw) + packer.flush()
+
+
+def gzip_bomb(megabytes: int) -> Iterator[bytes]:
+    """A gzip body that starts as valid JSON and inflates to ``megabytes`` of digits: about a
+    thousandth of that on the wire, made as it is sent."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    yield packer.compress(b'{"id": "chatcmpl-bomb", "choices": [], "pad": "')
+    zeros = b"0" * (1 << 20)
+    for _ in range(megabytes):
+        yield packer.compress(zeros)
+    yield packer.compress(b'"}') + packer.flush()

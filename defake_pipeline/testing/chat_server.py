@@ -14,12 +14,19 @@ import json
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from defake_pipeline.testing.answers import FAULT_NAMES, Faults, default_responder, logprobs_of, without_text
+from defake_pipeline.testing.answers import (
+    FAULT_NAMES,
+    Faults,
+    compressed,
+    default_responder,
+    gzip_bomb,
+    logprobs_of,
+    without_text,
+)
 from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
 
 
@@ -125,15 +132,13 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args):  # keep test output clean
             pass
 
-        def _send(self, status: int, payload: dict | bytes, headers: dict | None = None) -> None:
+        def _send(self, status: int, payload: dict | bytes, headers: dict | None = None, kind="application/json"):
             raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             if state.compress_answers and raw:
-                wbits = 31 if state.compress_answers == "gzip" else -15  # raw deflate, the harder case
-                packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
-                raw = packer.compress(raw) + packer.flush()
+                raw = compressed(raw, state.compress_answers)
                 headers = {**(headers or {}), "Content-Encoding": state.compress_answers}
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(raw)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -282,24 +287,14 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
 
         def _fault(self, name: str, f: Faults, body: dict | None = None, length: int = 0) -> None:
             if name == "html":
-                page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(page)))
-                self.end_headers()
-                self.wfile.write(page)
-                return None
+                return self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", kind="text/html")
             if name == "trickle":
                 raw = json.dumps(self._completion(body or {}, length, "real")).encode()
                 return self._trickle(raw, f.trickle_interval_s)
             if name == "gzip_bomb":
                 return self._gzip_bomb(f.gzip_bomb_mb)
             if name == "redirect":
-                self.send_response(307)
-                self.send_header("Location", f.redirect_url)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return None
+                return self._send(307, b"", {"Location": f.redirect_url})
             if name == "bad_encoding":
                 text = state.responder(body or {})
                 raw = json.dumps(self._completion(body or {}, length, text + " \ud800 MARK")).encode()
@@ -322,24 +317,13 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             self.connection.shutdown(2)
 
         def _gzip_bomb(self, megabytes: int) -> None:
-            """A valid-looking JSON start, then zeros: megabytes once inflated, about a
-            thousandth of that on the wire, compressed as it is sent."""
-            packer = zlib.compressobj(9, zlib.DEFLATED, 31)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Encoding", "gzip")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-
-            def chunk(data: bytes) -> None:
-                if data:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-            chunk(packer.compress(b'{"id": "chatcmpl-bomb", "choices": [], "pad": "'))
-            zeros = b"0" * (1 << 20)
-            for _ in range(megabytes):
-                chunk(packer.compress(zeros))
-            chunk(packer.compress(b'"}') + packer.flush())
+            for data in filter(None, gzip_bomb(megabytes)):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.write(b"0\r\n\r\n")
 
     return Handler
