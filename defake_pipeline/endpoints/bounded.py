@@ -71,10 +71,15 @@ class _BoundedBody(httpx2.AsyncByteStream):
         await self.inner.aclose()
 
 
+def origin(url: httpx2.URL) -> str:
+    """``scheme://host[:port]`` of a URL: never its userinfo, path or query, which may hold secrets."""
+    return f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}"
+
+
 async def bound_response_body(response: httpx2.Response) -> None:
     """httpx response hook: the body is inflated here, within ``MAX_RESPONSE_BYTES``."""
     url = response.request.url
-    where = f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}"  # never the userinfo
+    where = origin(url) + url.path
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "", *_ENCODINGS):
         raise RefusedBodyError(f"{where} sent a body in an encoding not asked for ({encoding})")

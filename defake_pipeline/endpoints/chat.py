@@ -12,7 +12,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
-from defake_pipeline.endpoints.bounded import RefusedBodyError, bound_response_body
+from defake_pipeline.endpoints.bounded import RefusedBodyError, bound_response_body, origin
 from defake_pipeline.endpoints.completions import parse_completion
 from defake_pipeline.endpoints.ratelimits import RatePacer
 from defake_pipeline.endpoints.registry import ModelSpec
@@ -155,7 +155,7 @@ class ChatBackend:
     def _refuse_redirect(self, raw: httpx2.Response, path: str) -> None:
         if raw.is_redirect:
             to = httpx2.URL(raw.headers.get("location", ""))
-            target = f"{to.scheme}://{to.host}{f':{to.port}' if to.port else ''}" if to.host else "elsewhere"
+            target = origin(to) if to.host else "elsewhere"
             raise FatalEndpointError(
                 f"{self.where}{path} answered HTTP {raw.status_code}, a redirect to {target}; requests are not "
                 "sent on to another address (set base_url to where the model is served)"
