@@ -27,8 +27,6 @@ class DefakeGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            if ctx.protected_args and ctx.protected_args[0] in _WRITING_COMMANDS and (notice := homes_notice()):
-                click.echo(f"note: {notice}", err=True)
             return super().invoke(ctx)
         except DefakeError as exc:
             # Messages quote file names and answers: their control characters are shown, not acted on.
@@ -95,8 +93,11 @@ def print_turns(pred) -> None:
 
 
 @click.group(cls=DefakeGroup)
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Evaluate multimodal LLMs as detectors of AI-generated images."""
+    if ctx.invoked_subcommand in _WRITING_COMMANDS and (notice := homes_notice()):
+        click.echo(f"note: {notice}", err=True)
 
 
 def endpoint_spec(name: str):
