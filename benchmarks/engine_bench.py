@@ -22,7 +22,7 @@ from PIL import Image
 
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
-from defake_pipeline.evaluation.journal import ResponseJournal
+from defake_pipeline.evaluation.journal import open_journal
 from defake_pipeline.imaging.encode import encode_image_file
 from defake_pipeline.prompting.spec import find_prompt, load_prompt
 from defake_pipeline.records import ImageJob
@@ -68,9 +68,9 @@ def make_images(folder: Path, n: int, size=(512, 384)) -> list[ImageJob]:
     return jobs
 
 
-def run_engine(server: Server, jobs, journal_path: Path, concurrency: int, **spec_update):
+def run_engine(server: Server, jobs, journal_path: Path, concurrency: int, journal_url=None, **spec_update):
     spec = get_model("vllm").model_copy(update={"base_url": server.base_url, "concurrency": concurrency, **spec_update})
-    journal = ResponseJournal(journal_path)
+    journal = open_journal(journal_url, journal_path)
     try:
         started = time.perf_counter()
         cpu = time.process_time()
@@ -78,6 +78,29 @@ def run_engine(server: Server, jobs, journal_path: Path, concurrency: int, **spe
         return preds, time.perf_counter() - started, time.process_time() - cpu
     finally:
         journal.close()
+
+
+def journal_side_by_side(server: Server, jobs, tmp: Path) -> dict:
+    """Throughput at concurrency 64 with the SQLite journal and with the PostgreSQL one (a real
+    server on loopback), alternated, each on a fresh journal."""
+    from defake_pipeline.testing.postgres import PostgresServer
+
+    walls: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+    with PostgresServer("bench") as pg:
+        for attempt in range(2):
+            for kind in ("sqlite", "postgres"):
+                server.reset()
+                url = pg.create_database(f"bench{attempt}") if kind == "postgres" else None
+                preds, wall, _ = run_engine(server, jobs, tmp / f"side-{kind}-{attempt}.sqlite", 64, journal_url=url)
+                assert all(p.error is None for p in preds)
+                walls[kind].append(wall)
+    rates = {kind: len(jobs) / min(w) for kind, w in walls.items()}
+    return {
+        "images": len(jobs),
+        "latency_s": LATENCY,
+        "images_per_s": {kind: round(r, 2) for kind, r in rates.items()},
+        "postgres_to_sqlite": round(rates["postgres"] / rates["sqlite"], 3),
+    }
 
 
 def seed_style_sequential(server: Server, jobs) -> float:
@@ -136,6 +159,7 @@ def main() -> None:
         slow.reset()
         run_engine(slow, jobs[:1920], tmp / "j-64.sqlite", 64)
         out["warm_rerun_requests"] = slow.stats()["n_chat"]
+        out["journal_c64"] = journal_side_by_side(slow, jobs, tmp)
     finally:
         slow.close()
 

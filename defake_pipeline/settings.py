@@ -32,12 +32,19 @@ class Settings(BaseModel):
     """Self-hosted presets' endpoint (vLLM); default http://127.0.0.1:8000/v1."""
     OPENAI_BASE_URL: str | None = None
     """OpenAI presets' endpoint; default the OpenAI API."""
+    DEFAKE_JOURNAL_URL: SecretStr | None = None
+    """Where answers are journaled: ``postgresql://user:password@host:port/db`` for workers that
+    share no disk, or ``sqlite:///path``; default SQLite at ``DEFAKE_HOME/cache/responses.sqlite``."""
     DEFAKE_NIGHTLY_CRON: str = "0 3 * * *"
     """When the nightly reevaluation rescans every dataset."""
 
     @property
     def api_key(self) -> str | None:
         return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY else None
+
+    @property
+    def journal_url(self) -> str | None:
+        return self.DEFAKE_JOURNAL_URL.get_secret_value() if self.DEFAKE_JOURNAL_URL else None
 
 
 # What makes a folder a project's root: any of these in it.

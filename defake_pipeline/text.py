@@ -103,3 +103,22 @@ def slugify(text: str) -> str:
         return slug
     digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{slug}-{digest}" if slug else f"name-{digest}"
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part (everything else unchanged)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def without_password(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with the password of ``url`` masked, however
+    the driver quoted it."""
+    password = urllib.parse.urlsplit(url).password
+    if not password:
+        return text
+    for form in {password, urllib.parse.unquote(password)}:
+        text = text.replace(form, "***")
+    return text

@@ -12,14 +12,13 @@ import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defake_pipeline.errors import ModelConfigError, validation_line
 from defake_pipeline.imaging.encode import EncodingPolicy
 from defake_pipeline.settings import project_dirs
-from defake_pipeline.text import slugify
+from defake_pipeline.text import slugify, without_userinfo
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -88,14 +87,6 @@ class ModelSpec(BaseModel):
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1_000_000
-
-
-def without_userinfo(url: str) -> str:
-    """``url`` without a ``user:password@`` part (everything else unchanged)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _read_toml(path: Path) -> dict:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from defake_pipeline.errors import DefakeError, JournalDamagedError, JournalWriteError
+from defake_pipeline.text import without_userinfo
 from defake_pipeline.warehouse.files import process_alive
 
 # Answers are keyed by what answered (the endpoint, without credentials, and the id it serves
@@ -192,6 +193,10 @@ class ResponseJournal:
         """The answer if one is stored; else whether to ask now (this journal took the key's
         lease) or to wait: a live lease is held, by another runner or by this one for another
         image of the same content, and its answer serves this one too."""
+        # A stored answer (every image of a warm rerun) is read without taking the write lock.
+        entry = self.get(key)
+        if entry is not None:
+            return entry
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -211,11 +216,11 @@ class ResponseJournal:
         if entry is not None:
             return entry
         row = self._conn.execute(f"SELECT host, pid, expires_at FROM answer_leases WHERE {_KEY}", key).fetchone()
-        if row is not None and _lease_alive(*row):
+        if row is not None and lease_alive(row[0], row[1], row[2] - time.time()):
             return Claim.WAIT
         self._conn.execute(
             "INSERT OR REPLACE INTO answer_leases VALUES (?,?,?,?,?,?,?,?)",
-            (*key, self.owner, _HOST, os.getpid(), time.time() + ttl_s),
+            (*key, self.owner, HOST, os.getpid(), time.time() + ttl_s),
         )
         return Claim.ASK
 
@@ -277,12 +282,46 @@ class ResponseJournal:
             self._conn.close()
 
 
-_HOST = socket.gethostname()
+HOST = socket.gethostname()
 
 
-def _lease_alive(host: str, pid: int, expires_at: float) -> bool:
-    if expires_at <= time.time():
+def lease_alive(host: str, pid: int, remaining_s: float) -> bool:
+    """Whether a lease still holds: not expired, and its process alive where that can be seen."""
+    if remaining_s <= 0:
         return False
-    if host != _HOST:
+    if host != HOST:
         return True
     return process_alive(pid)  # False: its process died holding it
+
+
+class Journal(Protocol):
+    """What the engine needs of a response journal (SQLite here, or ``journal_postgres``)."""
+
+    owner: str
+
+    def get(self, key: AnswerKey) -> JournalEntry | None: ...
+    def put(self, key: AnswerKey, entry: JournalEntry) -> None: ...
+    def claim(self, key: AnswerKey, ttl_s: float) -> JournalEntry | Claim: ...
+    def release(self, key: AnswerKey) -> None: ...
+    def served_id(self, endpoint: str, model_name: str) -> str | None: ...
+    def record_served_id(self, endpoint: str, model_name: str, model_id: str) -> None: ...
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def open_journal(url: str | None, default_path: Path) -> Journal:
+    """The journal at ``url`` (``DEFAKE_JOURNAL_URL``): ``postgresql://…``, or ``sqlite:///path``;
+    None: SQLite at ``default_path``."""
+    if not url:
+        return ResponseJournal(default_path)
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        from defake_pipeline.evaluation.journal_postgres import PostgresJournal  # only the scaled set-up needs it
+
+        return PostgresJournal(url)
+    if scheme == "sqlite" and url.startswith("sqlite:///"):
+        return ResponseJournal(Path(url.removeprefix("sqlite:///")))
+    raise JournalWriteError(
+        f"DEFAKE_JOURNAL_URL: {without_userinfo(url)!r} is neither postgresql://user:password@host:port/db "
+        "nor sqlite:///path"
+    )

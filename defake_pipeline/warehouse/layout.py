@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from defake_pipeline.settings import defake_home
+from defake_pipeline.settings import defake_home, load_settings
 
 
 class HomeLayout:
     """Every file the pipeline writes under DEFAKE_HOME."""
 
-    def __init__(self, home: Path | str | None = None):
+    def __init__(self, home: Path | str | None = None, journal_url: str | None = None):
         self.home = Path(home).absolute() if home else defake_home()
+        # Where answers are journaled: DEFAKE_JOURNAL_URL (Postgres, for workers that share no
+        # disk), else SQLite at ``journal``.
+        self.journal_url = journal_url or load_settings().journal_url
 
     @property
     def journal(self) -> Path:
