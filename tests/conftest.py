@@ -9,6 +9,9 @@ from defake_pipeline.datasets.layouts import get_dataset
 from defake_pipeline.datasets.manifest import build_manifest, jobs_from_manifest
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
+# A password planted in every URL and config that takes one: no output, file, log or table may hold it.
+PLANTED_PASSWORD = "pw-PLANTED-5f3e9a"
+
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "upstream"
 
@@ -76,3 +79,33 @@ def vllm_endpoint(chat_server, defake_home, monkeypatch):
     partitions (the Canny baseline reads no prompt, so it has none)."""
     monkeypatch.setenv("BASE_URL", chat_server.base_url)
     return chat_server
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server (``initdb`` in a temporary folder), one for each test module."""
+    from defake_pipeline.testing.postgres import PostgresServer
+
+    with PostgresServer(PLANTED_PASSWORD) as server:
+        yield server
+
+
+def assert_no_password_under(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert PLANTED_PASSWORD.encode() not in path.read_bytes(), path
+
+
+def assert_no_password_in_database(url: str) -> None:
+    """No row of any table in the database at ``url`` holds the planted password."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='public'")
+        tables = [row[0] for row in cur.fetchall()]
+        assert tables
+        for table in tables:
+            cur.execute(f'SELECT count(*) FROM "{table}" t WHERE t::text LIKE %s', (f"%{PLANTED_PASSWORD}%",))
+            assert cur.fetchone()[0] == 0, table
+    conn.close()

@@ -5,8 +5,9 @@ by the database's clock, so workers on different machines agree on when one expi
 process check of a lease applies only on its own host. A worker killed holding leases leaves
 them to expire, and another worker then takes the keys.
 
-psycopg2 is the driver: ``dagster-postgres`` (the Dagster instance on Postgres) installs it
-already, so the scaled deployment carries one PostgreSQL driver, not two.
+psycopg2 is the driver: ``dagster-postgres`` (the Dagster instance on Postgres) requires it and
+runs on it (``scheme: postgresql+psycopg2`` in deploy/dagster.yaml: its LISTEN/NOTIFY fails on
+psycopg 3), so a deployment carries one PostgreSQL driver, not two.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import uuid
 from typing import Any
 
 import psycopg2
-import psycopg2.errors
 
 from defake_pipeline.errors import JournalWriteError
 from defake_pipeline.evaluation.journal import HOST, AnswerKey, Claim, JournalEntry, lease_alive

@@ -15,13 +15,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from conftest import real_fake_dataset
+from conftest import PLANTED_PASSWORD as PASSWORD
+from conftest import assert_no_password_under, real_fake_dataset
 from defake_pipeline.errors import JournalWriteError
 from defake_pipeline.evaluation.journal import AnswerKey, Claim, JournalEntry, open_journal
-from defake_pipeline.testing.postgres import PostgresServer
 
 MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
-PASSWORD = "pw-PLANTED-5f3e9a"
 # A model whose lease is short: (timeout 2 s + wait 1 s) × 1 attempt.
 MODELS_TOML = """registered = ["pgtest"]
 [models.pgtest]
@@ -31,12 +30,6 @@ max_retries = 0
 max_retry_wait_s = 1
 concurrency = 4
 """
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    with PostgresServer(PASSWORD) as server:
-        yield server
 
 
 @pytest.fixture
@@ -112,12 +105,6 @@ def _rows(home: Path, name: str) -> list[dict]:
     return list(csv.DictReader((home / f"{name}.csv").open()))
 
 
-def _no_password_under(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            assert PASSWORD.encode() not in path.read_bytes(), path
-
-
 def test_two_workers_that_share_no_disk_pay_once_for_each_answer(tmp_path, chat_server, journal_url):
     chat_server.state.latency_s = 0.2
     project = _project(tmp_path, 15)
@@ -132,7 +119,7 @@ def test_two_workers_that_share_no_disk_pay_once_for_each_answer(tmp_path, chat_
     assert len(first) == 30 and first == second
     for home in homes:
         assert not (home / "cache").exists(), "no SQLite journal beside the Postgres one"
-        _no_password_under(home)
+        assert_no_password_under(home)
     # A warm rerun from a fresh folder asks nothing.
     fresh = tmp_path / "worker-c"
     out, err = _infer(project, fresh, journal_url, chat_server, "again").communicate(timeout=120)
