@@ -22,7 +22,7 @@ from PIL import Image
 
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
-from defake_pipeline.evaluation.journal import open_journal
+from defake_pipeline.evaluation.journal import ResponseJournal, open_journal
 from defake_pipeline.imaging.encode import encode_image_file
 from defake_pipeline.prompting.spec import find_prompt, load_prompt
 from defake_pipeline.records import ImageJob
@@ -70,7 +70,7 @@ def make_images(folder: Path, n: int, size=(512, 384)) -> list[ImageJob]:
 
 def run_engine(server: Server, jobs, journal_path: Path, concurrency: int, journal_url=None, **spec_update):
     spec = get_model("vllm").model_copy(update={"base_url": server.base_url, "concurrency": concurrency, **spec_update})
-    journal = open_journal(journal_url, journal_path)
+    journal = open_journal(journal_url) if journal_url else ResponseJournal(journal_path)
     try:
         started = time.perf_counter()
         cpu = time.process_time()

@@ -21,9 +21,11 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    DEFAKE_HOME: Path = Path("outputs")
+    DEFAKE_HOME: str = "outputs"
     """Everything the pipeline writes: manifests, predictions, the journal, the warehouse, reports
-    (default: ``outputs/`` in the project's root, see ``project_root``)."""
+    (default: ``outputs/`` in the project's root, see ``project_root``); a folder, or an object
+    store URL such as ``s3://bucket/prefix`` (the standard AWS variables give its credentials and,
+    with ``AWS_ENDPOINT_URL``, an S3-compatible server)."""
     DAGSTER_HOME: Path = Path(".dagster_home")
     """The Dagster instance the CLI runs on (default: ``.dagster_home/`` in the project's root)."""
     OPENAI_API_KEY: SecretStr | None = None
@@ -69,8 +71,13 @@ def load_settings() -> Settings:
     values = {name: value for name in Settings.model_fields if (value := os.environ.get(name))}
     base = project_root() or Path.cwd()
     for name in ("DEFAKE_HOME", "DAGSTER_HOME"):
-        values.setdefault(name, base / Settings.model_fields[name].default)
+        values.setdefault(name, str(base / Settings.model_fields[name].default))
     return Settings.model_validate(values)
+
+
+def is_url(location: str) -> bool:
+    """Whether a location (DEFAKE_HOME, a dataset root) names an object store, not a folder."""
+    return "://" in location
 
 
 def homes_notice() -> str | None:
@@ -79,7 +86,7 @@ def homes_notice() -> str | None:
     if os.environ.get("DEFAKE_HOME") or project_root() is not None:
         return None
     settings = load_settings()
-    if settings.DEFAKE_HOME.exists():
+    if Path(settings.DEFAKE_HOME).exists():
         return None
     return (
         f"no project here (no {', '.join(PROJECT_MARKERS)} in {Path.cwd()} or above): writing to "
@@ -87,9 +94,11 @@ def homes_notice() -> str | None:
     )
 
 
-def defake_home() -> Path:
-    """The folder for everything the pipeline writes (``DEFAKE_HOME``, default ``./outputs``)."""
-    return load_settings().DEFAKE_HOME.absolute()
+def defake_home() -> str:
+    """Where everything the pipeline writes goes (``DEFAKE_HOME``, default ``./outputs``): an
+    absolute folder, or an object store URL."""
+    home = load_settings().DEFAKE_HOME
+    return home if is_url(home) else str(Path(home).absolute())
 
 
 def project_dirs(name: str) -> list[Path]:

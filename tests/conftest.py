@@ -109,3 +109,12 @@ def assert_no_password_in_database(url: str) -> None:
             cur.execute(f'SELECT count(*) FROM "{table}" t WHERE t::text LIKE %s', (f"%{PLANTED_PASSWORD}%",))
             assert cur.fetchone()[0] == 0, table
     conn.close()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-compatible server (moto's) with one bucket; its secret key is the planted password."""
+    from defake_pipeline.testing.object_store import S3Server
+
+    with S3Server(PLANTED_PASSWORD) as server:
+        yield server

@@ -10,7 +10,7 @@ def test_empty_variables_count_as_unset_and_the_key_stays_secret(monkeypatch):
     monkeypatch.setenv("BASE_URL", "")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
     settings = load_settings()
-    assert settings.BASE_URL is None and settings.DEFAKE_HOME.name == "outputs"
+    assert settings.BASE_URL is None and Path(settings.DEFAKE_HOME).name == "outputs"
     assert settings.api_key == "sk-test-secret" and "sk-test-secret" not in repr(settings)
 
 

@@ -75,7 +75,7 @@ def _model_hint(exc: DefakeError) -> str:
 
 def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:
     """Log to stderr, and to DEFAKE_HOME/logs/<log_id or main>.log as the seed's -l/--log_id did."""
-    log_dir = layout.home / "logs"
+    log_dir = layout.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(log_dir / f"{log_id or 'main'}.log", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

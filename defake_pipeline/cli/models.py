@@ -54,12 +54,11 @@ def add_models(names: tuple[str, ...]) -> None:
 def remove_models(names: tuple[str, ...]) -> None:
     """Unregister models and take their results off the leaderboard (their paid answers stay in
     the journal, so registering them again costs nothing)."""
-    import shutil
-
     from defake_pipeline.cli.instance import local_instance
     from defake_pipeline.cli.launch import publish
     from defake_pipeline.defs.partitions import MODEL
     from defake_pipeline.endpoints.registry import get_model, registered_models, write_registered
+    from defake_pipeline.warehouse.files import remove_tree
     from defake_pipeline.warehouse.layout import HomeLayout
 
     specs = [get_model(n) for n in names]
@@ -76,7 +75,7 @@ def remove_models(names: tuple[str, ...]) -> None:
     for key in present:
         instance.delete_dynamic_partition(MODEL, key)
     for key in keys:
-        shutil.rmtree(layout.predictions_dir / f"model={key}", ignore_errors=True)
+        remove_tree(layout.predictions_dir / f"model={key}")
     if layout.manifests_dir.exists() and any(layout.manifests_dir.glob("*.parquet")):
         publish(instance)
     click.echo(f"removed: {', '.join(sorted(keys))}")

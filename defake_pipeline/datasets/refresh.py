@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-import pandas as pd
 
 from defake_pipeline.datasets.layouts import DatasetSpec
 from defake_pipeline.datasets.manifest import (
     build_manifest,
 )
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
 from defake_pipeline.warehouse.parquet import (
+    read_parquet_frame,
     write_parquet_atomic,
 )
 
@@ -20,7 +18,7 @@ from defake_pipeline.warehouse.parquet import (
 @dataclass(frozen=True)
 class ManifestSummary:
     dataset: str
-    path: Path
+    path: StoredPath
     n_images: int
     n_real: int
     n_fake: int
@@ -33,7 +31,7 @@ def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None, rehas
     """Re-scan one dataset and write its manifest, reusing probes of files whose size and mtime
     are unchanged, unless ``rehash``."""
     target = layout.manifest_file(spec.key)
-    previous = pd.read_parquet(target) if target.exists() and not rehash else None
+    previous = read_parquet_frame(target) if target.exists() and not rehash else None
     notes: list[str] = []
     manifest = build_manifest(spec, previous, progress=progress, notes=notes)
     write_parquet_atomic(manifest, target)

@@ -309,11 +309,8 @@ class Journal(Protocol):
     def close(self) -> None: ...
 
 
-def open_journal(url: str | None, default_path: Path) -> Journal:
-    """The journal at ``url`` (``DEFAKE_JOURNAL_URL``): ``postgresql://…``, or ``sqlite:///path``;
-    None: SQLite at ``default_path``."""
-    if not url:
-        return ResponseJournal(default_path)
+def open_journal(url: str) -> Journal:
+    """The journal at ``url`` (``DEFAKE_JOURNAL_URL``): ``postgresql://…``, or ``sqlite:///path``."""
     scheme = url.partition("://")[0].lower()
     if scheme in ("postgresql", "postgres"):
         from defake_pipeline.evaluation.journal_postgres import PostgresJournal  # only the scaled set-up needs it

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-import pandas as pd
 
 from defake_pipeline.datasets.manifest import (
     job_keys,
@@ -18,10 +15,11 @@ from defake_pipeline.evaluation.run import run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import NO_PROMPT, Prediction
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
 from defake_pipeline.warehouse.parquet import (
     PredictionWriter,
     read_manifests,
+    read_parquet_frame,
     unreadable_parquet,
 )
 
@@ -32,7 +30,7 @@ class PartitionSummary(Tally):
 
     model: str = ""
     prompt: str = ""
-    path: Path | None = None
+    path: StoredPath | None = None
     note: str = ""  # something the run did that the user should hear of
 
 
@@ -90,7 +88,7 @@ def evaluate_partition(
             # Rows match on the job key, which is also how an unreadable image's `missing:<path>`
             # error row is keyed (it has no sha256 in the manifest).
             fresh, listed = job_keys(chosen), job_keys(manifest)
-            kept = pd.read_parquet(target)
+            kept = read_parquet_frame(target)
             kept = kept[~kept["image_sha256"].isin(fresh) & kept["image_sha256"].isin(listed)]
             writer.add_frame(kept)
         writer.commit()

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from defake_pipeline.datasets.layouts import LabeledImage
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
-from defake_pipeline.evaluation.journal import open_journal
+from defake_pipeline.evaluation.journal import ResponseJournal, open_journal
 from defake_pipeline.imaging.probe import probe_image
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import ImageJob, Prediction, job_key
@@ -35,7 +35,7 @@ def run_evaluation(
     """Evaluate every job with one model × prompt against the journal under ``layout``; each
     prediction goes to ``on_result`` the moment it is made. Returns what the run's user should
     hear of (see ``Evaluator.notices``)."""
-    journal = open_journal(layout.journal_url, layout.journal)
+    journal = open_journal(layout.journal_url) if layout.journal_url else ResponseJournal(layout.journal)
     try:
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
         evaluate_sync(jobs, evaluator, on_result=on_result, collect=False)

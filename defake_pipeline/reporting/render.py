@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
 from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target, markdown_table, visible_controls
 from defake_pipeline.warehouse.database import export, query
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -77,23 +78,34 @@ _env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell,
 _env.globals.update(no_prompt=NO_PROMPT)
 
 
-def data_uri(path: Path, mime: str) -> str:
+def data_uri(path: StoredPath, mime: str) -> str:
     """A file inlined as a data URI, for markdown shown where relative paths do not resolve
     (the Dagster UI's metadata view)."""
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _image_rows(rows: pd.DataFrame, report_dir: Path, thumbs: dict[str, Path], embed: bool) -> list[dict]:
+def relative_link(target: str | StoredPath, report_dir: StoredPath) -> str:
+    """A link from a report to ``target``: relative where both are on one disk or one store,
+    else the target's own address."""
+    if not is_remote(report_dir):
+        return str(target) if "://" in str(target) else os.path.relpath(str(target), str(report_dir))
+    base = str(report_dir).rstrip("/") + "/"
+    return str(target).removeprefix(base)
+
+
+def _image_rows(
+    rows: pd.DataFrame, report_dir: StoredPath, thumbs: Mapping[str, StoredPath], embed: bool
+) -> list[dict]:
     out = []
     for r in rows.itertuples(index=False):
         thumb_file = thumbs.get(r.sha256)
         thumb = None
         if thumb_file:
-            thumb = data_uri(thumb_file, "image/jpeg") if embed else os.path.relpath(thumb_file, report_dir)
+            thumb = data_uri(thumb_file, "image/jpeg") if embed else relative_link(thumb_file, report_dir)
         out.append(
             {
                 "name": Path(r.path).name,
-                "link": None if embed else os.path.relpath(r.path, report_dir),
+                "link": None if embed else relative_link(r.path, report_dir),
                 "thumb": thumb,
                 "dataset": r.dataset,
                 "label": VERDICT_OF_PRED[int(r.label)],
@@ -125,7 +137,7 @@ def _confusion(rows: pd.DataFrame) -> list[dict]:
 def render_report(
     metrics: pd.DataFrame,
     scored: pd.DataFrame,
-    report_dir: Path,
+    report_dir: StoredPath,
     model: str,
     prompt: str,
     csv_name: str | None = None,
@@ -236,16 +248,16 @@ UI_ROWS_PER_SECTION = 6
 class WrittenReport:
     model: str
     prompt: str
-    path: Path
+    path: StoredPath
     ui_markdown: str  # the same report with inlined thumbnails and fewer rows, for the UI
     rendered: bool = True  # False: unchanged since the last run, read back as it was
 
 
-def _digests_file(layout: HomeLayout) -> Path:
+def _digests_file(layout: HomeLayout) -> StoredPath:
     return layout.reports_dir / ".inputs.json"
 
 
-def _ui_file(report: Path) -> Path:
+def _ui_file(report: StoredPath) -> StoredPath:
     """Where the UI form of a report is kept, so an unchanged report is shown without rendering."""
     return report.parent / ".ui" / report.name
 
@@ -266,7 +278,7 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
     target = layout.report_file(model, prompt)
     target.parent.mkdir(parents=True, exist_ok=True)
     csv_path = target.with_suffix(".csv")
-    export(layout, f"COPY ({REPORT_CSV_SQL}) TO '{_sql_path(csv_path)}' (HEADER)", [model, prompt])
+    export(layout, REPORT_CSV_SQL, csv_path, [model, prompt])
     text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name)
     target.write_text(text, encoding="utf-8")
     ui = render_report(metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION)
@@ -275,7 +287,7 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
     return WrittenReport(model, prompt, target, ui)
 
 
-def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[Path]]:
+def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredPath]]:
     """Bring the reports in line with the warehouse: one per partition that passed the gate.
 
     A report is rendered again only when its rows or metrics changed; the report of a
@@ -295,7 +307,7 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[Path]]:
             current.append(WrittenReport(model, prompt, target, ui, rendered=False))
         else:
             current.append(write_report(layout, model, prompt))
-    removed = []
+    removed: list[StoredPath] = []
     keep = {layout.report_file(m, p).name for m, p in wanted}
     for stale in layout.reports_dir.glob("*__*.md") if layout.reports_dir.exists() else []:
         if stale.name not in keep:
@@ -307,10 +319,6 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[Path]]:
     return current, removed
 
 
-def _sql_path(path: Path) -> str:
-    return str(path).replace("'", "''")
-
-
 # Distinct contents per dataset filed under both labels (left out of paired comparisons).
 _LABEL_LEAKS_SQL = """
 SELECT dataset, count(*)::INTEGER AS n FROM (
@@ -320,7 +328,7 @@ SELECT dataset, count(*)::INTEGER AS n FROM (
 """
 
 
-def write_leaderboard(layout: HomeLayout) -> tuple[Path, str, str]:
+def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
     """Write the leaderboard; returns its path, its markdown, and the markdown for the UI
     (the charts inlined as data URIs)."""
     ranked = query(

@@ -10,11 +10,12 @@ from PIL import Image, ImageOps
 
 from defake_pipeline.imaging.probe import read_image_bytes
 from defake_pipeline.warehouse.files import atomic_path
+from defake_pipeline.warehouse.layout import StoredPath
 
 THUMB_SIDE = 96
 
 
-def _make(source: Path, target: Path) -> bool:
+def _make(source: Path, target: StoredPath) -> bool:
     try:
         with Image.open(io.BytesIO(read_image_bytes(source))) as img:
             img.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))  # JPEG decodes at reduced scale: much faster
@@ -28,12 +29,15 @@ def _make(source: Path, target: Path) -> bool:
         return False
 
 
-def ensure_thumbnails(images: dict[str, str], folder: Path) -> dict[str, Path]:
+def ensure_thumbnails(images: dict[str, str], folder: StoredPath) -> dict[str, StoredPath]:
     """Thumbnail files for ``{key: image path}``; keys are image hashes. Missing ones are made
-    in parallel (Pillow releases the GIL while decoding)."""
+    in parallel (Pillow releases the GIL while decoding). The folder is listed once: on an
+    object store each existence check would be a request."""
     folder.mkdir(parents=True, exist_ok=True)
     targets = {key: folder / f"{key[:24]}.jpg" for key in images}
-    todo = [(Path(images[k]), t) for k, t in targets.items() if not t.exists()]
+    present = {p.name for p in folder.iterdir()} if folder.exists() else set()
+    todo = [(Path(images[k]), t) for k, t in targets.items() if t.name not in present]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda job: _make(*job), todo))
-    return {k: t for k, t in targets.items() if t.exists()}
+        made = list(pool.map(lambda job: _make(*job), todo))
+    present |= {t.name for (_, t), ok in zip(todo, made, strict=True) if ok}
+    return {k: t for k, t in targets.items() if t.name in present}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -24,9 +23,9 @@ from defake_pipeline.records import (
     label_from_text,
     predictions_frame,
 )
-from defake_pipeline.reporting.render import render_report
+from defake_pipeline.reporting.render import relative_link, render_report
 from defake_pipeline.warehouse.database import create_metrics
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
 
 SUMMARY_COLUMNS = [
@@ -128,7 +127,7 @@ def _records(row: dict, dataset: str, model: str, prompt: str) -> tuple[Manifest
 
 
 def _experiment_tables(
-    csv_path: Path, frame: pd.DataFrame, dataset: str, model: str, prompt: str
+    csv_path: StoredPath, frame: pd.DataFrame, dataset: str, model: str, prompt: str
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory warehouse holding one CSV, so ``doc`` uses the pipeline's own metrics and templates."""
     rows = frame.drop_duplicates("path", keep="last").to_dict("records")
@@ -147,10 +146,10 @@ def _experiment_tables(
     return con
 
 
-def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list[str]) -> dict:
+def document_experiment(csv_path: StoredPath, markdown_path: StoredPath, dataset_names: list[str]) -> dict:
     """Write the markdown report of one experiment CSV; return the seed's summary row."""
     try:
-        frame = pd.read_csv(csv_path, dtype={"path": str, "response": str}, keep_default_na=True)
+        frame = pd.read_csv(str(csv_path), dtype={"path": str, "response": str}, keep_default_na=True)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DefakeError(f"{csv_path}: cannot read CSV ({exc})") from None
     missing = [c for c in SEED_CSV_COLUMNS if c not in frame.columns]
@@ -173,7 +172,7 @@ def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list
             markdown_path.parent,
             model or name,
             prompt or name,
-            csv_name=os.path.relpath(csv_path.absolute(), markdown_path.parent.absolute()),
+            csv_name=relative_link(csv_path, markdown_path.parent),
         ),
         encoding="utf-8",
     )
@@ -189,7 +188,7 @@ def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list
         "model": model,
         "prompt": prompt,
         "count": count,
-        "output_path": os.path.relpath(markdown_path),
+        "output_path": relative_link(markdown_path, Path.cwd()),
         "total_images": int(m.n_valid),
         "count_real": valid_real,
         "count_fake": int(m.n_valid) - valid_real,
@@ -202,10 +201,10 @@ def document_experiment(csv_path: Path, markdown_path: Path, dataset_names: list
     }
 
 
-def experiment_csvs(layout: HomeLayout) -> list[Path]:
+def experiment_csvs(layout: HomeLayout) -> list[StoredPath]:
     """Every experiment CSV directly in DEFAKE_HOME (or below it, but not the pipeline's own folders)."""
     skip = {layout.predictions_dir, layout.manifests_dir, layout.reports_dir}
-    out = []
+    out: list[StoredPath] = []
     for path in sorted(layout.home.rglob("*.csv")):
         if not any(parent in skip for parent in path.parents):
             out.append(path)

@@ -19,7 +19,8 @@ from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import CSV_COLUMNS, Prediction
 from defake_pipeline.text import printable
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.files import local_working_copy
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
 
 # The seed's own dataset names, found relative to the working directory.
 SEED_DATASET_DIRS = {"WildFakeResampled": "WildFakeResampled", "WildFakeResampled20K": "WildFakeResampled20K"}
@@ -88,7 +89,7 @@ def default_output_name(dataset: str, count: int, model: str, prompt_name: str, 
     return f"{dataset}-{count}_{model}_{prompt_name}{'_' + log_id if log_id else ''}"
 
 
-def output_csv_path(layout: HomeLayout, output: str) -> Path:
+def output_csv_path(layout: HomeLayout, output: str) -> StoredPath:
     """``-o NAME`` → DEFAKE_HOME/NAME.csv; a path with a folder, or ending in .csv, is taken as given."""
     path = Path(output)
     if path.suffix != ".csv":
@@ -96,7 +97,7 @@ def output_csv_path(layout: HomeLayout, output: str) -> Path:
     return path if (path.parent != Path(".") or path.is_absolute()) else layout.home / path
 
 
-def tally_of_csv(path: Path) -> Tally:
+def tally_of_csv(path: StoredPath) -> Tally:
     """Totals of an output CSV, read with the csv module (pandas would add most of a second to
     every ``infer``)."""
 
@@ -117,7 +118,7 @@ def run_experiment(
     spec: ModelSpec,
     prompt: LoadedPrompt,
     images: list[LabeledImage],
-    output: Path,
+    output: StoredPath,
     *,
     resume: bool = False,
     overwrite: bool = False,
@@ -136,6 +137,22 @@ def run_experiment(
     cwd = Path.cwd()
     todo = [i for i in images if display_path(i.path, cwd) not in done] if done else images
     fresh = not (resume and output.exists())
+    with local_working_copy(output) as local:
+        return _append_rows(layout, spec, prompt, todo, local, fresh, cwd, api_key, max_cost_usd, on_result)
+
+
+def _append_rows(
+    layout: HomeLayout,
+    spec: ModelSpec,
+    prompt: LoadedPrompt,
+    todo: list[LabeledImage],
+    output: Path,
+    fresh: bool,
+    cwd: Path,
+    api_key: str | None,
+    max_cost_usd: float | None,
+    on_result: Callable[[Prediction], None] | None,
+) -> list[str]:
     # The file is opened at the first row: a run that fails before any answer (unreachable
     # endpoint, missing decorator) leaves no header-only CSV that a rerun would refuse.
     opened: list = []

@@ -1,21 +1,27 @@
-"""The DuckDB warehouse, rebuilt from the Parquet files beside the old one and renamed into place."""
+"""The DuckDB warehouse, rebuilt from the Parquet files beside the old one and renamed into place
+(or, for a DEFAKE_HOME on object storage, built in a local scratch file and sent in one PUT)."""
 
 from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 
 from defake_pipeline.records import prediction_schema
-from defake_pipeline.warehouse.files import atomic_path, remove_abandoned
+from defake_pipeline.warehouse.files import atomic_path, remove_abandoned, remove_quietly
 from defake_pipeline.warehouse.gate import GateThresholds, add_missing_prediction_columns, create_gate_table
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote
 from defake_pipeline.warehouse.metrics_sql import (
     COMPARISON_COUNTS_SQL,
     METRICS_SQL,
     SCORED_VIEW_SQL,
     mcnemar_exact_p,
 )
-from defake_pipeline.warehouse.parquet import partition_of, unreadable_parquet
+from defake_pipeline.warehouse.parquet import duckdb_reading, partition_of, unreadable_parquet
 
 
 def rebuild_warehouse(
@@ -41,7 +47,10 @@ def rebuild_warehouse(
     if not manifests:
         raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
     remove_abandoned(layout.warehouse, ".duckdb.tmp")
-    with atomic_path(layout.warehouse, ".duckdb.tmp", create=False) as tmp, duckdb.connect(str(tmp)) as con:
+    with (
+        atomic_path(layout.warehouse, ".duckdb.tmp", create=False) as tmp,
+        duckdb_reading([*manifests, *predictions], str(tmp)) as con,
+    ):
         con.execute(
             "CREATE TABLE image_manifest AS SELECT * FROM read_parquet(?, union_by_name=true)",
             [list(map(str, manifests))],
@@ -92,11 +101,44 @@ def create_metrics(
 
 def query(layout: HomeLayout, sql: str, params: list | None = None) -> pd.DataFrame:
     """Read from the warehouse (read-only, so any number of readers can run at once)."""
-    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
+    with duckdb.connect(str(_readable(layout.warehouse)), read_only=True) as con:
         return con.execute(sql, params or []).df()
 
 
-def export(layout: HomeLayout, sql: str, params: list | None = None) -> None:
-    """Run a statement that writes outside the warehouse (``COPY ... TO``), read-only inside."""
-    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
-        con.execute(sql, params or [])
+def export(layout: HomeLayout, sql: str, target: StoredPath, params: list | None = None) -> None:
+    """Write the result of ``sql`` to ``target`` as CSV with a header (whole, or not at all)."""
+    with (
+        atomic_path(target, ".csv.tmp") as tmp,
+        duckdb.connect(str(_readable(layout.warehouse)), read_only=True) as con,
+    ):
+        escaped = str(tmp).replace("'", "''")
+        con.execute(f"COPY ({sql}) TO '{escaped}' (HEADER)", params or [])
+
+
+# A warehouse on object storage is read from a local copy, fetched again when the object
+# changes (its ETag): a report makes dozens of queries.
+_copies: dict[str, tuple[str, Path]] = {}
+
+
+def _readable(warehouse: StoredPath) -> Path:
+    if not is_remote(warehouse):
+        return Path(str(warehouse))
+    if not warehouse.exists():
+        raise FileNotFoundError(f"{warehouse}: no warehouse yet (materialize metrics first)")
+    etag = str(warehouse.fs.info(warehouse.path).get("ETag", ""))
+    held = _copies.get(str(warehouse))
+    if held and held[0] == etag and held[1].exists():
+        return held[1]
+    fd, name = tempfile.mkstemp(prefix=".defake-warehouse-", suffix=".duckdb")
+    os.close(fd)
+    warehouse.fs.get_file(warehouse.path, name)
+    if held:
+        remove_quietly(held[1])
+    _copies[str(warehouse)] = (etag, Path(name))
+    return Path(name)
+
+
+@atexit.register
+def _remove_copies() -> None:
+    for _, copy in _copies.values():
+        remove_quietly(copy)

@@ -8,13 +8,14 @@ so rankings, comparisons and reports read the gate from the data, never from run
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 import pandas as pd
 
 from defake_pipeline.records import prediction_schema
+from defake_pipeline.warehouse.layout import StoredPath
 from defake_pipeline.warehouse.metrics_sql import ERROR_RATE_SQL, SCORED_VIEW_SQL, UNKNOWN_RATE_SQL
+from defake_pipeline.warehouse.parquet import duckdb_reading
 
 GATE_PASSED, GATE_FAILED, GATE_MISSING = "passed", "failed", "missing"
 
@@ -139,9 +140,9 @@ class PartitionGate:
         )
 
 
-def partition_gate(parquet: Path, manifests: pd.DataFrame, thresholds: GateThresholds) -> PartitionGate:
+def partition_gate(parquet: StoredPath, manifests: pd.DataFrame, thresholds: GateThresholds) -> PartitionGate:
     """The gate of one partition file, per dataset of the manifest rows it answers."""
-    with duckdb.connect() as con:
+    with duckdb_reading([parquet]) as con:
         con.register("image_manifest", manifests)
         con.execute("CREATE TABLE predictions AS SELECT * FROM read_parquet(?)", [str(parquet)])
         add_missing_prediction_columns(con)

@@ -7,8 +7,7 @@ renames it into place. Readers keep the file they opened; writers never meet a l
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
 import duckdb
 import pandas as pd
@@ -18,14 +17,31 @@ import pyarrow.parquet as pq
 from defake_pipeline.records import PREDICTION_COLUMNS, prediction_schema
 from defake_pipeline.warehouse.files import (
     atomic_path,
+    publish,
     remove_abandoned,
     remove_quietly,
     temporary_beside,
 )
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote
 
 
-def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> Path:
+def duckdb_reading(files: Iterable[StoredPath], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that reads ``files`` wherever they are: a store's files go through
+    its fsspec file system (DuckDB's own httpfs extension would be a download at run time)."""
+    con = duckdb.connect(database)
+    protocols = set()
+    for file in files:
+        if is_remote(file) and file.protocol not in protocols:
+            con.register_filesystem(file.fs)
+            protocols.add(file.protocol)
+    return con
+
+
+def read_parquet_frame(file: StoredPath) -> pd.DataFrame:
+    return pd.read_parquet(str(file))
+
+
+def write_parquet_atomic(frame: pd.DataFrame, target: StoredPath) -> StoredPath:
     """Write a Parquet file so that readers see the old file or the new one, never half of one."""
     remove_abandoned(target, ".parquet.tmp")
     with atomic_path(target, ".parquet.tmp") as tmp:
@@ -36,13 +52,13 @@ def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> Path:
 class PredictionWriter:
     """Streams prediction rows to a partition's Parquet file in batches, so memory stays flat.
 
-    Rows go to a temporary file that replaces the target only on ``commit``; a crash
-    leaves the previous partition file untouched (the journal keeps every answer).
+    Rows go to a temporary file that replaces the target only on ``commit`` (``publish``); a
+    crash leaves the previous partition file untouched (the journal keeps every answer).
     """
 
     BATCH_ROWS = 2000
 
-    def __init__(self, target: Path):
+    def __init__(self, target: StoredPath):
         self.target = target
         remove_abandoned(target, ".parquet.tmp")  # what a killed run of this partition left
         self._tmp = temporary_beside(target, ".parquet.tmp")
@@ -69,10 +85,10 @@ class PredictionWriter:
             self.n_rows += len(self._batch)
             self._batch = []
 
-    def commit(self) -> Path:
+    def commit(self) -> StoredPath:
         self._flush()
         self._writer.close()
-        os.replace(self._tmp, self.target)
+        publish(self._tmp, self.target)
         return self.target
 
     def discard(self) -> None:
@@ -82,32 +98,32 @@ class PredictionWriter:
             remove_quietly(self._tmp)
 
 
-def unreadable_parquet(file: Path) -> str | None:
+def unreadable_parquet(file: StoredPath) -> str | None:
     """Why a Parquet file cannot be read to the end, or None when it can."""
     try:
-        with duckdb.connect() as con:
+        with duckdb_reading([file]) as con:
             con.execute("SELECT * FROM read_parquet(?)", [str(file)]).fetchall()
     except duckdb.Error as exc:
         return f"{file.name} is unreadable ({str(exc).splitlines()[0][:200]})"
     return None
 
 
-def partition_of(file: Path) -> tuple[str, str]:
+def partition_of(file: StoredPath) -> tuple[str, str]:
     """(model, prompt) of a file laid out as predictions/model=<m>/prompt=<p>.parquet."""
     return file.parent.name.removeprefix("model="), file.stem.removeprefix("prompt=")
 
 
-def predictions_content_hash(files: list[Path]) -> str:
+def predictions_content_hash(files: Sequence[StoredPath]) -> str:
     """A hash of what the partition files say (answers, verdicts, errors; not timestamps): equal
     for a rerun that found nothing new."""
-    existing = [str(f) for f in files if f.exists() and not unreadable_parquet(f)]
+    existing = [f for f in files if f.exists() and not unreadable_parquet(f)]
     if not existing:
         return "empty"
-    with duckdb.connect() as con:
+    with duckdb_reading(existing) as con:
         row = con.execute(
             "SELECT count(*), sum(hash(model, prompt, image_sha256, path, label, pred, score, response, error, "
             "prompt_hash)) FROM read_parquet(?, union_by_name=true)",
-            [existing],
+            [list(map(str, existing))],
         ).fetchone()
     assert row is not None  # an aggregate always returns one row
     return f"{row[0]}-{row[1]}"
@@ -117,7 +133,7 @@ def read_manifests(layout: HomeLayout) -> pd.DataFrame:
     files = sorted(layout.manifests_dir.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat([read_parquet_frame(f) for f in files], ignore_index=True)
 
 
 def missing_manifests(layout: HomeLayout, dataset_keys: list[str]) -> list[str]:

@@ -42,7 +42,7 @@ def _key(i: int) -> AnswerKey:
 
 
 def test_the_postgres_journal_keeps_the_sqlite_journals_rules(journal_url):
-    one, two = open_journal(journal_url, Path("unused")), open_journal(journal_url, Path("unused"))
+    one, two = open_journal(journal_url), open_journal(journal_url)
     try:
         assert one.claim(_key(1), ttl_s=60) is Claim.ASK
         assert two.claim(_key(1), ttl_s=60) is Claim.WAIT  # another worker's live lease
@@ -61,7 +61,7 @@ def test_the_postgres_journal_keeps_the_sqlite_journals_rules(journal_url):
 
 
 def test_a_lease_expires_by_the_databases_clock(journal_url):
-    one, two = open_journal(journal_url, Path("unused")), open_journal(journal_url, Path("unused"))
+    one, two = open_journal(journal_url), open_journal(journal_url)
     try:
         assert one.claim(_key(3), ttl_s=1.0) is Claim.ASK
         assert two.claim(_key(3), ttl_s=1.0) is Claim.WAIT
@@ -76,12 +76,12 @@ def test_a_lease_expires_by_the_databases_clock(journal_url):
 def test_a_journal_url_that_cannot_be_used_is_one_line_without_its_password(postgres, tmp_path):
     for url in (postgres.url("postgres", password="wrong-" + PASSWORD), postgres.url("no_such_db")):
         with pytest.raises(JournalWriteError) as caught:
-            open_journal(url, tmp_path / "unused")
+            open_journal(url)
         message = str(caught.value)
         assert "\n" not in message and PASSWORD not in message, message
         assert f"127.0.0.1:{postgres.port}" in message
     with pytest.raises(JournalWriteError, match="neither postgresql"):
-        open_journal(f"mysql://u:{PASSWORD}@h/db", tmp_path / "unused")
+        open_journal(f"mysql://u:{PASSWORD}@h/db")
 
 
 def _project(tmp_path: Path, n_per_class: int) -> Path:
