@@ -25,7 +25,7 @@ from defake_pipeline.records import (
 )
 from defake_pipeline.reporting.render import relative_link, render_report
 from defake_pipeline.warehouse.database import create_metrics
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, sorted_glob
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
 
 SUMMARY_COLUMNS = [
@@ -205,7 +205,7 @@ def experiment_csvs(layout: HomeLayout) -> list[StoredPath]:
     """Every experiment CSV directly in DEFAKE_HOME (or below it, but not the pipeline's own folders)."""
     skip = {layout.predictions_dir, layout.manifests_dir, layout.reports_dir}
     out: list[StoredPath] = []
-    for path in sorted(layout.home.rglob("*.csv")):
+    for path in sorted_glob(layout.home, "*.csv", recursive=True):
         if not any(parent in skip for parent in path.parents):
             out.append(path)
     return out

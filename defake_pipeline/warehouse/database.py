@@ -14,7 +14,7 @@ import pandas as pd
 from defake_pipeline.records import prediction_schema
 from defake_pipeline.warehouse.files import atomic_path, remove_abandoned, remove_quietly
 from defake_pipeline.warehouse.gate import GateThresholds, add_missing_prediction_columns, create_gate_table
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote, sorted_glob
 from defake_pipeline.warehouse.metrics_sql import (
     COMPARISON_COUNTS_SQL,
     METRICS_SQL,
@@ -35,9 +35,9 @@ def rebuild_warehouse(
     so a removed prompt or model leaves the warehouse, and a registered pair with no file
     is listed as ``missing`` in ``partition_gate``.
     """
-    manifests = sorted(layout.manifests_dir.glob("*.parquet"))
+    manifests = sorted_glob(layout.manifests_dir, "*.parquet")
     if partitions is None:
-        predictions = sorted(layout.predictions_dir.glob("model=*/prompt=*.parquet"))
+        predictions = sorted_glob(layout.predictions_dir, "model=*/prompt=*.parquet")
     else:
         predictions = [f for m, p in partitions if (f := layout.predictions_file(m, p)).exists()]
     # An unreadable partition file (truncated, corrupt) must not stop every later rebuild:

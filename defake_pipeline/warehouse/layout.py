@@ -1,8 +1,9 @@
 """The files under DEFAKE_HOME, named in one place.
 
-DEFAKE_HOME is a folder or an object store URL (``s3://bucket/prefix``). Paths under it are
-``universal_pathlib`` paths: a local one is a ``pathlib.Path`` as well, a remote one reads and
-writes through fsspec (s3fs), each write one PUT of the finished object.
+DEFAKE_HOME is a folder or an object store URL (``s3://bucket/prefix``). Paths under a folder
+are ``pathlib`` paths; under a URL they are ``universal_pathlib`` paths (Dagster's own choice),
+which read and write through fsspec (s3fs, in the ``scale`` extra), each write one PUT of the
+finished object.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TypeGuard
 
 from upath import UPath
 
-from defake_pipeline.errors import JournalWriteError
+from defake_pipeline.errors import DefakeError, JournalWriteError
 from defake_pipeline.settings import defake_home, is_url, load_settings
 from defake_pipeline.text import without_userinfo
 
@@ -20,10 +21,23 @@ from defake_pipeline.text import without_userinfo
 StoredPath = Path | UPath
 
 
-def home_path(location: str | Path) -> UPath:
+def home_path(location: str | Path) -> StoredPath:
     """A folder (made absolute) or an object store URL, as a path under which files are named."""
     text = str(location)
-    return UPath(text) if is_url(text) else UPath(Path(text).absolute())
+    if not is_url(text):
+        return Path(text).absolute()
+    try:
+        return UPath(text)
+    except ImportError:  # s3fs, for s3://
+        raise DefakeError(
+            f"{without_userinfo(text)}: object storage needs the scale extra (pip install 'defake-pipeline[scale]')"
+        ) from None
+
+
+def sorted_glob(folder: StoredPath, pattern: str, recursive: bool = False) -> list[StoredPath]:
+    """The files under ``folder`` matching ``pattern``, in name order (``recursive``: at any depth)."""
+    found: list[StoredPath] = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
+    return sorted(found, key=str)
 
 
 def is_remote(path: StoredPath) -> TypeGuard[UPath]:
@@ -60,30 +74,30 @@ class HomeLayout:
         return Path(str(self.home)) / "logs" if not self.remote else Path.cwd() / "defake-logs"
 
     @property
-    def manifests_dir(self) -> UPath:
+    def manifests_dir(self) -> StoredPath:
         return self.home / "manifests"
 
-    def manifest_file(self, dataset: str) -> UPath:
+    def manifest_file(self, dataset: str) -> StoredPath:
         return self.manifests_dir / f"{dataset}.parquet"
 
     @property
-    def predictions_dir(self) -> UPath:
+    def predictions_dir(self) -> StoredPath:
         return self.home / "predictions"
 
-    def predictions_file(self, model: str, prompt: str) -> UPath:
+    def predictions_file(self, model: str, prompt: str) -> StoredPath:
         return self.predictions_dir / f"model={model}" / f"prompt={prompt}.parquet"
 
     @property
-    def warehouse(self) -> UPath:
+    def warehouse(self) -> StoredPath:
         return self.home / "defake.duckdb"
 
     @property
-    def reports_dir(self) -> UPath:
+    def reports_dir(self) -> StoredPath:
         return self.home / "reports"
 
-    def report_file(self, model: str, prompt: str) -> UPath:
+    def report_file(self, model: str, prompt: str) -> StoredPath:
         return self.reports_dir / f"{model}__{prompt}.md"
 
     @property
-    def leaderboard_file(self) -> UPath:
+    def leaderboard_file(self) -> StoredPath:
         return self.reports_dir / "leaderboard.md"

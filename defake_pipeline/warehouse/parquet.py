@@ -22,7 +22,7 @@ from defake_pipeline.warehouse.files import (
     remove_quietly,
     temporary_beside,
 )
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote
+from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote, sorted_glob
 
 
 def duckdb_reading(files: Iterable[StoredPath], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
@@ -130,7 +130,7 @@ def predictions_content_hash(files: Sequence[StoredPath]) -> str:
 
 
 def read_manifests(layout: HomeLayout) -> pd.DataFrame:
-    files = sorted(layout.manifests_dir.glob("*.parquet"))
+    files = sorted_glob(layout.manifests_dir, "*.parquet")
     if not files:
         raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
     return pd.concat([read_parquet_frame(f) for f in files], ignore_index=True)
