@@ -37,6 +37,12 @@ class Settings(BaseModel):
     DEFAKE_JOURNAL_URL: SecretStr | None = None
     """Where answers are journaled: ``postgresql://user:password@host:port/db`` for workers that
     share no disk, or ``sqlite:///path``; default SQLite at ``DEFAKE_HOME/cache/responses.sqlite``."""
+    DEFAKE_PARTITIONS_PER_RUN: int | None = None
+    """How many ``predictions`` partitions one run of a backfill takes: unset, all of them (one
+    process on one machine); 1 where runs go to workers (deploy/), so they spread over them."""
+    DEFAKE_PROJECT: str | None = None
+    """The project's folder (``models.toml``, ``prompts/``, ``datasets/``) when the working
+    directory is not in it, as for a worker started in an empty folder."""
     DEFAKE_NIGHTLY_CRON: str = "0 3 * * *"
     """When the nightly reevaluation rescans every dataset."""
 
@@ -56,6 +62,8 @@ PROJECT_MARKERS = ("models.toml", "datasets", "prompts")
 def project_root(start: Path | None = None) -> Path | None:
     """The project the working directory is in: the nearest folder, from here up, that holds
     ``models.toml``, ``datasets/`` or ``prompts/`` (as git finds its repository); None outside any."""
+    if start is None and (named := os.environ.get("DEFAKE_PROJECT")):
+        return Path(named).absolute()
     here = (start or Path.cwd()).absolute()
     for folder in (here, *here.parents):
         if any((folder / marker).exists() for marker in PROJECT_MARKERS):

@@ -13,6 +13,7 @@ from defake_pipeline.defs.resources import DefakeHomeFolder, ModelEndpoint, Qual
 from defake_pipeline.endpoints.registry import model_by_key
 from defake_pipeline.evaluation.partition import evaluate_partition
 from defake_pipeline.prompting.spec import prompt_by_key
+from defake_pipeline.settings import load_settings
 from defake_pipeline.text import markdown_table
 from defake_pipeline.warehouse.gate import GATE_PASSED, PartitionGate, partition_gate
 from defake_pipeline.warehouse.parquet import predictions_content_hash, read_manifests
@@ -22,6 +23,9 @@ DATA_VERSION_TAG = "dagster/data_version"
 
 # BackfillPolicy is marked beta in this Dagster release; the warning says nothing to users.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+
+PARTITIONS_PER_RUN = load_settings().DEFAKE_PARTITIONS_PER_RUN
 
 
 class PredictionsConfig(DatasetSelection):
@@ -64,8 +68,11 @@ def _gate_table(gates: dict[str, PartitionGate]) -> dg.MetadataValue:
     kinds={"parquet"},
     check_specs=_CHECKS,
     automation_condition=PREDICTIONS_FOLLOW_MANIFEST,
-    # A backfill of many partitions is one run: one process start, not one per partition.
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    # On one machine a backfill of many partitions is one run: one process start, not one per
+    # partition. Where runs go to workers, a run per partition lets them spread (settings.py).
+    backfill_policy=(
+        dg.BackfillPolicy.multi_run(PARTITIONS_PER_RUN) if PARTITIONS_PER_RUN else dg.BackfillPolicy.single_run()
+    ),
 )
 def predictions(
     context: dg.AssetExecutionContext,

@@ -20,6 +20,8 @@ def test_the_deployments_dagster_yaml_is_the_projects_with_postgres_storage():
     shipped = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     project = yaml.safe_load((REPO / "instance" / "dagster.yaml").read_text())
     assert shipped.pop("storage")["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_POSTGRES_PASSWORD"}
+    assert shipped.pop("run_launcher")["class"] == "CeleryRunLauncher"
+    assert shipped.pop("compute_logs")["class"] == "NoOpComputeLogManager"
     assert shipped == project
 
 
