@@ -17,6 +17,8 @@ from conftest import PLANTED_PASSWORD, REPO, real_fake_dataset
 
 BIN = Path(sys.executable).parent
 WORKSPACE = ["-w", str(REPO / "workspace.yaml")]
+# How a worker starts, here as in deploy/ (tests/deploy/test_deploy_files.py holds them equal).
+WORKER_COMMAND = ["celery", "-A", "dagster_celery.app", "worker", "-Q", "dagster", "-c", "1"]
 
 
 def make_project(root: Path, n_per_class: int, prompts: int) -> Path:
@@ -92,10 +94,8 @@ class Deployment:
         (folder / "tmp").mkdir(parents=True)
         env = dict(self.env, HOME=str(folder), TMPDIR=str(folder / "tmp"))
         log = (folder / "worker.log").open("w")
-        args = ["-A", "dagster_celery.app", "worker", "-Q", "dagster", "-c", "1", "-n", f"{name}@%h"]
-        self.workers[name] = subprocess.Popen(
-            [str(BIN / "celery"), *args, "--loglevel", "INFO"], cwd=folder, env=env, stdout=log, stderr=log
-        )
+        command = [str(BIN / WORKER_COMMAND[0]), *WORKER_COMMAND[1:], "-n", f"{name}@%h", "--loglevel", "INFO"]
+        self.workers[name] = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=log)
         return folder
 
     def worker_log(self, name: str) -> str:
