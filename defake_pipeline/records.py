@@ -13,12 +13,13 @@ import functools
 import json
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # pandas and pyarrow take most of a second to import; `mllmdf infer` does without
     import pandas as pd
     import pyarrow as pa
+
+    from defake_pipeline.storage import StoredPath
 
 
 Verdict = Literal["real", "fake", "unknown"]
@@ -136,7 +137,7 @@ MANIFEST_DTYPES = {"label": "int64"} | {f.name: "Int64" for f in fields(Manifest
 class ImageJob:
     """One image to evaluate: where it is, what it is, and what it is labelled."""
 
-    path: Path
+    path: StoredPath
     key: str  # the content's sha256, or missing:<path> for an image that could not be read
     label: int = -1  # 1 real, 0 fake, -1 unknown
     probe_error: str | None = None

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from defake_pipeline.datasets.walk import walk_images
 from defake_pipeline.errors import DatasetError, validation_line
 from defake_pipeline.records import label_from_text
-from defake_pipeline.settings import project_dirs
+from defake_pipeline.settings import is_url, project_dirs
+from defake_pipeline.storage import StoredPath, relative_parts, stored_path
 from defake_pipeline.text import slugify
 
 Layout = Literal["real_fake", "image_folders", "generator_folders", "genimage", "csv"]
@@ -35,9 +36,11 @@ class DatasetSpec(BaseModel):
 
     name: str
     layout: Layout = "real_fake"
-    root: Path | None = None
-    real_dir: Path | None = None
-    fake_dir: Path | None = None
+    # A folder (resolved against the definition's folder) or an object store URL (s3://…),
+    # read from there by every worker: none needs a copy of the images.
+    root: Path | str | None = None
+    real_dir: Path | str | None = None
+    fake_dir: Path | str | None = None
     csv: Path | None = None
     description: str = ""
 
@@ -49,18 +52,18 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"layout {self.layout!r} needs {' and '.join(missing)}")
         return self
 
-    def path(self, field: Literal["root", "real_dir", "fake_dir", "csv"]) -> Path:
+    def path(self, field: Literal["root", "real_dir", "fake_dir", "csv"]) -> StoredPath:
         """A path the layout needs (the validator made sure it is set)."""
         value = getattr(self, field)
         if value is None:
             raise DatasetError(f"dataset {self.name!r}: layout {self.layout!r} needs {field}")
-        return value
+        return stored_path(value)
 
     @property
     def key(self) -> str:
         return slugify(self.name)
 
-    def watched_dirs(self) -> list[Path]:
+    def watched_dirs(self) -> list[StoredPath]:
         """Folders whose contents make up this dataset."""
         if self.layout == "image_folders":
             return [self.path("real_dir"), self.path("fake_dir")]
@@ -71,7 +74,7 @@ class DatasetSpec(BaseModel):
 
 @dataclass(frozen=True)
 class LabeledImage:
-    path: Path
+    path: StoredPath
     label: int
     subset: str
 
@@ -84,7 +87,7 @@ def load_dataset_spec(file: Path) -> DatasetSpec:
         raise DatasetError(f"{file}: invalid TOML ({exc})") from None
     raw.setdefault("name", file.stem)
     for key in ("root", "real_dir", "fake_dir", "csv"):
-        if key in raw:
+        if key in raw and not (isinstance(raw[key], str) and is_url(raw[key]) and key != "csv"):
             raw[key] = (file.parent / raw[key]).resolve()
     try:
         return DatasetSpec.model_validate(raw)
@@ -114,19 +117,19 @@ def get_dataset(name: str) -> DatasetSpec:
     raise DatasetError(f"unknown dataset {name!r}; datasets/ defines: {known}")
 
 
-def _images_under(folder: Path, notes: list[str] | None) -> list[Path]:
+def _images_under(folder: StoredPath, notes: list[str] | None) -> list[StoredPath]:
     # Broken and looping symlinks are kept: they become manifest rows with a probe error
     # rather than images that silently vanish.
-    return sorted(found.path for found in walk_images(folder, notes))
+    return sorted((found.path for found in walk_images(folder, notes)), key=str)
 
 
-def _require_dir(spec_name: str, folder: Path) -> Path:
+def _require_dir(spec_name: str, folder: StoredPath) -> StoredPath:
     if not folder.is_dir():
         raise DatasetError(f"dataset {spec_name!r}: folder {folder} does not exist")
     return folder
 
 
-def _from_label_dirs(spec_name: str, real: Path, fake: Path, subset_of, notes) -> list[LabeledImage]:
+def _from_label_dirs(spec_name: str, real: StoredPath, fake: StoredPath, subset_of, notes) -> list[LabeledImage]:
     out = []
     for label, folder in ((REAL, real), (FAKE, fake)):
         for path in _images_under(_require_dir(spec_name, folder), notes):
@@ -134,8 +137,8 @@ def _from_label_dirs(spec_name: str, real: Path, fake: Path, subset_of, notes) -
     return out
 
 
-def _first_subfolder(folder: Path, path: Path) -> str:
-    parts = path.relative_to(folder).parts
+def _first_subfolder(folder: StoredPath, path: StoredPath) -> str:
+    parts = relative_parts(path, folder)
     return parts[0] if len(parts) > 1 else DEFAULT_SUBSET
 
 
@@ -153,14 +156,14 @@ def list_images(spec: DatasetSpec, notes: list[str] | None = None) -> list[Label
     real_names, fake_names = ({"0_real"}, {"1_fake"}) if spec.layout == "generator_folders" else ({"nature"}, {"ai"})
     out = []
     for path in _images_under(root, notes):
-        rel = path.relative_to(root).parts
+        rel = relative_parts(path, root)
         labels = [REAL for p in rel[:-1] if p in real_names] + [FAKE for p in rel[:-1] if p in fake_names]
         if labels and len(rel) > 2:
             out.append(LabeledImage(path, labels[-1], rel[0]))
     return out
 
 
-def require_regular_csv(spec: DatasetSpec) -> Path:
+def require_regular_csv(spec: DatasetSpec) -> StoredPath:
     """The CSV of a ``csv`` dataset, which must be a regular file: a named pipe would block
     every reader, the sensor's included."""
     csv = spec.path("csv")

@@ -10,17 +10,17 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
 from defake_pipeline.imaging.probe import ImageProbe, probe_image
 from defake_pipeline.records import MANIFEST_COLUMNS, MANIFEST_DTYPES, ImageJob, job_key
+from defake_pipeline.storage import StoredPath, relative_parts, stored_path
 from defake_pipeline.text import is_utf8, printable
 
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
+def _stat_key(path: StoredPath) -> tuple[int, int] | None:
     try:
         st = path.stat()
     except OSError:
@@ -35,10 +35,10 @@ def _previous_probes(previous: pd.DataFrame | None) -> dict[tuple[str, int, int]
     return {(r["path"], int(r["size_bytes"] or 0), int(r["mtime_ns"] or 0)): r for r in rows if r["sha256"]}
 
 
-def _rel_path(path: Path, roots: Iterable[Path]) -> str:
+def _rel_path(path: StoredPath, roots: Iterable[StoredPath]) -> str:
     for root in roots:
         try:
-            return str(path.relative_to(root))
+            return "/".join(relative_parts(path, root))
         except ValueError:
             continue
     return path.name
@@ -106,7 +106,7 @@ def jobs_from_manifest(manifest: pd.DataFrame) -> Iterator[ImageJob]:
             continue
         seen.add(key)
         yield ImageJob(
-            path=Path(row.path),
+            path=stored_path(row.path),
             key=key,
             label=int(row.label),
             probe_error=row.probe_error if isinstance(row.probe_error, str) and row.probe_error else None,

@@ -8,7 +8,8 @@ from defake_pipeline.datasets.layouts import DatasetSpec
 from defake_pipeline.datasets.manifest import (
     build_manifest,
 )
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
+from defake_pipeline.storage import StoredPath
+from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.parquet import (
     read_parquet_frame,
     write_parquet_atomic,

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from upath import UPath
+
 from defake_pipeline.imaging.probe import is_image_candidate
+from defake_pipeline.storage import StoredPath, is_remote
 
 
 @dataclass(frozen=True)
@@ -16,17 +19,20 @@ class FoundImage:
     """An image candidate below a folder, with the size and mtime a rescan compares (-1 for a
     file that cannot be stat'ed, such as a broken symlink: it stays listed, and its probe says why)."""
 
-    path: Path
+    path: StoredPath
     size: int
     mtime_ns: int
 
 
-def walk_images(folder: Path, notes: list[str] | None = None) -> Iterator[FoundImage]:
+def walk_images(folder: StoredPath, notes: list[str] | None = None) -> Iterator[FoundImage]:
     """Every image candidate below ``folder``, hidden names skipped. Symlinked folders are
     followed (a generator's images often live on another disk); a folder reached a second
     time, as through a symlink loop, is not walked again, and ``notes`` says so."""
+    if is_remote(folder):
+        yield from _walk_store(folder, notes)
+        return
     walked: set[tuple[int, int]] = set()
-    stack = [folder]
+    stack = [Path(str(folder))]
     while stack:
         current = stack.pop()
         try:
@@ -58,3 +64,24 @@ def walk_images(folder: Path, notes: list[str] | None = None) -> Iterator[FoundI
                     yield FoundImage(path, -1, -1)
                     continue
                 yield FoundImage(path, found.st_size, found.st_mtime_ns)
+
+
+def _walk_store(folder: UPath, notes: list[str] | None) -> Iterator[FoundImage]:
+    """The same walk on an object store: one listing of every object under the prefix, each
+    with its size and modification time (a store has no symlinks)."""
+    try:
+        listing = folder.fs.find(folder.path, detail=True)
+    except OSError as exc:
+        if notes is not None:
+            notes.append(f"{folder}: cannot be listed ({exc})")
+        return
+    prefix = folder.path.rstrip("/") + "/"
+    for key, info in sorted(listing.items()):
+        relative = key.removeprefix(prefix)
+        if info.get("type") == "directory" or any(part.startswith(".") for part in relative.split("/")):
+            continue
+        path = folder.joinpath(*relative.split("/"))
+        if is_image_candidate(path):
+            modified = info.get("LastModified") or info.get("mtime")
+            mtime_ns = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else -1
+            yield FoundImage(path, int(info.get("size") or 0), mtime_ns)

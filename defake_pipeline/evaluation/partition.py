@@ -15,7 +15,8 @@ from defake_pipeline.evaluation.run import run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import NO_PROMPT, Prediction
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
+from defake_pipeline.storage import StoredPath
+from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.parquet import (
     PredictionWriter,
     read_manifests,

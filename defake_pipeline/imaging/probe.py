@@ -9,9 +9,10 @@ import re
 import stat
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from PIL import Image
+
+from defake_pipeline.storage import StoredPath, is_remote
 
 # Refuse decompression bombs: an image over this many pixels is a probe error, not a crash.
 # It is where Pillow raises DecompressionBombError (twice its MAX_IMAGE_PIXELS); Pillow's own
@@ -43,7 +44,7 @@ class ImageProbe:
     error: str | None = None
 
 
-def is_image_candidate(path: Path) -> bool:
+def is_image_candidate(path: StoredPath) -> bool:
     """Files worth probing: image suffixes, skipping hidden files and OS junk."""
     name = path.name
     return not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
@@ -73,7 +74,7 @@ def _provenance(img: Image.Image, data: bytes) -> dict[str, str]:
 _BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
-def _decode_error(path: Path, exc: Exception) -> str:
+def _decode_error(path: StoredPath, exc: Exception) -> str:
     if path.suffix.lower() in (".heic", ".heif", ".avif") and "cannot identify" in str(exc):
         return f"{path.suffix[1:].upper()} is not supported by this Pillow build (convert the image to JPEG or PNG)"
     return f"not a readable image: {_BUFFER_REPR.sub(path.name, str(exc))}"
@@ -92,11 +93,17 @@ _FILE_KINDS = (
 )
 
 
-def read_image_bytes(path: Path) -> bytes:
+def read_image_bytes(path: StoredPath) -> bytes:
     """An image file's bytes. Only a regular file is read (a named pipe would block, and
     ``/dev/zero`` never ends), and never more than ``MAX_IMAGE_BYTES``; else NotAnImageFile.
-    The file is opened without blocking, so a pipe swapped in after the check cannot block it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    The file is opened without blocking, so a pipe swapped in after the check cannot block it.
+    An object on a store is fetched in one request once its size is known to be in bounds."""
+    if is_remote(path):
+        size = int(path.fs.info(path.path).get("size") or 0)
+        if size > MAX_IMAGE_BYTES:
+            raise NotAnImageFile(f"over the {MAX_IMAGE_BYTES >> 20} MB limit for one image")
+        return path.fs.cat_file(path.path)
+    fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -108,7 +115,7 @@ def read_image_bytes(path: Path) -> bytes:
     return data
 
 
-def probe_image(path: Path) -> ImageProbe:
+def probe_image(path: StoredPath) -> ImageProbe:
     """Hash and inspect one file. Never raises: a bad file gives a probe with ``error`` set."""
     try:
         data = read_image_bytes(path)

@@ -16,9 +16,10 @@ import pandas as pd
 
 from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
+from defake_pipeline.storage import StoredPath, is_remote
 from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target, markdown_table, visible_controls
 from defake_pipeline.warehouse.database import export, query
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote
+from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")

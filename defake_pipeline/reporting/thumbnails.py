@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from defake_pipeline.imaging.probe import read_image_bytes
+from defake_pipeline.storage import StoredPath, stored_path
 from defake_pipeline.warehouse.files import atomic_path
-from defake_pipeline.warehouse.layout import StoredPath
 
 THUMB_SIDE = 96
 
 
-def _make(source: Path, target: StoredPath) -> bool:
+def _make(source: StoredPath, target: StoredPath) -> bool:
     try:
         with Image.open(io.BytesIO(read_image_bytes(source))) as img:
             img.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))  # JPEG decodes at reduced scale: much faster
@@ -36,7 +35,7 @@ def ensure_thumbnails(images: dict[str, str], folder: StoredPath) -> dict[str, S
     folder.mkdir(parents=True, exist_ok=True)
     targets = {key: folder / f"{key[:24]}.jpg" for key in images}
     present = {p.name for p in folder.iterdir()} if folder.exists() else set()
-    todo = [(Path(images[k]), t) for k, t in targets.items() if t.name not in present]
+    todo = [(stored_path(images[k]), t) for k, t in targets.items() if t.name not in present]
     with ThreadPoolExecutor(max_workers=4) as pool:
         made = list(pool.map(lambda job: _make(*job), todo))
     present |= {t.name for (_, t), ok in zip(todo, made, strict=True) if ok}

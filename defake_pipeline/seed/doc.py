@@ -24,8 +24,9 @@ from defake_pipeline.records import (
     predictions_frame,
 )
 from defake_pipeline.reporting.render import relative_link, render_report
+from defake_pipeline.storage import StoredPath, sorted_glob
 from defake_pipeline.warehouse.database import create_metrics
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, sorted_glob
+from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
 
 SUMMARY_COLUMNS = [

@@ -18,9 +18,10 @@ from defake_pipeline.evaluation.run import probed_jobs, run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import CSV_COLUMNS, Prediction
+from defake_pipeline.storage import StoredPath, relative_parts
 from defake_pipeline.text import printable
 from defake_pipeline.warehouse.files import local_working_copy
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath
+from defake_pipeline.warehouse.layout import HomeLayout
 
 # The seed's own dataset names, found relative to the working directory.
 SEED_DATASET_DIRS = {"WildFakeResampled": "WildFakeResampled", "WildFakeResampled20K": "WildFakeResampled20K"}
@@ -76,11 +77,11 @@ def select_samples(
     return reals + fakes
 
 
-def display_path(path: Path, cwd: Path | None = None) -> str:
+def display_path(path: StoredPath, cwd: Path | None = None) -> str:
     """Paths as the seed wrote them: relative to the working directory (``cwd``, or the current
     one) where possible."""
     try:
-        return printable(str(path.relative_to(cwd or Path.cwd())))
+        return printable("/".join(relative_parts(path, cwd or Path.cwd())))
     except ValueError:
         return printable(str(path))
 

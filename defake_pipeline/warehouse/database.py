@@ -12,9 +12,10 @@ import duckdb
 import pandas as pd
 
 from defake_pipeline.records import prediction_schema
+from defake_pipeline.storage import StoredPath, is_remote, sorted_glob
 from defake_pipeline.warehouse.files import atomic_path, remove_abandoned, remove_quietly
 from defake_pipeline.warehouse.gate import GateThresholds, add_missing_prediction_columns, create_gate_table
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote, sorted_glob
+from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import (
     COMPARISON_COUNTS_SQL,
     METRICS_SQL,

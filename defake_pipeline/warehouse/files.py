@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from defake_pipeline.warehouse.layout import StoredPath, is_remote
+from defake_pipeline.storage import StoredPath, is_remote
 
 
 def temporary_beside(target: StoredPath, suffix: str = ".tmp") -> Path:

@@ -13,7 +13,7 @@ import duckdb
 import pandas as pd
 
 from defake_pipeline.records import prediction_schema
-from defake_pipeline.warehouse.layout import StoredPath
+from defake_pipeline.storage import StoredPath
 from defake_pipeline.warehouse.metrics_sql import ERROR_RATE_SQL, SCORED_VIEW_SQL, UNKNOWN_RATE_SQL
 from defake_pipeline.warehouse.parquet import duckdb_reading
 

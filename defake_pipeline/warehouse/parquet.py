@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from defake_pipeline.records import PREDICTION_COLUMNS, prediction_schema
+from defake_pipeline.storage import StoredPath, is_remote, sorted_glob
 from defake_pipeline.warehouse.files import (
     atomic_path,
     publish,
@@ -22,7 +23,7 @@ from defake_pipeline.warehouse.files import (
     remove_quietly,
     temporary_beside,
 )
-from defake_pipeline.warehouse.layout import HomeLayout, StoredPath, is_remote, sorted_glob
+from defake_pipeline.warehouse.layout import HomeLayout
 
 
 def duckdb_reading(files: Iterable[StoredPath], database: str = ":memory:") -> duckdb.DuckDBPyConnection:

@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "defake_pipeline"
 # Lower numbers sit lower; a module may import its own package and anything lower.
 LAYER = {
-    "errors": 0, "settings": 0, "records": 0, "text": 0, "verdict": 0,
+    "errors": 0, "settings": 0, "records": 0, "text": 0, "verdict": 0, "storage": 0,
     "warehouse": 1, "imaging": 1,
     "prompting": 2, "datasets": 2,
     "endpoints": 3,

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 
-from conftest import PLANTED_PASSWORD, REPO, assert_no_password_under, project_dagster_home
+from conftest import PLANTED_PASSWORD, REPO, assert_no_password_under, project_dagster_home, real_fake_dataset
 
 MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
 TABLES = ("image_manifest", "predictions", "partition_gate", "metrics", "comparisons")
@@ -97,5 +98,30 @@ def test_infer_writes_its_csv_to_object_storage_and_continues_it(tmp_path, s3, p
     rows = list(csv.DictReader(io.StringIO(s3.fs.cat(s3.url("seed", "run.csv")).decode())))
     assert len(rows) == len({r["path"] for r in rows}) == chat_server.state.n_ok
     assert "accuracy" in out.stderr
+    left = [p for p in folder.rglob("*") if p.is_file() and not p.is_relative_to(folder / "defake-logs")]
+    assert not left, left
+
+
+def test_a_dataset_on_object_storage_is_read_from_there(tmp_path, s3, postgres, chat_server):
+    """Workers need no copy of the images: the dataset's root is a URL."""
+    local = real_fake_dataset(tmp_path / "upload", "remote", 6)
+    for file in sorted(local.rglob("*.png")):
+        s3.fs.put_file(str(file), s3.url("images", *file.relative_to(local).parts))
+    project = tmp_path / "project"
+    (project / "datasets").mkdir(parents=True)
+    (project / "datasets" / "remote.toml").write_text(f'layout = "real_fake"\nroot = "{s3.url("images")}"\n')
+    (project / "models.toml").write_text('registered = ["vllm"]\n')
+    folder, env = _worker(tmp_path, "w", s3, postgres.create_database("remote_journal"), chat_server, s3.url("r"))
+    env["DEFAKE_PROJECT"] = str(project)
+    _run(["materialize", "--model", "vllm", "--prompt", "simple", "--dataset", "remote"], folder, env)
+    manifest = pd.read_parquet(io.BytesIO(s3.fs.cat(s3.url("r", "manifests", "remote.parquet"))))
+    assert len(manifest) == 12 and manifest["path"].str.startswith(s3.url("images") + "/").all()
+    assert manifest["probe_error"].isna().all() and manifest["sha256"].nunique() == 12
+    assert chat_server.state.n_ok == 12
+    predictions = pd.read_parquet(
+        io.BytesIO(s3.fs.cat(s3.url("r", "predictions", "model=vllm", "prompt=simple.parquet")))
+    )
+    assert sorted(predictions["path"]) == sorted(manifest["path"]) and predictions["error"].isna().all()
+    assert s3.fs.exists(s3.url("r", "reports", "vllm__simple.md"))
     left = [p for p in folder.rglob("*") if p.is_file() and not p.is_relative_to(folder / "defake-logs")]
     assert not left, left
