@@ -3,7 +3,6 @@ bucket, reached through the standard AWS variables (``env``)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,18 +10,14 @@ import urllib.request
 
 import s3fs
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from defake_pipeline.testing.live import free_port
 
 
 class S3Server:
     """``with S3Server(secret) as s3: s3.env`` (the variables a worker needs), ``s3.fs``."""
 
     def __init__(self, secret_key: str, bucket: str = "defake"):
-        self.port = _free_port()
+        self.port = free_port()
         self.bucket = bucket
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.env = {

@@ -11,13 +11,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg2
+
+from defake_pipeline.testing.live import free_port
 
 SUPERUSER = "defake"
 
@@ -29,18 +30,12 @@ def _bin(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     """``with PostgresServer(password) as pg: pg.url("db")``."""
 
     def __init__(self, password: str):
         self.password = password
-        self.port = _free_port()
+        self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="defake-pg-"))
         self.user = "postgres" if os.geteuid() == 0 else None
         self.proc: subprocess.Popen | None = None

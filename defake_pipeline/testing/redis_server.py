@@ -8,18 +8,14 @@ import socket
 import subprocess
 import time
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from defake_pipeline.testing.live import free_port
 
 
 class RedisServer:
     """``with RedisServer() as redis: redis.url``."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
