@@ -97,12 +97,12 @@ def read_image_bytes(path: StoredPath) -> bytes:
     """An image file's bytes. Only a regular file is read (a named pipe would block, and
     ``/dev/zero`` never ends), and never more than ``MAX_IMAGE_BYTES``; else NotAnImageFile.
     The file is opened without blocking, so a pipe swapped in after the check cannot block it.
-    An object on a store is fetched in one request once its size is known to be in bounds."""
+    An object on a store is fetched in one ranged request, bounded the same way."""
     if is_remote(path):
-        size = int(path.fs.info(path.path).get("size") or 0)
-        if size > MAX_IMAGE_BYTES:
+        data = path.fs.cat_file(path.path, start=0, end=MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
             raise NotAnImageFile(f"over the {MAX_IMAGE_BYTES >> 20} MB limit for one image")
-        return path.fs.cat_file(path.path)
+        return data
     fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(fd).st_mode
