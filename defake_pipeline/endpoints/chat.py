@@ -232,16 +232,16 @@ class ChatBackend:
                 tokens = self.request_tokens(messages) if self.pacer.paces_tokens else 0
                 await self.pacer.wait(tokens)
             except BaseException:
-                await self.limiter.release(epoch, "permanent")
+                self.limiter.release(epoch, "permanent")
                 raise
             if self.halted is not None:  # the run is stopping: nothing more is sent
-                await self.limiter.release(epoch, "permanent")
+                self.limiter.release(epoch, "permanent")
                 raise self.halted
             started = time.perf_counter()
             try:
                 reply = await self._attempt(messages)
             except asyncio.CancelledError:
-                await self.limiter.release(epoch, "permanent")
+                self.limiter.release(epoch, "permanent")
                 raise
             except Exception as exc:
                 self.pacer.observe(getattr(getattr(exc, "response", None), "headers", None))
@@ -249,7 +249,7 @@ class ChatBackend:
                 retry = kind in ("rate_limited", "transient") and attempt < self.policy.max_attempts
                 # Only the server's own Retry-After pauses every worker; backoff delays are per request.
                 pause = self.policy.server_pause(exc) if kind == "rate_limited" else None
-                await self.limiter.release(epoch, kind, pause_s=pause, latency_s=time.perf_counter() - started)
+                self.limiter.release(epoch, kind, pause_s=pause, latency_s=time.perf_counter() - started)
                 if kind == "fatal" and isinstance(exc, openai.APIStatusError):
                     raise self._rejected(exc) from None
                 if not retry:
@@ -257,7 +257,7 @@ class ChatBackend:
                 self.n_retries += 1
                 await asyncio.sleep(self.policy.delay(attempt, exc))
                 continue
-            await self.limiter.release(epoch, "ok", latency_s=reply.latency_s)
+            self.limiter.release(epoch, "ok", latency_s=reply.latency_s)
             return reply
         raise AssertionError("unreachable: the last attempt returns or raises")
 

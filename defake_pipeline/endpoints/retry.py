@@ -150,7 +150,11 @@ class AdaptiveLimiter:
         self.latency_s: float | None = None
         self.window = math.inf  # the slow-start window after a 429; no bound until the first
         self.n_rate_limited = 0
-        self._cond = asyncio.Condition()
+        # Resolved at each release: waiters then look again. The limiter runs on one event loop
+        # and nothing awaits between reading and changing its state, so it needs no lock; a
+        # lock would be reacquired inside cancellation, and asyncio.Condition's reacquire after
+        # a cancellation left workers waiting forever on a lock nobody held (Python 3.11).
+        self._released: asyncio.Future[None] | None = None
 
     @property
     def cap(self) -> float:
@@ -168,48 +172,47 @@ class AdaptiveLimiter:
         return 0.0
 
     async def acquire(self) -> int:
-        async with self._cond:
-            while True:
-                now = time.monotonic()
-                wait = self._wait_s(now)
-                if wait == 0.0:
-                    break
-                try:
-                    await asyncio.wait_for(self._cond.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
-            self.in_flight += 1
-            if self.latency_s is None:
-                spacing = self.OPENING_SPACING_S
-            else:
-                spacing = self.latency_s / (self.PACING_HEADROOM * self.cap)
-            self.next_start = max(now, self.next_start) + spacing
-            return self.epoch
+        while True:
+            now = time.monotonic()
+            wait = self._wait_s(now)
+            if wait == 0.0:
+                break
+            if self._released is None or self._released.done():
+                self._released = asyncio.get_running_loop().create_future()
+            # asyncio.wait neither cancels the shared future nor swallows this task's cancellation.
+            await asyncio.wait([self._released], timeout=wait)
+        self.in_flight += 1
+        if self.latency_s is None:
+            spacing = self.OPENING_SPACING_S
+        else:
+            spacing = self.latency_s / (self.PACING_HEADROOM * self.cap)
+        self.next_start = max(now, self.next_start) + spacing
+        return self.epoch
 
-    async def release(
+    def release(
         self,
         epoch: int,
         outcome: ErrorKind | Literal["ok"],
         pause_s: float | None = None,
         latency_s: float | None = None,
     ) -> None:
-        async with self._cond:
-            self.in_flight -= 1
-            if latency_s is not None and outcome != "rate_limited":
-                w = self._LATENCY_WEIGHT
-                self.latency_s = latency_s if self.latency_s is None else (1 - w) * self.latency_s + w * latency_s
-            if outcome == "ok":
-                if self.window < self.limit:
-                    self.window += 1.0  # one more per answer: the window doubles each round
-                else:
-                    self.window = math.inf
-                    self.limit = min(self.max_limit, self.limit + self.GROWTH_PER_ROUND / self.limit)
-            elif outcome == "rate_limited":
-                self.n_rate_limited += 1
-                if epoch == self.epoch:
-                    self.limit = max(self.min_limit, self.limit / 2)
-                    self.window = 1.0
-                    self.epoch += 1
-                if pause_s:
-                    self.paused_until = max(self.paused_until, time.monotonic() + pause_s)
-            self._cond.notify_all()
+        self.in_flight -= 1
+        if latency_s is not None and outcome != "rate_limited":
+            w = self._LATENCY_WEIGHT
+            self.latency_s = latency_s if self.latency_s is None else (1 - w) * self.latency_s + w * latency_s
+        if outcome == "ok":
+            if self.window < self.limit:
+                self.window += 1.0  # one more per answer: the window doubles each round
+            else:
+                self.window = math.inf
+                self.limit = min(self.max_limit, self.limit + self.GROWTH_PER_ROUND / self.limit)
+        elif outcome == "rate_limited":
+            self.n_rate_limited += 1
+            if epoch == self.epoch:
+                self.limit = max(self.min_limit, self.limit / 2)
+                self.window = 1.0
+                self.epoch += 1
+            if pause_s:
+                self.paused_until = max(self.paused_until, time.monotonic() + pause_s)
+        if self._released is not None and not self._released.done():
+            self._released.set_result(None)

@@ -21,6 +21,7 @@ from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DefakeError, PromptError
 from defake_pipeline.evaluation.journal import AnswerKey, Claim, Journal, JournalEntry
 from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
+from defake_pipeline.evaluation.stopping import run_stoppable
 from defake_pipeline.imaging.probe import read_image_bytes
 from defake_pipeline.prompting.decorators import (
     DECORATOR_TIMEOUT_S,
@@ -384,7 +385,15 @@ async def evaluate(
 
     try:
         await evaluator.setup()
-        await asyncio.gather(*(worker() for _ in range(concurrency or evaluator.spec.concurrency)))
+        # A TaskGroup, unlike gather, waits for every worker to unwind when the run is
+        # cancelled, so the evaluator closes after the last answer is journaled. What a worker
+        # raises (an on_result callback's error, an interrupt) reaches the caller unwrapped.
+        try:
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(concurrency or evaluator.spec.concurrency):
+                    workers.create_task(worker())
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
     finally:
         await evaluator.close()
     if fatal:
@@ -393,5 +402,6 @@ async def evaluate(
 
 
 def evaluate_sync(jobs: Iterable[ImageJob], evaluator: Evaluator, **kwargs) -> list[Prediction]:
-    """``evaluate`` for callers without an event loop (the CLI, Dagster assets)."""
-    return asyncio.run(evaluate(jobs, evaluator, **kwargs))
+    """``evaluate`` for callers without an event loop (the CLI, Dagster assets); SIGINT and
+    SIGTERM stop it cleanly (``stopping.py``)."""
+    return run_stoppable(evaluate(jobs, evaluator, **kwargs))

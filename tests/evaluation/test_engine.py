@@ -58,14 +58,14 @@ def test_aimd_halves_on_429_once_per_round_and_grows_back():
         limiter.latency_s = 0.0  # as if a first request had come back; otherwise it goes alone
         epochs = [await limiter.acquire() for _ in range(4)]
         for e in epochs:  # four 429s from the same round: one halving
-            await limiter.release(e, "rate_limited")
+            limiter.release(e, "rate_limited")
         assert limiter.limit == 8 and limiter.n_rate_limited == 4
         e = await limiter.acquire()
-        await limiter.release(e, "rate_limited")
+        limiter.release(e, "rate_limited")
         assert limiter.limit == 4
         for _ in range(20):
             e = await limiter.acquire()
-            await limiter.release(e, "ok", latency_s=0.001)
+            limiter.release(e, "ok", latency_s=0.001)
         assert 5.5 < limiter.limit < 7  # half a request per round of `limit` successes
 
     asyncio.run(scenario())
