@@ -14,7 +14,7 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from defake_pipeline.endpoints.bounded import RefusedBodyError, bound_response_body, origin
 from defake_pipeline.endpoints.completions import parse_completion
-from defake_pipeline.endpoints.ratelimits import RatePacer
+from defake_pipeline.endpoints.ratelimits import RatePacer, Start
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.retry import (
     AdaptiveLimiter,
@@ -182,7 +182,7 @@ class ChatBackend:
             params.update(logprobs=True, top_logprobs=self.spec.top_logprobs)
         return params
 
-    async def _attempt(self, messages: list[dict]) -> ChatReply:
+    async def _attempt(self, messages: list[dict], start: Start) -> ChatReply:
         started = time.perf_counter()
         # timeout_s bounds each read; the deadline bounds the whole request, so an endpoint
         # that trickles a byte at a time cannot hold a slot forever. The messages are already in
@@ -196,7 +196,7 @@ class ChatBackend:
                 body = {"model": await self.model_id(), "messages": with_data_urls(messages), **self.request_params()}
                 raw = await self.client.post("/chat/completions", cast_to=httpx2.Response, body=body)
                 content = raw.content
-                self.pacer.observe(raw.headers)
+                self.pacer.observe(raw.headers, start)
         except TimeoutError:
             raise RequestTimeoutError(f"no complete answer within timeout_s={self.spec.timeout_s:g} s") from None
         except openai.APIStatusError as exc:
@@ -229,8 +229,9 @@ class ChatBackend:
         for attempt in range(1, self.policy.max_attempts + 1):
             epoch = await self.limiter.acquire()
             try:
-                tokens = self.request_tokens(messages) if self.pacer.paces_tokens else 0
-                await self.pacer.wait(tokens)
+                # Counted whether or not a tokens limit is known yet: one may be announced
+                # while this request waits its turn, and it must then be charged in full.
+                start = await self.pacer.wait(self.request_tokens(messages))
             except BaseException:
                 self.limiter.release(epoch, "permanent")
                 raise
@@ -239,13 +240,14 @@ class ChatBackend:
                 raise self.halted
             started = time.perf_counter()
             try:
-                reply = await self._attempt(messages)
+                reply = await self._attempt(messages, start)
             except asyncio.CancelledError:
                 self.limiter.release(epoch, "permanent")
                 raise
             except Exception as exc:
-                self.pacer.observe(getattr(getattr(exc, "response", None), "headers", None))
                 kind = classify_error(exc)
+                headers = getattr(getattr(exc, "response", None), "headers", None)
+                self.pacer.observe(headers, start, refused=kind == "rate_limited")
                 retry = kind in ("rate_limited", "transient") and attempt < self.policy.max_attempts
                 # Only the server's own Retry-After pauses every worker; backoff delays are per request.
                 pause = self.policy.server_pause(exc) if kind == "rate_limited" else None

@@ -11,6 +11,7 @@ A request's tokens are what ``tokens.request_tokens`` estimates: what the server
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import re
 import time
@@ -69,8 +70,8 @@ def parse_limits(headers: Mapping[str, str]) -> dict[str, Limit]:
 
 
 class TokenBucket:
-    """A token bucket: refilled at ``per_s``, ``capacity`` deep. The pacer mirrors a server's
-    limit with one; the project's test server enforces its limits with the same class."""
+    """A token bucket: refilled at ``per_s``, ``capacity`` deep. The pacer mirrors each limit a
+    server announces with one."""
 
     def __init__(self, per_s: float, capacity: float, level: float | None = None):
         self.per_s = per_s
@@ -89,62 +90,93 @@ class TokenBucket:
         need = min(amount, self.capacity) - self.level
         return max(0.0, need / self.per_s)
 
-    def reserve(self, amount: float) -> float:
-        """Take ``amount`` whatever the level; seconds until it is paid for."""
-        self.refill()
-        self.level -= amount
-        return max(0.0, -self.level / self.per_s)
 
-    def reset_s(self) -> float:
-        """Seconds until the bucket is full again."""
-        return max(0.0, (self.capacity - self.level) / self.per_s)
+@dataclass
+class Start:
+    """One request's start, as ``RatePacer.wait`` let it go."""
+
+    at: float  # time.monotonic()
+    tokens: int
+    charged: bool = True  # until the server refuses it: a 429 is charged nothing
 
 
 class RatePacer:
     """Paces request starts under the limits the server's headers announce.
 
     Starts go at ``HEADROOM`` of the announced rate: the few percent kept back absorb the
-    jitter between when a request leaves here and when the server counts it. A response that
-    says a limit is spent empties the local bucket too, whatever this side believed.
+    jitter between when a request leaves here and when the server counts it. A header's
+    ``remaining`` was counted when its request arrived, so it leaves out every request that
+    started here after that one (the whole opening round, when the first answer announces the
+    limits): the local bucket is held to ``remaining``, refilled since, less what those later
+    starts are charged. One whose answer has not come back is taken as charged; when a 429
+    says it was not, its share goes back into the bucket.
     """
 
     HEADROOM = 0.97
+    KEPT_S = 600.0  # starts are remembered this long: longer than any request may take
 
     def __init__(self) -> None:
         self.buckets: dict[str, TokenBucket] = {}
         self._lock = asyncio.Lock()
+        self._starts: list[Start] = []  # oldest first
+        # Per limit: the bucket's level counts the charge of every start after this time (that
+        # of the request whose answer last set it), and of none before.
+        self._counted_after: dict[str, float] = {}
 
     @property
     def paces_tokens(self) -> bool:
         return "tokens" in self.buckets
 
-    def observe(self, headers: Mapping[str, str] | None) -> None:
-        """Learn from one response's headers (a 429's included)."""
-        if not headers:
-            return
-        for kind, limit in parse_limits(headers).items():
+    def observe(self, headers: Mapping[str, str] | None, start: Start | None = None, refused: bool = False) -> None:
+        """Learn from one response's headers; ``start`` is what ``wait`` gave its request,
+        ``refused`` says the server turned it away (a 429)."""
+        if start is not None and refused and start.charged:
+            start.charged = False
+            for kind, bucket in self.buckets.items():
+                if start.at > self._counted_after[kind]:  # its charge is in the level: give it back
+                    bucket.level = min(bucket.capacity, bucket.level + _amount(kind, start))
+        for kind, limit in parse_limits(headers or {}).items():
             per_s = self.HEADROOM * limit.per_minute / 60
-            bucket = self.buckets.get(kind)
-            if bucket is None or bucket.per_s != per_s:
-                start = limit.remaining if limit.remaining is not None else per_s
+            if kind not in self.buckets or self.buckets[kind].per_s != per_s:
                 # One second deep, as hosted APIs enforce a minute over short spans.
-                bucket = self.buckets[kind] = TokenBucket(per_s, per_s, start)
+                self.buckets[kind] = TokenBucket(per_s, per_s)
+                self._counted_after[kind] = time.monotonic()
+            bucket = self.buckets[kind]
             bucket.refill()
-            if limit.remaining == 0:
-                bucket.level = min(bucket.level, 0.0)
+            if limit.remaining is None:
+                continue
+            left = self._left_now(kind, limit.remaining, bucket, start)
+            if left < bucket.level:
+                bucket.level = left
+                self._counted_after[kind] = start.at if start else time.monotonic()
 
-    async def wait(self, tokens: int) -> None:
+    def _left_now(self, kind: str, remaining: int, bucket: TokenBucket, start: Start | None) -> float:
+        """What the server has left now, from what it had left when ``start`` arrived."""
+        if start is None:
+            return remaining
+        later = self._starts[bisect.bisect_right(self._starts, start.at, key=lambda s: s.at) :]
+        charged = sum(_amount(kind, s) for s in later if s.charged)
+        return min(bucket.capacity, remaining + (time.monotonic() - start.at) * bucket.per_s) - charged
+
+    async def wait(self, tokens: int) -> Start:
         """Return when a request of ``tokens`` may start under every announced limit."""
-        if not self.buckets:
-            return
         async with self._lock:  # one waiter at a time: starts leave in order, evenly spaced
-            while True:
-                amounts = {"requests": 1.0, "tokens": float(tokens)}
+            start = Start(time.monotonic(), tokens)
+            while self.buckets:
                 for bucket in self.buckets.values():
                     bucket.refill()
-                wait = max(b.wait_s(amounts[kind]) for kind, b in self.buckets.items())
+                wait = max(b.wait_s(_amount(kind, start)) for kind, b in self.buckets.items())
                 if wait <= 0:
                     break
                 await asyncio.sleep(wait)
+            start.at = time.monotonic()
             for kind, bucket in self.buckets.items():
-                bucket.level -= amounts[kind]
+                bucket.level -= _amount(kind, start)
+            self._starts.append(start)
+            if self._starts[0].at < start.at - 2 * self.KEPT_S:
+                del self._starts[: bisect.bisect_left(self._starts, start.at - self.KEPT_S, key=lambda s: s.at)]
+            return start
+
+
+def _amount(kind: str, start: Start) -> float:
+    return 1.0 if kind == "requests" else float(start.tokens)

@@ -118,10 +118,10 @@ class AdaptiveLimiter:
     reached it, and a first request sent alone to learn the latency costs every run one
     latency (0.2 s of a 0.5 s run of 100 images at concurrency 64). Starts are paced so that
     requests reach the server spread out: one every ``latency / limit`` seconds once an answer
-    has given the latency, one every ``OPENING_SPACING_S`` before. A 429 comes back before more
-    than a request or two are on their way, and its pause (and the rate limits it announces,
-    ``ratelimits.py``) stops the rest: a cold start meets a limit once, where a burst of the
-    whole concurrency would be refused all above it.
+    has given the latency, one every ``OPENING_SPACING_S`` before. The first 429's pause (and
+    the rate limits it announces, ``ratelimits.py``) stops the rest: a cold start meets a limit
+    once, and only the requests already on their way are refused (where connection setup
+    bunches them, most of the opening round).
 
     After a 429 the limit halves and, as TCP does after a loss it had to wait out, requests
     restart from one in flight, doubling each round up to the halved limit: resuming at the

@@ -57,6 +57,8 @@ class ServerState:
     in_flight: int = 0
     peak_in_flight: int = 0
     request_times: list[float] = field(default_factory=list)
+    refused_times: list[float] = field(default_factory=list)  # arrival of each request refused with a 429
+    first_announced_at: float | None = None  # when the first x-ratelimit-* headers were sent
     bodies: list[dict] = field(default_factory=list)
 
     n_tokens: int = 0  # tokens charged to the TPM limit for requests let through
@@ -90,6 +92,8 @@ class ServerState:
             self.peak_in_flight = 0
             self.bodies.clear()
             self.request_times.clear()
+            self.refused_times.clear()
+            self.first_announced_at = None
             self.reset_limits()
 
     def counters(self) -> dict:
@@ -233,6 +237,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 wait, limit_headers = state.admit(body)
                 if wait is not None:
                     state.n_429 += 1
+                    state.refused_times.append(state.request_times[-1])
+                if limit_headers:
+                    state.first_announced_at = state.first_announced_at or time.monotonic()
             if wait is not None:
                 retry = {"Retry-After": f"{max(wait, 0.001):.3f}", "retry-after-ms": str(int(wait * 1000))}
                 refusal = {"error": {"message": "rate limited", "type": "requests"}}
