@@ -37,7 +37,8 @@ WITH rates AS (
         dataset, model, prompt,
         count(*) AS n_images,
         count(*) FILTER (WHERE is_error) AS n_error,
-        count(*) FILTER (WHERE is_unknown) AS n_unknown
+        count(*) FILTER (WHERE is_unknown) AS n_unknown,
+        count(*) FILTER (WHERE is_refused) AS n_refused
     FROM scored
     GROUP BY dataset, model, prompt
 ), rated AS (
@@ -50,13 +51,15 @@ WITH rates AS (
     FROM rated
 )
 SELECT
-    dataset, model, prompt, n_images, n_error, n_unknown, error_rate, unknown_rate,
+    dataset, model, prompt, n_images, n_error, n_unknown, n_refused, error_rate, unknown_rate,
     CASE WHEN error_rate_over OR unknown_rate_over THEN 'failed' ELSE 'passed' END AS status,
     concat_ws('; ',
         CASE WHEN error_rate_over
              THEN printf('error rate %.1f%% over the %.0f%% limit', 100 * error_rate, 100 * $max_error) END,
         CASE WHEN unknown_rate_over
-             THEN printf('unknown rate %.1f%% over the %.0f%% limit', 100 * unknown_rate, 100 * $max_unknown) END
+             THEN printf('unknown rate %.1f%% over the %.0f%% limit', 100 * unknown_rate, 100 * $max_unknown)
+                  || CASE WHEN n_refused > 0 THEN printf(' (%d of %d answers refused)', n_refused, n_images - n_error)
+                          ELSE '' END END
     ) AS reason,
     error_rate_over, unknown_rate_over
 FROM judged
@@ -105,7 +108,7 @@ def create_gate_table(
         con.execute(
             """
             INSERT INTO partition_gate
-            SELECT d.dataset, w.model, w.prompt, 0, 0, 0, NULL, NULL, 'missing', w.reason, false, false
+            SELECT d.dataset, w.model, w.prompt, 0, 0, 0, 0, NULL, NULL, 'missing', w.reason, false, false
             FROM wanted AS w CROSS JOIN (SELECT DISTINCT dataset FROM image_manifest) AS d
             ANTI JOIN partition_gate AS g ON g.dataset = d.dataset AND g.model = w.model AND g.prompt = w.prompt
             """

@@ -219,3 +219,32 @@ def test_refusals_reach_metrics_and_the_report_as_a_refusal_rate(chat_server, tm
     assert row.refusal_rate == pytest.approx(refused / 10)
     report = write_report(layout, spec.key, SIMPLE.key).path.read_text()
     assert "| Refused |" in report and f"| {refused} ({100 * refused / 10:.1f}%) |" in report
+
+
+def test_an_endpoint_that_refuses_everything_is_said_to_in_the_leaderboard(chat_server, tmp_path):
+    """Every answer refused: the partition fails the gate (no verdicts), and the reason it is
+    left unranked says the answers were refusals, not just unknown."""
+    from defake_pipeline.datasets.layouts import DatasetSpec
+    from defake_pipeline.datasets.refresh import refresh_manifest
+    from defake_pipeline.evaluation.partition import evaluate_partition
+    from defake_pipeline.reporting.render import write_leaderboard
+    from defake_pipeline.warehouse.database import query, rebuild_warehouse
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    images(tmp_path / "data" / "real", 5)
+    for i, job in enumerate(images(tmp_path / "data" / "fake", 5)):
+        Image.new("RGB", (20, 20), (i, 200, 1)).save(job.path)
+    layout = HomeLayout(tmp_path / "home")
+    refresh_manifest(layout, DatasetSpec(name="d", root=tmp_path / "data"))
+    chat_server.state.faults = Faults(rate_refusal=1.0)
+    spec = vllm_at(chat_server, price_in=1.0, price_out=1.0)
+    evaluate_partition(layout, spec, SIMPLE)
+    assert chat_server.state.n_chat == 10
+    rebuild_warehouse(layout)
+    row = query(layout, "SELECT refusal_rate, cost_usd FROM metrics WHERE scope = 'dataset'").iloc[0]
+    assert row.refusal_rate == 1.0 and row.cost_usd > 0
+    reason = "unknown rate 100.0% over the 50% limit (10 of 10 answers refused)"
+    assert query(layout, "SELECT reason FROM partition_gate").iloc[0].reason == reason
+    assert "10 of 10 answers refused" in write_leaderboard(layout)[0].read_text()
+    evaluate_partition(layout, spec, SIMPLE)
+    assert chat_server.state.n_chat == 10  # a rerun pays nothing
