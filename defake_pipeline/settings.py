@@ -109,10 +109,17 @@ def defake_home() -> str:
     return home if is_url(home) else str(Path(home).absolute())
 
 
-def project_dirs(name: str) -> list[Path]:
-    """Candidate folders called ``name``: the project's (see ``project_root``; else the working
-    directory's) first, then those shipped beside the package."""
-    dirs = [(project_root() or Path.cwd()) / name, PACKAGE_ROOT / name]
+def project_dirs(name: str, shipped: bool = False) -> list[Path]:
+    """Folders called ``name`` that hold the project's own files: the project's (see
+    ``project_root``). Outside any project, the working directory's and then those shipped
+    beside the package (the demo's), which stand in for one. ``shipped`` adds those anyway,
+    for what is looked up by name (a prompt or a decorator the project does not have): a
+    project never inherits the shipped prompts, datasets or registered models, which would
+    evaluate, and spend on, what it never asked for."""
+    root = project_root()
+    dirs = [(root or Path.cwd()) / name]
+    if root is None or shipped:
+        dirs.append(PACKAGE_ROOT / name)
     seen: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:

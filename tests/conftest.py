@@ -31,6 +31,13 @@ def real_fake_dataset(project: Path, name: str, n_per_class: int, folder: str | 
     return root
 
 
+def demo_dataset(project: Path) -> None:
+    """Define the demo dataset shipped beside the package in ``project``: a project has only
+    its own datasets."""
+    (project / "datasets").mkdir(exist_ok=True)
+    (project / "datasets" / "demo.toml").write_text(f'layout = "real_fake"\nroot = "{REPO / "demo"}"\n')
+
+
 def project_dagster_home(tmp_path: Path) -> Path:
     """A fresh DAGSTER_HOME holding the project's dagster.yaml, as the Makefile sets one up."""
     home = tmp_path / "dagster_home"

@@ -76,3 +76,54 @@ def test_make_ui_takes_its_port_from_port():
     repo = Path(__file__).resolve().parents[1]
     plan = subprocess.run(["make", "-n", "ui", "PORT=3123"], cwd=repo, capture_output=True, text=True, check=True)
     assert "dagster dev -h 127.0.0.1 -p 3123 " in plan.stdout, plan.stdout
+
+
+def test_a_project_of_its_own_evaluates_only_what_it_defines(tmp_path, chat_server, monkeypatch):
+    """The prompts, datasets and registered models shipped beside the package (the demo's) are
+    not the project's: `materialize` with no choices asks only for the project's own, and a
+    shipped prompt named on the command line is still found."""
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import REPO, real_fake_dataset
+    from defake_pipeline.cli import main
+    from defake_pipeline.warehouse.database import query
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    project = tmp_path / "proj"
+    real_fake_dataset(project, "mine", 3, folder="images")
+    (project / "prompts").mkdir()
+    prompt = json.loads((REPO / "prompts" / "simple.json").read_text()) | {"name": "own"}
+    (project / "prompts" / "own.json").write_text(json.dumps(prompt))
+    (project / "models.toml").write_text('registered = ["vllm"]\n')
+    env = {"DEFAKE_HOME": None, "DAGSTER_HOME": None, "OPENAI_API_KEY": None, "BASE_URL": chat_server.base_url}
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["materialize"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "1 model(s) × 1 prompt(s): vllm × own" in result.output and "baseline" not in result.output
+    assert chat_server.state.n_chat == 6  # one model × one prompt × six images
+    layout = HomeLayout(project / "outputs")
+    ranked = query(layout, "SELECT DISTINCT dataset, model, prompt FROM metrics").itertuples(index=False)
+    assert [tuple(r) for r in ranked] == [("mine", "vllm", "own")]
+    named = CliRunner().invoke(main, ["materialize", "-p", "simple"], env=env)
+    assert named.exit_code == 0, named.output
+    assert "1 model(s) × 1 prompt(s): vllm × simple" in named.output  # the shipped prompt, by name
+    # It renders the same requests as `own`, a copy: the journal answers them.
+    assert chat_server.state.n_chat == 6 and layout.report_file("vllm", "simple").exists()
+
+
+def test_a_project_with_no_dataset_is_told_where_to_define_one(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    (tmp_path / "proj" / "prompts").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "proj")
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny"], env={"DEFAKE_HOME": None, "DAGSTER_HOME": None})
+    assert result.exit_code != 0
+    datasets = tmp_path / "proj" / "datasets"
+    assert (
+        result.output.strip()
+        == f"error: no dataset is defined: add one to {datasets} as <name>.toml (layout and root; see README)"
+    )

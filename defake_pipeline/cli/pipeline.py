@@ -44,7 +44,7 @@ def materialize(
     """
     from defake_pipeline.cli.instance import local_instance
     from defake_pipeline.cli.launch import gate_failures, materialize_evaluation
-    from defake_pipeline.datasets.layouts import dataset_specs, get_dataset
+    from defake_pipeline.datasets.layouts import dataset_specs, defined_datasets, get_dataset
     from defake_pipeline.endpoints.chat import check_endpoint
     from defake_pipeline.endpoints.registry import get_model, registered_models
     from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_index
@@ -54,6 +54,7 @@ def materialize(
         missing_manifests,
     )
 
+    defined_datasets()  # nothing to evaluate without one: say where to add it before anything starts
     specs = [endpoint_spec(m) for m in (models or registered_models())]
     prompt_paths = [find_prompt(p) for p in prompts] if prompts else list(prompt_index().values())
     prompt_keys = list(dict.fromkeys(load_prompt(p).key for p in prompt_paths))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from defake_pipeline.datasets.walk import walk_images
 from defake_pipeline.errors import DatasetError, validation_line
 from defake_pipeline.records import label_from_text
-from defake_pipeline.settings import is_url, project_dirs
+from defake_pipeline.settings import is_url, project_dirs, project_root
 from defake_pipeline.storage import StoredPath, relative_parts, stored_path
 from defake_pipeline.text import slugify
 
@@ -107,6 +107,15 @@ def dataset_specs() -> list[DatasetSpec]:
             own[spec.key] = file
             specs.setdefault(spec.key, spec)
     return list(specs.values())
+
+
+def defined_datasets() -> list[DatasetSpec]:
+    """``dataset_specs``, or a DatasetError saying where to define one when there is none."""
+    specs = dataset_specs()
+    if not specs:
+        folder = (project_root() or Path.cwd()) / "datasets"
+        raise DatasetError(f"no dataset is defined: add one to {folder} as <name>.toml (layout and root; see README)")
+    return specs
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from defake_pipeline.datasets import quality
-from defake_pipeline.datasets.layouts import dataset_specs
+from defake_pipeline.datasets.layouts import defined_datasets
 from defake_pipeline.datasets.manifest import manifest_content_hash
 from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
 from defake_pipeline.defs.resources import DefakeHomeFolder
@@ -88,7 +88,7 @@ def image_manifest(
 ) -> dg.MaterializeResult:
     """One row per image of every dataset: label, subset, sha256, real format, size, probe error, provenance."""
     layout = store.layout()
-    specs = dataset_specs()
+    specs = defined_datasets()
     if not config.datasets:
         for gone in prune_manifests(layout, [s.key for s in specs]):
             context.log.info(f"dataset {gone} is no longer defined; its manifest was removed")

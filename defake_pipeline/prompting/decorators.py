@@ -59,7 +59,7 @@ def find_decorator(name: str, search_dirs: list[Path] | None = None) -> tuple[De
     module_path, _, func_name = name.rpartition(".")
     relative = Path(*module_path.split(".")).with_suffix(".py")
     failures = []
-    for folder in search_dirs if search_dirs is not None else project_dirs("decorators"):
+    for folder in search_dirs if search_dirs is not None else project_dirs("decorators", shipped=True):
         file = folder / relative
         if not file.is_file():
             continue

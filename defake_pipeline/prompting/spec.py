@@ -176,14 +176,14 @@ def prompt_files(extra_dirs: list[Path] | None = None) -> list[Path]:
     return files
 
 
-def index_prompts() -> tuple[dict[str, Path], dict[Path, str]]:
-    """Every prompt file by its partition key (``./prompts`` shadows the project's own), and
-    the files left out because another file of their folder gives the same key
-    (``a/x.json`` and ``b/x.json``), each with the error naming both: neither may run, or be
-    published, under the other's name."""
+def index_prompts(shipped: bool = False) -> tuple[dict[str, Path], dict[Path, str]]:
+    """Every prompt file of the project by its partition key (with ``shipped``, then those
+    shipped beside the package, which the project's shadow), and the files left out because
+    another file of their folder gives the same key (``a/x.json`` and ``b/x.json``), each with
+    the error naming both: neither may run, or be published, under the other's name."""
     index: dict[str, Path] = {}
     clashes: dict[Path, str] = {}
-    for folder in project_dirs("prompts"):
+    for folder in project_dirs("prompts", shipped):
         own: dict[str, list[Path]] = {}
         for path in sorted(folder.rglob("*.json")):
             own.setdefault(prompt_key_for(path), []).append(path)
@@ -196,9 +196,9 @@ def index_prompts() -> tuple[dict[str, Path], dict[Path, str]]:
     return index, clashes
 
 
-def prompt_index() -> dict[str, Path]:
+def prompt_index(shipped: bool = False) -> dict[str, Path]:
     """``index_prompts``'s index; a PromptError where two files give one key."""
-    index, clashes = index_prompts()
+    index, clashes = index_prompts(shipped)
     if clashes:
         raise PromptError(next(iter(clashes.values())))
     return index
@@ -211,7 +211,7 @@ def find_prompt(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
         raise PromptError(f"{name_or_path}: prompt file not found")
-    index = prompt_index()
+    index = prompt_index(shipped=True)
     path = index.get(name_or_path) or index.get(slugify(name_or_path))
     if path is not None:
         return path
@@ -220,7 +220,7 @@ def find_prompt(name_or_path: str) -> Path:
 
 def prompt_by_key(key: str) -> LoadedPrompt:
     """The prompt whose partition key is ``key`` (./prompts before the project's)."""
-    path = prompt_index().get(key)
+    path = prompt_index(shipped=True).get(key)
     if path is not None:
         return load_prompt(path)
     raise PromptError(f"no prompt file with key {key!r} under ./prompts or the project's prompts/")

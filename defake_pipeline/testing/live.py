@@ -33,13 +33,13 @@ def free_port() -> int:
 
 
 def make_project(root: Path, models_toml: str = 'registered = ["canny"]\n') -> Path:
-    """A project folder with its own copy of the demo images, models.toml and prompts/ and
+    """A project folder with its own copy of the demo images and the shipped prompts, models.toml and
     a workspace.yaml whose code server runs in that folder."""
     (root / "datasets").mkdir(parents=True)
     shutil.copytree(PACKAGE_ROOT / "demo" / "real", root / "images" / "real")
     shutil.copytree(PACKAGE_ROOT / "demo" / "fake", root / "images" / "fake")
     (root / "datasets" / "demo.toml").write_text('name = "demo"\nlayout = "real_fake"\nroot = "../images"\n')
-    (root / "prompts").mkdir()
+    shutil.copytree(PACKAGE_ROOT / "prompts", root / "prompts")
     (root / "models.toml").write_text(models_toml)
     (root / "workspace.yaml").write_text(
         "load_from:\n  - python_module:\n      module_name: defake_pipeline.definitions\n"

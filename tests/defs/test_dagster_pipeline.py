@@ -5,7 +5,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from conftest import project_dagster_home
+from conftest import demo_dataset, project_dagster_home
 from defake_pipeline.cli import main
 from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
@@ -122,6 +122,7 @@ def add_extra_dataset(tmp_path, monkeypatch) -> None:
         Image.new("RGB", (32, 32), "white" if label == "fake" else "black").save(tmp_path / "extra" / label / "x.png")
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "extra.toml").write_text('layout = "real_fake"\nroot = "../extra"\n')
+    demo_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)
 
 

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from conftest import REPO, project_dagster_home
+from conftest import REPO, demo_dataset, project_dagster_home
 from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import register_partitions
@@ -26,15 +26,17 @@ from defake_pipeline.warehouse.layout import HomeLayout
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, vllm_endpoint):
-    """A working directory with its own datasets/, prompts/ and models.toml (read before the
-    project's), registering the Canny baseline and ``vllm``, answered by the test server."""
+    """A project with its own datasets/ (its own and the demo), prompts/ (the shipped ones and
+    its own) and models.toml, registering the Canny baseline and ``vllm``, answered by the test
+    server."""
     root = tmp_path / "proj"
     for label, colour in (("real", "white"), ("fake", "gray")):
         (root / "data" / label).mkdir(parents=True)
         Image.new("RGB", (32, 32), colour).save(root / "data" / label / "a.png")
     (root / "datasets").mkdir()
     (root / "datasets" / "local.toml").write_text('layout = "real_fake"\nroot = "../data"\n')
-    (root / "prompts").mkdir()
+    demo_dataset(root)
+    shutil.copytree(REPO / "prompts", root / "prompts")
     shutil.copy(REPO / "prompts" / "simple.json", root / "prompts" / "mine.json")
     (root / "models.toml").write_text('registered = ["canny", "vllm"]\n')
     monkeypatch.chdir(root)

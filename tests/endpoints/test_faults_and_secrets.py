@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, project_dagster_home
+from conftest import REPO, demo_dataset, project_dagster_home
 from defake_pipeline.defs.partitions import register_partitions
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.errors import FatalEndpointError
@@ -95,6 +95,7 @@ def slow_project(tmp_path, chat_server, monkeypatch):
     (root / "models.toml").write_text(
         'registered = ["slowvllm"]\n[models.slowvllm]\npreset = "vllm"\nconcurrency = 2\n'
     )
+    demo_dataset(root)
     home = project_dagster_home(tmp_path)
     env = {
         **os.environ,
@@ -174,6 +175,7 @@ def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
     root = tmp_path / "proj"
     root.mkdir()
     (root / "models.toml").write_text('registered = ["gpt4omini"]\n')
+    demo_dataset(root)
     home = project_dagster_home(tmp_path)
     out = tmp_path / "out"
     with_password = chat_server.base_url.replace("http://", f"http://defake:{URL_PASSWORD}@")

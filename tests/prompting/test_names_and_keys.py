@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, demo_dataset
 from defake_pipeline.endpoints.registry import model_table
 from defake_pipeline.errors import ModelConfigError, PromptError
 from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_by_key, scan_prompts
@@ -40,6 +40,7 @@ def project(tmp_path, monkeypatch, defake_home):
     (root / "prompts").mkdir(parents=True)
     (root / "prompts" / "真实.json").write_text(json.dumps(_prompt("REAL-PROMPT: real or generated?")))
     (root / "prompts" / "生成.json").write_text(json.dumps(_prompt("GEN-PROMPT: real or generated?")))
+    demo_dataset(root)
     monkeypatch.chdir(root)
     return root
 
