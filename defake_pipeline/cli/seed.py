@@ -169,7 +169,7 @@ def infer(
     log.info("done: %s", summary)
     click.echo(
         f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}) on {whole.n_scored} "
-        f"scored of {whole.n_images} rows ({whole.n_errors} errors, {whole.n_unknown} unknown); "
+        f"scored of {whole.n_images} rows ({whole.outcomes}); "
         f"this run: {running.n_images} images, "
         f"{running.n_requests} new requests, ${running.cost_usd:.4f}",
         err=True,

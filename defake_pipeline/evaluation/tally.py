@@ -19,6 +19,7 @@ class Tally:
     n_cached: int = 0  # images answered entirely from the journal
     n_errors: int = 0
     n_unknown: int = 0
+    n_refused: int = 0  # of the unknown: answers the model declined to give (billed all the same)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -32,26 +33,34 @@ class Tally:
         self.cost_usd += p.cost_usd
         if p.error is None and p.n_requests == 0:
             self.n_cached += 1
-        self.count(p.label, p.pred, p.error)
+        self.count(p.label, p.pred, p.error, p.refused)
 
-    def count(self, label: int, pred: int, error: str | None) -> None:
+    def count(self, label: int, pred: int, error: str | None, refused: bool = False) -> None:
         """One image's outcome: an error or an unknown verdict apart, else right or wrong for its label."""
         self.n_images += 1
         if isinstance(error, str) and error:
             self.n_errors += 1
         elif pred == -1:
             self.n_unknown += 1
+            self.n_refused += bool(refused)
         elif label in self.by_label:
             self.by_label[label][0] += pred == label
             self.by_label[label][1] += 1
 
     @classmethod
-    def from_rows(cls, labels, preds, errors) -> Tally:
-        """Totals of rows read back (an output CSV): label and pred 1/0/-1, error text or empty."""
+    def from_rows(cls, labels, preds, errors, refusals) -> Tally:
+        """Totals of rows read back (an output CSV): label and pred 1/0/-1, error text or empty,
+        refused or not."""
         tally = cls()
-        for label, pred, error in zip(labels, preds, errors, strict=True):
-            tally.count(label, pred, error)
+        for label, pred, error, refused in zip(labels, preds, errors, refusals, strict=True):
+            tally.count(label, pred, error, refused)
         return tally
+
+    @property
+    def outcomes(self) -> str:
+        """Errors and unknown verdicts in a few words, with the refusals among the unknown."""
+        refused = f" ({self.n_refused} refused)" if self.n_refused else ""
+        return f"{self.n_errors} errors, {self.n_unknown} unknown{refused}"
 
     @staticmethod
     def _share(right: int, total: int) -> float | None:

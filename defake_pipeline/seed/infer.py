@@ -109,9 +109,12 @@ def tally_of_csv(path: StoredPath) -> Tally:
             return -1
 
     with path.open(newline="", encoding="utf-8") as handle:
-        rows = [(number(r.get("label")), number(r.get("pred")), r.get("error") or "") for r in csv.DictReader(handle)]
-    labels, preds, errors = zip(*rows, strict=True) if rows else ((), (), ())
-    return Tally.from_rows(labels, preds, errors)
+        rows = [
+            (number(r.get("label")), number(r.get("pred")), r.get("error") or "", r.get("refused") == "True")
+            for r in csv.DictReader(handle)
+        ]
+    labels, preds, errors, refusals = zip(*rows, strict=True) if rows else ((), (), (), ())
+    return Tally.from_rows(labels, preds, errors, refusals)
 
 
 def run_experiment(

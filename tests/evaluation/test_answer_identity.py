@@ -248,3 +248,27 @@ def test_an_endpoint_that_refuses_everything_is_said_to_in_the_leaderboard(chat_
     assert "10 of 10 answers refused" in write_leaderboard(layout)[0].read_text()
     evaluate_partition(layout, spec, SIMPLE)
     assert chat_server.state.n_chat == 10  # a rerun pays nothing
+
+
+def test_infer_against_an_endpoint_that_refuses_everything_pays_once_and_says_so(chat_server, tmp_path):
+    chat_server.state.faults = Faults(rate_refusal=1.0)
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    images(real, 5)
+    for i, job in enumerate(images(fake, 5)):
+        Image.new("RGB", (20, 20), (i, 200, 1)).save(job.path)
+    (tmp_path / "models.toml").write_text('[models.priced]\npreset = "vllm"\nprice_in = 1.0\nprice_out = 1.0\n')
+    command = [str(Path(sys.executable).with_name("mllmdf")), "infer", "--model", "priced", "--prompt", "simple"]
+    command += ["--real_dir", str(real), "--fake_dir", str(fake), "--count", "0", "-o", "refused", "--overwrite"]
+    env = {"PATH": "/usr/bin:/bin", "DEFAKE_HOME": str(tmp_path / "home"), "BASE_URL": chat_server.base_url}
+    outputs = []
+    for _ in range(2):
+        out = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        outputs.append(out.stderr)
+    assert chat_server.state.n_chat == 10
+    assert "(0 errors, 10 unknown (10 refused)); this run: 10 images, 10 new requests" in outputs[0]
+    assert "this run: 10 images, 0 new requests" in outputs[1]
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "home" / "refused.csv")
+    assert rows["refused"].all() and (rows["cost_usd"] > 0).all()  # billed, so costed

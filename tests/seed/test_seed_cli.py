@@ -217,7 +217,7 @@ def test_summary_says_n_a_when_nothing_was_answered():
     from defake_pipeline.evaluation.tally import Tally
 
     assert Tally().progress() == {"all": "n/a", "reals": "n/a", "fakes": "n/a"}
-    assert Tally.from_rows([1, 0], [-1, 0], ["", "timeout"]).progress()["all"] == "n/a"
+    assert Tally.from_rows([1, 0], [-1, 0], ["", "timeout"], [True, False]).progress()["all"] == "n/a"
 
 
 def test_doc_counts_each_csv_row_once_when_paths_share_content(tmp_path):
