@@ -349,21 +349,16 @@ async def evaluate(
     on_result: Callable[[Prediction], None] | None = None,
     collect: bool = True,
 ) -> list[Prediction]:
-    """Evaluate every job; one bad image or failed request never stops the others.
-
-    With ``collect=False`` nothing is kept: ``on_result`` sees each prediction, and memory
-    holds only the images in flight, whatever the number of images.
-
-    A DefakeError (a prompt that cannot render, a rejected API key, an answer the journal
-    cannot store) stops the run at once: it would fail every image the same way, or pay for
-    answers that are then lost.
-    """
+    """Evaluate every job; one bad image or failed request never stops the others. Workers
+    pull from one iterator, so with ``collect=False`` (``on_result`` sees each prediction)
+    memory holds only the images in flight. A DefakeError (a prompt that cannot render, a
+    rejected key, an answer the journal cannot store) stops the run at once: it would fail
+    every image the same way, or pay for answers that are then lost."""
     results: list[Prediction] = []
     fatal: list[DefakeError] = []
     pending = iter(jobs)
 
     async def worker() -> None:
-        # Workers pull from one shared iterator, so memory holds only the jobs in flight.
         for job in pending:
             if fatal:
                 return
@@ -385,9 +380,8 @@ async def evaluate(
 
     try:
         await evaluator.setup()
-        # A TaskGroup, unlike gather, waits for every worker to unwind when the run is
-        # cancelled, so the evaluator closes after the last answer is journaled. What a worker
-        # raises (an on_result callback's error, an interrupt) reaches the caller unwrapped.
+        # Unlike gather, a TaskGroup waits for every worker to unwind on cancellation, so the
+        # evaluator closes after the last answer is journaled; a worker's error comes unwrapped.
         try:
             async with asyncio.TaskGroup() as workers:
                 for _ in range(concurrency or evaluator.spec.concurrency):
@@ -402,6 +396,5 @@ async def evaluate(
 
 
 def evaluate_sync(jobs: Iterable[ImageJob], evaluator: Evaluator, **kwargs) -> list[Prediction]:
-    """``evaluate`` for callers without an event loop (the CLI, Dagster assets); SIGINT and
-    SIGTERM stop it cleanly (``stopping.py``)."""
+    """``evaluate`` for callers without an event loop; SIGINT and SIGTERM stop it cleanly."""
     return run_stoppable(evaluate(jobs, evaluator, **kwargs))

@@ -58,7 +58,7 @@ class ServerState:
     peak_in_flight: int = 0
     request_times: list[float] = field(default_factory=list)
     refused_times: list[float] = field(default_factory=list)  # arrival of each request refused with a 429
-    first_announced_at: float | None = None  # when the first x-ratelimit-* headers were sent
+    first_announced_at: float | None = None  # when the first request to get x-ratelimit-* headers was admitted
     bodies: list[dict] = field(default_factory=list)
 
     n_tokens: int = 0  # tokens charged to the TPM limit for requests let through
@@ -87,13 +87,11 @@ class ServerState:
     def reset_counters(self) -> None:
         with self.lock:
             self.n_chat = self.n_models = self.n_ok = self.n_429 = self.n_faults = self.bytes_received = 0
-            self.n_tokens = 0
-            self.first_chat_at = None
-            self.peak_in_flight = 0
+            self.n_tokens = self.peak_in_flight = 0
+            self.first_chat_at = self.first_announced_at = None
             self.bodies.clear()
             self.request_times.clear()
             self.refused_times.clear()
-            self.first_announced_at = None
             self.reset_limits()
 
     def counters(self) -> dict:
