@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 # The repository checkout this package lives in; its prompts/, decorators/ and datasets/
 # folders are the fallback when the working directory has none of its own.
@@ -45,6 +45,10 @@ class Settings(BaseModel):
     directory is not in it, as for a worker started in an empty folder."""
     DEFAKE_NIGHTLY_CRON: str = "0 3 * * *"
     """When the nightly reevaluation rescans every dataset."""
+    DEFAKE_SENSOR_INTERVAL_S: int = Field(default=5, ge=1)
+    """The least time between two evaluations of each sensor. The daemon visits its sensors
+    every 5 s at most, so an interval of up to 4 s has each sensor looked at on every visit;
+    5 s, on about every second visit."""
 
     @property
     def api_key(self) -> str | None:

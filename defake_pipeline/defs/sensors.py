@@ -30,9 +30,9 @@ from defake_pipeline.defs.reports import leaderboard, model_reports
 from defake_pipeline.endpoints.registry import get_model, registered_model_keys, registered_models
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.prompting.spec import prompt_key_for, scan_prompts
+from defake_pipeline.settings import load_settings
 
-# The daemon looks at its sensors every 5 s at most; the sensors ask for no longer a wait.
-SENSOR_INTERVAL_S = 5
+SENSOR_INTERVAL_S = load_settings().DEFAKE_SENSOR_INTERVAL_S
 
 RUNNING = dg.DefaultSensorStatus.RUNNING
 # The tags by which a run covers a range of partitions (what a single-run backfill sets).

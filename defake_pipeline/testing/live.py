@@ -160,20 +160,22 @@ class LiveDagster:
         )
         return data["partitionBackfillsOrError"]["results"]
 
-    def wait_quiet(self, since: float, settle_s: float = 25, timeout_s: float = 240) -> float:
-        """Wait until no run is queued or running and none started for ``settle_s`` seconds;
-        returns the time the last run launched after ``since`` ended (or ``since``)."""
+    def wait_quiet(self, since: float, quiet_ticks: int = 2, timeout_s: float = 300) -> float:
+        """Wait until no run is queued or running and every sensor has ticked ``quiet_ticks`` times
+        since the last one ended with no run started; returns the time the last run launched after
+        ``since`` ended (or ``since``). A run any sensor would launch is launched on the first tick
+        that sees its reason, so ticks, not seconds, prove the runs a change set off are done."""
         deadline = time.monotonic() + timeout_s
-        quiet_since = None
+        quiet_since: float | None = None
         while time.monotonic() < deadline:
             runs = [r for r in self.runs() if (r["creationTime"] or 0) >= since]
             busy = [r for r in runs if r["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")]
             busy += self.open_backfills()
-            if busy:
+            if busy or (quiet_since is not None and any(r["creationTime"] >= quiet_since for r in runs)):
                 quiet_since = None
             elif quiet_since is None:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= settle_s:
+                quiet_since = time.time()
+            elif min(self.sensor_ticks(quiet_since).values(), default=0) >= quiet_ticks:
                 return max([since, *[r["endTime"] or 0 for r in runs]])
-            time.sleep(2)
+            time.sleep(1)
         raise TimeoutError(f"runs still going after {timeout_s} s")

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 import pytest
 
 from conftest import REPO
-from defake_pipeline.defs.sensors import SENSOR_INTERVAL_S
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 from defake_pipeline.testing.live import LiveDagster, make_project
 
@@ -30,8 +29,11 @@ VLM = "live-vlm"
 NEW_IMAGE_DEADLINE_S = 60
 # Quiet is proved by sensor ticks, not by minutes: a run the daemon would launch on its own is
 # requested on the first tick that sees a reason for it.
-QUIET_S = 3 * SENSOR_INTERVAL_S  # no run starts for three ticks: the runs a change set off are done
 IDLE_TICKS = 10
+# The daemon visits its sensors every 5 s at most; an interval under that has every sensor
+# evaluated on every visit, so ten ticks take about 50 s rather than 100 s at the default.
+SENSOR_INTERVAL_S = 1
+DAEMON_LOOP_S = 5
 
 _BOARD_ROW = re.compile(r"^\| (\d+) \| `([^`]+)` \| (?:`([^`]+)`|\*baseline\*) \| (\d+) \|", re.M)
 _REPORT_ROW = re.compile(r"^\| demo \| (\d+) \|", re.M)
@@ -84,7 +86,7 @@ def wait_ticks(live: LiveDagster, since: float, n: int) -> dict[str, int]:
         ticks.update(live.sensor_ticks(since))
         return bool(ticks) and min(ticks.values()) >= n
 
-    wait_for(ticked, timeout_s=(n + 6) * SENSOR_INTERVAL_S * 3, step_s=1)
+    wait_for(ticked, timeout_s=(n + 6) * DAEMON_LOOP_S * 3, step_s=1)
     return ticks
 
 
@@ -96,7 +98,7 @@ class Scenarios:
         self.models_toml = ""
 
     def settle(self, name: str, since: float, **extra) -> list[dict]:
-        self.live.wait_quiet(since, settle_s=QUIET_S, timeout_s=300)
+        self.live.wait_quiet(since, timeout_s=300)
         runs = [r for r in self.live.runs() if r["creationTime"] >= since]
         failed = [r for r in runs if r["status"] != "SUCCESS"]
         assert not failed, f"{name}: failed runs {[(r['jobName'], r['tags']) for r in failed]}"
@@ -109,7 +111,7 @@ class Scenarios:
         if "first_start" in self.figures:
             return  # that scenario waited for it, and each later one settled its own runs
         wait_for(lambda: len(ranked(self.live)) >= N_RANKED and consistent(self.live), 300)
-        self.live.wait_quiet(self.daemon_started, settle_s=QUIET_S, timeout_s=300)
+        self.live.wait_quiet(self.daemon_started, timeout_s=300)
 
 
 @contextmanager
@@ -120,7 +122,9 @@ def deployment(tmp_path_factory, name: str) -> Iterator[Scenarios]:
         models = (
             f'registered = ["canny", "{VLM}"]\n\n[models.{VLM}]\npreset = "vllm"\nbase_url = "{vlm_server.base_url}"\n'
         )
-        live = LiveDagster(make_project(root / "project", models), root)
+        live = LiveDagster(
+            make_project(root / "project", models), root, env={"DEFAKE_SENSOR_INTERVAL_S": str(SENSOR_INTERVAL_S)}
+        )
         runner = Scenarios(live)
         runner.models_toml = models
         started = time.time()
