@@ -32,8 +32,9 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 LINTED := defake_pipeline tests benchmarks decorators
 # Tests spread over worker processes (pytest-xdist), a module to a worker: each live module's
-# scenarios share one deployment and run in order. Two workers mostly wait on the live daemons.
-PARALLEL := -n 3 --dist loadscope
+# scenarios share one deployment and run in order. The live modules go first, in the order
+# collected (tests/conftest.py), since they are the longest; their workers mostly wait on daemons.
+PARALLEL := -n 4 --dist loadscope --no-loadscope-reorder
 
 lint: install-dev
 	$(BIN)/ruff check $(LINTED)

@@ -16,6 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "upstream"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The live and browser modules first, so that under ``make test``'s workers (each takes a
+    module whole, in this order) the long waits on a daemon start at once and the short tests
+    fill in around them; otherwise in the order collected."""
+    items.sort(key=lambda item: not (item.get_closest_marker("live") or item.get_closest_marker("browser")))
+
+
 def real_fake_dataset(project: Path, name: str, n_per_class: int, folder: str | None = None) -> Path:
     """A ``real_fake`` dataset of distinct small PNGs under ``project/<folder or name>``, defined
     as ``project/datasets/<name>.toml``; returns its root."""

@@ -31,11 +31,15 @@ from defake_pipeline.errors import DefakeError, JournalDamagedError, JournalWrit
 from defake_pipeline.text import without_userinfo
 from defake_pipeline.warehouse.files import process_alive
 
-# Answers are keyed by what answered (the endpoint, without credentials, and the id it serves
-# the model under), the rendered request's hash and the image's sha256. `responses` is the
-# layout before the endpoint was part of the key: its answers are adopted, each once, by the
-# first endpoint that asks for them under the same served id (see `_adopt_legacy`).
-_SCHEMA = """
+def journal_tables(real: str, timestamp: str) -> str:
+    """The journal's tables, in SQLite or PostgreSQL: ``real`` names the floating-point type,
+    ``timestamp`` the type (and default) of the times rows were written.
+
+    Answers are keyed by what answered (the endpoint, without credentials, and the id it serves
+    the model under), the rendered request's hash and the image's sha256. ``responses`` is the
+    layout before the endpoint was part of the key: its answers are adopted, each once, by the
+    first endpoint that asks for them under the same served id (see ``_adopt_legacy``)."""
+    return f"""
 CREATE TABLE IF NOT EXISTS answers (
     endpoint TEXT NOT NULL,
     model_id TEXT NOT NULL,
@@ -44,9 +48,9 @@ CREATE TABLE IF NOT EXISTS answers (
     response TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
-    latency_s REAL NOT NULL DEFAULT 0,
+    latency_s {real} NOT NULL DEFAULT 0,
     extra TEXT,
-    created_at TEXT NOT NULL,
+    created_at {timestamp},
     PRIMARY KEY (endpoint, model_id, request_hash, image_sha256)
 );
 CREATE TABLE IF NOT EXISTS answer_leases (
@@ -57,17 +61,20 @@ CREATE TABLE IF NOT EXISTS answer_leases (
     owner TEXT NOT NULL,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    expires_at REAL NOT NULL,
+    expires_at {real} NOT NULL,
     PRIMARY KEY (endpoint, model_id, request_hash, image_sha256)
 );
 CREATE TABLE IF NOT EXISTS served_ids (
     endpoint TEXT NOT NULL,
     model_name TEXT NOT NULL,
     model_id TEXT NOT NULL,
-    chosen_at TEXT NOT NULL,
+    chosen_at {timestamp},
     PRIMARY KEY (endpoint, model_name)
 );
 """
+
+
+_SCHEMA = journal_tables("REAL", "TEXT NOT NULL")
 _KEY = "endpoint=? AND model_id=? AND request_hash=? AND image_sha256=?"
 _LEGACY_KEY = "model_id=? AND request_hash=? AND image_sha256=?"
 _ANSWER_COLUMNS = "response, prompt_tokens, completion_tokens, latency_s, extra"

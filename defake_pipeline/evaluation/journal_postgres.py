@@ -21,41 +21,12 @@ from typing import Any
 import psycopg2
 
 from defake_pipeline.errors import JournalWriteError
-from defake_pipeline.evaluation.journal import HOST, AnswerKey, Claim, JournalEntry, lease_alive
+from defake_pipeline.evaluation.journal import HOST, AnswerKey, Claim, JournalEntry, journal_tables, lease_alive
 from defake_pipeline.text import without_password, without_userinfo
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
-    endpoint TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    image_sha256 TEXT NOT NULL,
-    response TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    latency_s DOUBLE PRECISION NOT NULL DEFAULT 0,
-    extra TEXT,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (endpoint, model_id, request_hash, image_sha256)
-);
-CREATE TABLE IF NOT EXISTS answer_leases (
-    endpoint TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    image_sha256 TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (endpoint, model_id, request_hash, image_sha256)
-);
-CREATE TABLE IF NOT EXISTS served_ids (
-    endpoint TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    chosen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (endpoint, model_name)
-);
+_SCHEMA = (
+    journal_tables("DOUBLE PRECISION", "TIMESTAMPTZ NOT NULL DEFAULT now()")
+    + """
 -- A claim in one round trip (see PostgresJournal.claim). Each statement of a PL/pgSQL function
 -- sees what was committed before it ran, so the second look at answers sees an answer stored
 -- while the lease was being taken.
@@ -101,6 +72,7 @@ BEGIN
     END IF;
 END $$;
 """
+)
 _KEY = "endpoint=%s AND model_id=%s AND request_hash=%s AND image_sha256=%s"
 _NOW = "extract(epoch FROM clock_timestamp())"
 _CONNECT_TIMEOUT_S = 10
