@@ -31,6 +31,7 @@ from defake_pipeline.errors import DefakeError, JournalDamagedError, JournalWrit
 from defake_pipeline.text import without_userinfo
 from defake_pipeline.warehouse.files import process_alive
 
+
 def journal_tables(real: str, timestamp: str) -> str:
     """The journal's tables, in SQLite or PostgreSQL: ``real`` names the floating-point type,
     ``timestamp`` the type (and default) of the times rows were written.
