@@ -7,6 +7,7 @@ from defake_pipeline.datasets.layouts import defined_datasets
 from defake_pipeline.datasets.manifest import manifest_content_hash
 from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
 from defake_pipeline.defs.resources import DefakeHomeFolder
+from defake_pipeline.errors import DatasetError
 from defake_pipeline.text import markdown_cell, markdown_code, markdown_table
 from defake_pipeline.warehouse.parquet import read_manifests
 
@@ -93,10 +94,18 @@ def image_manifest(
         for gone in prune_manifests(layout, [s.key for s in specs]):
             context.log.info(f"dataset {gone} is no longer defined; its manifest was removed")
     summaries = []
+    unreadable: list[str] = []
     for spec in specs:
         if config.datasets and spec.key not in config.datasets:
             continue
-        summary = refresh_manifest(layout, spec, rehash=config.rehash)
+        try:
+            summary = refresh_manifest(layout, spec, rehash=config.rehash)
+        except DatasetError as exc:
+            # A dataset that cannot be listed (its CSV a pipe, its root gone) is named and keeps
+            # its last manifest; the others are refreshed and evaluated all the same.
+            context.log.error(f"dataset {spec.key}: not refreshed: {exc}")
+            unreadable.append(spec.key)
+            continue
         context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
         for note in summary.notes:
             context.log.warning(f"dataset {summary.dataset}: {note}")
@@ -114,6 +123,7 @@ def image_manifest(
             "n_images": len(manifest),
             "n_probe_errors": int(manifest["probe_error"].notna().sum()),
             "refreshed": dg.MetadataValue.md(table),
+            "not_refreshed": ", ".join(unreadable) or "none",
             "path": dg.MetadataValue.path(str(layout.manifests_dir)),
         },
         check_results=manifest_checks(manifest),

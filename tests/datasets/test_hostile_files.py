@@ -99,6 +99,33 @@ def test_a_deeply_nested_dataset_definition_is_one_dataset_error(tmp_path):
         load_dataset_spec(file)
 
 
+def test_materialize_names_a_dataset_whose_csv_is_a_pipe_and_publishes_the_others(defake_home, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    for label in ("real", "fake"):
+        for i in range(3):
+            image(tmp_path / "good" / label / f"{i}.png", (i * 60, 40 if label == "real" else 200, 10))
+    os.mkfifo(tmp_path / "labels.csv")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "good.toml").write_text('layout = "real_fake"\nroot = "../good"\n')
+    (tmp_path / "datasets" / "piped.toml").write_text('layout = "csv"\ncsv = "../labels.csv"\n')
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny"], env={"DAGSTER_HOME": str(tmp_path / "dh")})
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "Stack Trace" not in result.output
+    assert (
+        "dataset piped: not refreshed: " in result.output
+        and "labels.csv: the dataset's CSV is not a regular" in result.output
+    )
+    layout = HomeLayout(defake_home)
+    assert len(pd.read_parquet(layout.manifest_file("good"))) == 6
+    board = layout.leaderboard_file.read_text(encoding="utf-8")
+    assert "| 6 | 50.0%" in board and "[report](<canny__-.md>)" in board  # the good dataset is ranked
+
+
 def test_a_same_size_same_time_replacement_is_found_by_rehash(defake_home, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
