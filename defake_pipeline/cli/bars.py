@@ -1,6 +1,7 @@
 """Partition progress on the terminal: the progress lines of the run logs (a worker's, or this
 process's own Dagster console), shown as one bar per partition; anywhere else (a pipe, a CI log)
-the lines are printed as they come."""
+the lines are printed as they come. Either way a failure's stack trace is left to the run's
+event log (the UI shows it): the terminal gets the error's own line."""
 
 from __future__ import annotations
 
@@ -15,17 +16,40 @@ from tqdm import tqdm
 from defake_pipeline.evaluation.progress import parse_progress
 
 
+class StackTraceFilter:
+    """Tells the lines of the stack traces in Dagster's console lines (a ``Stack Trace:`` line,
+    the indented frames under it, and the blank line that ends them) from the others."""
+
+    def __init__(self) -> None:
+        self._in_trace = False
+
+    def keep(self, line: str) -> bool:
+        text = line.rstrip("\n")
+        if text == "Stack Trace:":
+            self._in_trace = True
+            return False
+        if self._in_trace:
+            if text.startswith(" "):
+                return False
+            self._in_trace = False
+            return bool(text)
+        return True
+
+
 class PartitionBars:
     def __init__(self, enabled: bool | None = None, out: TextIO | None = None):
         self.out = out or sys.stderr  # held: sys.stderr may be routed through these bars
         self.enabled = self.out.isatty() if enabled is None else enabled
         self._bars: dict[str, tqdm] = {}
         self._lock = threading.Lock()
+        self._traces = StackTraceFilter()
 
     def relay(self, line: str) -> None:
         """Show one line of a worker's output: a progress line updates its partition's bar."""
         report = parse_progress(line) if self.enabled else None
         with self._lock:
+            if not self._traces.keep(line):
+                return
             if report is None:
                 if self._bars:
                     tqdm.write(line.rstrip("\n"), file=self.out)
@@ -80,11 +104,9 @@ class _LinesToBars:
 
 @contextmanager
 def bars_in_this_process() -> Iterator[None]:
-    """On a terminal, show the progress lines this process's Dagster runs log as bars."""
+    """What this process's Dagster runs log, through ``PartitionBars``: on a terminal, progress
+    lines as bars; anywhere, with no stack traces."""
     bars = PartitionBars()
-    if not bars.enabled:
-        yield
-        return
     routed = _LinesToBars(bars)
     sys.stderr = routed
     try:

@@ -92,22 +92,25 @@ def materialize_evaluation(
     register_partitions(instance, models, prompts if models else [])
     keys = [partition_key(m, p) for m in models for p in prompts]
     rescan = ManifestConfig(datasets=list(datasets or []), rehash=rehash)
-    results = [_execute("refresh_manifests", instance, resources, config=rescan)]
-    if baselines:
-        chosen = BaselinesConfig(models=baselines, datasets=list(datasets or []))
-        results.append(_execute("evaluate_baselines", instance, resources, config=chosen))
-    if max_parallel > 1 and len(keys) > 1 and not instance.is_ephemeral and not resources:
-        _run_partitions_in_processes(keys, datasets or [], max_parallel)
-    else:
-        with bars_in_this_process():
+    in_processes = max_parallel > 1 and len(keys) > 1 and not instance.is_ephemeral and not resources
+    with bars_in_this_process():
+        results = [_execute("refresh_manifests", instance, resources, config=rescan)]
+        if baselines:
+            chosen = BaselinesConfig(models=baselines, datasets=list(datasets or []))
+            results.append(_execute("evaluate_baselines", instance, resources, config=chosen))
+        if not in_processes:
             results += [_execute("evaluate", instance, resources, k, datasets, _partition_tags(k)) for k in keys]
-    results.append(_execute("publish", instance, resources))
+    if in_processes:
+        _run_partitions_in_processes(keys, datasets or [], max_parallel)
+    with bars_in_this_process():
+        results.append(_execute("publish", instance, resources))
     return results
 
 
 def publish(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     """The warehouse, reports and leaderboard rebuilt from the partitions the instance has."""
-    return _execute("publish", instance, None)
+    with bars_in_this_process():
+        return _execute("publish", instance, None)
 
 
 def _evaluate_in_worker(key: str, datasets: list[str]) -> str:

@@ -37,6 +37,31 @@ def test_a_trickling_model_list_ends_within_timeout_s(chat_server, tmp_path, dem
     assert chat_server.state.n_chat == 0
 
 
+def test_a_registered_models_trickling_model_list_ends_its_run_in_one_line(chat_server, tmp_path, monkeypatch):
+    """No preflight for a registered model: its partition run meets the endpoint, and the
+    terminal gets the error's line, not the step's stack trace."""
+    from click.testing import CliRunner
+
+    from conftest import demo_dataset
+    from defake_pipeline.cli import main
+
+    chat_server.state.models_trickle_interval_s = 0.5
+    demo_dataset(tmp_path)
+    (tmp_path / "models.toml").write_text(
+        f'registered = ["slow"]\n[models.slow]\npreset = "vllm"\nbase_url = "{chat_server.base_url}"\ntimeout_s = 3\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    env = {"DEFAKE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dh")}
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["materialize", "-m", "slow", "-p", "simple"], env=env)
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 2, result.output
+    assert "Stack Trace" not in result.output and 'File "' not in result.output, result.output
+    error = f"error: {chat_server.base_url}/models sent no complete answer within timeout_s=3 s"
+    assert result.output.strip().splitlines()[-1] == error
+    assert chat_server.state.n_chat == 0
+
+
 def test_a_gzip_bomb_is_an_error_row_within_bounded_memory(chat_server, tmp_path, demo_jobs):
     chat_server.state.faults = Faults(rate_gzip_bomb=1.0, gzip_bomb_mb=2048)
     spec = vllm_at(chat_server, timeout_s=60)
