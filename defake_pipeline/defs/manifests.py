@@ -94,7 +94,7 @@ def image_manifest(
         for gone in prune_manifests(layout, [s.key for s in specs]):
             context.log.info(f"dataset {gone} is no longer defined; its manifest was removed")
     summaries = []
-    unreadable: list[str] = []
+    not_refreshed: list[str] = []
     for spec in specs:
         if config.datasets and spec.key not in config.datasets:
             continue
@@ -104,7 +104,7 @@ def image_manifest(
             # A dataset that cannot be listed (its CSV a pipe, its root gone) is named and keeps
             # its last manifest; the others are refreshed and evaluated all the same.
             context.log.error(f"dataset {spec.key}: not refreshed: {exc}")
-            unreadable.append(spec.key)
+            not_refreshed.append(spec.key)
             continue
         context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
         for note in summary.notes:
@@ -123,7 +123,7 @@ def image_manifest(
             "n_images": len(manifest),
             "n_probe_errors": int(manifest["probe_error"].notna().sum()),
             "refreshed": dg.MetadataValue.md(table),
-            "not_refreshed": ", ".join(unreadable) or "none",
+            "not_refreshed": ", ".join(not_refreshed) or "none",
             "path": dg.MetadataValue.path(str(layout.manifests_dir)),
         },
         check_results=manifest_checks(manifest),

@@ -219,11 +219,11 @@ def find_prompt(name_or_path: str) -> Path:
 
 
 def prompt_by_key(key: str) -> LoadedPrompt:
-    """The prompt whose partition key is ``key`` (./prompts before the project's)."""
+    """The prompt whose partition key is ``key``: the project's, else one shipped beside the package."""
     path = prompt_index(shipped=True).get(key)
     if path is not None:
         return load_prompt(path)
-    raise PromptError(f"no prompt file with key {key!r} under ./prompts or the project's prompts/")
+    raise PromptError(f"no prompt file with key {key!r} in the project's prompts/ or those shipped with the package")
 
 
 @dataclass(frozen=True)

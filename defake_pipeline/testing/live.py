@@ -171,7 +171,7 @@ class LiveDagster:
             runs = [r for r in self.runs() if (r["creationTime"] or 0) >= since]
             busy = [r for r in runs if r["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")]
             busy += self.open_backfills()
-            if busy or (quiet_since is not None and any(r["creationTime"] >= quiet_since for r in runs)):
+            if busy or (quiet_since is not None and any((r["creationTime"] or 0) >= quiet_since for r in runs)):
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.time()
