@@ -102,20 +102,24 @@ def new_images_sensor(context: dg.SensorEvaluationContext):
     change through to the leaderboard, in one run."""
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     changed: dict[str, str] = {}
+    # A dataset that cannot be scanned is named once per change of its error, not on every
+    # tick; the cursor holds its error's digest, so once it can be read its fingerprint differs.
+    unscanned: dict[str, str] = {}
     for spec in dataset_specs():
         try:
             fingerprint = dataset_fingerprint(spec)
         except (OSError, DefakeError) as exc:
-            context.log.warning(f"dataset {spec.key}: not scanned ({exc})")
+            unscanned[spec.key] = f"not scanned: {_digest(str(exc))}"
+            if seen.get(spec.key) != unscanned[spec.key]:
+                context.log.warning(f"dataset {spec.key}: not scanned ({exc})")
             continue
         if seen.get(spec.key) != fingerprint:
             changed[spec.key] = fingerprint
+    cursor = json.dumps({**seen, **unscanned, **changed}, sort_keys=True)
     if not changed:
-        return dg.SkipReason(f"no images added, changed or removed in {len(seen)} dataset(s)")
-    return dg.SensorResult(
-        run_requests=[new_images_request(context.instance, changed)],
-        cursor=json.dumps({**seen, **changed}, sort_keys=True),
-    )
+        reason = f"no images added, changed or removed in {len(seen)} dataset(s)"
+        return dg.SkipReason(reason) if cursor == context.cursor else dg.SensorResult(skip_reason=reason, cursor=cursor)
+    return dg.SensorResult(run_requests=[new_images_request(context.instance, changed)], cursor=cursor)
 
 
 def _digest(value) -> str:

@@ -91,6 +91,26 @@ def test_new_images_sensor_cases(project):
     assert again.run_requests[0].run_key == tick(new_images_sensor, instance, None).run_requests[0].run_key
 
 
+def test_a_dataset_the_sensor_cannot_scan_is_named_once_per_error(project, capfd):
+    """A dataset whose CSV is a named pipe is named on the first tick and again only when its
+    error changes; the others are scanned all the same, and once it can be read it runs."""
+    os.mkfifo(project / "labels.csv")
+    (project / "datasets" / "piped.toml").write_text('layout = "csv"\ncsv = "../labels.csv"\n')
+    instance = dg.DagsterInstance.ephemeral()
+    first = tick(new_images_sensor, instance)
+    assert first.run_requests[0].tags["defake/dataset"] == "demo,local"
+    cursor = first.cursor
+    for _ in range(3):
+        quiet = tick(new_images_sensor, instance, cursor)
+        assert not getattr(quiet, "run_requests", None)
+        cursor = getattr(quiet, "cursor", None) or cursor
+    assert capfd.readouterr().err.count("dataset piped: not scanned") == 1
+    (project / "labels.csv").unlink()
+    (project / "labels.csv").write_text("path,label\ndata/real/a.png,0\n")
+    [readable] = tick(new_images_sensor, instance, cursor).run_requests
+    assert readable.tags["defake/dataset"] == "piped"
+
+
 def test_new_images_run_lands_the_image_in_every_report(project, defake_home):
     """The sensor's one run, executed: manifest, a range of partitions, warehouse, reports."""
     instance = dg.DagsterInstance.ephemeral()
