@@ -64,3 +64,4 @@ bench: install
 	$(BIN)/python benchmarks/rescan_bench.py
 	$(BIN)/python benchmarks/report_bench.py
 	$(BIN)/python benchmarks/time_to_result_bench.py
+	$(BIN)/python benchmarks/daemon_bench.py

@@ -11,8 +11,8 @@ import pytest
 from live_scenarios import (
     N_PROMPTS,
     N_RANKED,
-    NEW_IMAGE_DEADLINE_S,
     REPO,
+    STUCK_AFTER_S,
     VLM,
     Scenarios,
     consistent,
@@ -35,7 +35,7 @@ scenarios = scenarios_fixture("live_pipeline")
 def test_first_start_after_make_demo(scenarios):
     live = scenarios.live
     since = scenarios.daemon_started
-    seconds = wait_for(lambda: len(ranked(live)) == N_RANKED and consistent(live), 240)
+    seconds = wait_for(lambda: len(ranked(live)) == N_RANKED and consistent(live), STUCK_AFTER_S)
     runs = scenarios.settle("first_start", since, seconds=round(seconds, 1))
     # The first scan of the datasets (one run through to the reports, the baseline included),
     # one run for the chat model's partitions, one rebuild.
@@ -50,10 +50,9 @@ def test_new_image_reaches_every_report(scenarios):
     Image.new("RGB", (64, 48), "purple").save(live.project / "images" / "fake" / "live_new.png")
     seconds = wait_for(
         lambda: (board := ranked(live)) and all(board.get(k) == n + 1 for k, n in before.items()) and consistent(live),
-        NEW_IMAGE_DEADLINE_S + 60,
+        STUCK_AFTER_S,
     )
     runs = scenarios.settle("new_image", since, seconds=round(seconds, 1))
-    assert seconds <= NEW_IMAGE_DEADLINE_S, f"took {seconds:.1f} s"
     assert len(runs) == 1  # manifest, the baseline, every partition, the warehouse and the reports: one run
     assert ranked(live)[("canny", "-")] == before[("canny", "-")] + 1  # the baseline, once
     assert all("live_new.png" in f.read_text() for f in (live.defake_home / "reports").glob("*__*.md"))
@@ -65,7 +64,7 @@ def test_new_prompt(scenarios):
     data = json.loads((REPO / "prompts" / "simple.json").read_text())
     data["name"] = "live extra"
     (live.project / "prompts" / "live_extra.json").write_text(json.dumps(data))
-    seconds = wait_for(lambda: (VLM, "live_extra") in ranked(live) and consistent(live), 120)
+    seconds = wait_for(lambda: (VLM, "live_extra") in ranked(live) and consistent(live), STUCK_AFTER_S)
     runs = scenarios.settle("new_prompt", since, seconds=round(seconds, 1))
     assert ("canny", "live_extra") not in ranked(live)  # a baseline reads no prompt
     assert len(runs) <= 2  # the new partition, one rebuild
@@ -80,7 +79,7 @@ def test_edited_prompt(scenarios):
     data = json.loads(path.read_text())
     data["conversations"][0]["payload"][-1][1] = "Photograph or generated? Answer real or generated."
     path.write_text(json.dumps(data))
-    seconds = wait_for(lambda: report.exists() and report.read_text() != old_text and consistent(live), 120)
+    seconds = wait_for(lambda: report.exists() and report.read_text() != old_text and consistent(live), STUCK_AFTER_S)
     runs = scenarios.settle("edited_prompt", since, seconds=round(seconds, 1))
     assert len(runs) <= 2  # that prompt's partition, one rebuild
     assert {r["tags"].get("dagster/partition") for r in runs if r["tags"].get("dagster/partition")} == {
@@ -92,7 +91,7 @@ def test_prompt_file_removed(scenarios):
     live = scenarios.live
     since = time.time()
     (live.project / "prompts" / "live_extra.json").unlink()
-    seconds = wait_for(lambda: (VLM, "live_extra") not in ranked(live) and consistent(live), 120)
+    seconds = wait_for(lambda: (VLM, "live_extra") not in ranked(live) and consistent(live), STUCK_AFTER_S)
     runs = scenarios.settle("prompt_removed", since, seconds=round(seconds, 1))
     assert len(runs) <= 1
     assert not (live.defake_home / "reports" / f"{VLM}__live_extra.md").exists()
@@ -112,7 +111,7 @@ def test_model_added_to_models_toml(scenarios):
     since = time.time()
     (live.project / "models.toml").write_text(with_models(scenarios, "My VLM"))
     key = slugify("My VLM")
-    seconds = wait_for(lambda: sum(m == key for m, _ in ranked(live)) == N_PROMPTS and consistent(live), 180)
+    seconds = wait_for(lambda: sum(m == key for m, _ in ranked(live)) == N_PROMPTS and consistent(live), STUCK_AFTER_S)
     runs = scenarios.settle("model_added", since, seconds=round(seconds, 1))
     assert len(runs) <= 2  # every new partition in one run, one rebuild
 
@@ -125,7 +124,7 @@ def test_model_whose_endpoint_fails_is_kept_off_the_leaderboard(scenarios):
             with_models(scenarios, "My VLM", "broken")
             + f'\n[models.broken]\npreset = "vllm"\nbase_url = "{server.base_url}"\nmax_retries = 0\n'
         )
-        wait_for(lambda: not_ranked(live).count("`broken`") == N_PROMPTS, 240)
+        wait_for(lambda: not_ranked(live).count("`broken`") == N_PROMPTS, STUCK_AFTER_S)
         runs = scenarios.settle("failing_endpoint", since)
     assert not any(m == "broken" for m, _ in ranked(live))
     assert "error rate 100.0%" in not_ranked(live)
