@@ -171,7 +171,7 @@ def infer(
         f"accuracy {summary['all']} (reals {summary['reals']}, fakes {summary['fakes']}) on {whole.n_scored} "
         f"scored of {whole.n_images} rows ({whole.outcomes}); "
         f"this run: {running.n_images} images, "
-        f"{running.n_requests} new requests, ${running.cost_usd:.4f}",
+        f"{running.n_requests} new answers, ${running.cost_usd:.4f}",
         err=True,
     )
     click.echo(str(target))

@@ -102,7 +102,7 @@ def predictions(
         )
         context.log.info(
             f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "
-            f"requests; {summary.outcomes}"
+            f"answers; {summary.outcomes}"
         )
         if summary.note:
             context.log.warning(f"{key}: {summary.note}")

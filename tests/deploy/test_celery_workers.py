@@ -133,7 +133,7 @@ def test_a_fresh_worker_reruns_warm(deployment):
     d.wait_runs("evaluate", done + len(PARTITIONS))
     assert d.chat.state.n_ok == asked, "a warm rerun paid again"
     assert _partitions_in(d.worker_log("w3")) == set(PARTITIONS)
-    assert len(re.findall(r"vlm\|ask\d: \d+ images: \d+ from the journal, 0 new requests", d.worker_log("w3"))) == 4
+    assert len(re.findall(r"vlm\|ask\d: \d+ images: \d+ from the journal, 0 new answers", d.worker_log("w3"))) == 4
     _only_logs_in(fresh)
 
 

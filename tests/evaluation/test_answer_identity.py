@@ -266,8 +266,8 @@ def test_infer_against_an_endpoint_that_refuses_everything_pays_once_and_says_so
         assert out.returncode == 0, out.stderr
         outputs.append(out.stderr)
     assert chat_server.state.n_chat == 10
-    assert "(0 errors, 10 unknown (10 refused)); this run: 10 images, 10 new requests" in outputs[0]
-    assert "this run: 10 images, 0 new requests" in outputs[1]
+    assert "(0 errors, 10 unknown (10 refused)); this run: 10 images, 10 new answers" in outputs[0]
+    assert "this run: 10 images, 0 new answers" in outputs[1]
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "home" / "refused.csv")

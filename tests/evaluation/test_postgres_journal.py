@@ -124,7 +124,7 @@ def test_two_workers_that_share_no_disk_pay_once_for_each_answer(tmp_path, chat_
     fresh = tmp_path / "worker-c"
     out, err = _infer(project, fresh, journal_url, chat_server, "again").communicate(timeout=120)
     assert chat_server.state.n_ok == 30, err
-    assert "0 new requests" in err and len(_rows(fresh, "again")) == 30
+    assert "0 new answers" in err and len(_rows(fresh, "again")) == 30
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root's unshare --uts")

@@ -174,7 +174,7 @@ def test_rerun_under_another_output_name_makes_zero_calls(seed_cwd, chat_server)
     mllmdf([*base, "-o", "first"], seed_cwd, env)
     assert chat_server.state.n_chat == 6
     out = mllmdf([*base, "-o", "second", "--max-cost", "0"], seed_cwd, env)
-    assert chat_server.state.n_chat == 6 and "0 new requests" in out.stderr
+    assert chat_server.state.n_chat == 6 and "0 new answers" in out.stderr
     assert pd.read_csv(seed_cwd / "outputs" / "second.csv")["error"].isna().all()  # journal hits cost nothing
 
 
@@ -546,3 +546,13 @@ def test_the_infer_summary_says_how_many_images_were_scored(tmp_path):
     args = ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "0", "-o", "some"]
     out = mllmdf(args, tmp_path, {"DEFAKE_HOME": str(tmp_path / "out")})
     assert "on 16 scored of 18 rows (2 errors, 0 unknown)" in out.stderr, out.stderr
+
+
+def test_the_infer_summary_counts_answers_not_requests_that_failed(seed_cwd, chat_server):
+    chat_server.state.faults.rate_400 = 1.0  # every request reaches the server and is refused
+    args = ["infer", "--model", "vllm", "--real_dir", "demo/real", "--fake_dir", "demo/fake", "-o", "refused"]
+    out = mllmdf(args, seed_cwd, {"BASE_URL": chat_server.base_url})
+    assert chat_server.state.n_chat >= 6  # sent...
+    assert "(6 errors, 0 unknown); this run: 6 images, 0 new answers, $0.0000" in out.stderr, (
+        out.stderr
+    )  # ...none answered
