@@ -22,7 +22,7 @@ from defake_pipeline.warehouse.metrics_sql import (
     SCORED_VIEW_SQL,
     mcnemar_exact_p,
 )
-from defake_pipeline.warehouse.parquet import duckdb_reading, partition_of, unreadable_parquet
+from defake_pipeline.warehouse.parquet import partition_of, readable_copies, unreadable_parquet
 
 
 def rebuild_warehouse(
@@ -41,25 +41,26 @@ def rebuild_warehouse(
         predictions = sorted_glob(layout.predictions_dir, "model=*/prompt=*.parquet")
     else:
         predictions = [f for m, p in partitions if (f := layout.predictions_file(m, p)).exists()]
-    # An unreadable partition file (truncated, corrupt) must not stop every later rebuild:
-    # it counts as missing, with the reason, until a run of that partition rebuilds it.
-    unreadable = {partition_of(f): why for f in predictions if (why := unreadable_parquet(f))}
-    predictions = [f for f in predictions if partition_of(f) not in unreadable]
     if not manifests:
         raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
     remove_abandoned(layout.warehouse, ".duckdb.tmp")
     with (
+        readable_copies([*manifests, *predictions]) as names,
         atomic_path(layout.warehouse, ".duckdb.tmp", create=False) as tmp,
-        duckdb_reading([*manifests, *predictions], str(tmp)) as con,
+        duckdb.connect(str(tmp)) as con,
     ):
+        manifest_names, prediction_names = names[: len(manifests)], names[len(manifests) :]
+        # An unreadable partition file (truncated, corrupt) must not stop every later rebuild:
+        # it counts as missing, with the reason, until a run of that partition rebuilds it.
+        copies = list(zip(predictions, prediction_names, strict=True))
+        unreadable = {partition_of(f): why for f, name in copies if (why := unreadable_parquet(f, name))}
+        prediction_names = [name for f, name in copies if partition_of(f) not in unreadable]
         con.execute(
-            "CREATE TABLE image_manifest AS SELECT * FROM read_parquet(?, union_by_name=true)",
-            [list(map(str, manifests))],
+            "CREATE TABLE image_manifest AS SELECT * FROM read_parquet(?, union_by_name=true)", [manifest_names]
         )
-        if predictions:
+        if prediction_names:
             con.execute(
-                "CREATE TABLE predictions AS SELECT * FROM read_parquet(?, union_by_name=true)",
-                [list(map(str, predictions))],
+                "CREATE TABLE predictions AS SELECT * FROM read_parquet(?, union_by_name=true)", [prediction_names]
             )
         else:
             # From the Arrow schema: an empty pandas frame would give untyped (NULL) columns.

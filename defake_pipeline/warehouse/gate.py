@@ -15,7 +15,7 @@ import pandas as pd
 from defake_pipeline.records import prediction_schema
 from defake_pipeline.storage import StoredPath
 from defake_pipeline.warehouse.metrics_sql import ERROR_RATE_SQL, SCORED_VIEW_SQL, UNKNOWN_RATE_SQL
-from defake_pipeline.warehouse.parquet import duckdb_reading
+from defake_pipeline.warehouse.parquet import readable_copies
 
 GATE_PASSED, GATE_FAILED, GATE_MISSING = "passed", "failed", "missing"
 
@@ -145,9 +145,9 @@ class PartitionGate:
 
 def partition_gate(parquet: StoredPath, manifests: pd.DataFrame, thresholds: GateThresholds) -> PartitionGate:
     """The gate of one partition file, per dataset of the manifest rows it answers."""
-    with duckdb_reading([parquet]) as con:
+    with readable_copies([parquet]) as [name], duckdb.connect() as con:
         con.register("image_manifest", manifests)
-        con.execute("CREATE TABLE predictions AS SELECT * FROM read_parquet(?)", [str(parquet)])
+        con.execute("CREATE TABLE predictions AS SELECT * FROM read_parquet(?)", [name])
         add_missing_prediction_columns(con)
         con.execute(SCORED_VIEW_SQL)
         return PartitionGate(con.execute(GATE_SQL, gate_params(thresholds)).df())

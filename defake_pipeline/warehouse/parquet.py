@@ -7,7 +7,10 @@ renames it into place. Readers keep the file they opened; writers never meet a l
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -26,20 +29,30 @@ from defake_pipeline.warehouse.files import (
 from defake_pipeline.warehouse.layout import HomeLayout
 
 
-def duckdb_reading(files: Iterable[StoredPath], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that reads ``files`` wherever they are: a store's files go through
-    its fsspec file system (DuckDB's own httpfs extension would be a download at run time)."""
-    con = duckdb.connect(database)
-    protocols = set()
-    for file in files:
-        if is_remote(file) and file.protocol not in protocols:
-            con.register_filesystem(file.fs)
-            protocols.add(file.protocol)
-    return con
+@contextmanager
+def readable_copies(files: Sequence[StoredPath]) -> Iterator[list[str]]:
+    """Names DuckDB and pyarrow can read ``files`` by: a local file as it is, a store's file
+    fetched whole in one GET into a scratch folder that goes when the block ends. Reading a
+    store's file by ranges would take its size from an earlier listing or HEAD, and another run
+    of the same partition may have replaced the object since: one read would mix two objects."""
+    if not any(is_remote(f) for f in files):
+        yield [str(f) for f in files]
+        return
+    with tempfile.TemporaryDirectory(prefix="defake-read-") as scratch:
+        names = []
+        for i, file in enumerate(files):
+            if is_remote(file):
+                copy = Path(scratch) / f"{i}-{file.name}"
+                file.fs.get_file(file.path, str(copy))
+                names.append(str(copy))
+            else:
+                names.append(str(file))
+        yield names
 
 
 def read_parquet_frame(file: StoredPath) -> pd.DataFrame:
-    return pd.read_parquet(str(file))
+    with readable_copies([file]) as [name]:
+        return pd.read_parquet(name)
 
 
 def write_parquet_atomic(frame: pd.DataFrame, target: StoredPath) -> StoredPath:
@@ -99,11 +112,15 @@ class PredictionWriter:
             remove_quietly(self._tmp)
 
 
-def unreadable_parquet(file: StoredPath) -> str | None:
-    """Why a Parquet file cannot be read to the end, or None when it can."""
+def unreadable_parquet(file: StoredPath, copy: str | None = None) -> str | None:
+    """Why a Parquet file cannot be read to the end, or None when it can (``copy``: a readable
+    copy of it already at hand)."""
+    if copy is None:
+        with readable_copies([file]) as [name]:
+            return unreadable_parquet(file, name)
     try:
-        with duckdb_reading([file]) as con:
-            con.execute("SELECT * FROM read_parquet(?)", [str(file)]).fetchall()
+        with duckdb.connect() as con:
+            con.execute("SELECT * FROM read_parquet(?)", [copy]).fetchall()
     except duckdb.Error as exc:
         return f"{file.name} is unreadable ({str(exc).splitlines()[0][:200]})"
     return None
@@ -117,15 +134,16 @@ def partition_of(file: StoredPath) -> tuple[str, str]:
 def predictions_content_hash(files: Sequence[StoredPath]) -> str:
     """A hash of what the partition files say (answers, verdicts, errors; not timestamps): equal
     for a rerun that found nothing new."""
-    existing = [f for f in files if f.exists() and not unreadable_parquet(f)]
-    if not existing:
-        return "empty"
-    with duckdb_reading(existing) as con:
-        row = con.execute(
-            "SELECT count(*), sum(hash(model, prompt, image_sha256, path, label, pred, score, response, error, "
-            "prompt_hash)) FROM read_parquet(?, union_by_name=true)",
-            [list(map(str, existing))],
-        ).fetchone()
+    with readable_copies([f for f in files if f.exists()]) as names:
+        readable = [name for name in names if not unreadable_parquet(Path(name), name)]
+        if not readable:
+            return "empty"
+        with duckdb.connect() as con:
+            row = con.execute(
+                "SELECT count(*), sum(hash(model, prompt, image_sha256, path, label, pred, score, response, error, "
+                "prompt_hash)) FROM read_parquet(?, union_by_name=true)",
+                [readable],
+            ).fetchone()
     assert row is not None  # an aggregate always returns one row
     return f"{row[0]}-{row[1]}"
 

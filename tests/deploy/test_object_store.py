@@ -125,3 +125,21 @@ def test_a_dataset_on_object_storage_is_read_from_there(tmp_path, s3, postgres, 
     assert s3.fs.exists(s3.url("r", "reports", "vllm__simple.md"))
     left = [p for p in folder.rglob("*") if p.is_file() and not p.is_relative_to(folder / "defake-logs")]
     assert not left, left
+
+
+def test_a_file_another_run_replaced_after_this_one_listed_it_is_read_whole(s3, monkeypatch):
+    """Two runs of one partition: this one lists the predictions, the other then replaces a file
+    with a larger one. Reads by ranges against the size listed would mix the two objects."""
+    from defake_pipeline.storage import sorted_glob, stored_path
+    from defake_pipeline.warehouse.parquet import read_parquet_frame, unreadable_parquet
+
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    folder = stored_path(s3.url("race"))
+    small = pd.DataFrame({"path": [f"s{i}" for i in range(3)]})
+    large = pd.DataFrame({"path": [f"a much longer name, number {i}" for i in range(5000)]})
+    s3.fs.pipe(s3.url("race", "p.parquet"), small.to_parquet(index=False))
+    [listed] = sorted_glob(folder, "*.parquet")
+    s3.fs.pipe(s3.url("race", "p.parquet"), large.to_parquet(index=False))  # the other run's PUT
+    assert unreadable_parquet(listed) is None
+    assert read_parquet_frame(listed)["path"].tolist() == large["path"].tolist()
