@@ -26,7 +26,7 @@ from defake_pipeline.testing.chat_server import ChatServer, ServerState
 from defake_pipeline.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(900)]
-N_PER_CLASS = 100  # 200 images in the project's dataset (the package's demo adds its own)
+N_PER_CLASS = 250  # 500 images in the project's dataset (the package's demo adds its own)
 PARTITIONS = [f"vlm|ask{i}" for i in range(4)]
 TABLES = ("image_manifest", "predictions", "partition_gate", "metrics", "comparisons")
 # What differs between two builds over the same answers: when each row was written, whether
@@ -135,6 +135,17 @@ def test_a_fresh_worker_reruns_warm(deployment):
     assert _partitions_in(d.worker_log("w3")) == set(PARTITIONS)
     assert len(re.findall(r"vlm\|ask\d: \d+ images: \d+ from the journal, 0 new answers", d.worker_log("w3"))) == 4
     _only_logs_in(fresh)
+
+
+def test_two_runs_of_one_partition_on_two_workers_pay_once_and_both_succeed(deployment):
+    d = deployment
+    asked, n_images = d.chat.state.n_ok, _manifest_images(d)
+    done = len([s for _, s in d.runs("evaluate") if s == "SUCCESS"])
+    d.start_worker("w4")  # beside w3: each takes one of the two runs
+    for _ in range(2):
+        d.dagster("job", "backfill", "-j", "evaluate", "--partitions", f"vlm|ask{len(PARTITIONS)}", "--noprompt")
+    d.wait_runs("evaluate", done + 2)  # fails on a failed run
+    assert d.chat.state.n_ok == asked + n_images
 
 
 def test_no_password_in_any_log_file_table_or_object(deployment):
