@@ -30,7 +30,7 @@ $(DAGSTER_HOME)/dagster.yaml: instance/dagster.yaml
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/mllmdf materialize --model canny --prompt simple
 
-LINTED := defake_pipeline tests benchmarks decorators
+LINTED := defake_pipeline tests benchmarks decorators deploy
 # Tests spread over worker processes (pytest-xdist), a module to a worker: each live module's
 # scenarios share one deployment and run in order. The live modules go first, in the order
 # collected (tests/conftest.py), since they are the longest; their workers mostly wait on daemons.

@@ -25,7 +25,11 @@ def make_project(root: Path, n_per_class: int, prompts: int) -> Path:
     """A project with one chat model, ``prompts`` prompts and a dataset of 2 × n_per_class images."""
     project = root / "project"
     (project / "prompts").mkdir(parents=True)
-    (project / "models.toml").write_text('registered = ["vlm"]\n[models.vlm]\npreset = "vllm"\nconcurrency = 16\n')
+    # Short timeouts: a lease the killed worker held expires after (3 + 1) × 2 = 8 s.
+    (project / "models.toml").write_text(
+        'registered = ["vlm"]\n[models.vlm]\npreset = "vllm"\nconcurrency = 16\n'
+        "timeout_s = 3\nmax_retries = 1\nmax_retry_wait_s = 1\n"
+    )
     base = json.loads((REPO / "prompts" / "simple.json").read_text())
     for i in range(prompts):
         prompt = json.loads(json.dumps(base))
@@ -95,8 +99,16 @@ class Deployment:
         env = dict(self.env, HOME=str(folder), TMPDIR=str(folder / "tmp"))
         log = (folder / "worker.log").open("w")
         command = [str(BIN / WORKER_COMMAND[0]), *WORKER_COMMAND[1:], "-n", f"{name}@%h", "--loglevel", "INFO"]
-        self.workers[name] = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=log)
+        # A session of its own: killing it takes the pool's process too, as losing a machine would.
+        self.workers[name] = subprocess.Popen(
+            command, cwd=folder, env=env, stdout=log, stderr=log, start_new_session=True
+        )
         return folder
+
+    def kill_worker(self, name: str) -> None:
+        proc = self.workers.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def worker_log(self, name: str) -> str:
         return (self.root / name / "worker.log").read_text(errors="replace")

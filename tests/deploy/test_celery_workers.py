@@ -5,9 +5,11 @@ DEFAKE_HOME on an S3-compatible store and the journal in Postgres."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -40,7 +42,7 @@ SELECTS = {
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, postgres, s3):
     root = tmp_path_factory.mktemp("celery")
-    project = make_project(root, N_PER_CLASS, prompts=len(PARTITIONS) + 1)
+    project = make_project(root, N_PER_CLASS, prompts=len(PARTITIONS) + 2)
     with RedisServer() as redis, ChatServer(ServerState()) as chat:
         chat.state.latency_s = 0.2
         deployment = Deployment(root, project, postgres, s3, redis, chat)
@@ -146,6 +148,38 @@ def test_two_runs_of_one_partition_on_two_workers_pay_once_and_both_succeed(depl
         d.dagster("job", "backfill", "-j", "evaluate", "--partitions", f"vlm|ask{len(PARTITIONS)}", "--noprompt")
     d.wait_runs("evaluate", done + 2)  # fails on a failed run
     assert d.chat.state.n_ok == asked + n_images
+
+
+def test_a_worker_killed_mid_run_loses_only_its_requests_in_flight_and_another_finishes(deployment):
+    d = deployment
+    d.stop_worker("w4")  # w3 alone takes the run
+    d.chat.state.latency_s = 1.0  # 16 answers a second: the run lasts about 30 s
+    asked, n_images = d.chat.state.n_ok, _manifest_images(d)
+    done = len([s for _, s in d.runs("evaluate") if s == "SUCCESS"])
+    key = f"vlm|ask{len(PARTITIONS) + 1}"
+    # A run of its own, as the daemon's sensors and asset backfills launch them (Dagster does not
+    # launch again a failed run of a job backfill that has ended).
+    d.dagster("job", "launch", "-j", "evaluate", "--tags", json.dumps({"dagster/partition": key}))
+    deadline = time.monotonic() + 120
+    while d.chat.state.n_ok < asked + 100:
+        assert time.monotonic() < deadline, d.logs()
+        time.sleep(0.2)
+    d.kill_worker("w3")
+    replacement = d.start_worker("w5")
+    deadline = time.monotonic() + 300
+    while len([s for _, s in d.runs("evaluate") if s == "SUCCESS"]) < done + 1:
+        assert time.monotonic() < deadline, d.logs()
+        time.sleep(1)
+    d.chat.state.latency_s = 0.2
+    # The lost worker's run failed by the run monitor, then launched again and finished by w5.
+    assert [s for _, s in d.runs("evaluate")].count("FAILURE") == 1
+    assert "Celery worker w3@" in (d.root / "daemon.log").read_text(errors="replace")
+    concurrency = 16
+    assert d.chat.state.n_ok - asked <= n_images + concurrency  # only what was in flight, paid twice
+    assert key in _partitions_in(d.worker_log("w5"))
+    stored = d.s3.url("live", "predictions", "model=vlm", f"prompt=ask{len(PARTITIONS) + 1}.parquet")
+    assert len(pd.read_parquet(io.BytesIO(d.s3.fs.cat(stored)))) == n_images
+    _only_logs_in(replacement)
 
 
 def test_no_password_in_any_log_file_table_or_object(deployment):

@@ -101,6 +101,12 @@ def test_the_images_and_the_chart_carry_the_tested_dagster_yaml():
     custom = values["runLauncher"]["config"]["customRunLauncher"]
     assert {"module": custom["module"], "class": custom["class"], "config": custom["config"]} == SHIPPED["run_launcher"]
     assert values["computeLogManager"]["type"] == SHIPPED["compute_logs"]["class"]
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert {re.sub(r"([A-Z])", r"_\1", k).lower(): v for k, v in monitoring.items()} == SHIPPED["run_monitoring"]
+    assert values["additionalInstanceConfig"]["run_retries"] == SHIPPED["run_retries"]
+    # The daemon and webserver load the run launcher from the project's image.
+    image = values["dagster-user-deployments"]["deployments"][0]["image"]
+    assert values["dagsterDaemon"]["image"] == values["dagsterWebserver"]["image"] == image
     assert values["postgresql"]["postgresqlScheme"] == SHIPPED["storage"]["postgres"]["postgres_db"]["scheme"]
     # The workers of both set-ups start as the tested ones do.
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())

@@ -20,7 +20,9 @@ def test_the_deployments_dagster_yaml_is_the_projects_with_postgres_storage():
     shipped = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     project = yaml.safe_load((REPO / "instance" / "dagster.yaml").read_text())
     assert shipped.pop("storage")["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_POSTGRES_PASSWORD"}
-    assert shipped.pop("run_launcher")["class"] == "CeleryRunLauncher"
+    assert shipped.pop("run_launcher")["class"] == "CeleryRunLauncherWithLostWorkers"
+    assert shipped.pop("run_monitoring")["enabled"] is True
+    assert shipped.pop("run_retries")["retry_on_asset_or_op_failure"] is False
     assert shipped.pop("compute_logs")["class"] == "NoOpComputeLogManager"
     assert shipped == project
 
