@@ -28,7 +28,7 @@ from defake_pipeline.testing.chat_server import ChatServer, ServerState
 from defake_pipeline.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(900)]
-N_PER_CLASS = 250  # 500 images in the project's dataset (the package's demo adds its own)
+N_PER_CLASS = 250  # 500 images in the project's one dataset
 PARTITIONS = [f"vlm|ask{i}" for i in range(4)]
 TABLES = ("image_manifest", "predictions", "partition_gate", "metrics", "comparisons")
 # What differs between two builds over the same answers: when each row was written, whether
