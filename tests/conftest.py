@@ -16,11 +16,31 @@ REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "upstream"
 
 
+# The modules that keep a worker longest after the live ones (each spawns CLI runs or Dagster
+# runs by the dozen), longest first: started early, they do not leave one worker busy at the end
+# while the others wait.
+LONG_MODULES = (
+    "test_faults_and_secrets.py",
+    "test_orchestration.py",
+    "test_dagster_pipeline.py",
+    "test_seed_cli.py",
+    "test_hostile_files.py",
+    "test_object_store.py",
+)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """The live and browser modules first, so that under ``make test``'s workers (each takes a
-    module whole, in this order) the long waits on a daemon start at once and the short tests
-    fill in around them; otherwise in the order collected."""
-    items.sort(key=lambda item: not (item.get_closest_marker("live") or item.get_closest_marker("browser")))
+    module whole, in this order) the long waits on a daemon start at once; then the long modules,
+    and the short tests fill in around them; otherwise in the order collected."""
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        if item.get_closest_marker("live") or item.get_closest_marker("browser"):
+            return (0, 0)
+        name = item.path.name
+        return (1, LONG_MODULES.index(name)) if name in LONG_MODULES else (2, 0)
+
+    items.sort(key=rank)
 
 
 def real_fake_dataset(project: Path, name: str, n_per_class: int, folder: str | None = None) -> Path:

@@ -1,18 +1,13 @@
 """The lineage UI, checked in real headless Chromium (Debian's, installed by .ci/run) against `dagster dev`."""
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, project_dagster_home
+from conftest import REPO
+from defake_pipeline.testing.live import LiveDagster, make_project
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
@@ -21,48 +16,19 @@ ASSETS = ["image_manifest", "baseline_predictions", "predictions", "metrics", "m
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def dagster_dev(tmp_path):
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory) -> Iterator[LiveDagster]:
+    """One ``dagster dev`` for the module, on a copy of the demo after `make demo`'s run."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    home = project_dagster_home(tmp_path)
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(tmp_path / "outputs")}
-    dagster = str(Path(sys.executable).with_name("dagster"))
-    log = (tmp_path / "dagster-dev.log").open("w")
-    proc = subprocess.Popen(
-        [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    root = tmp_path_factory.mktemp("ui")
+    live = LiveDagster(make_project(root / "project"), root)
+    live.cli("materialize", "--model", "canny", "--prompt", "simple")
+    live.start()
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"dagster dev exited: {(tmp_path / 'dagster-dev.log').read_text()[-2000:]}")
-                time.sleep(1)
-        else:
-            pytest.fail("dagster dev did not answer within 120 s")
-        yield url
+        yield live
     finally:
-        # dagster dev spawns a webserver, a daemon and a code server: end the whole group.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
+        live.stop()
 
 
 _CHROMIUM_ARGS = [
@@ -83,7 +49,7 @@ def test_global_lineage_draws_every_asset(dagster_dev):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=_CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(f"{dagster_dev}/asset-groups", wait_until="domcontentloaded")
+        page.goto(f"{dagster_dev.url}/asset-groups", wait_until="domcontentloaded")
         graph = page.locator("svg, [data-testid]").first
         graph.wait_for(timeout=60_000)
         for asset in ASSETS:
@@ -106,38 +72,28 @@ def test_global_lineage_draws_every_asset(dagster_dev):
     assert (ARTIFACTS / "lineage.png").stat().st_size > 10_000
 
 
-def test_report_markdown_in_the_ui_renders_its_images(tmp_path):
+def test_report_markdown_in_the_ui_renders_its_images(dagster_dev):
     """The markdown attached to model_reports and leaderboard shows its thumbnails and chart."""
     from playwright.sync_api import sync_playwright
 
-    from defake_pipeline.testing.live import LiveDagster, make_project
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    live = LiveDagster(make_project(tmp_path / "project"), tmp_path)
-    live.cli("materialize", "--model", "canny", "--prompt", "simple")
-    live.start()
     ARTIFACTS.mkdir(exist_ok=True)
     loaded = {}
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=_CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1200})
-            # The first-visit community dialog may open at any moment and cover what is clicked:
-            # Playwright dismisses it whenever it shows.
-            page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
-            for asset, kind in (("leaderboard", "svg+xml"), ("model_reports", "jpeg")):
-                page.goto(f"{live.url}/assets/{asset}", wait_until="domcontentloaded")
-                page.get_by_text("[Show Markdown]").first.click(timeout=90_000)
-                page.locator(f'img[src^="data:image/{kind}"]').first.wait_for(timeout=60_000)
-                page.wait_for_timeout(1000)
-                page.screenshot(path=str(ARTIFACTS / f"ui_{asset}.png"))
-                # Decoded images only: naturalWidth is 0 for a picture the browser could not load.
-                loaded[asset] = page.evaluate(
-                    f"""[...document.querySelectorAll('img[src^="data:image/{kind}"]')].map(i => i.naturalWidth)"""
-                )
-            browser.close()
-    finally:
-        live.stop()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=_CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        # The first-visit community dialog may open at any moment and cover what is clicked:
+        # Playwright dismisses it whenever it shows.
+        page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+        for asset, kind in (("leaderboard", "svg+xml"), ("model_reports", "jpeg")):
+            page.goto(f"{dagster_dev.url}/assets/{asset}", wait_until="domcontentloaded")
+            page.get_by_text("[Show Markdown]").first.click(timeout=90_000)
+            page.locator(f'img[src^="data:image/{kind}"]').first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(ARTIFACTS / f"ui_{asset}.png"))
+            # Decoded images only: naturalWidth is 0 for a picture the browser could not load.
+            loaded[asset] = page.evaluate(
+                f"""[...document.querySelectorAll('img[src^="data:image/{kind}"]')].map(i => i.naturalWidth)"""
+            )
+        browser.close()
     assert loaded["leaderboard"] and all(w > 100 for w in loaded["leaderboard"])  # the accuracy chart
     assert len(loaded["model_reports"]) == 7 and all(w > 0 for w in loaded["model_reports"])  # 1 wrong, 6 correct

@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 from conftest import PLANTED_PASSWORD, REPO, real_fake_dataset
+from defake_pipeline.testing.live import free_port
 
 BIN = Path(sys.executable).parent
-WORKSPACE = ["-w", str(REPO / "workspace.yaml")]
-# How a worker starts, here as in deploy/ (tests/deploy/test_deploy_files.py holds them equal).
+# How a worker and the code server start, here as in deploy/ (tests/deploy/test_deploy_files.py
+# holds them equal). The daemon and every `dagster` command reach the definitions through that
+# one code server, as deploy/workspace.yaml has them do.
 WORKER_COMMAND = ["celery", "-A", "dagster_celery.app", "worker", "-Q", "dagster", "-c", "1"]
+CODE_SERVER_COMMAND = ["dagster", "api", "grpc", "-m", "defake_pipeline.definitions"]
 
 
 def make_project(root: Path, n_per_class: int, prompts: int) -> Path:
@@ -70,10 +73,12 @@ class Deployment:
         )
         self.workers: dict[str, subprocess.Popen] = {}
         self.daemon: subprocess.Popen | None = None
+        self.code_server: subprocess.Popen | None = None
+        self.workspace = ["-w", str(root / "workspace.yaml")]
 
     def dagster(self, *args: str) -> str:
         proc = subprocess.run(
-            [str(BIN / "dagster"), *args, *WORKSPACE],
+            [str(BIN / "dagster"), *args, *self.workspace],
             cwd=REPO,
             env=self.env,
             capture_output=True,
@@ -83,14 +88,33 @@ class Deployment:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 
+    def start_code_server(self) -> None:
+        port = free_port()
+        (self.root / "workspace.yaml").write_text(
+            "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+            f"      port: {port}\n      location_name: defake_pipeline\n"
+        )
+        log = (self.root / "code_server.log").open("w")
+        command = [str(BIN / CODE_SERVER_COMMAND[0]), *CODE_SERVER_COMMAND[1:], "-h", "127.0.0.1", "-p", str(port)]
+        self.code_server = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while subprocess.run(
+            [str(BIN / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+        ).returncode:
+            assert self.code_server.poll() is None and time.monotonic() < deadline, (
+                self.root / "code_server.log"
+            ).read_text()
+            time.sleep(1)
+
     def start_daemon(self) -> None:
+        self.start_code_server()
         # The backfill is what is tested: the sensors that would start runs of their own are off.
         for sensor in ("automation_sensor", "new_images_sensor"):
             self.dagster("sensor", "stop", sensor)
         self.dagster("schedule", "stop", "nightly_reevaluation")
         log = (self.root / "daemon.log").open("w")
         self.daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", *WORKSPACE], cwd=REPO, env=self.env, stdout=log, stderr=log
+            [str(BIN / "dagster-daemon"), "run", *self.workspace], cwd=REPO, env=self.env, stdout=log, stderr=log
         )
 
     def start_worker(self, name: str) -> Path:
@@ -147,6 +171,7 @@ class Deployment:
     def stop(self) -> None:
         for name in list(self.workers):
             self.stop_worker(name)
-        if self.daemon and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            self.daemon.wait(timeout=120)
+        for proc in (self.daemon, self.code_server):
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=120)

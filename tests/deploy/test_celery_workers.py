@@ -184,7 +184,7 @@ def test_a_worker_killed_mid_run_loses_only_its_requests_in_flight_and_another_f
 
 def test_no_password_in_any_log_file_table_or_object(deployment):
     d = deployment
-    for name in ("daemon.log",):
+    for name in ("daemon.log", "code_server.log"):
         assert PLANTED_PASSWORD not in (d.root / name).read_text(errors="replace")
     assert_no_password_under(d.root)
     assert_no_password_in_database(d.instance_url)

@@ -3,10 +3,11 @@ project reads, and against the dagster.yaml the tested set-up uses."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import yaml
-from celery_deployment import WORKER_COMMAND
+from celery_deployment import CODE_SERVER_COMMAND, WORKER_COMMAND
 
 from conftest import REPO
 from defake_pipeline.settings import Settings
@@ -114,3 +115,8 @@ def test_the_images_and_the_chart_carry_the_tested_dagster_yaml():
     assert compose["services"]["defake_worker"]["entrypoint"] == tested
     workers = yaml.safe_load((DEPLOY / "helm" / "celery-workers.yaml").read_text())
     assert workers["spec"]["template"]["spec"]["containers"][0]["command"] == tested
+    # And the code server the tested daemon and commands reach is the image's, on another address.
+    command = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
+    assert [
+        a for i, a in enumerate(command) if a not in ("-h", "-p") and command[i - 1] not in ("-h", "-p")
+    ] == CODE_SERVER_COMMAND
