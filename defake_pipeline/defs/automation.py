@@ -43,7 +43,11 @@ class MaterializedBeforeManifest(dg.AutomationCondition):
     The run that the new-images sensor launches refreshes the manifest and then evaluates every
     registered partition: nothing is left to do after it. The manifest's new content and the
     partitions' updates can reach the automation on different ticks of a busy machine, which
-    ``since`` alone would read as content newer than the partition's answers."""
+    ``since`` alone would read as content newer than the partition's answers.
+
+    It is also the last test before a request, read after ``in_progress``: a partition that a
+    running run materializes between the two reads is then seen either in progress or up to
+    date, never as neither (which asked for it a second time)."""
 
     @property
     def name(self) -> str:
@@ -95,6 +99,7 @@ PREDICTIONS_FOLLOW_MANIFEST = (
         | (Condition.missing() & (Condition.initial_evaluation() | MODEL_REGISTERED.newly_true()))
     ).since(HANDLED)
     & INPUTS_SETTLED
+    & MATERIALIZED_BEFORE_MANIFEST
 ).with_label("new partition, or new manifest content")
 
 # Baselines follow the manifest's content in the same way; the registry sensor asks for them
@@ -104,6 +109,7 @@ BASELINES_FOLLOW_MANIFEST = (
         HANDLED
     )
     & INPUTS_SETTLED
+    & MATERIALIZED_BEFORE_MANIFEST
 ).with_label("new manifest content")
 
 # The warehouse follows changed predictions (a changed manifest always reaches it through
