@@ -1,4 +1,5 @@
-"""Seed parity: the original tool's commands, run through the installed mllmdf script."""
+"""Seed parity: the original tool's commands, run through mllmdf's command line (in this process,
+and as the installed script where only a process of its own shows the behaviour)."""
 
 import csv
 import json
@@ -9,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +21,46 @@ from PIL import Image
 from conftest import REPO, upstream_or_skip
 
 MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
+# What the commands below must not inherit from the environment the tests run in.
+UNSET = ("DEFAKE_HOME", "OPENAI_API_KEY", "BASE_URL", "OPENAI_BASE_URL")
 
 
-def mllmdf(args, cwd, env_extra=None, check=True):
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("DEFAKE_HOME", "OPENAI_API_KEY", "BASE_URL", "OPENAI_BASE_URL")
-    }
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def mllmdf(args, cwd, env_extra=None, check=True) -> Ran:
+    """The command line run in this process (click's CliRunner) from ``cwd``, as the script would run it.
+
+    An exception that escapes the command is written to stderr as the script would print it."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    env: dict[str, str | None] = dict.fromkeys(UNSET)
+    env.update(env_extra or {})
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args, env=env)
+    finally:
+        os.chdir(here)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    ran = Ran(result.exit_code, result.stdout, stderr)
+    if check:
+        assert ran.returncode == 0, ran.stderr
+    return ran
+
+
+def mllmdf_script(args, cwd, env_extra=None, check=True) -> subprocess.CompletedProcess:
+    """The installed console script, for what only a process of its own shows: its exit, its
+    streams as a pipe sees them, its log file when it ends."""
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env.update(env_extra or {})
     proc = subprocess.run(
         [MLLMDF, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
@@ -390,14 +427,14 @@ def test_the_console_script_ends_with_its_logs_output_and_exit_codes_intact(tmp_
         shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
     env = {"DEFAKE_HOME": str(tmp_path / "out")}
     args = ["infer", "--model", "canny", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "0", "-l", "ends"]
-    out = mllmdf([*args, "-o", "run"], tmp_path, env)
+    out = mllmdf_script([*args, "-o", "run"], tmp_path, env)
     assert out.stdout == f"{tmp_path / 'out' / 'run.csv'}\n" and "accuracy" in out.stderr
     assert "done: {" in (tmp_path / "out" / "logs" / "ends.log").read_text().splitlines()[-1]
-    again = mllmdf([*args, "-o", "run"], tmp_path, env, check=False)  # refuses to overwrite
+    again = mllmdf_script([*args, "-o", "run"], tmp_path, env, check=False)  # refuses to overwrite
     assert (
         again.returncode == 2 and again.stderr.splitlines()[-1].startswith("error: ") and "--continue" in again.stderr
     )
-    usage = mllmdf(["infer", "--no-such-option"], tmp_path, env, check=False)
+    usage = mllmdf_script(["infer", "--no-such-option"], tmp_path, env, check=False)
     assert usage.returncode == 2 and "No such option" in usage.stderr
 
 
