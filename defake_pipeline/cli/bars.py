@@ -14,6 +14,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from defake_pipeline.evaluation.progress import parse_progress
+from defake_pipeline.evaluation.stopping import stop_signal
 
 
 class StackTraceFilter:
@@ -86,6 +87,10 @@ class _LinesToBars:
         self._pending = ""
 
     def write(self, text: str) -> int:
+        if stop_signal() is not None:
+            # Stopped by a signal: Dagster's account of the interrupted steps and run stays in
+            # the run's log; the command ends with its own one line.
+            return len(text)
         self._pending += text
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)

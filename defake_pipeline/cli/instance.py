@@ -27,9 +27,23 @@ def ensure_dagster_home() -> Path:
 POOL_LIMITS = {DUCKDB_WRITER_POOL: 1}
 
 
+# The CLI's runs keep no copy of their steps' raw stdout and stderr. Capturing it starts a
+# `tail` and a watcher process per stream and step, in the command's process group: Ctrl-C
+# reaches them too, and each watcher prints a KeyboardInterrupt traceback over the command's one
+# line. Everything the steps report is in the run's event log all the same, and on the terminal.
+_NO_COMPUTE_LOGS = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
 def local_instance() -> dg.DagsterInstance:
-    ensure_dagster_home()
-    instance = dg.DagsterInstance.get()
+    from dagster._core.instance.ref import InstanceRef
+
+    home = ensure_dagster_home()
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=_NO_COMPUTE_LOGS))
     set_pool_limits(instance)
     return instance
 

@@ -26,7 +26,7 @@ from defake_pipeline.warehouse.layout import HomeLayout
     type=click.IntRange(min=1),
     default=2,
     show_default=True,
-    help="Prediction partitions run at once, each in its own process.",
+    help="Prediction partitions evaluated at once, in one run per range of adjacent partitions.",
 )
 @click.option(
     "--rehash",

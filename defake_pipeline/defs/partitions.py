@@ -22,6 +22,31 @@ def split_partition_key(key: str) -> tuple[str, str]:
     return dims[MODEL], dims[PROMPT]
 
 
+# The tags by which a run covers a range of partitions (what a single-run backfill sets).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def range_tags(keys: list[str]) -> dict[str, str]:
+    """The tags of a run over ``keys``, which ``contiguous_runs`` made one range."""
+    return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
+
+
+def contiguous_runs(instance: dg.DagsterInstance, keys: list[str]) -> list[list[str]]:
+    """``keys`` split into runs of keys that are next to each other in the partitions' order, so
+    that each run, taken as a range, covers those keys and no other. Keys that are no longer
+    partitions of the instance (a prompt removed since) are left out."""
+    every = model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)
+    order = {str(k): i for i, k in enumerate(every)}
+    runs: list[list[str]] = []
+    for key in sorted((k for k in keys if k in order), key=order.__getitem__):
+        if runs and order[key] == order[runs[-1][-1]] + 1:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return runs
+
+
 def register_partitions(instance: dg.DagsterInstance, models: list[str], prompts: list[str]) -> None:
     """Add any model and prompt keys the instance does not have yet."""
     for name, keys in ((MODEL, models), (PROMPT, prompts)):

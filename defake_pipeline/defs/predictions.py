@@ -11,7 +11,7 @@ from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
 from defake_pipeline.defs.partitions import model_prompt_partitions, split_partition_key
 from defake_pipeline.defs.resources import DefakeHomeFolder, ModelEndpoint, QualityGate
 from defake_pipeline.endpoints.registry import model_by_key
-from defake_pipeline.evaluation.partition import evaluate_partition
+from defake_pipeline.evaluation.partition import PartitionSummary, evaluate_partition_async, evaluate_partitions
 from defake_pipeline.prompting.spec import prompt_by_key
 from defake_pipeline.settings import load_settings
 from defake_pipeline.text import markdown_table
@@ -29,9 +29,11 @@ PARTITIONS_PER_RUN = load_settings().DEFAKE_PARTITIONS_PER_RUN
 
 
 class PredictionsConfig(DatasetSelection):
-    """Which datasets to evaluate (empty: all), and an optional spending limit for this run."""
+    """Which datasets to evaluate (empty: all), an optional spending limit for this run, and how
+    many of a run's partitions are evaluated at once (``mllmdf materialize -j``)."""
 
     max_cost_usd: float | None = None
+    partitions_at_once: int = 1
 
 
 # Not blocking: the gate is enforced on the data (the warehouse's partition_gate table), so a
@@ -87,32 +89,40 @@ def predictions(
     gates: dict[str, PartitionGate] = {}
     versions: dict[str, str] = {}
     manifests = read_manifests(layout)
-    for key in context.partition_keys:
-        model, prompt_key = split_partition_key(key)
-        spec = endpoint.spec(model_by_key(model))
-        prompt = prompt_by_key(prompt_key)
-        summary = evaluate_partition(
+    keys = list(context.partition_keys)
+    specs = [endpoint.spec(model_by_key(split_partition_key(k)[0])) for k in keys]
+
+    def evaluation(index: int):
+        return lambda: evaluate_partition_async(
             layout,
-            spec,
-            prompt,
+            specs[index],
+            prompt_by_key(split_partition_key(keys[index])[1]),
             api_key=endpoint.key(),
             datasets=config.datasets,
             max_cost_usd=config.max_cost_usd,
             on_progress=context.log.info,
         )
+
+    def done(index: int, summary: PartitionSummary) -> None:
+        key = keys[index]
         context.log.info(
             f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "
             f"answers; {summary.outcomes}"
         )
         if summary.note:
             context.log.warning(f"{key}: {summary.note}")
-        target = layout.predictions_file(spec.key, prompt.key)
-        versions[key] = predictions_content_hash([target])
+        assert summary.path is not None
+        versions[key] = predictions_content_hash([summary.path])
         for name in totals:
             totals[name] += getattr(summary, name)
-        gates[key] = partition_gate(target, manifests, quality.thresholds())
+        gates[key] = partition_gate(summary.path, manifests, quality.thresholds())
         if gates[key].status != GATE_PASSED:
             context.log.warning(f"{key}: quality gate {gates[key].status}: {gates[key].reason}")
+
+    evaluate_partitions([evaluation(i) for i in range(len(keys))], config.partitions_at_once, done)
+    # In key order, whichever finished first.
+    gates = {k: gates[k] for k in keys}
+    versions = {k: versions[k] for k in keys}
     failed_error = [f"{k} on {d}" for k, g in gates.items() for d in g.failures("error_rate_over")]
     failed_unknown = [f"{k} on {d}" for k, g in gates.items() for d in g.failures("unknown_rate_over")]
     check_results = [

@@ -19,10 +19,11 @@ from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.partitions import (
     MODEL,
     PROMPT,
+    contiguous_runs,
     model_partitions,
-    model_prompt_partitions,
     partition_key,
     prompt_partitions,
+    range_tags,
     split_partition_key,
 )
 from defake_pipeline.defs.predictions import predictions
@@ -35,9 +36,6 @@ from defake_pipeline.settings import load_settings
 SENSOR_INTERVAL_S = load_settings().DEFAKE_SENSOR_INTERVAL_S
 
 RUNNING = dg.DefaultSensorStatus.RUNNING
-# The tags by which a run covers a range of partitions (what a single-run backfill sets).
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def _predictions_request(model: str, prompt: str, run_key: str, reason: str) -> dg.RunRequest:
@@ -71,10 +69,9 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
     # condition's to run, and an ad hoc model is never evaluated on its own.
     done = instance.get_materialized_partitions(predictions.key)
     registered = registered_model_keys()
-    every = [str(k) for k in model_prompt_partitions.get_partition_keys(dynamic_partitions_store=instance)]
-    wanted = [i for i, k in enumerate(every) if k in done and split_partition_key(k)[0] in registered]
-    keys = [every[i] for i in wanted]
-    contiguous = bool(wanted) and wanted[-1] - wanted[0] + 1 == len(wanted)
+    runs = contiguous_runs(instance, [k for k in done if split_partition_key(k)[0] in registered])
+    contiguous = len(runs) == 1
+    keys = runs[0] if contiguous else sorted(k for run in runs for k in run)
     if contiguous:
         assets = _NEW_IMAGES_ASSETS
     elif keys:
@@ -84,7 +81,7 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
     baselines = {"baseline_predictions": BaselinesConfig(datasets=datasets)} if baseline_predictions in assets else {}
     tags = {"defake/trigger": "new_images", "defake/dataset": ",".join(datasets)}
     if contiguous:
-        tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+        tags.update(range_tags(keys))
     content = json.dumps([changed, keys], sort_keys=True).encode()
     return dg.RunRequest(
         run_key=f"images:{hashlib.sha256(content).hexdigest()[:16]}",

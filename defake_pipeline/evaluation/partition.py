@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from defake_pipeline.datasets.manifest import (
@@ -11,7 +12,8 @@ from defake_pipeline.datasets.manifest import (
 )
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.evaluation.progress import ProgressLines
-from defake_pipeline.evaluation.run import run_evaluation
+from defake_pipeline.evaluation.run import evaluate_jobs
+from defake_pipeline.evaluation.stopping import run_stoppable
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import NO_PROMPT, Prediction
@@ -40,7 +42,7 @@ def prompt_key_of(spec: ModelSpec, prompt: LoadedPrompt | None) -> str:
     return NO_PROMPT if spec.backend == "baseline" or prompt is None else prompt.key
 
 
-def evaluate_partition(
+async def evaluate_partition_async(
     layout: HomeLayout,
     spec: ModelSpec,
     prompt: LoadedPrompt | None,
@@ -82,7 +84,7 @@ def evaluate_partition(
 
     try:
         jobs = jobs_from_manifest(chosen)
-        notices = run_evaluation(layout, spec, prompt, jobs, record, api_key=api_key, max_cost_usd=max_cost_usd)
+        notices = await evaluate_jobs(layout, spec, prompt, jobs, record, api_key=api_key, max_cost_usd=max_cost_usd)
         summary.note = "; ".join(filter(None, [summary.note, *notices]))
         if datasets and target.exists():
             # Earlier rows for images of other datasets stay, while those images are still listed.
@@ -97,3 +99,39 @@ def evaluate_partition(
         writer.discard()
         raise
     return summary
+
+
+def evaluate_partition(*args, **kwargs) -> PartitionSummary:
+    """``evaluate_partition_async`` for callers without an event loop; SIGINT and SIGTERM stop it
+    cleanly."""
+    return run_stoppable(evaluate_partition_async(*args, **kwargs))
+
+
+def evaluate_partitions(
+    evaluations: Sequence[Callable[[], Awaitable[PartitionSummary]]],
+    at_once: int,
+    on_done: Callable[[int, PartitionSummary], None],
+) -> None:
+    """Several partitions' evaluations (``evaluate_partition_async`` calls), ``at_once`` at a time
+    in one event loop; ``on_done`` gets each one's index and summary as it finishes.
+
+    One loop, so SIGINT or SIGTERM stops every partition at once, each keeping its journaled
+    answers and writing no file, as ``evaluate_partition`` does for one. A partition that fails
+    stops the others the same way, and its error is raised."""
+
+    async def all_of_them() -> None:
+        slots = asyncio.Semaphore(max(1, at_once))
+
+        async def one(index: int) -> None:
+            async with slots:
+                summary = await evaluations[index]()
+            on_done(index, summary)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(len(evaluations)):
+                    group.create_task(one(index))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+
+    run_stoppable(all_of_them())

@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 from defake_pipeline.datasets.layouts import LabeledImage
 from defake_pipeline.endpoints.registry import ModelSpec
-from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
+from defake_pipeline.evaluation.engine import evaluate, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal, open_journal
+from defake_pipeline.evaluation.stopping import run_stoppable
 from defake_pipeline.imaging.probe import probe_image
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import ImageJob, Prediction, job_key
@@ -22,7 +23,7 @@ def probed_jobs(images: Iterable[LabeledImage]) -> Iterator[ImageJob]:
         yield ImageJob(image.path, job_key(probe.sha256, str(image.path)), image.label, probe.error)
 
 
-def run_evaluation(
+async def evaluate_jobs(
     layout: HomeLayout,
     spec: ModelSpec,
     prompt: LoadedPrompt | None,
@@ -38,7 +39,23 @@ def run_evaluation(
     journal = open_journal(layout.journal_url) if layout.journal_url else ResponseJournal(layout.journal)
     try:
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
-        evaluate_sync(jobs, evaluator, on_result=on_result, collect=False)
+        await evaluate(jobs, evaluator, on_result=on_result, collect=False)
         return evaluator.notices
     finally:
         journal.close()
+
+
+def run_evaluation(
+    layout: HomeLayout,
+    spec: ModelSpec,
+    prompt: LoadedPrompt | None,
+    jobs: Iterable[ImageJob],
+    on_result: Callable[[Prediction], None],
+    *,
+    api_key: str | None = None,
+    max_cost_usd: float | None = None,
+) -> list[str]:
+    """``evaluate_jobs`` for callers without an event loop; SIGINT and SIGTERM stop it cleanly."""
+    return run_stoppable(
+        evaluate_jobs(layout, spec, prompt, jobs, on_result, api_key=api_key, max_cost_usd=max_cost_usd)
+    )

@@ -22,6 +22,15 @@ from defake_pipeline.errors import RunInterrupted
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The signal that stopped this process's latest evaluation, if one did. Dagster's handler, in
+# place during a run, raises its own interruption (so that the run is recorded as interrupted)
+# without the signal's name; the CLI reads it here to say in one line what stopped it.
+_stopped_by: list[int] = []
+
+
+def stop_signal() -> int | None:
+    """The signal that stopped this process's latest evaluation, or None."""
+    return _stopped_by[0] if _stopped_by else None
 
 
 def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
@@ -30,12 +39,14 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
     if threading.current_thread() is not threading.main_thread():
         return asyncio.run(main)  # only the main thread receives signals
     received: list[int] = []
+    _stopped_by.clear()
     try:
         return asyncio.run(_cancelled_by_signals(main, received))
     except asyncio.CancelledError:
         if not received:
             raise
     signum = received[0]
+    _stopped_by.append(signum)
     handler = signal.getsignal(signum)
     if callable(handler):
         handler(signum, None)

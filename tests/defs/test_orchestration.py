@@ -340,7 +340,7 @@ def test_a_run_honours_defake_home(tmp_path, monkeypatch):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_per_model_backfill_runs_partitions_in_processes_and_only_missing_work(project, tmp_path):
+def test_per_model_backfill_runs_partitions_at_once_in_one_run_and_only_missing_work(project, tmp_path):
     from click.testing import CliRunner
 
     from defake_pipeline.cli import main
@@ -360,6 +360,15 @@ def test_per_model_backfill_runs_partitions_in_processes_and_only_missing_work(p
 
     first_run = requests_per_partition()
     assert set(first_run) == {"vllm|mine", "vllm|simple", "vllm|fusion"}
+    # Three adjacent partitions, two at a time, in one run of the command's own process.
+    evaluated = [r for r in instance.get_runs() if r.job_name == "evaluate"]
+    assert len(evaluated) == 1, [r.tags for r in evaluated]
+    assert {
+        evaluated[0].tags[t] for t in ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+    } == {
+        "vllm|mine",
+        "vllm|fusion",
+    }
     # mine.json is simple.json under another name: the same requests, paid once for both.
     assert sum(first_run.values()) >= 2 * 18  # every image of the demo and local datasets
     second = CliRunner().invoke(main, args, env=env)

@@ -258,9 +258,9 @@ def test_everything_served_binds_to_loopback(chat_server):
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
-def test_a_signal_to_materialize_stops_every_worker_with_one_line(slow_project, chat_server, tmp_path, how):
+def test_a_signal_to_materialize_stops_every_partition_with_one_line(slow_project, chat_server, tmp_path, how):
     """SIGTERM (to the CLI process, as `kill` sends it) or SIGINT (to the group, as
-    Ctrl-C sends it) stops every worker at once, keeps what was journaled, and prints one line."""
+    Ctrl-C sends it) stops every partition at once, keeps what was journaled, and prints one line."""
     root, env = slow_project
     chat_server.state.latency_s = 0.3
     cmd = [
@@ -290,7 +290,7 @@ def test_a_signal_to_materialize_stops_every_worker_with_one_line(slow_project, 
     _out, err = proc.communicate(timeout=60)
     stopped = chat_server.state.n_chat
     time.sleep(2)
-    assert chat_server.state.n_chat == stopped, "a worker kept sending after the signal"
+    assert chat_server.state.n_chat == stopped, "a partition kept sending after the signal"
     assert proc.returncode == 128 + getattr(signal, how), err
     assert "Traceback" not in err and err.count(f"stopped by {how}") == 1, err
     assert err.strip().splitlines()[-1].startswith(f"error: stopped by {how}")
