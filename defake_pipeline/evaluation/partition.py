@@ -13,7 +13,7 @@ from defake_pipeline.datasets.manifest import (
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.evaluation.progress import ProgressLines
 from defake_pipeline.evaluation.run import evaluate_jobs
-from defake_pipeline.evaluation.stopping import run_stoppable
+from defake_pipeline.evaluation.stopping import run_stoppable, stoppable
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import NO_PROMPT, Prediction
@@ -101,10 +101,7 @@ async def evaluate_partition_async(
     return summary
 
 
-def evaluate_partition(*args, **kwargs) -> PartitionSummary:
-    """``evaluate_partition_async`` for callers without an event loop; SIGINT and SIGTERM stop it
-    cleanly."""
-    return run_stoppable(evaluate_partition_async(*args, **kwargs))
+evaluate_partition = stoppable(evaluate_partition_async)
 
 
 def evaluate_partitions(

@@ -8,7 +8,7 @@ from defake_pipeline.datasets.layouts import LabeledImage
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.evaluation.engine import evaluate, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal, open_journal
-from defake_pipeline.evaluation.stopping import run_stoppable
+from defake_pipeline.evaluation.stopping import stoppable
 from defake_pipeline.imaging.probe import probe_image
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import ImageJob, Prediction, job_key
@@ -45,17 +45,4 @@ async def evaluate_jobs(
         journal.close()
 
 
-def run_evaluation(
-    layout: HomeLayout,
-    spec: ModelSpec,
-    prompt: LoadedPrompt | None,
-    jobs: Iterable[ImageJob],
-    on_result: Callable[[Prediction], None],
-    *,
-    api_key: str | None = None,
-    max_cost_usd: float | None = None,
-) -> list[str]:
-    """``evaluate_jobs`` for callers without an event loop; SIGINT and SIGTERM stop it cleanly."""
-    return run_stoppable(
-        evaluate_jobs(layout, spec, prompt, jobs, on_result, api_key=api_key, max_cost_usd=max_cost_usd)
-    )
+run_evaluation = stoppable(evaluate_jobs)

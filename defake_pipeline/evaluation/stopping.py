@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 from defake_pipeline.errors import RunInterrupted
 
 T = TypeVar("T")
+P = ParamSpec("P")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The signal that stopped this process's latest evaluation, if one did. Dagster's handler, in
 # place during a run, raises its own interruption (so that the run is recorded as interrupted)
@@ -53,6 +54,17 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
     elif handler == signal.SIG_DFL:
         signal.raise_signal(signum)
     raise RunInterrupted(signum)
+
+
+def stoppable(coroutine_function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """The blocking twin of a coroutine function, for callers without an event loop: its
+    coroutine runs through ``run_stoppable``."""
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_stoppable(coroutine_function(*args, **kwargs))
+
+    run.__doc__ = f"``{coroutine_function.__name__}``, blocking; SIGINT and SIGTERM stop it cleanly."
+    return run
 
 
 async def _cancelled_by_signals(main: Coroutine[Any, Any, T], received: list[int]) -> T:
