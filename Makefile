@@ -8,16 +8,20 @@ export DEFAKE_HOME ?= $(CURDIR)/outputs
 
 .PHONY: demo check test ui bench install install-dev clean lint
 
+# uv (from PyPI) installs the packages: a fresh venv with the dev extra takes about 15 s here,
+# against about 90 s with pip.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q uv
+
+PIP_INSTALL := $(BIN)/python -m uv pip install -q --python $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
