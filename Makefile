@@ -10,7 +10,7 @@ export DEFAKE_HOME ?= $(CURDIR)/outputs
 
 # uv (from PyPI) installs the packages: a fresh venv with the dev extra takes about 30 s here,
 # against about 90 s with pip. Compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE
-# is set (as on CI), every process would otherwise compile dagster's modules again, about 2 s.
+# is set (as on this machine), every process would otherwise compile dagster's modules again, about 2 s.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
