@@ -14,7 +14,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from defake_pipeline.evaluation.progress import parse_progress
-from defake_pipeline.evaluation.stopping import stop_signal
+from defake_pipeline.evaluation.stopping import stops
 
 
 class StackTraceFilter:
@@ -85,9 +85,10 @@ class _LinesToBars:
     def __init__(self, bars: PartitionBars):
         self.bars = bars
         self._pending = ""
+        self._stops = stops()
 
     def write(self, text: str) -> int:
-        if stop_signal() is not None:
+        if stops() > self._stops:
             # Stopped by a signal: Dagster's account of the interrupted steps and run stays in
             # the run's log; the command ends with its own one line.
             return len(text)

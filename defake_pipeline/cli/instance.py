@@ -40,6 +40,7 @@ _NO_COMPUTE_LOGS = {
 
 
 def local_instance() -> dg.DagsterInstance:
+    # DagsterInstance.get() takes no overrides; the instance reference it builds does.
     from dagster._core.instance.ref import InstanceRef
 
     home = ensure_dagster_home()

@@ -23,15 +23,20 @@ from defake_pipeline.errors import RunInterrupted
 T = TypeVar("T")
 P = ParamSpec("P")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# The signal that stopped this process's latest evaluation, if one did. Dagster's handler, in
-# place during a run, raises its own interruption (so that the run is recorded as interrupted)
-# without the signal's name; the CLI reads it here to say in one line what stopped it.
+# Each signal that stopped an evaluation in this process, in order. Dagster's handler, in place
+# during a run, raises its own interruption (so that the run is recorded as interrupted) without
+# the signal's name; the CLI reads it here to say in one line what stopped it.
 _stopped_by: list[int] = []
 
 
 def stop_signal() -> int | None:
-    """The signal that stopped this process's latest evaluation, or None."""
-    return _stopped_by[0] if _stopped_by else None
+    """The signal that stopped this process's latest stopped evaluation, or None."""
+    return _stopped_by[-1] if _stopped_by else None
+
+
+def stops() -> int:
+    """How many evaluations in this process a signal has stopped."""
+    return len(_stopped_by)
 
 
 def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
@@ -40,7 +45,6 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
     if threading.current_thread() is not threading.main_thread():
         return asyncio.run(main)  # only the main thread receives signals
     received: list[int] = []
-    _stopped_by.clear()
     try:
         return asyncio.run(_cancelled_by_signals(main, received))
     except asyncio.CancelledError:
