@@ -5,6 +5,17 @@ positive class for precision and recall; ``accuracy`` excludes unknown verdicts.
 ``accuracy_strict`` counts each unknown as wrong. Errors (no answer from the endpoint, or
 an unreadable image) are never counted as wrong answers: they are excluded from every
 accuracy and reported as ``n_error`` and ``error_rate``.
+
+Answer bias: ``real_answer_rate`` is the share of valid answers that say real, and
+``real_answer_bias`` that rate minus the share of real labels among the same images (0 for an
+unbiased detector, positive when it calls fakes real more than reals fake; it is (fp - fn) / n).
+
+Scores are P(fake), so fake is the positive class of every score metric: AUC, average
+precision, the Brier score, ``ece`` (expected calibration error over ``ECE_BINS`` equal-width bins
+of the score, each weighted by its share of the images), the true-positive rate at a false-positive
+rate of at most 1% and 5% (the best ROC point within it), and the equal error rate ``eer`` where the
+ROC curve, its points joined by straight lines, crosses FPR = FNR; ``eer_threshold`` is the score at
+or above which an image is called fake at the first ROC point past that crossing.
 """
 
 import math
@@ -14,6 +25,8 @@ import math
 DATASET_SCOPE = "dataset"
 SUBSET_SCOPE = "subset"
 WILSON_Z = 1.959963984540054  # two-sided 95%
+ECE_BINS = 10
+ECE_BIN_SQL = f"least(floor(score * {ECE_BINS}), {ECE_BINS - 1})"  # bins [0, 0.1), ..., [0.9, 1]
 # The two rates, over columns n_images, n_error and n_unknown; the gate uses them too.
 ERROR_RATE_SQL = "n_error::DOUBLE / nullif(n_images, 0)"  # no answer, over all images
 UNKNOWN_RATE_SQL = "n_unknown::DOUBLE / nullif(n_images - n_error, 0)"  # no verdict, over the answered
@@ -92,6 +105,39 @@ WITH grouped AS (
         -- Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_n-1) * P_n.
         sum(pos::DOUBLE / nullif(n_pos, 0) * tp_at / (tp_at + fp_at)) AS average_precision
     FROM cumulative GROUP BY {_GROUP}
+), roc AS (
+    -- Each distinct score is a ROC point; the origin (nothing called fake) precedes the first.
+    SELECT {_GROUP}, score, fpr, tpr,
+        coalesce(lag(fpr) OVER down, 0) AS fpr_before, coalesce(lag(tpr) OVER down, 0) AS tpr_before
+    FROM (
+        SELECT {_GROUP}, score, fp_at::DOUBLE / nullif(n_neg, 0) AS fpr, tp_at::DOUBLE / nullif(n_pos, 0) AS tpr
+        FROM cumulative
+    )
+    WINDOW down AS (PARTITION BY {_GROUP} ORDER BY score DESC)
+), operating_points AS (
+    SELECT {_GROUP},
+        -- The origin is always a ROC point, so a rate with no point within the bound is 0.
+        coalesce(max(tpr) FILTER (WHERE fpr <= 0.01), 0) AS tpr_at_fpr_01,
+        coalesce(max(tpr) FILTER (WHERE fpr <= 0.05), 0) AS tpr_at_fpr_05,
+        -- FPR + TPR - 1 (FPR - FNR) rises along the curve: the first point where it is >= 0 ends
+        -- the segment that crosses FPR = FNR, and the crossing is interpolated on that segment.
+        arg_max(
+            fpr_before + (1 - fpr_before - tpr_before) / ((fpr + tpr) - (fpr_before + tpr_before)) * (fpr - fpr_before),
+            score
+        ) FILTER (WHERE fpr + tpr >= 1) AS eer,
+        max(score) FILTER (WHERE fpr + tpr >= 1) AS eer_threshold
+    FROM roc WHERE fpr IS NOT NULL AND tpr IS NOT NULL
+    GROUP BY {_GROUP}
+), calibration_bins AS (
+    SELECT {_GROUP}, count(*) AS n, avg(score) AS mean_score, avg((label = 0)::DOUBLE) AS fake_share,
+        sum((score - (label = 0)::DOUBLE) ^ 2) AS squared_error
+    FROM grouped WHERE NOT is_error AND score IS NOT NULL
+    GROUP BY {_GROUP}, {ECE_BIN_SQL}
+), calibration AS (
+    SELECT {_GROUP},
+        sum(n * abs(mean_score - fake_share)) / sum(n) AS ece,
+        sum(squared_error) / sum(n) AS brier
+    FROM calibration_bins GROUP BY {_GROUP}
 )
 SELECT
     c.dataset, c.model, c.prompt, c.scope, c.grp AS subset, prompt_hash,
@@ -115,16 +161,42 @@ SELECT
     {UNKNOWN_RATE_SQL} AS unknown_rate,
     {REFUSAL_RATE_SQL} AS refusal_rate,
     {ERROR_RATE_SQL} AS error_rate,
-    n_scored, r.auc, r.average_precision,
+    (tp + fp)::DOUBLE / nullif(n_valid, 0) AS real_answer_rate,
+    (fp - fn)::DOUBLE / nullif(n_valid, 0) AS real_answer_bias,
+    n_scored, r.auc, r.average_precision, cal.ece, cal.brier,
+    o.tpr_at_fpr_01, o.tpr_at_fpr_05, o.eer, o.eer_threshold,
     prompt_tokens, completion_tokens, prompt_tokens + completion_tokens AS total_tokens, cost_usd,
     latency_p50_s, latency_p95_s
 FROM counts AS c
 LEFT JOIN ranking AS r
     ON (r.dataset, r.model, r.prompt, r.scope) = (c.dataset, c.model, c.prompt, c.scope)
     AND r.grp IS NOT DISTINCT FROM c.grp  -- the whole-dataset row's grp is NULL
+LEFT JOIN operating_points AS o
+    ON (o.dataset, o.model, o.prompt, o.scope) = (c.dataset, c.model, c.prompt, c.scope) AND o.grp IS NOT DISTINCT FROM c.grp
+LEFT JOIN calibration AS cal
+    ON (cal.dataset, cal.model, cal.prompt, cal.scope) = (c.dataset, c.model, c.prompt, c.scope)
+    AND cal.grp IS NOT DISTINCT FROM c.grp
 ORDER BY c.dataset, c.model, c.prompt, c.scope = '{DATASET_SCOPE}' DESC, c.grp
 """
 
+# The points of each model × prompt's ROC curve on each dataset (the origin left implicit), and the
+# bins of its reliability diagram; the charts of a report and of the leaderboard are drawn from them.
+ROC_POINTS_SQL = """
+SELECT dataset, model, prompt, score,
+    sum(pos) OVER down / sum(pos) OVER whole AS tpr, sum(neg) OVER down / sum(neg) OVER whole AS fpr
+FROM (
+    SELECT dataset, model, prompt, score,
+        count(*) FILTER (WHERE label = 0)::DOUBLE AS pos, count(*) FILTER (WHERE label = 1)::DOUBLE AS neg
+    FROM scored WHERE NOT is_error AND score IS NOT NULL GROUP BY ALL
+)
+WINDOW down AS (PARTITION BY dataset, model, prompt ORDER BY score DESC), whole AS (PARTITION BY dataset, model, prompt)
+"""
+RELIABILITY_SQL = f"""
+SELECT dataset, model, prompt, {ECE_BIN_SQL}::INTEGER AS bin, count(*) AS n,
+    avg(score) AS mean_score, avg((label = 0)::DOUBLE) AS fake_share
+FROM scored WHERE NOT is_error AND score IS NOT NULL
+GROUP BY ALL
+"""
 
 # Paired outcomes of every two model × prompt pairs on the same images of a dataset (answers only).
 # A pair is one distinct content (sha256), however many paths hold it: a model answers each
