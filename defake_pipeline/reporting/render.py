@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import jinja2
 import pandas as pd
 
 from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
+from defake_pipeline.reporting.charts import (
+    MIN_CELL_IMAGES,
+    leaderboard_charts,
+    report_score_charts,
+    subset_matrix,
+    svg_data_uri,
+)
+from defake_pipeline.reporting.templating import ENV, pct
+from defake_pipeline.reporting.templating import missing as _missing
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
 from defake_pipeline.storage import StoredPath, is_remote
-from defake_pipeline.text import markdown_cell, markdown_code, markdown_link_target, markdown_table, visible_controls
+from defake_pipeline.text import markdown_table, visible_controls
 from defake_pipeline.warehouse.database import export, query
 from defake_pipeline.warehouse.layout import HomeLayout
-from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
+from defake_pipeline.warehouse.metrics_sql import (
+    DATASET_SCOPE,
+    ECE_BINS,
+    SUBSET_SCOPE,
+)
 
-TEMPLATES_DIR = Path(__file__).with_name("templates")
 # Rows of wrong / correct predictions shown in one report; the CSV beside it holds them all.
 MAX_ROWS_PER_SECTION = 300
 # The columns of `mllmdf infer` CSVs, seed's first, for the CSV written beside each report.
@@ -32,51 +42,6 @@ SELECT path, label, pred, response, verdict, score, error, dataset, subset, sha2
 FROM scored WHERE model = ? AND prompt = ? ORDER BY dataset, label DESC, path
 """
 LEADERBOARD_SORT = ["accuracy", "balanced_accuracy", "n_valid"]
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def pct(value, digits: int = 1) -> str:
-    return "–" if _missing(value) else f"{100 * float(value):.{digits}f}%"
-
-
-def num(value, digits: int = 3) -> str:
-    return "–" if _missing(value) else f"{float(value):.{digits}f}"
-
-
-def usd(value) -> str:
-    return "–" if _missing(value) else f"${float(value):.4f}"
-
-
-def integer(value) -> str:
-    return "–" if _missing(value) else f"{int(value):,}"
-
-
-def md_cell(value) -> str:
-    """Any value shown literally in one markdown table cell (see ``markdown_cell``)."""
-    return "" if _missing(value) else markdown_cell(str(value))
-
-
-def md_link_target(path: str) -> str:
-    return markdown_link_target(path)
-
-
-def code(value) -> str:
-    """A value as a code span (model, prompt and dataset names)."""
-    return markdown_code(str(value))
-
-
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_env.filters.update(pct=pct, num=num, usd=usd, integer=integer, md_cell=md_cell, link=md_link_target, code=code)
-_env.globals.update(no_prompt=NO_PROMPT)
 
 
 def data_uri(path: StoredPath, mime: str) -> str:
@@ -145,6 +110,7 @@ def render_report(
     thumbnails: bool = True,
     embed: bool = False,
     max_rows: int = MAX_ROWS_PER_SECTION,
+    score_charts: Mapping[str, str] | None = None,
 ) -> str:
     """Markdown for one model × prompt, from its metrics rows and its scored image rows.
 
@@ -171,13 +137,16 @@ def render_report(
         if thumbnails and len(shown)
         else {}
     )
-    return _env.get_template("report.md.j2").render(
+    return ENV.get_template("report.md.j2").render(
         model=model,
         prompt=prompt,
         prompt_hash=", ".join(sorted(set(metrics["prompt_hash"].dropna()))) or "–",
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         datasets=sorted(set(metrics["dataset"])),
         overall=overall.to_dict("records"),
+        scored_overall=overall[overall["n_scored"] > 0].to_dict("records"),
+        score_charts=score_charts or {},
+        ece_bins=ECE_BINS,
         subsets=subsets.to_dict("records") if subsets["subset"].nunique() > 1 else [],
         confusion={ds: _confusion(scored[scored["dataset"] == ds]) for ds in sorted(set(scored["dataset"]))},
         wrong=_image_rows(wrong, report_dir, thumbs, embed),
@@ -195,41 +164,38 @@ def _sorted_overall(metrics: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def render_accuracy_chart(rows: pd.DataFrame, title: str = "") -> str:
-    """An SVG bar chart of accuracy with its Wilson interval, one bar per model × prompt."""
-    bars = [
-        {
-            "label": f"{r.model} (baseline)" if r.prompt == NO_PROMPT else f"{r.model} × {r.prompt}",
-            "accuracy": None if _missing(r.accuracy) else float(r.accuracy),
-            "low": 0.0 if _missing(r.accuracy_low) else float(r.accuracy_low),
-            "high": 0.0 if _missing(r.accuracy_high) else float(r.accuracy_high),
-        }
-        for r in rows.itertuples(index=False)
-    ]
-    return _env.get_template("accuracy.svg.j2").render(rows=bars, title=title)
-
-
 def render_leaderboard(
     metrics: pd.DataFrame,
     report_links: dict[tuple[str, str], str],
     comparisons: pd.DataFrame | None = None,
-    charts: dict[str, str] | None = None,
+    charts: dict[str, dict[str, str]] | None = None,
     unranked: pd.DataFrame | None = None,
     leaks: dict[str, int] | None = None,
 ) -> str:
     """Ranks the metrics rows given (the caller keeps only partitions that passed the gate);
-    ``unranked`` lists the others apart, with the gate's reason."""
+    ``unranked`` lists the others apart, with the gate's reason. ``charts`` maps a dataset to its
+    figures (``accuracy``, ``scores``, ``matrix``) by link."""
     overall = _sorted_overall(metrics)
     boards = {ds: group.to_dict("records") for ds, group in overall.groupby("dataset", sort=True)}
+    scored_rows = {ds: [m for m in rows if m["n_scored"] > 0] for ds, rows in boards.items()}
+    matrices = {}
+    for ds, rows in boards.items():
+        subsets = metrics[(metrics["scope"] == SUBSET_SCOPE) & (metrics["dataset"] == ds)]
+        if subsets["subset"].nunique() > 1:
+            matrices[ds] = subset_matrix(subsets, [(m["model"], m["prompt"]) for m in rows])
     pairs = {}
     if comparisons is not None and len(comparisons):
         for ds, group in comparisons.sort_values("mcnemar_p").groupby("dataset", sort=True):
             pairs[ds] = group.head(20).to_dict("records")
-    return _env.get_template("leaderboard.md.j2").render(
+    return ENV.get_template("leaderboard.md.j2").render(
         boards=boards,
         links=report_links,
         pairs=pairs,
         charts=charts or {},
+        matrices=matrices,
+        scored_rows=scored_rows,
+        min_cell_images=MIN_CELL_IMAGES,
+        ece_bins=ECE_BINS,
         leaks=leaks or {},
         unranked=[] if unranked is None else unranked.to_dict("records"),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -268,6 +234,10 @@ def passed_partitions(layout: HomeLayout) -> list[tuple[str, str]]:
     return list(rows.itertuples(index=False, name=None))
 
 
+def _score_chart_file(report: StoredPath, dataset: str) -> StoredPath:
+    return report.with_name(f"{report.stem}.{dataset}.scores.svg")
+
+
 def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
     """Render and write the report of one model × prompt from the warehouse."""
     metrics = query(layout, "SELECT * FROM metrics WHERE model = ? AND prompt = ?", [model, prompt])
@@ -280,9 +250,16 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
     target.parent.mkdir(parents=True, exist_ok=True)
     csv_path = target.with_suffix(".csv")
     export(layout, REPORT_CSV_SQL, csv_path, [model, prompt])
-    text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name)
+    charts, inlined = {}, {}
+    for dataset, svg in report_score_charts(layout, metrics).items():
+        chart = _score_chart_file(target, dataset)
+        chart.write_text(svg, encoding="utf-8")
+        charts[dataset], inlined[dataset] = chart.name, svg_data_uri(svg)
+    text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name, score_charts=charts)
     target.write_text(text, encoding="utf-8")
-    ui = render_report(metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION)
+    ui = render_report(
+        metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION, score_charts=inlined
+    )
     _ui_file(target).parent.mkdir(exist_ok=True)
     _ui_file(target).write_text(ui, encoding="utf-8")
     return WrittenReport(model, prompt, target, ui)
@@ -312,7 +289,7 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
     keep = {layout.report_file(m, p).name for m, p in wanted}
     for stale in layout.reports_dir.glob("*__*.md") if layout.reports_dir.exists() else []:
         if stale.name not in keep:
-            for file in (stale, stale.with_suffix(".csv"), _ui_file(stale)):
+            for file in (stale, stale.with_suffix(".csv"), _ui_file(stale), *stale.parent.glob(f"{stale.stem}.*.svg")):
                 file.unlink(missing_ok=True)
             removed.append(stale)
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -341,13 +318,20 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
     leaks = dict(query(layout, _LABEL_LEAKS_SQL).itertuples(index=False, name=None))
     pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)
     links = {(m, p): layout.report_file(m, p).name for m, p in pairs}
-    charts, inlined = {}, {}
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
-    for dataset, rows in _sorted_overall(ranked).groupby("dataset", sort=True):
-        chart = layout.reports_dir / f"accuracy_{dataset}.svg"
-        chart.write_text(render_accuracy_chart(rows, title=str(dataset)), encoding="utf-8")
-        charts[dataset] = chart.name
-        inlined[dataset] = data_uri(chart, "image/svg+xml")
+    charts: dict[str, dict[str, str]] = {}
+    inlined: dict[str, dict[str, str]] = {}
+    for dataset, figures in leaderboard_charts(layout, _sorted_overall(ranked), ranked).items():
+        charts[dataset], inlined[dataset] = {}, {}
+        for kind, svg in figures.items():
+            chart = layout.reports_dir / f"{kind}_{dataset}.svg"
+            chart.write_text(svg, encoding="utf-8")
+            charts[dataset][kind], inlined[dataset][kind] = chart.name, svg_data_uri(svg)
+    drawn = {name for figures in charts.values() for name in figures.values()}
+    for kind in ("accuracy", "scores", "matrix"):  # a figure whose dataset or runs are gone
+        for old in layout.reports_dir.glob(f"{kind}_*.svg"):
+            if old.name not in drawn:
+                old.unlink(missing_ok=True)
     text = render_leaderboard(ranked, links, comparisons, charts, unranked, leaks)
     ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked, leaks)
     layout.leaderboard_file.write_text(text, encoding="utf-8")
