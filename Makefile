@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DEFAKE_HOME ?= $(CURDIR)/outputs
 
-.PHONY: demo check test ui bench install install-dev clean lint
+.PHONY: demo demo-robustness check test ui bench install install-dev clean lint
 
 # uv (from PyPI) installs the packages: a fresh venv with the dev extra takes about 30 s here,
 # against about 90 s with pip. Compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE
@@ -34,6 +34,11 @@ $(DAGSTER_HOME)/dagster.yaml: instance/dagster.yaml
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/mllmdf materialize --model canny --prompt simple
+
+# The demo with four perturbations of its images (demo/robustness/datasets/demo.toml), into the
+# same outputs/: the leaderboard gains the robustness table and chart.
+demo-robustness: install $(DAGSTER_HOME)/dagster.yaml
+	DEFAKE_PROJECT=demo/robustness $(BIN)/mllmdf materialize --model canny --prompt simple
 
 LINTED := defake_pipeline tests benchmarks decorators deploy
 # Tests spread over worker processes (pytest-xdist), a module to a worker: each live module's

@@ -110,7 +110,7 @@ def infer(
     """Evaluate a model × prompt on sampled images and write DEFAKE_HOME/<name>.csv."""
     from tqdm import tqdm
 
-    from defake_pipeline.datasets.layouts import list_images
+    from defake_pipeline.datasets.derived import dataset_images
     from defake_pipeline.evaluation.tally import Tally
     from defake_pipeline.prompting.spec import find_prompt, load_prompt
     from defake_pipeline.seed.infer import (
@@ -128,7 +128,12 @@ def infer(
     if concurrency:
         spec = spec.model_copy(update={"concurrency": concurrency})
     ds = resolve_dataset(dataset, real_dir, fake_dir)
-    images = select_samples(list_images(ds), count, seed, real_only, fake_only, job_split)
+    notes: list[str] = []
+    images = select_samples(
+        dataset_images(ds, layout.derived_images_dir, notes), count, seed, real_only, fake_only, job_split
+    )
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
     name = output or default_output_name(ds.name, count, spec.name, loaded.name, log_id)
     target = output_csv_path(layout, name)
     log.info("infer %s × %s on %s: %d images → %s", spec.name, loaded.key, ds.name, len(images), target)

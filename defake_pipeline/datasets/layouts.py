@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from defake_pipeline.datasets.walk import walk_images
 from defake_pipeline.errors import DatasetError, validation_line
+from defake_pipeline.imaging.perturb import Perturbation
 from defake_pipeline.records import label_from_text
 from defake_pipeline.settings import is_url, project_dirs, project_root
 from defake_pipeline.storage import StoredPath, relative_parts, stored_path
@@ -43,6 +44,20 @@ class DatasetSpec(BaseModel):
     fake_dir: Path | str | None = None
     csv: Path | None = None
     description: str = ""
+    # Each makes a derived dataset, ``<name>~<perturbation>`` (see ``imaging/perturb.py``).
+    perturbations: list[str] = []
+    # Set on a derived dataset only: its base's key, and what is done to each of its images.
+    base_key: str | None = None
+    perturbation: str | None = None
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known_perturbations(cls, values: list[str]) -> list[str]:
+        slugs = [Perturbation.parse(v).slug for v in values]
+        twice = sorted({s for s in slugs if slugs.count(s) > 1})
+        if twice:
+            raise ValueError(f"perturbations are listed twice: {', '.join(twice)}")
+        return values
 
     @model_validator(mode="after")
     def _needs_paths(self) -> DatasetSpec:
@@ -61,7 +76,18 @@ class DatasetSpec(BaseModel):
 
     @property
     def key(self) -> str:
+        if self.base_key and self.perturbation:
+            return f"{self.base_key}~{Perturbation.parse(self.perturbation).slug}"
         return slugify(self.name)
+
+    def derived(self) -> list[DatasetSpec]:
+        """The datasets its perturbations make: the same images, labels and subsets, perturbed."""
+        out = []
+        for text in self.perturbations:
+            perturbation = Perturbation.parse(text)
+            update = {"perturbations": [], "base_key": self.key, "perturbation": perturbation.text}
+            out.append(self.model_copy(update={**update, "name": f"{self.name}~{perturbation.slug}"}))
+        return out
 
     def watched_dirs(self) -> list[StoredPath]:
         """Folders whose contents make up this dataset."""
@@ -105,7 +131,8 @@ def dataset_specs() -> list[DatasetSpec]:
             if spec.key in own:
                 raise DatasetError(f"{own[spec.key]} and {file} give one dataset key {spec.key!r}; rename one")
             own[spec.key] = file
-            specs.setdefault(spec.key, spec)
+            for each in (spec, *spec.derived()):
+                specs.setdefault(each.key, each)
     return list(specs.values())
 
 

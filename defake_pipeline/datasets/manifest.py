@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
+from defake_pipeline.datasets.derived import DerivedImage, derive_images
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
 from defake_pipeline.imaging.probe import ImageProbe, probe_image
 from defake_pipeline.records import MANIFEST_COLUMNS, MANIFEST_DTYPES, ImageJob, job_key
@@ -44,23 +45,39 @@ def _rel_path(path: StoredPath, roots: Iterable[StoredPath]) -> str:
     return path.name
 
 
+def _derived_or_listed(
+    spec: DatasetSpec, images: list[LabeledImage], derived_dir: StoredPath | None, previous: pd.DataFrame | None
+) -> list[DerivedImage]:
+    """The images to probe: a derived dataset's perturbed files, else the files listed."""
+    if spec.perturbation is None:
+        return [DerivedImage(item, item.path, {}) for item in images]
+    if derived_dir is None:
+        raise ValueError(f"dataset {spec.key} is derived: its images are made under DEFAKE_HOME")
+    return derive_images(spec, images, derived_dir, previous)
+
+
 def build_manifest(
-    spec: DatasetSpec, previous: pd.DataFrame | None = None, progress=None, notes: list[str] | None = None
+    spec: DatasetSpec,
+    previous: pd.DataFrame | None = None,
+    progress=None,
+    notes: list[str] | None = None,
+    derived_dir: StoredPath | None = None,
 ) -> pd.DataFrame:
     """Probe every image of a dataset; ``previous`` lets unchanged files skip hashing. What the
-    walk skipped goes to ``notes``."""
+    walk skipped goes to ``notes``. A derived dataset's images are made in ``derived_dir``."""
     reuse = _previous_probes(previous)
     roots = spec.watched_dirs()
     rows = []
-    images: list[LabeledImage] = list_images(spec, notes)
-    for item in images:
+    for derived in _derived_or_listed(spec, list_images(spec, notes), derived_dir, previous):
+        item = derived.image
         stat = _stat_key(item.path)
-        old = reuse.get((str(item.path), *stat)) if stat else None
+        old = reuse.get((str(item.path), *stat)) if stat and not derived.error else None
         if old is not None:
             row = {**old, "label": item.label, "subset": item.subset}
         else:
             probe: ImageProbe = probe_image(item.path)
             fields = asdict(probe)
+            provenance = {**derived.provenance, **fields["provenance"]}
             row = {
                 "path": str(item.path),
                 "label": item.label,
@@ -71,11 +88,11 @@ def build_manifest(
                 "width": fields["width"],
                 "height": fields["height"],
                 "format": fields["format"],
-                "probe_error": fields["error"],
-                "provenance": json.dumps(fields["provenance"], ensure_ascii=False) if fields["provenance"] else None,
+                "probe_error": derived.error or fields["error"],
+                "provenance": json.dumps(provenance, ensure_ascii=False) if provenance else None,
             }
         row["dataset"] = spec.key
-        row["rel_path"] = _rel_path(item.path, roots)
+        row["rel_path"] = _rel_path(derived.source, roots)
         if not is_utf8(row["path"]):
             # Parquet and DuckDB store UTF-8 only: keep the image listed, with a readable name and an error.
             row = {

@@ -34,7 +34,7 @@ def refresh_manifest(layout: HomeLayout, spec: DatasetSpec, progress=None, rehas
     target = layout.manifest_file(spec.key)
     previous = read_parquet_frame(target) if target.exists() and not rehash else None
     notes: list[str] = []
-    manifest = build_manifest(spec, previous, progress=progress, notes=notes)
+    manifest = build_manifest(spec, previous, progress=progress, notes=notes, derived_dir=layout.derived_images_dir)
     write_parquet_atomic(manifest, target)
     return ManifestSummary(
         dataset=spec.key,

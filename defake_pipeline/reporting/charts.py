@@ -133,4 +133,73 @@ def leaderboard_charts(layout: HomeLayout, overall: pd.DataFrame, ranked: pd.Dat
         if subsets["subset"].nunique() > 1:
             order = list(zip(rows["model"], rows["prompt"], strict=True))
             figures["matrix"] = render_matrix_chart(*subset_matrix(subsets, order), title=str(dataset))
+    for base, (columns, rows) in robustness_tables(overall).items():
+        charts[base]["robustness"] = render_robustness_chart(columns, rows, title=base)
     return charts
+
+
+CLEAN = "none"  # the column of a robustness table for the base dataset's own images
+
+
+def _severity(slug: str) -> tuple[str, float]:
+    """Perturbations of a kind from the mildest: high quality and scale first, small blur first."""
+    kind, _, value = slug.partition("-")
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    return kind, number if kind == "blur" else -number
+
+
+def robustness_tables(overall: pd.DataFrame) -> dict[str, tuple[list[str], list[dict]]]:
+    """For each dataset with derived datasets (``<base>~<perturbation>``), its columns (the clean
+    images, then each perturbation) and a row per model × prompt, from whole-dataset metrics rows
+    in leaderboard order."""
+    datasets = [str(d) for d in overall["dataset"].unique()]
+    tables = {}
+    for base in datasets:
+        slugs = sorted((d.partition("~")[2] for d in datasets if d.startswith(f"{base}~")), key=_severity)
+        if "~" in base or not slugs:
+            continue
+        columns = [CLEAN, *slugs]
+        keys = [base, *(f"{base}~{s}" for s in slugs)]
+        runs = overall[overall["dataset"].isin(keys)]
+        rows = []
+        for i, ((model, prompt), group) in enumerate(runs.groupby(["model", "prompt"], sort=False)):
+            by_dataset = {str(r.dataset): r for r in group.itertuples(index=False)}
+            cells: list[dict | None] = []
+            for index, key in enumerate(keys):
+                r = by_dataset.get(key)
+                if r is None or _missing(r.accuracy):
+                    cells.append(None)
+                    continue
+                low, high = float(r.accuracy_low), float(r.accuracy_high)
+                cells.append(
+                    {"index": index, "accuracy": float(r.accuracy), "low": low, "high": high, "n": int(r.n_valid)}
+                )
+            rows.append(
+                {
+                    "label": series_label(model, prompt),
+                    "model": model,
+                    "prompt": prompt,
+                    "cells": cells,
+                    "color": PALETTE[i % len(PALETTE)],
+                }
+            )
+        tables[base] = (columns, rows)
+    return tables
+
+
+def render_robustness_chart(columns: list[str], rows: list[dict], title: str = "") -> str:
+    series = []
+    for row in rows:
+        points = [c for c in row["cells"] if c is not None]
+        clean = row["cells"][0]
+        segments = []
+        for kind in dict.fromkeys(c.partition("-")[0] for c in columns[1:]):
+            own = [c for c in points if c["index"] > 0 and columns[c["index"]].partition("-")[0] == kind]
+            line = ([clean] if clean else []) + own
+            if len(line) > 1:
+                segments.append([(c["index"], c["accuracy"]) for c in line])
+        series.append({**row, "points": points, "segments": segments})
+    return ENV.get_template("robustness.svg.j2").render(columns=columns, series=series, title=title)

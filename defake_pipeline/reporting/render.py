@@ -14,9 +14,11 @@ import pandas as pd
 
 from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
 from defake_pipeline.reporting.charts import (
+    CLEAN,
     MIN_CELL_IMAGES,
     leaderboard_charts,
     report_score_charts,
+    robustness_tables,
     subset_matrix,
     svg_data_uri,
 )
@@ -193,6 +195,8 @@ def render_leaderboard(
         pairs=pairs,
         charts=charts or {},
         matrices=matrices,
+        robustness=robustness_tables(overall),
+        clean=CLEAN,
         scored_rows=scored_rows,
         min_cell_images=MIN_CELL_IMAGES,
         ece_bins=ECE_BINS,
@@ -328,7 +332,7 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
             chart.write_text(svg, encoding="utf-8")
             charts[dataset][kind], inlined[dataset][kind] = chart.name, svg_data_uri(svg)
     drawn = {name for figures in charts.values() for name in figures.values()}
-    for kind in ("accuracy", "scores", "matrix"):  # a figure whose dataset or runs are gone
+    for kind in ("accuracy", "scores", "matrix", "robustness"):  # a figure whose dataset or runs are gone
         for old in layout.reports_dir.glob(f"{kind}_*.svg"):
             if old.name not in drawn:
                 old.unlink(missing_ok=True)

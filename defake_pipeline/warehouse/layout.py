@@ -46,6 +46,11 @@ class HomeLayout:
         return self.manifests_dir / f"{dataset}.parquet"
 
     @property
+    def derived_images_dir(self) -> StoredPath:
+        """Perturbed images of derived datasets, named by their source's content and the perturbation."""
+        return self.home / "derived"
+
+    @property
     def predictions_dir(self) -> StoredPath:
         return self.home / "predictions"
 

@@ -172,7 +172,8 @@ LEFT JOIN ranking AS r
     ON (r.dataset, r.model, r.prompt, r.scope) = (c.dataset, c.model, c.prompt, c.scope)
     AND r.grp IS NOT DISTINCT FROM c.grp  -- the whole-dataset row's grp is NULL
 LEFT JOIN operating_points AS o
-    ON (o.dataset, o.model, o.prompt, o.scope) = (c.dataset, c.model, c.prompt, c.scope) AND o.grp IS NOT DISTINCT FROM c.grp
+    ON (o.dataset, o.model, o.prompt, o.scope) = (c.dataset, c.model, c.prompt, c.scope)
+    AND o.grp IS NOT DISTINCT FROM c.grp
 LEFT JOIN calibration AS cal
     ON (cal.dataset, cal.model, cal.prompt, cal.scope) = (c.dataset, c.model, c.prompt, c.scope)
     AND cal.grp IS NOT DISTINCT FROM c.grp
