@@ -49,6 +49,10 @@ class JournalDamagedError(DefakeError):
     """The response journal is not a readable SQLite database; it is never written over."""
 
 
+class CostCapError(DefakeError):
+    """What a run may cost is over its --max-cost: nothing was sent."""
+
+
 class RunInterrupted(DefakeError):
     """SIGTERM or SIGINT stopped the run; what was journaled is kept."""
 

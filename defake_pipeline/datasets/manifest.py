@@ -19,6 +19,8 @@ from defake_pipeline.imaging.probe import ImageProbe, probe_image
 from defake_pipeline.records import MANIFEST_COLUMNS, MANIFEST_DTYPES, ImageJob, job_key
 from defake_pipeline.storage import StoredPath, relative_parts, stored_path
 from defake_pipeline.text import is_utf8, printable
+from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.warehouse.parquet import read_parquet_frame
 
 
 def _stat_key(path: StoredPath) -> tuple[int, int] | None:
@@ -105,6 +107,14 @@ def build_manifest(
         if progress:
             progress(1)
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype(MANIFEST_DTYPES)
+
+
+def current_manifest(layout: HomeLayout, spec: DatasetSpec) -> pd.DataFrame:
+    """A dataset's manifest as a rescan would find it now, without writing it: only files new
+    or changed since the stored one are hashed."""
+    stored = layout.manifest_file(spec.key)
+    previous = read_parquet_frame(stored) if stored.exists() else None
+    return build_manifest(spec, previous, derived_dir=layout.derived_images_dir)
 
 
 def job_keys(manifest: pd.DataFrame) -> set[str]:

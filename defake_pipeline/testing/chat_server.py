@@ -28,6 +28,7 @@ from defake_pipeline.testing.answers import (
     without_text,
 )
 from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
+from defake_pipeline.testing.openai_rules import prompt_tokens as input_tokens
 
 
 @dataclass
@@ -246,12 +247,12 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 state.in_flight += 1
                 state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
             try:
-                self._answer(body, length, limit_headers)
+                self._answer(body, limit_headers)
             finally:
                 with state.lock:
                     state.in_flight -= 1
 
-        def _answer(self, body: dict, length: int, limit_headers: dict[str, str]) -> None:
+        def _answer(self, body: dict, limit_headers: dict[str, str]) -> None:
             f = state.faults
             with state.lock:
                 draw = state.rng.random()
@@ -266,14 +267,15 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                     with state.lock:
                         state.n_faults += 1
                         state.n_429 += name == "429"
-                    return self._fault(name, f, body, length)
+                    return self._fault(name, f, body)
             text = state.responder(body)
             with state.lock:
                 state.n_ok += 1
-            self._send(200, self._completion(body, length, text), limit_headers)
+            self._send(200, self._completion(body, text), limit_headers)
 
-        def _completion(self, body: dict, length: int, text: str) -> dict:
-            prompt_tokens = max(1, length // 4)
+        def _completion(self, body: dict, text: str) -> dict:
+            # Usage as OpenAI reports it: the input by its published rule (text and image tiles).
+            prompt_tokens = max(1, input_tokens(body))
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             if body.get("logprobs"):
                 choice["logprobs"] = {"content": logprobs_of(text, state.verdict_probability)}
@@ -290,11 +292,11 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 },
             }
 
-        def _fault(self, name: str, f: Faults, body: dict | None = None, length: int = 0) -> None:
+        def _fault(self, name: str, f: Faults, body: dict | None = None) -> None:
             if name == "html":
                 return self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", kind="text/html")
             if name == "trickle":
-                raw = json.dumps(self._completion(body or {}, length, "real")).encode()
+                raw = json.dumps(self._completion(body or {}, "real")).encode()
                 return self._trickle(raw, f.trickle_interval_s)
             if name == "gzip_bomb":
                 return self._gzip_bomb(f.gzip_bomb_mb)
@@ -302,7 +304,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return self._send(307, b"", {"Location": f.redirect_url})
             if name == "bad_encoding":
                 text = state.responder(body or {})
-                raw = json.dumps(self._completion(body or {}, length, text + " \ud800 MARK")).encode()
+                raw = json.dumps(self._completion(body or {}, text + " \ud800 MARK")).encode()
                 return self._send(200, raw.replace(b"MARK", b"\xff\xfe"))
             if name == "429":
                 header = f.retry_after_header if f.retry_after_header is not None else str(f.retry_after_s)
@@ -316,7 +318,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if name == "empty":
                 return self._send(200, b"")
             if name in ("refusal", "null_content", "no_choices"):
-                return self._send(200, without_text(name, self._completion(body or {}, length, "")))
+                return self._send(200, without_text(name, self._completion(body or {}, "")))
             # drop: close the socket without a response
             self.close_connection = True
             self.connection.shutdown(2)

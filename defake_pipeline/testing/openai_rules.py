@@ -52,11 +52,9 @@ def image_charge(width: int, height: int, detail: str | None) -> int:
     return BASE_TOKENS + TILE_TOKENS * math.ceil(w / TILE_PX) * math.ceil(h / TILE_PX)
 
 
-def charged_tokens(body: dict) -> int:
-    """What a tokens-per-minute limit charges for a chat-completions request body."""
-    allowance = body.get("max_completion_tokens", body.get("max_tokens"))
-    total = allowance if isinstance(allowance, int) else 0
-    text = 0
+def prompt_tokens(body: dict) -> int:
+    """The input tokens of a chat-completions request body: its text and its images."""
+    total = text = 0
     for message in body.get("messages") or []:
         content = message.get("content")
         parts: list = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
@@ -67,6 +65,13 @@ def charged_tokens(body: dict) -> int:
                 image = part.get("image_url") or {}
                 total += image_charge(*image_pixels(image.get("url") or ""), image.get("detail"))
     return total + -(-text // CHARS_PER_TOKEN)
+
+
+def charged_tokens(body: dict) -> int:
+    """What a tokens-per-minute limit charges for a chat-completions request body: its input and
+    its whole output allowance."""
+    allowance = body.get("max_completion_tokens", body.get("max_tokens"))
+    return prompt_tokens(body) + (allowance if isinstance(allowance, int) else 0)
 
 
 def openai_duration(seconds: float) -> str:

@@ -103,7 +103,7 @@ WITH grouped AS (
         -- AUC (Mann-Whitney U): each fake beats the reals scored below it; a tie counts half.
         sum(pos * ((n_neg - fp_at) + 0.5 * neg))::DOUBLE / nullif(any_value(n_pos) * any_value(n_neg), 0) AS auc,
         -- Average precision as scikit-learn defines it: sum over thresholds of (R_n - R_n-1) * P_n.
-        sum(pos::DOUBLE / nullif(n_pos, 0) * tp_at / (tp_at + fp_at)) AS average_precision
+        sum(pos::DOUBLE / nullif(n_pos, 0) * tp_at / (tp_at + fp_at) ORDER BY score) AS average_precision
     FROM cumulative GROUP BY {_GROUP}
 ), roc AS (
     -- Each distinct score is a ROC point; the origin (nothing called fake) precedes the first.
@@ -129,14 +129,17 @@ WITH grouped AS (
     FROM roc WHERE fpr IS NOT NULL AND tpr IS NOT NULL
     GROUP BY {_GROUP}
 ), calibration_bins AS (
-    SELECT {_GROUP}, count(*) AS n, avg(score) AS mean_score, avg((label = 0)::DOUBLE) AS fake_share,
-        sum((score - (label = 0)::DOUBLE) ^ 2) AS squared_error
-    FROM grouped WHERE NOT is_error AND score IS NOT NULL
+    -- From the distinct scores, whose counts are integers, with sums in score order: a float sum
+    -- in the order rows happen to arrive could differ in its last bits from one build to the next.
+    SELECT {_GROUP}, sum(pos + neg) AS n, sum((pos + neg) * score ORDER BY score) / sum(pos + neg) AS mean_score,
+        sum(pos)::DOUBLE / sum(pos + neg) AS fake_share,
+        sum(pos * (1 - score) ^ 2 + neg * score ^ 2 ORDER BY score) AS squared_error
+    FROM thresholds
     GROUP BY {_GROUP}, {ECE_BIN_SQL}
 ), calibration AS (
     SELECT {_GROUP},
-        sum(n * abs(mean_score - fake_share)) / sum(n) AS ece,
-        sum(squared_error) / sum(n) AS brier
+        sum(n * abs(mean_score - fake_share) ORDER BY mean_score) / sum(n) AS ece,
+        sum(squared_error ORDER BY mean_score) / sum(n) AS brier
     FROM calibration_bins GROUP BY {_GROUP}
 )
 SELECT

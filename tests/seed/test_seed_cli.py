@@ -325,8 +325,8 @@ def test_file_names_and_answers_inject_no_markup(tmp_path):
     assert "script" not in parts.tags and parts.tags.count("img") == 0  # no thumbnails: the files do not exist
     image_rows = [n for n in parts.rows if n == 6]  # Image, Dataset, Label, Prediction, Score, Response
     assert len(image_rows) == 2 + 4, parts.rows  # two header rows, one row per image
-    # every table keeps its own column count: header 2, metrics 19, confusion 5, images 6
-    assert parts.rows == [2] * 6 + [19] * 2 + [5] * 3 + [6] * 4 + [6] * 2, parts.rows
+    # every table keeps its own column count: header 2, metrics 20, confusion 5, images 6
+    assert parts.rows == [2] * 6 + [20] * 2 + [5] * 3 + [6] * 4 + [6] * 2, parts.rows
 
 
 def test_verbose_turns_show_escape_sequences_as_text(tmp_path, chat_server):

@@ -1,0 +1,117 @@
+"""What a run would cost, found by walking the run's own road without sending anything.
+
+The estimating evaluator renders every request as a run would (decorators, prompt, encoded
+image) and looks each up in the journal. A request the journal can answer is free. Any other
+is a miss, counted with its input tokens (``endpoints.tokens``: text at 4 characters a token,
+each image by the model's own rule, as OpenAI counts them) and its whole output allowance. A
+later turn of a conversation holds the earlier answers, which are not known before they are
+asked: each counts at its whole allowance. The dollars are therefore an upper bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.endpoints.tokens import request_tokens
+from defake_pipeline.errors import DefakeError
+from defake_pipeline.evaluation.engine import ChatEvaluator, evaluate
+from defake_pipeline.evaluation.journal import AnswerKey, Journal, JournalEntry, ResponseJournal, open_journal
+from defake_pipeline.evaluation.lazy_image import encode_images, lazy_images
+from defake_pipeline.prompting.spec import LoadedPrompt
+from defake_pipeline.records import ImageJob
+from defake_pipeline.warehouse.layout import HomeLayout
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    model: str
+    prompt: str
+    images: int
+    images_to_ask: int  # images with at least one request the journal cannot answer
+    requests: int  # requests to send: the journal's misses
+    answered: int  # requests the journal answers, free
+    input_tokens: int
+    output_tokens: int  # the output allowance of every request to send: at most this many
+    usd: float  # at most this much, at the model's prices
+    priced: bool  # whether models.toml gives the model a price
+
+    def line(self) -> str:
+        cost = f"at most ${self.usd:.4f}" + ("" if self.priced else " (no price is set for this model)")
+        return (
+            f"{self.model} × {self.prompt}: {self.images} images, {self.requests} requests to send "
+            f"for {self.images_to_ask} of them ({self.answered} answered before, free); "
+            f"{self.input_tokens:,} input tokens + up to {self.output_tokens:,} output tokens; {cost}"
+        )
+
+
+class EstimatingEvaluator(ChatEvaluator):
+    """A chat evaluator that asks nothing: each journal miss is counted and given an empty answer."""
+
+    def __init__(self, spec: ModelSpec, prompt: LoadedPrompt, journal: Journal, api_key: str | None = None):
+        # No request is paid for, so none needs a key; one given is used to ask for the served id.
+        super().__init__(spec, prompt, journal, api_key=api_key or "no-key-needed-to-estimate")
+        self.turns: Counter[str] = Counter()  # requests counted so far for each image
+        self.images_to_ask: set[str] = set()
+        self.requests = self.answered = self.input_tokens = 0
+
+    async def setup(self) -> None:
+        # The served id is part of every answer's key. Asking the endpoint for it is free, and
+        # where it cannot be asked, the id recorded by the last run stands in for it.
+        recorded = self.journal.served_id(self.backend.endpoint, self.spec.name)
+        try:
+            await super().setup()
+        except DefakeError:
+            if recorded is None:
+                raise
+            self.backend.use_model_id(recorded)
+            self.model_id = recorded
+
+    async def _answer(self, wire: list[dict], key: AnswerKey) -> tuple[JournalEntry, bool]:
+        earlier_turns = self.turns[key.image_sha256]
+        self.turns[key.image_sha256] += 1
+        entry = await asyncio.to_thread(self.journal.get, key)
+        if entry is not None:
+            self.answered += 1
+            return entry, False
+        await asyncio.to_thread(encode_images, lazy_images(wire))
+        tokens = request_tokens(wire, 0) + earlier_turns * self.spec.max_tokens
+        self.requests += 1
+        self.input_tokens += tokens
+        self.images_to_ask.add(key.image_sha256)
+        return JournalEntry("", tokens, self.spec.max_tokens, 0.0, None), False
+
+
+async def estimate_jobs(
+    layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, jobs: Iterable[ImageJob], api_key: str | None = None
+) -> CostEstimate:
+    """What evaluating ``jobs`` with this model × prompt would send and cost now."""
+    listed = list(jobs)
+    journal = open_journal(layout.journal_url) if layout.journal_url else ResponseJournal(layout.journal)
+    try:
+        evaluator = EstimatingEvaluator(spec, prompt, journal, api_key)
+        await evaluate(listed, evaluator, collect=False)
+    finally:
+        journal.close()
+    output_tokens = evaluator.requests * spec.max_tokens
+    return CostEstimate(
+        model=spec.name,
+        prompt=prompt.key,
+        images=len(listed),
+        images_to_ask=len(evaluator.images_to_ask),
+        requests=evaluator.requests,
+        answered=evaluator.answered,
+        input_tokens=evaluator.input_tokens,
+        output_tokens=output_tokens,
+        usd=spec.cost_usd(evaluator.input_tokens, output_tokens),
+        priced=bool(spec.price_in or spec.price_out),
+    )
+
+
+def estimate_cost(
+    layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, jobs: Iterable[ImageJob], api_key: str | None = None
+) -> CostEstimate:
+    return asyncio.run(estimate_jobs(layout, spec, prompt, jobs, api_key))

@@ -1,0 +1,83 @@
+"""``mllmdf estimate`` and ``infer --max-cost``: what a run would send and cost, found on the
+run's own road against the journal, and checked against the usage the test server reports
+(computed there from OpenAI's published rules)."""
+
+import re
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from conftest import demo_dataset
+from defake_pipeline.cli import main
+from defake_pipeline.warehouse.layout import HomeLayout
+
+FIGURES = re.compile(
+    r"(?P<images>\d+) images, (?P<requests>\d+) requests to send for \d+ of them \((?P<answered>\d+) answered before, "
+    r"free\); (?P<input>[\d,]+) input tokens \+ up to (?P<output>[\d,]+) output tokens; at most \$(?P<usd>[\d.]+)"
+)
+
+
+@pytest.fixture
+def project(defake_home, tmp_path, monkeypatch, chat_server):
+    """The demo dataset in a project of its own; both kinds of model answered by the test server."""
+    demo_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BASE_URL", chat_server.base_url)
+    monkeypatch.setenv("OPENAI_BASE_URL", chat_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    return chat_server
+
+
+def estimate(*args: str) -> dict[str, float]:
+    result = CliRunner().invoke(main, ["estimate", *args])
+    assert result.exit_code == 0, result.output
+    found = FIGURES.search(result.output)
+    assert found, result.output
+    return {k: float(v.replace(",", "")) for k, v in found.groupdict().items()}
+
+
+@pytest.mark.parametrize(("model", "rule"), [("gpt4o", "512-px tiles, detail high"), ("vllm", "28-px patches")])
+def test_the_estimate_matches_the_usage_the_server_reports_and_a_rerun_costs_nothing(project, model, rule):
+    before = estimate("-m", model, "-p", "simple")
+    assert project.state.n_chat == 0  # an estimate sends nothing
+    assert (before["images"], before["requests"], before["answered"]) == (16, 16, 0)
+    result = CliRunner().invoke(main, ["materialize", "-m", model, "-p", "simple"])
+    assert result.exit_code == 0, result.output
+    assert project.state.n_chat == 16
+    reported = reported_prompt_tokens(model)
+    assert abs(before["input"] - reported) <= 0.05 * reported, (rule, before["input"], reported)
+    after = estimate("-m", model, "-p", "simple")
+    assert (after["requests"], after["answered"], after["usd"]) == (0, 16, 0)
+
+
+def reported_prompt_tokens(model: str) -> int:
+    """The input tokens of the model's answers as the server's usage reported them (in the warehouse)."""
+    layout = HomeLayout()
+    with duckdb.connect(str(layout.warehouse), read_only=True) as con:
+        [(total,)] = con.execute("SELECT sum(prompt_tokens) FROM predictions WHERE model = ?", [model]).fetchall()
+    return int(total)
+
+
+def test_a_cap_below_the_estimate_sends_nothing_and_says_why_in_one_line(project):
+    figures = estimate("-m", "gpt4o", "-p", "simple", "-d", "demo")
+    assert figures["usd"] > 0.001
+    result = CliRunner().invoke(
+        main, ["infer", "-m", "gpt4o", "-p", "simple", "--dataset", "demo", "--max-cost", "0.001", "-o", "capped"]
+    )
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--max-cost $0.0010 is below what this run may cost; nothing was sent" in errors[0]
+    assert f"at most ${figures['usd']:.4f}" in errors[0]
+    assert project.state.n_chat == 0
+
+
+def test_a_cap_above_the_estimate_runs(project):
+    figures = estimate("-m", "gpt4o", "-p", "simple", "-d", "demo")
+    cap = f"{figures['usd'] * 1.01:.4f}"
+    result = CliRunner().invoke(
+        main, ["infer", "-m", "gpt4o", "-p", "simple", "--dataset", "demo", "--max-cost", cap, "-o", "ok"]
+    )
+    assert result.exit_code == 0, result.output
+    assert project.state.n_chat == 16
