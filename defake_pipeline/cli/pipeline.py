@@ -102,18 +102,13 @@ def estimate(model: str, prompt: str, datasets: tuple[str, ...]) -> None:
     """What materializing a model × prompt would send and cost now, sending nothing: the requests
     the journal cannot answer, their tokens (images by the model's rule) and an upper bound in dollars."""
     from defake_pipeline.datasets.layouts import defined_datasets, get_dataset
-    from defake_pipeline.datasets.manifest import current_manifest, jobs_from_manifest
-    from defake_pipeline.evaluation.estimate import estimate_cost
+    from defake_pipeline.evaluation.estimate import estimate_datasets
     from defake_pipeline.prompting.spec import find_prompt, load_prompt
 
-    layout = HomeLayout()
     spec, loaded = endpoint_spec(model), load_prompt(find_prompt(prompt))
     chosen = [get_dataset(d) for d in datasets] if datasets else defined_datasets()
     if spec.backend == "baseline":
         click.echo(f"{spec.name} is a baseline detector: it runs here and sends no request; $0")
         return
-    manifests = [current_manifest(layout, ds) for ds in chosen]
-    jobs = [job for manifest in manifests for job in jobs_from_manifest(manifest)]
-    unique = list({job.key: job for job in jobs}.values())  # a content in two datasets is asked once
-    figures = estimate_cost(layout, spec, loaded, unique, load_settings().api_key)
+    figures = estimate_datasets(HomeLayout(), spec, loaded, chosen, load_settings().api_key)
     click.echo(f"on {', '.join(ds.key for ds in chosen)}: {figures.line()}")

@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from defake_pipeline.datasets.layouts import DatasetSpec
+from defake_pipeline.datasets.manifest import current_manifest, jobs_from_manifest
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.errors import DefakeError
@@ -115,3 +117,12 @@ def estimate_cost(
     layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, jobs: Iterable[ImageJob], api_key: str | None = None
 ) -> CostEstimate:
     return asyncio.run(estimate_jobs(layout, spec, prompt, jobs, api_key))
+
+
+def estimate_datasets(
+    layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, datasets: list[DatasetSpec], api_key: str | None = None
+) -> CostEstimate:
+    """What materializing a model × prompt on these datasets would send and cost now: their
+    images as a rescan would find them (nothing is written), a content in two datasets asked once."""
+    jobs = {job.key: job for ds in datasets for job in jobs_from_manifest(current_manifest(layout, ds))}
+    return estimate_cost(layout, spec, prompt, jobs.values(), api_key)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
 from defake_pipeline.endpoints.registry import ModelSpec
-from defake_pipeline.errors import CostCapError, DatasetError, DefakeError
-from defake_pipeline.evaluation.estimate import estimate_cost
+from defake_pipeline.errors import DatasetError, DefakeError
 from defake_pipeline.evaluation.run import probed_jobs, run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
@@ -176,14 +175,6 @@ def _append_rows(
         if on_result:
             on_result(pred)
 
-    if max_cost_usd is not None and spec.backend != "baseline":
-        # The cap is checked against what the whole run may cost before anything is sent, so a
-        # run that would pass it does not stop half-way, having spent.
-        estimate = estimate_cost(layout, spec, prompt, probed_jobs(todo), api_key)
-        if estimate.usd > max_cost_usd:
-            raise CostCapError(
-                f"--max-cost ${max_cost_usd:.4f} is below what this run may cost; nothing was sent: {estimate.line()}"
-            )
     try:
         return run_evaluation(
             layout, spec, prompt, probed_jobs(todo), write, api_key=api_key, max_cost_usd=max_cost_usd

@@ -144,7 +144,8 @@ def test_a_billed_answer_with_no_text_is_journaled_once_as_unknown(chat_server, 
 
 def test_max_cost_counts_refusals(chat_server, tmp_path):
     chat_server.state.faults = Faults(rate_refusal=1.0)
-    spec = vllm_at(chat_server, price_in=1000.0, price_out=1000.0, concurrency=1)
+    # A small allowance: the first request, before any answer, is estimated with all of it.
+    spec = vllm_at(chat_server, price_in=1000.0, price_out=1000.0, concurrency=1, max_tokens=20)
     one, _ = evaluate(spec, images(tmp_path / "probe", 1), tmp_path / "probe.sqlite")
     cap = 15.5 * one[0].cost_usd  # room for 15 refusals (the first request is estimated from its size)
     chat_server.state.reset_counters()

@@ -81,3 +81,20 @@ def test_a_cap_above_the_estimate_runs(project):
     )
     assert result.exit_code == 0, result.output
     assert project.state.n_chat == 16
+
+
+def test_the_dry_run_job_records_the_same_figures_on_the_partition(project):
+    import dagster as dg
+
+    from defake_pipeline.definitions import defs
+
+    printed = estimate("-m", "vllm", "-p", "simple")
+    instance = dg.DagsterInstance.ephemeral()
+    config = {"ops": {"estimate_predictions": {"config": {"model": "vllm", "prompt": "simple"}}}}
+    result = defs.get_job_def("estimate").execute_in_process(run_config=config, instance=instance)
+    assert result.success and project.state.n_chat == 0
+    [observed] = [e.asset_observation_data.asset_observation for e in result.all_events if e.is_asset_observation]
+    assert observed.partition == "vllm|simple"
+    figures = {k: v.value for k, v in observed.metadata.items()}
+    assert (figures["requests_to_send"], figures["input_tokens"]) == (printed["requests"], printed["input"])
+    assert figures["usd_at_most"] == pytest.approx(printed["usd"], abs=1e-4)
