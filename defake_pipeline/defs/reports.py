@@ -9,8 +9,9 @@ from defake_pipeline.defs.resources import DefakeHomeFolder
 from defake_pipeline.reporting.render import write_leaderboard, write_reports
 from defake_pipeline.warehouse.database import query
 
-# The UI renders markdown metadata inline; past this size the file on disk is the report.
-_METADATA_MD_LIMIT = 60_000
+# The UI renders markdown metadata inline; past this size the file on disk is the report. Its
+# charts are inlined (about 7 KB each), so a leaderboard of a dozen datasets needs over 100 KB.
+_METADATA_MD_LIMIT = 250_000
 _NUMERIC = (
     "accuracy",
     "accuracy_strict",
@@ -27,7 +28,8 @@ _NUMERIC = (
 
 def _md_metadata(text: str, path) -> dg.MetadataValue:
     if len(text) > _METADATA_MD_LIMIT:
-        text = text[:_METADATA_MD_LIMIT] + f"\n\n_Truncated here; the full report is {path}._\n"
+        # Cut at a line's end: a cut inside an inlined image would show it broken.
+        text = text[: text.rfind("\n", 0, _METADATA_MD_LIMIT) + 1] + f"\n_Truncated here; the full report is {path}._\n"
     return dg.MetadataValue.md(text)
 
 

@@ -39,3 +39,13 @@ def test_unhashable_images_are_error_rows_in_a_report_that_matches_the_leaderboa
     assert "| odd | 12 |" in report
     assert "dangling.png" in report and "pipe.png" in report and "a named pipe" in report
     assert "| `canny` |" in layout.leaderboard_file.read_text()
+
+
+def test_markdown_for_the_ui_is_cut_at_a_line_so_no_inlined_image_is_broken():
+    from defake_pipeline.defs.reports import _METADATA_MD_LIMIT, _md_metadata
+
+    image = "![chart](<data:image/svg+xml;base64," + "A" * 10_000 + ">)\n"
+    text = _md_metadata(image * (_METADATA_MD_LIMIT // len(image) + 2), "/reports/x.md").value
+    kept = text.split("\n_Truncated here")[0]
+    assert kept.count("![chart]") == kept.count(">)") == _METADATA_MD_LIMIT // len(image)
+    assert text.endswith("the full report is /reports/x.md._\n")

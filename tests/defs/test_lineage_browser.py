@@ -1,5 +1,6 @@
 """The lineage UI, checked in real headless Chromium (Debian's, installed by .ci/run) against `dagster dev`."""
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,19 @@ def dagster_dev(tmp_path_factory) -> Iterator[LiveDagster]:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     root = tmp_path_factory.mktemp("ui")
-    live = LiveDagster(make_project(root / "project"), root)
+    project = make_project(root / "project")
+    # A sweep of four perturbations and a dataset with subsets: the leaderboard then draws every
+    # kind of chart (accuracy, robustness, subset matrix, ROC and reliability).
+    with (project / "datasets" / "demo.toml").open("a") as toml:
+        toml.write('perturbations = ["jpeg:75", "resize:0.5", "crop:0.5", "blur:1.0"]\n')
+    lines = ["path,label,subset"] + [
+        f"../images/{folder}/{image.name},{folder},{folder}-{i % 2}"
+        for folder in ("real", "fake")
+        for i, image in enumerate(sorted((project / "images" / folder).iterdir()))
+    ]
+    (project / "datasets" / "subsets.csv").write_text("\n".join(lines) + "\n")
+    (project / "datasets" / "subsets.toml").write_text('layout = "csv"\ncsv = "subsets.csv"\n')
+    live = LiveDagster(project, root)
     live.cli("materialize", "--model", "canny", "--prompt", "simple")
     live.start()
     try:
@@ -89,11 +102,22 @@ def test_report_markdown_in_the_ui_renders_its_images(dagster_dev):
             page.get_by_text("[Show Markdown]").first.click(timeout=90_000)
             page.locator(f'img[src^="data:image/{kind}"]').first.wait_for(timeout=60_000)
             page.wait_for_timeout(1000)
-            page.screenshot(path=str(ARTIFACTS / f"ui_{asset}.png"))
+            page.screenshot(path=str(ARTIFACTS / f"ui_{asset}.png"), full_page=True)
             # Decoded images only: naturalWidth is 0 for a picture the browser could not load.
             loaded[asset] = page.evaluate(
-                f"""[...document.querySelectorAll('img[src^="data:image/{kind}"]')].map(i => i.naturalWidth)"""
+                """[...document.querySelectorAll('img[src^="data:image/"]')].map(i => [i.alt, i.naturalWidth])"""
             )
         browser.close()
-    assert loaded["leaderboard"] and all(w > 100 for w in loaded["leaderboard"])  # the accuracy chart
-    assert len(loaded["model_reports"]) == 7 and all(w > 0 for w in loaded["model_reports"])  # 1 wrong, 6 correct
+    (ARTIFACTS / "ui_images.json").write_text(json.dumps(loaded, indent=1))
+    charts = {alt.split(" on ")[0]: width for alt, width in loaded["leaderboard"]}
+    assert all(width > 100 for _alt, width in loaded["leaderboard"]), loaded["leaderboard"]
+    assert set(charts) == {
+        "Accuracy with 95% intervals",  # one a dataset: 2 and the 4 perturbed copies
+        "Accuracy by perturbation",
+        "Accuracy per subset",
+        "ROC curves and reliability diagrams",
+    }
+    assert len(loaded["leaderboard"]) == 6 + 1 + 1 + 6, [alt for alt, _w in loaded["leaderboard"]]
+    # The report: its ROC charts (one a dataset) and thumbnails of the first wrong and correct images.
+    widths = [width for _alt, width in loaded["model_reports"]]
+    assert len(widths) > 6 + 7 and all(w > 0 for w in widths), loaded["model_reports"]
