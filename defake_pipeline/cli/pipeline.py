@@ -112,3 +112,19 @@ def estimate(model: str, prompt: str, datasets: tuple[str, ...]) -> None:
         return
     figures = estimate_datasets(HomeLayout(), spec, loaded, chosen, load_settings().api_key)
     click.echo(f"on {', '.join(ds.key for ds in chosen)}: {figures.line()}")
+
+
+@main.command()
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Markdown file. Default: DEFAKE_HOME/reports/paper.md."
+)
+def paper(output: str | None) -> None:
+    """Write a results section from the warehouse: main results, per generator, robustness and
+    calibration tables in one markdown file, and a CSV per table beside it."""
+    from defake_pipeline.reporting.paper import write_paper
+    from defake_pipeline.storage import stored_path
+
+    target, csvs = write_paper(HomeLayout(), stored_path(output) if output else None)
+    click.echo(f"results: {target}")
+    for csv in csvs:
+        click.echo(f"table: {csv}")

@@ -144,3 +144,14 @@ def test_infer_on_a_derived_dataset_sends_the_perturbed_images(defake_home, tmp_
             with Image.open(path) as img:
                 cropped.add((round(img.width / 2), round(img.height / 2)))
     assert len(vllm_endpoint.state.bodies) == 16 and sent == cropped  # every image sent is the cropped copy
+
+
+def test_the_results_section_has_a_robustness_table(defake_home, tmp_path, monkeypatch):
+    sweep_project(tmp_path, monkeypatch)
+    assert CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "simple"]).exit_code == 0
+    result = CliRunner().invoke(main, ["paper"])
+    assert result.exit_code == 0, result.output
+    table = (defake_home / "reports" / "paper_robustness.csv").read_text().splitlines()
+    assert table[0].startswith("dataset,perturbation,model,prompt,n_valid,accuracy")
+    assert sorted(line.split(",")[1] for line in table[1:]) == ["blur-1", "crop-0.5", "jpeg-75", "resize-0.5"]
+    assert "## Robustness" in (defake_home / "reports" / "paper.md").read_text()

@@ -1,0 +1,30 @@
+"""``mllmdf paper``: the results section and a CSV per table, from the warehouse."""
+
+import numpy as np
+import pandas as pd
+from crafted import craft, random_rows
+
+from defake_pipeline.reporting.paper import write_paper
+from defake_pipeline.warehouse.database import query
+from defake_pipeline.warehouse.layout import HomeLayout
+
+
+def test_the_results_section_holds_each_table_and_its_csv_the_warehouse_figures(tmp_path):
+    rows, scores, shas = random_rows(5, 60)
+    generators = [["sd15", "flux"][i % 2] for i in range(len(rows))]
+    other = [int(x) for x in np.random.default_rng(2).choice([0, 1], len(rows))]
+    craft(tmp_path, rows, scores=scores, shas=shas, subsets=generators, extra_partitions={("m2", "p"): other})
+    layout = HomeLayout(tmp_path / "home")
+    target, csvs = write_paper(layout)
+    text = target.read_text()
+    assert [c.name for c in csvs] == ["paper_main.csv", "paper_generators.csv", "paper_calibration.csv"]
+    assert "## Main results" in text and "## Accuracy per generator" in text and "## Robustness" not in text
+    main = pd.read_csv(csvs[0])
+    metrics = query(layout, "SELECT model, accuracy, real_answer_bias FROM metrics WHERE scope = 'dataset'")
+    merged = main.merge(metrics, on="model", suffixes=("", "_warehouse"))
+    assert len(merged) == 2 and np.allclose(merged.accuracy, merged.accuracy_warehouse)
+    assert np.allclose(merged.real_answer_bias, merged.real_answer_bias_warehouse)
+    generators_csv = pd.read_csv(csvs[1])
+    assert sorted(set(generators_csv.subset)) == ["flux", "sd15"] and len(generators_csv) == 4
+    best = main.iloc[0]
+    assert f"| {best.model} | p |" in text and "Accuracy (95% CI)" in text.replace("\\(", "(").replace("\\)", ")")
