@@ -37,6 +37,7 @@ def estimate_predictions(
                 "requests_to_send": figures.requests,
                 "answered_by_the_journal": figures.answered,
                 "input_tokens": figures.input_tokens,
+                "carried_answer_tokens_at_most": figures.carried_tokens,
                 "output_tokens_at_most": figures.output_tokens,
                 "usd_at_most": dg.MetadataValue.float(round(figures.usd, 6)),
                 "datasets": ", ".join(ds.key for ds in chosen),

@@ -5,7 +5,7 @@ image) and looks each up in the journal. A request the journal can answer is fre
 is a miss, counted with its input tokens (``endpoints.tokens``: text at 4 characters a token,
 each image by the model's own rule, as OpenAI counts them) and its whole output allowance. A
 later turn of a conversation holds the earlier answers, which are not known before they are
-asked: each counts at its whole allowance. The dollars are therefore an upper bound.
+asked: they are counted apart, each at its whole allowance. The dollars are an upper bound.
 """
 
 from __future__ import annotations
@@ -36,17 +36,21 @@ class CostEstimate:
     images_to_ask: int  # images with at least one request the journal cannot answer
     requests: int  # requests to send: the journal's misses
     answered: int  # requests the journal answers, free
-    input_tokens: int
+    input_tokens: int  # the requests as rendered now, earlier answers of a conversation left empty
+    carried_tokens: int  # at most this many more: those earlier answers, carried into later turns
     output_tokens: int  # the output allowance of every request to send: at most this many
     usd: float  # at most this much, at the model's prices
     priced: bool  # whether models.toml gives the model a price
 
     def line(self) -> str:
+        carried = (
+            f" (+ up to {self.carried_tokens:,} for earlier answers in later turns)" if self.carried_tokens else ""
+        )
         cost = f"at most ${self.usd:.4f}" + ("" if self.priced else " (no price is set for this model)")
         return (
             f"{self.model} × {self.prompt}: {self.images} images, {self.requests} requests to send "
             f"for {self.images_to_ask} of them ({self.answered} answered before, free); "
-            f"{self.input_tokens:,} input tokens + up to {self.output_tokens:,} output tokens; {cost}"
+            f"{self.input_tokens:,} input tokens{carried} + up to {self.output_tokens:,} output tokens; {cost}"
         )
 
 
@@ -58,7 +62,7 @@ class EstimatingEvaluator(ChatEvaluator):
         super().__init__(spec, prompt, journal, api_key=api_key or "no-key-needed-to-estimate")
         self.turns: Counter[str] = Counter()  # requests counted so far for each image
         self.images_to_ask: set[str] = set()
-        self.requests = self.answered = self.input_tokens = 0
+        self.requests = self.answered = self.input_tokens = self.carried_tokens = 0
 
     async def setup(self) -> None:
         # The served id is part of every answer's key. Asking the endpoint for it is free, and
@@ -80,9 +84,10 @@ class EstimatingEvaluator(ChatEvaluator):
             self.answered += 1
             return entry, False
         await asyncio.to_thread(encode_images, lazy_images(wire))
-        tokens = request_tokens(wire, 0) + earlier_turns * self.spec.max_tokens
+        tokens = request_tokens(wire, 0)
         self.requests += 1
         self.input_tokens += tokens
+        self.carried_tokens += earlier_turns * self.spec.max_tokens
         self.images_to_ask.add(key.image_sha256)
         return JournalEntry("", tokens, self.spec.max_tokens, 0.0, None), False
 
@@ -107,8 +112,9 @@ async def estimate_jobs(
         requests=evaluator.requests,
         answered=evaluator.answered,
         input_tokens=evaluator.input_tokens,
+        carried_tokens=evaluator.carried_tokens,
         output_tokens=output_tokens,
-        usd=spec.cost_usd(evaluator.input_tokens, output_tokens),
+        usd=spec.cost_usd(evaluator.input_tokens + evaluator.carried_tokens, output_tokens),
         priced=bool(spec.price_in or spec.price_out),
     )
 

@@ -14,7 +14,8 @@ from defake_pipeline.warehouse.layout import HomeLayout
 
 FIGURES = re.compile(
     r"(?P<images>\d+) images, (?P<requests>\d+) requests to send for \d+ of them \((?P<answered>\d+) answered before, "
-    r"free\); (?P<input>[\d,]+) input tokens \+ up to (?P<output>[\d,]+) output tokens; at most \$(?P<usd>[\d.]+)"
+    r"free\); (?P<input>[\d,]+) input tokens(?: \(\+ up to (?P<carried>[\d,]+) for earlier answers in later turns\))? "
+    r"\+ up to (?P<output>[\d,]+) output tokens; at most \$(?P<usd>[\d.]+)"
 )
 
 
@@ -35,7 +36,7 @@ def estimate(*args: str) -> dict[str, float]:
     assert result.exit_code == 0, result.output
     found = FIGURES.search(result.output)
     assert found, result.output
-    return {k: float(v.replace(",", "")) for k, v in found.groupdict().items()}
+    return {k: float((v or "0").replace(",", "")) for k, v in found.groupdict().items()}
 
 
 @pytest.mark.parametrize(("model", "rule"), [("gpt4o", "512-px tiles, detail high"), ("vllm", "28-px patches")])
@@ -52,12 +53,24 @@ def test_the_estimate_matches_the_usage_the_server_reports_and_a_rerun_costs_not
     assert (after["requests"], after["answered"], after["usd"]) == (0, 16, 0)
 
 
-def reported_prompt_tokens(model: str) -> int:
+def reported_prompt_tokens(model: str, prompt: str = "simple") -> int:
     """The input tokens of the model's answers as the server's usage reported them (in the warehouse)."""
     layout = HomeLayout()
     with duckdb.connect(str(layout.warehouse), read_only=True) as con:
-        [(total,)] = con.execute("SELECT sum(prompt_tokens) FROM predictions WHERE model = ?", [model]).fetchall()
+        sql = "SELECT sum(prompt_tokens) FROM predictions WHERE model = ? AND prompt = ?"
+        [(total,)] = con.execute(sql, [model, prompt]).fetchall()
     return int(total)
+
+
+def test_a_conversation_of_four_turns_is_estimated_within_five_percent_and_bounded(project):
+    """Later turns carry earlier answers, unknown before they are asked: counted apart, at most
+    the whole allowance, so the dollars stay an upper bound."""
+    before = estimate("-m", "gpt4omini", "-p", "fusion")
+    assert before["requests"] == 4 * 16 and before["carried"] == (1 + 2 + 3) * 16 * 1000
+    assert CliRunner().invoke(main, ["materialize", "-m", "gpt4omini", "-p", "fusion"]).exit_code == 0
+    reported = reported_prompt_tokens("gpt4omini", "fusion")
+    assert abs(before["input"] - reported) <= 0.05 * reported
+    assert before["input"] + before["carried"] >= reported
 
 
 def test_a_cap_below_the_estimate_sends_nothing_and_says_why_in_one_line(project):
