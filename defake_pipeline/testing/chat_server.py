@@ -27,8 +27,7 @@ from defake_pipeline.testing.answers import (
     logprobs_of,
     without_text,
 )
-from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
-from defake_pipeline.testing.openai_rules import prompt_tokens as input_tokens
+from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, input_tokens, openai_duration
 
 
 @dataclass

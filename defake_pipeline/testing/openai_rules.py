@@ -52,7 +52,7 @@ def image_charge(width: int, height: int, detail: str | None) -> int:
     return BASE_TOKENS + TILE_TOKENS * math.ceil(w / TILE_PX) * math.ceil(h / TILE_PX)
 
 
-def prompt_tokens(body: dict) -> int:
+def input_tokens(body: dict) -> int:
     """The input tokens of a chat-completions request body: its text and its images."""
     total = text = 0
     for message in body.get("messages") or []:
@@ -71,7 +71,7 @@ def charged_tokens(body: dict) -> int:
     """What a tokens-per-minute limit charges for a chat-completions request body: its input and
     its whole output allowance."""
     allowance = body.get("max_completion_tokens", body.get("max_tokens"))
-    return prompt_tokens(body) + (allowance if isinstance(allowance, int) else 0)
+    return input_tokens(body) + (allowance if isinstance(allowance, int) else 0)
 
 
 def openai_duration(seconds: float) -> str:
