@@ -50,3 +50,13 @@ def relative_parts(path: StoredPath, folder: StoredPath) -> tuple[str, ...]:
 def is_remote(path: StoredPath) -> TypeGuard[UPath]:
     """Whether a path lives on an object store (writes are PUTs: no rename, no append)."""
     return not isinstance(path, Path)
+
+
+def size_and_mtime(path: StoredPath) -> tuple[int, int] | None:
+    """A file's size and modification time (ns), which say whether it changed since last seen;
+    None for a path that cannot be looked at."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns

@@ -17,7 +17,7 @@ import pandas as pd
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
 from defake_pipeline.imaging.perturb import Perturbation
 from defake_pipeline.imaging.probe import read_image_bytes
-from defake_pipeline.storage import StoredPath
+from defake_pipeline.storage import StoredPath, size_and_mtime
 from defake_pipeline.warehouse.files import atomic_path
 
 
@@ -27,14 +27,6 @@ class DerivedImage:
     source: StoredPath
     provenance: dict
     error: str | None = None
-
-
-def _stat(path: StoredPath) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 def _known(previous: pd.DataFrame | None) -> dict[tuple, str]:
@@ -61,7 +53,7 @@ def derive_images(
     known = _known(previous)
     out = []
     for item in images:
-        stat = _stat(item.path)
+        stat = size_and_mtime(item.path)
         provenance: dict[str, str | int] = {"perturbation": perturbation.text, "source": str(item.path)}
         if stat:
             provenance |= {"source_size": stat[0], "source_mtime_ns": stat[1]}

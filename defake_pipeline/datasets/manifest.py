@@ -17,18 +17,10 @@ from defake_pipeline.datasets.derived import DerivedImage, derive_images
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, list_images
 from defake_pipeline.imaging.probe import ImageProbe, probe_image
 from defake_pipeline.records import MANIFEST_COLUMNS, MANIFEST_DTYPES, ImageJob, job_key
-from defake_pipeline.storage import StoredPath, relative_parts, stored_path
+from defake_pipeline.storage import StoredPath, relative_parts, size_and_mtime, stored_path
 from defake_pipeline.text import is_utf8, printable
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.parquet import read_parquet_frame
-
-
-def _stat_key(path: StoredPath) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 def _previous_probes(previous: pd.DataFrame | None) -> dict[tuple[str, int, int], dict]:
@@ -72,7 +64,7 @@ def build_manifest(
     rows = []
     for derived in _derived_or_listed(spec, list_images(spec, notes), derived_dir, previous):
         item = derived.image
-        stat = _stat_key(item.path)
+        stat = size_and_mtime(item.path)
         old = reuse.get((str(item.path), *stat)) if stat and not derived.error else None
         if old is not None:
             row = {**old, "label": item.label, "subset": item.subset}
