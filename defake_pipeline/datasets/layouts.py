@@ -59,6 +59,11 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"perturbations are listed twice: {', '.join(twice)}")
         return values
 
+    @field_validator("perturbation")
+    @classmethod
+    def _known_perturbation(cls, value: str | None) -> str | None:
+        return None if value is None else Perturbation.parse(value).text
+
     @model_validator(mode="after")
     def _needs_paths(self) -> DatasetSpec:
         needed = {"image_folders": ("real_dir", "fake_dir"), "csv": ("csv",)}.get(self.layout, ("root",))

@@ -43,6 +43,13 @@ def test_a_bad_perturbation_is_one_line_naming_the_dataset_file(tmp_path, entry,
     assert message.startswith(str(file)) and says in message and "\n" not in message
 
 
+def test_a_single_perturbation_set_by_hand_is_checked_too(tmp_path):
+    file = tmp_path / "one.toml"
+    file.write_text('root = "."\nperturbation = "jpeg:0"\n')
+    with pytest.raises(DatasetError, match="jpeg takes 1 to 100"):
+        load_dataset_spec(file)
+
+
 def test_a_perturbation_listed_twice_is_refused(tmp_path):
     file = tmp_path / "twice.toml"
     file.write_text('root = "."\nperturbations = ["blur:1", "blur:1.0"]\n')
