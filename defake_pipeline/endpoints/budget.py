@@ -27,7 +27,7 @@ class CostBudget:
     def estimate(self, spec: ModelSpec, messages: list[dict]) -> float:
         if self.dearest_usd:
             return self.dearest_usd
-        return spec.cost_usd(request_tokens(messages, 0), spec.max_tokens)
+        return spec.cost_usd(request_tokens(messages, 0, spec.image_patch_px), spec.max_tokens)
 
     def reserve(self, estimate: float) -> None:
         if self.spent_usd + self.reserved_usd + estimate > self.limit_usd:

@@ -211,7 +211,7 @@ class ChatBackend:
         if prompt_tokens is None or completion_tokens is None:
             # A billed answer whose usage cannot be trusted (missing, negative, not a number) is
             # costed by the same estimate the rate limiter uses, never as free or negative.
-            prompt_tokens = request_tokens(messages, 0)
+            prompt_tokens = request_tokens(messages, 0, self.spec.image_patch_px)
             completion_tokens = math.ceil(len(completion.text or completion.refusal or "") / 4)
         return ChatReply(
             text=completion.text,
@@ -265,7 +265,7 @@ class ChatBackend:
 
     def request_tokens(self, messages: list[dict]) -> int:
         """What a tokens-per-minute limit charges for these messages (see ``tokens.py``)."""
-        return request_tokens(messages, self.spec.max_tokens)
+        return request_tokens(messages, self.spec.max_tokens, self.spec.image_patch_px)
 
     async def aclose(self) -> None:
         await self.client.close()

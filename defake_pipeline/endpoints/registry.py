@@ -40,6 +40,9 @@ class ModelSpec(BaseModel):
     # "low" means the provider keeps 512×512 at most, so that is all that is sent.
     detail: Literal["high", "low", "auto"] | None = None
     max_tokens: int = 1000
+    # Tokens an image costs a model sent no ``detail``: one per ``image_patch_px`` square, after its
+    # vision encoder (Qwen2-VL and InternVL: 28 px; LLaVA-OneVision and Llama 3.2 Vision: 14 px).
+    image_patch_px: int = Field(default=28, ge=1)
     # Newer OpenAI models (gpt-5, o-series) reject max_tokens and take max_completion_tokens.
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     temperature: float | None = None

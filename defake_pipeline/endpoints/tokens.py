@@ -14,22 +14,23 @@ from defake_pipeline.imaging.encode import data_url_size
 # OpenAI's rule for gpt-4o and 4.1 (tile-based models): the image is fitted in 2048x2048, its
 # short side scaled to 768, then cut into 512-pixel tiles of 170 tokens each, plus 85.
 _TILE, _TILE_TOKENS, _BASE_TOKENS, _LOW_DETAIL_TOKENS = 512, 170, 85, 85
-# Self-hosted vision transformers (Qwen2-VL and its kin) spend a token per 28x28 patch.
-_PATCH = 28
+# Self-hosted vision transformers (Qwen2-VL and its kin) spend a token per 28x28 patch, unless
+# their preset says otherwise (``ModelSpec.image_patch_px``).
+DEFAULT_PATCH_PX = 28
 
 
-def image_tokens(width: int, height: int, detail: str | None) -> int:
-    """Tokens an image costs: OpenAI's tile rule when ``detail`` is set, else one per 28-px patch."""
+def image_tokens(width: int, height: int, detail: str | None, patch_px: int = DEFAULT_PATCH_PX) -> int:
+    """Tokens an image costs: OpenAI's tile rule when ``detail`` is set, else one per patch."""
     if detail == "low":
         return _LOW_DETAIL_TOKENS
     if detail:
         scale = min(1.0, 2048 / max(width, height))
         scale *= min(1.0, 768 / (min(width, height) * scale))
         return _BASE_TOKENS + _TILE_TOKENS * math.ceil(width * scale / _TILE) * math.ceil(height * scale / _TILE)
-    return math.ceil(width / _PATCH) * math.ceil(height / _PATCH)
+    return math.ceil(width / patch_px) * math.ceil(height / patch_px)
 
 
-def request_tokens(messages: Iterable[dict], max_tokens: int) -> int:
+def request_tokens(messages: Iterable[dict], max_tokens: int, patch_px: int = DEFAULT_PATCH_PX) -> int:
     """Tokens a rate limiter charges for a chat request: text at 4 characters a token, each
     image by ``image_tokens``, and the output allowance."""
     chars, tokens = 0, max_tokens
@@ -43,7 +44,7 @@ def request_tokens(messages: Iterable[dict], max_tokens: int) -> int:
                 chars += len(part.get("text") or "")
             elif part.get("type") == "image_url":
                 image = part["image_url"]
-                tokens += image_tokens(*image_size(image["url"]), image.get("detail"))
+                tokens += image_tokens(*image_size(image["url"]), image.get("detail"), patch_px)
     return tokens + math.ceil(chars / 4)
 
 

@@ -84,7 +84,7 @@ class EstimatingEvaluator(ChatEvaluator):
             self.answered += 1
             return entry, False
         await asyncio.to_thread(encode_images, lazy_images(wire))
-        tokens = request_tokens(wire, 0)
+        tokens = request_tokens(wire, 0, self.spec.image_patch_px)
         self.requests += 1
         self.input_tokens += tokens
         self.carried_tokens += earlier_turns * self.spec.max_tokens

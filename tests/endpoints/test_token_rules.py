@@ -54,3 +54,14 @@ def test_both_charge_the_same_requests_alike(size, detail):
     body = request(size, detail, 100)
     client, server = request_tokens(body["messages"], body["max_tokens"]), charged_tokens(body)
     assert abs(client - server) <= 0.05 * server, (client, server)
+
+
+def test_each_self_hosted_preset_counts_its_images_by_its_own_patch():
+    from defake_pipeline.endpoints.registry import get_model
+    from defake_pipeline.endpoints.tokens import image_tokens
+
+    assert {name: get_model(name).image_patch_px for name in ("qwen2vl", "internvl3", "onevision", "llama32vi")} == {
+        "qwen2vl": 28, "internvl3": 28, "onevision": 14, "llama32vi": 14,
+    }  # fmt: skip
+    assert image_tokens(448, 448, None, 28) == 256 and image_tokens(448, 448, None, 14) == 1024
+    assert image_tokens(448, 448, "high", 14) == image_tokens(448, 448, "high", 28) == 85 + 170  # OpenAI's tiles
