@@ -69,7 +69,9 @@ def build_manifest(
         if old is not None:
             row = {**old, "label": item.label, "subset": item.subset}
         else:
-            probe: ImageProbe = probe_image(item.path)
+            # A derived image that could not be made is only its error: the source's hash would
+            # join the source's own answer to this dataset's name.
+            probe: ImageProbe = probe_image(item.path) if not derived.error else ImageProbe(None, None)
             fields = asdict(probe)
             provenance = {**derived.provenance, **fields["provenance"]}
             row = {

@@ -162,3 +162,20 @@ def test_the_results_section_has_a_robustness_table(defake_home, tmp_path, monke
     assert table[0].startswith("dataset,perturbation,model,prompt,n_valid,accuracy")
     assert sorted(line.split(",")[1] for line in table[1:]) == ["blur-1", "crop-0.5", "jpeg-75", "resize-0.5"]
     assert "## Robustness" in (defake_home / "reports" / "paper.md").read_text()
+
+
+def test_a_copy_that_cannot_be_made_is_an_error_never_the_sources_answer(defake_home, tmp_path, monkeypatch):
+    """The sources are fine, but their jpeg-75 copies cannot be written (a file stands where the
+    folder goes): that dataset is all errors, and the source's answers are not published under its name."""
+    sweep_project(tmp_path, monkeypatch)
+    (defake_home / "derived").mkdir(parents=True)
+    (defake_home / "derived" / "jpeg-75").write_text("not a folder")
+    assert CliRunner().invoke(main, ["materialize", "-m", "canny", "-p", "simple"]).exit_code == 0
+    with duckdb.connect(str(HomeLayout(defake_home).warehouse), read_only=True) as con:
+        counts = dict(
+            con.execute(
+                "SELECT dataset, n_error FROM metrics WHERE scope = 'dataset' AND dataset IN ('demo', 'demo~jpeg-75')"
+            ).fetchall()
+        )
+        hashed = con.execute("SELECT count(sha256) FROM image_manifest WHERE dataset = 'demo~jpeg-75'").fetchone()
+    assert hashed == (0,) and counts["demo~jpeg-75"] == 16 and counts["demo"] == 0
