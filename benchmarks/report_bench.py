@@ -87,6 +87,9 @@ def main() -> None:
     out["report_100k_again_s"] = timed(lambda: write_report(layout, "m", "p"))
     out["leaderboard_s"] = timed(lambda: write_leaderboard(layout))
     out["report_md_bytes"] = layout.report_file("m", "p").stat().st_size
+    # The ROC and reliability chart of 100k scored images, as a file and inlined in the UI's markdown.
+    out["scores_chart_bytes"] = (layout.reports_dir / "scores_bench.svg").stat().st_size
+    out["leaderboard_ui_md_bytes"] = len(write_leaderboard(layout)[2])
 
     big_manifest, big_preds = synthetic(1_000_000, seed=1)
     with duckdb.connect() as con:

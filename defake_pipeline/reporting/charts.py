@@ -101,7 +101,7 @@ def report_score_charts(layout: HomeLayout, metrics: pd.DataFrame) -> dict[str, 
         return {}
     model, prompt = scored["model"].iloc[0], scored["prompt"].iloc[0]
     where = " WHERE model = ? AND prompt = ?"
-    roc = query(layout, f"SELECT * FROM ({ROC_POINTS_SQL}){where} ORDER BY dataset, score DESC", [model, prompt])
+    roc = query(layout, f"SELECT * FROM ({ROC_POINTS_SQL}){where} ORDER BY dataset, fpr, tpr", [model, prompt])
     reliability = query(layout, f"SELECT * FROM ({RELIABILITY_SQL}){where} ORDER BY dataset, bin", [model, prompt])
     return {
         str(m.dataset): render_score_chart(
@@ -118,7 +118,7 @@ def leaderboard_charts(layout: HomeLayout, overall: pd.DataFrame, ranked: pd.Dat
     """Each dataset's figures as SVG text: accuracy, ROC and reliability where runs have scores,
     and the subset matrix where the dataset has subsets. ``overall``: the whole-dataset rows of
     ``ranked`` in leaderboard order."""
-    roc = query(layout, ROC_POINTS_SQL + " ORDER BY dataset, model, prompt, score DESC")
+    roc = query(layout, ROC_POINTS_SQL + " ORDER BY dataset, model, prompt, fpr, tpr")
     reliability = query(layout, RELIABILITY_SQL + " ORDER BY ALL")
     charts: dict[str, dict[str, str]] = {}
     for dataset, rows in overall.groupby("dataset", sort=True):

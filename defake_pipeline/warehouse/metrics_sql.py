@@ -183,18 +183,32 @@ LEFT JOIN calibration AS cal
 ORDER BY c.dataset, c.model, c.prompt, c.scope = '{DATASET_SCOPE}' DESC, c.grp
 """
 
-# The points of each model × prompt's ROC curve on each dataset (the origin left implicit), and the
-# bins of its reliability diagram; the charts of a report and of the leaderboard are drawn from them.
-ROC_POINTS_SQL = """
-SELECT dataset, model, prompt, score,
-    sum(pos) OVER down / sum(pos) OVER whole AS tpr, sum(neg) OVER down / sum(neg) OVER whole AS fpr
-FROM (
-    SELECT dataset, model, prompt, score,
-        count(*) FILTER (WHERE label = 0)::DOUBLE AS pos, count(*) FILTER (WHERE label = 1)::DOUBLE AS neg
-    FROM scored WHERE NOT is_error AND score IS NOT NULL GROUP BY ALL
+# The ROC curve of each model × prompt on each dataset, for charts (the origin left implicit), in
+# at most two points for each 1/ROC_CHART_STEPS of the false-positive rate: the lowest and highest
+# point there, so a vertical run keeps both ends. With a point for each distinct score, 100k
+# scored images drew a 1.3 MB chart, too big to inline in the UI's markdown.
+ROC_CHART_STEPS = 250
+ROC_POINTS_SQL = f"""
+WITH curve AS (
+    SELECT dataset, model, prompt,
+        sum(pos) OVER down / sum(pos) OVER whole AS tpr, sum(neg) OVER down / sum(neg) OVER whole AS fpr
+    FROM (
+        SELECT dataset, model, prompt, score,
+            count(*) FILTER (WHERE label = 0)::DOUBLE AS pos, count(*) FILTER (WHERE label = 1)::DOUBLE AS neg
+        FROM scored WHERE NOT is_error AND score IS NOT NULL GROUP BY ALL
+    )
+    WINDOW down AS (PARTITION BY dataset, model, prompt ORDER BY score DESC),
+        whole AS (PARTITION BY dataset, model, prompt)
+), steps AS (
+    SELECT dataset, model, prompt, arg_min(fpr, tpr) AS fpr_low, min(tpr) AS tpr_low,
+        arg_max(fpr, tpr) AS fpr_high, max(tpr) AS tpr_high
+    FROM curve GROUP BY dataset, model, prompt, floor(fpr * {ROC_CHART_STEPS})
 )
-WINDOW down AS (PARTITION BY dataset, model, prompt ORDER BY score DESC), whole AS (PARTITION BY dataset, model, prompt)
+SELECT dataset, model, prompt, fpr_low AS fpr, tpr_low AS tpr FROM steps
+UNION
+SELECT dataset, model, prompt, fpr_high, tpr_high FROM steps
 """
+# The bins of each model × prompt's reliability diagram on each dataset.
 RELIABILITY_SQL = f"""
 SELECT dataset, model, prompt, {ECE_BIN_SQL}::INTEGER AS bin, count(*) AS n,
     avg(score) AS mean_score, avg((label = 0)::DOUBLE) AS fake_share

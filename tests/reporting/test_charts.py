@@ -82,3 +82,16 @@ def test_cells_of_twenty_answers_or_more_are_not_marked(tmp_path):
     path, text, _ui = write_leaderboard(HomeLayout(tmp_path / "home"))
     cells = [t.text for t in svg(path.parent / "matrix_d.svg").iter(f"{SVG}text") if t.text and "%" in t.text]
     assert cells == ["95% (21)", "95% (21)"]  # unmarked
+
+
+def test_a_roc_curve_of_thousands_of_distinct_scores_is_drawn_in_a_few_hundred_points(tmp_path):
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 3000)
+    scores = [float(s) for s in np.clip(0.3 * (labels == 0) + rng.uniform(0, 0.7, 3000), 0, 1)]
+    craft(tmp_path, [(int(label), int(label), None) for label in labels], scores=scores)
+    path, _text, _ui = write_leaderboard(HomeLayout(tmp_path / "home"))
+    roc = svg(path.parent / "scores_d.svg").findall(f"{SVG}polyline")[0]
+    points = [tuple(map(float, p.split(","))) for p in roc.get("points").split()]
+    assert 100 < len(points) <= 2 * 251 + 1  # 3,000 distinct scores
+    xs, ys = [x for x, _y in points], [y for _x, y in points]
+    assert xs == sorted(xs) and ys == sorted(ys, reverse=True)  # both rates rise (SVG's y runs down)
