@@ -124,8 +124,10 @@ WAREHOUSE_FOLLOWS_INPUTS = (
     & ~Condition.in_progress()
 ).with_label("inputs updated and settled")
 
-# Reports and the leaderboard follow the warehouse in the same run (any_deps_updated counts a
-# warehouse rebuild requested on the same tick).
+# Reports and the leaderboard follow the warehouse in the same run (a warehouse rebuild
+# requested on the same tick counts), but not a rebuild a CLI run made: that run writes its own
+# reports, and the daemon seeing the rebuild before them asked for the reports again.
+WAREHOUSE_UPDATED = Condition.any_deps_match((Condition.newly_updated() & ~FROM_CLI) | Condition.will_be_requested())
 FOLLOW_WAREHOUSE = (
-    Condition.any_deps_updated().since_last_handled() & ~Condition.any_deps_in_progress() & ~Condition.in_progress()
+    WAREHOUSE_UPDATED.since_last_handled() & ~Condition.any_deps_in_progress() & ~Condition.in_progress()
 ).with_label("warehouse updated")
