@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from defake_pipeline.testing.openai_rules import input_tokens
 
 # The faults a share of the answers can get (``Faults.rate_<name>``), in the order they are drawn.
 FAULT_NAMES = (
@@ -119,3 +122,24 @@ def gzip_bomb(megabytes: int) -> Iterator[bytes]:
     for _ in range(megabytes):
         yield packer.compress(zeros)
     yield packer.compress(b'"}') + packer.flush()
+
+
+def completion_of(state, body: dict, text: str) -> dict:
+    """The chat completion answering ``body`` with ``text``; usage as OpenAI reports it: the
+    input by its published rule (text and image tiles)."""
+    prompt_tokens = max(1, input_tokens(body))
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    if body.get("logprobs"):
+        choice["logprobs"] = {"content": logprobs_of(text, state.verdict_probability)}
+    return {
+        "id": f"chatcmpl-{state.n_chat}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", state.served_model),
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_tokens if state.faults.bad_usage is None else state.faults.bad_usage,
+            "completion_tokens": len(text.split()),
+            "total_tokens": prompt_tokens + len(text.split()),
+        },
+    }

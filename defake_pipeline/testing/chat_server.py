@@ -21,13 +21,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from defake_pipeline.testing.answers import (
     FAULT_NAMES,
     Faults,
+    completion_of,
     compressed,
     default_responder,
     gzip_bomb,
-    logprobs_of,
     without_text,
 )
-from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, input_tokens, openai_duration
+from defake_pipeline.testing.batch_api import BatchApi
+from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ServerState:
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)
         self.reset_limits()
+        self.batch_api = BatchApi(lambda body: completion_of(self, body, self.responder(body)))
 
     def reset_limits(self) -> None:
         """Fresh limits as they are set now, nothing charged yet."""
@@ -168,6 +170,8 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if self.path == "/stats":
                 with state.lock:
                     return self._send(200, state.counters())
+            if state.batch_api.handles(self.path):
+                return self._batch_api(lambda api: api.get(self.path))
             if not self.path.rstrip("/").endswith("/models"):
                 return self._send(404, {"error": {"message": "not found"}})
             if not self._authorized():
@@ -212,9 +216,19 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 time.sleep(wait)
             return b"".join(chunks)
 
+        def _batch_api(self, call) -> None:
+            if self._authorized():
+                with state.lock:
+                    status, payload = call(state.batch_api)
+                self._send(status, payload, kind="application/json" if isinstance(payload, dict) else "text/plain")
+
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self._read_body(length) or b"{}")
+            raw = self._read_body(length)
+            if state.batch_api.handles(self.path):
+                kind = self.headers.get("Content-Type", "")
+                return self._batch_api(lambda api: api.post(self.path, kind, raw))
+            body = json.loads(raw or b"{}")
             if self.path == "/reset":
                 for name in ("latency_s", "rpm_limit", "tpm_limit", "ratelimit_headers", "uplink_bytes_per_s"):
                     if name in body:
@@ -270,32 +284,13 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             text = state.responder(body)
             with state.lock:
                 state.n_ok += 1
-            self._send(200, self._completion(body, text), limit_headers)
-
-        def _completion(self, body: dict, text: str) -> dict:
-            # Usage as OpenAI reports it: the input by its published rule (text and image tiles).
-            prompt_tokens = max(1, input_tokens(body))
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            if body.get("logprobs"):
-                choice["logprobs"] = {"content": logprobs_of(text, state.verdict_probability)}
-            return {
-                "id": f"chatcmpl-{state.n_chat}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", state.served_model),
-                "choices": [choice],
-                "usage": {
-                    "prompt_tokens": prompt_tokens if state.faults.bad_usage is None else state.faults.bad_usage,
-                    "completion_tokens": len(text.split()),
-                    "total_tokens": prompt_tokens + len(text.split()),
-                },
-            }
+            self._send(200, completion_of(state, body, text), limit_headers)
 
         def _fault(self, name: str, f: Faults, body: dict | None = None) -> None:
             if name == "html":
                 return self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", kind="text/html")
             if name == "trickle":
-                raw = json.dumps(self._completion(body or {}, "real")).encode()
+                raw = json.dumps(completion_of(state, body or {}, "real")).encode()
                 return self._trickle(raw, f.trickle_interval_s)
             if name == "gzip_bomb":
                 return self._gzip_bomb(f.gzip_bomb_mb)
@@ -303,7 +298,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return self._send(307, b"", {"Location": f.redirect_url})
             if name == "bad_encoding":
                 text = state.responder(body or {})
-                raw = json.dumps(self._completion(body or {}, text + " \ud800 MARK")).encode()
+                raw = json.dumps(completion_of(state, body or {}, text + " \ud800 MARK")).encode()
                 return self._send(200, raw.replace(b"MARK", b"\xff\xfe"))
             if name == "429":
                 header = f.retry_after_header if f.retry_after_header is not None else str(f.retry_after_s)
@@ -317,7 +312,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if name == "empty":
                 return self._send(200, b"")
             if name in ("refusal", "null_content", "no_choices"):
-                return self._send(200, without_text(name, self._completion(body or {}, "")))
+                return self._send(200, without_text(name, completion_of(state, body or {}, "")))
             # drop: close the socket without a response
             self.close_connection = True
             self.connection.shutdown(2)
