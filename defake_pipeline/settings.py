@@ -45,6 +45,9 @@ class Settings(BaseModel):
     directory is not in it, as for a worker started in an empty folder."""
     DEFAKE_NIGHTLY_CRON: str = "0 3 * * *"
     """When the nightly reevaluation rescans every dataset."""
+    DEFAKE_BATCH_POLL_S: int = Field(default=30, ge=1)
+    """How often open batches are looked at (``batches_sensor``, ``mllmdf infer --batch --wait``):
+    a batch takes minutes to hours, and each look is one request per open batch."""
     DEFAKE_SENSOR_INTERVAL_S: int = Field(default=5, ge=1)
     """The least time between two evaluations of each sensor. The daemon visits its sensors
     every 5 s at most, so an interval of up to 4 s has each sensor looked at on every visit;

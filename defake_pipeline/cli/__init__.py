@@ -1,6 +1,6 @@
 """``mllmdf``: the seed's commands (``classify``, ``infer``, ``doc``), ``materialize`` and ``models``."""
 
-from defake_pipeline.cli import models, pipeline, seed  # noqa: F401 - registers the commands
+from defake_pipeline.cli import batches, models, pipeline, seed  # noqa: F401 - registers the commands
 from defake_pipeline.cli.app import main
 
 __all__ = ["main"]

@@ -89,6 +89,7 @@ def materialize_evaluation(
     datasets: list[str] | None = None,
     max_parallel: int = 1,
     rehash: bool = False,
+    batch: bool = False,
 ) -> list[dg.ExecuteInProcessResult]:
     """Manifest, then the baselines among ``models`` (once: they read no prompt) and every other
     model × prompt partition, then the warehouse, reports and leaderboard.
@@ -96,7 +97,8 @@ def materialize_evaluation(
     Each step is its own run of a named job, so all of them appear in the UI's run list. With
     ``max_parallel`` > 1, a run covers a range of prediction partitions, evaluated that many at
     once in this process (they share only the journal); otherwise each partition is a run. Either
-    way their progress shows as one bar per partition on a terminal.
+    way their progress shows as one bar per partition on a terminal. With ``batch``, journal
+    misses go through the Batch API; a partition waiting for its batches writes nothing yet.
     """
     baselines = [m for m in models if model_by_key(m).backend == "baseline"]
     models = [m for m in models if m not in baselines]
@@ -104,7 +106,7 @@ def materialize_evaluation(
     keys = [str(partition_key(m, p)) for m in models for p in prompts]
     runs = contiguous_runs(instance, keys) if max_parallel > 1 else [[k] for k in keys]
     rescan = ManifestConfig(datasets=list(datasets or []), rehash=rehash)
-    chosen = PredictionsConfig(datasets=list(datasets or []), partitions_at_once=max_parallel)
+    chosen = PredictionsConfig(datasets=list(datasets or []), partitions_at_once=max_parallel, batch=batch)
     with bars_in_this_process():
         results = [_execute("refresh_manifests", instance, resources, config=rescan)]
         if baselines:

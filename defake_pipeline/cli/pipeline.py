@@ -34,8 +34,19 @@ from defake_pipeline.warehouse.layout import HomeLayout
     help="Hash every image again: a rescan trusts an unchanged size and modification time, "
     "so a file replaced by another of the same size and timestamp is found only this way.",
 )
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Send the requests the journal cannot answer through the Batch API; the daemon's batches_sensor "
+    "(or `mllmdf batches`, then this command again) completes the partitions.",
+)
 def materialize(
-    models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...], parallel: int, rehash: bool
+    models: tuple[str, ...],
+    prompts: tuple[str, ...],
+    datasets: tuple[str, ...],
+    parallel: int,
+    rehash: bool,
+    batch: bool,
 ) -> None:
     """Materialize the asset graph for the chosen model × prompt partitions on the local Dagster instance.
 
@@ -77,7 +88,13 @@ def materialize(
             f"materializing {len(baselines)} baseline(s), which read no prompt: {', '.join(baselines)}", err=True
         )
     materialize_evaluation(
-        local_instance(), model_keys, prompt_keys, datasets=dataset_keys, max_parallel=parallel, rehash=rehash
+        local_instance(),
+        model_keys,
+        prompt_keys,
+        datasets=dataset_keys,
+        max_parallel=parallel,
+        rehash=rehash,
+        batch=batch,
     )
     layout = HomeLayout()
     click.echo(leaderboard_top(layout))
@@ -92,6 +109,11 @@ def materialize(
         if layout.report_file(m, p).exists():
             click.echo(f"report: {layout.report_file(m, p)}")
     click.echo(f"warehouse: {layout.warehouse}")
+    if batch:
+        from defake_pipeline.evaluation.openai_batches import open_batch_lines
+
+        for line in open_batch_lines(layout):
+            click.echo(f"open batch: {line}", err=True)
 
 
 @main.command()

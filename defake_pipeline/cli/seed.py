@@ -87,6 +87,13 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     default=None,
     help="Stop sending requests once the next could take spending past this many USD.",
 )
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Send the requests the journal cannot answer through the endpoint's Batch API (OpenAI: half "
+    "price, within 24 h), print the batch ids and exit; `mllmdf batches` shows them.",
+)
+@click.option("--wait", is_flag=True, help="With --batch: wait for the batches and write every row.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every turn's response to stderr.")
 def infer(
     model,
@@ -105,6 +112,8 @@ def infer(
     job_split,
     concurrency,
     max_cost,
+    batch,
+    wait,
     verbose,
 ) -> None:  # noqa: E501
     """Evaluate a model × prompt on sampled images and write DEFAKE_HOME/<name>.csv."""
@@ -153,7 +162,7 @@ def infer(
                 bar.clear()
                 print_turns(pred)
 
-        notices = run_experiment(
+        outcome = run_experiment(
             layout,
             spec,
             loaded,
@@ -164,9 +173,24 @@ def infer(
             api_key=load_settings().api_key,
             max_cost_usd=max_cost,
             on_result=on_result,
+            batch=batch,
         )
-    for notice in notices:
+        while outcome.waiting and wait:
+            bar.clear()
+            wait_for_batch_answers(layout, spec.name, outcome.batches)
+            outcome = run_experiment(
+                layout, spec, loaded, images, target, resume=True, api_key=load_settings().api_key,
+                on_result=on_result, batch=True,
+            )  # fmt: skip
+    for notice in outcome.notices:
         click.echo(f"warning: {visible_controls(notice)}", err=True)
+    if outcome.waiting:
+        sent = f"sent {', '.join(outcome.batches)}; " if outcome.batches else ""
+        click.echo(
+            f"{outcome.waiting} images wait for their batches ({sent}`mllmdf batches` shows them); run this "
+            "command again with --continue once they have ended, or pass --wait",
+            err=True,
+        )
     # The summary covers the whole output CSV (earlier runs of --continue included), not only
     # the images this invocation answered.
     whole = tally_of_csv(target) if target.exists() else Tally()
@@ -180,6 +204,26 @@ def infer(
         err=True,
     )
     click.echo(str(target))
+
+
+def wait_for_batch_answers(layout: HomeLayout, model: str, sent: list[str]) -> None:
+    """Wait, with a progress bar, until no batch of ``model`` is open."""
+    from tqdm import tqdm
+
+    from defake_pipeline.evaluation.openai_batches import wait_for_batches
+
+    if sent:
+        click.echo(f"sent {', '.join(sent)}; waiting for the answers", err=True)
+    with tqdm(desc="batches", unit="req", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        wait_for_batches(
+            layout, endpoint_spec, load_settings().api_key, model, progress, load_settings().DEFAKE_BATCH_POLL_S
+        )
 
 
 @main.command()

@@ -40,6 +40,7 @@ def estimate_predictions(
                 "carried_answer_tokens_at_most": figures.carried_tokens,
                 "output_tokens_at_most": figures.output_tokens,
                 "usd_at_most": dg.MetadataValue.float(round(figures.usd, 6)),
+                "usd_at_most_through_the_batch_api": dg.MetadataValue.float(round(figures.batch_usd, 6)),
                 "datasets": ", ".join(ds.key for ds in chosen),
             },
         )

@@ -29,11 +29,13 @@ PARTITIONS_PER_RUN = load_settings().DEFAKE_PARTITIONS_PER_RUN
 
 
 class PredictionsConfig(DatasetSelection):
-    """Which datasets to evaluate (empty: all), an optional spending limit for this run, and how
-    many of a run's partitions are evaluated at once (``mllmdf materialize -j``)."""
+    """Which datasets to evaluate (empty: all), an optional spending limit for this run, how
+    many of a run's partitions are evaluated at once (``mllmdf materialize -j``), and whether
+    journal misses go through the Batch API (``batch``; also ``batch = true`` in a model entry)."""
 
     max_cost_usd: float | None = None
     partitions_at_once: int = 1
+    batch: bool = False
 
 
 # Not blocking: the gate is enforced on the data (the warehouse's partition_gate table), so a
@@ -63,6 +65,11 @@ def _gate_table(gates: dict[str, PartitionGate]) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(header, rows, align="llrrrl"))
 
 
+def _waiting_table(waiting: dict[str, PartitionSummary]) -> dg.MetadataValue:
+    rows = [[key, s.waiting, ", ".join(s.batches) or "sent before"] for key, s in waiting.items()]
+    return dg.MetadataValue.md(markdown_table(["partition", "images waiting", "batches"], rows, align="lrl"))
+
+
 @dg.asset(
     group_name="evaluation",
     partitions_def=model_prompt_partitions,
@@ -88,6 +95,7 @@ def predictions(
     totals = {"n_images": 0, "n_requests": 0, "n_cached": 0, "n_errors": 0, "n_unknown": 0, "cost_usd": 0.0}
     gates: dict[str, PartitionGate] = {}
     versions: dict[str, str] = {}
+    waiting: dict[str, PartitionSummary] = {}
     manifests = read_manifests(layout)
     keys = list(context.partition_keys)
     specs = [endpoint.spec(model_by_key(split_partition_key(k)[0])) for k in keys]
@@ -101,10 +109,19 @@ def predictions(
             datasets=config.datasets,
             max_cost_usd=config.max_cost_usd,
             on_progress=context.log.info,
+            batch=config.batch,
         )
 
     def done(index: int, summary: PartitionSummary) -> None:
         key = keys[index]
+        if summary.waiting:
+            # Nothing written: batches_sensor runs the partition again once its batches end.
+            waiting[key] = summary
+            if summary.path is not None and summary.path.exists():  # its earlier rows stand, unchanged
+                versions[key] = predictions_content_hash([summary.path])
+            sent = ", ".join(summary.batches) or "batches sent before"
+            context.log.info(f"{key}: {summary.waiting} images wait for their batches ({sent})")
+            return
         context.log.info(
             f"{key}: {summary.n_images} images: {summary.n_cached} from the journal, {summary.n_requests} new "
             f"answers; {summary.outcomes}"
@@ -121,8 +138,8 @@ def predictions(
 
     evaluate_partitions([evaluation(i) for i in range(len(keys))], config.partitions_at_once, done)
     # In key order, whichever finished first.
-    gates = {k: gates[k] for k in keys}
-    versions = {k: versions[k] for k in keys}
+    gates = {k: gates[k] for k in keys if k in gates}
+    versions = {k: versions[k] for k in keys if k in versions}
     failed_error = [f"{k} on {d}" for k, g in gates.items() for d in g.failures("error_rate_over")]
     failed_unknown = [f"{k} on {d}" for k, g in gates.items() for d in g.failures("unknown_rate_over")]
     check_results = [
@@ -143,6 +160,7 @@ def predictions(
             **totals,
             "cost_usd": dg.MetadataValue.float(round(totals["cost_usd"], 6)),
             "partitions": _gate_table(gates),
+            **({"waiting_for_batches": _waiting_table(waiting)} if waiting else {}),
             "path": dg.MetadataValue.path(str(layout.predictions_dir)),
         },
     )
@@ -152,6 +170,7 @@ def predictions(
     # of them (dagster-io/dagster#34013); an observation of each partition, recorded after it,
     # is what Dagster's data_version_changed() reads as the partition's latest version.
     for key, version in versions.items():
+        summary = gates[key].summary() if key in gates else {"images_waiting_for_batches": waiting[key].waiting}
         yield dg.AssetObservation(
-            asset_key=context.asset_key, partition=key, tags={DATA_VERSION_TAG: version}, metadata=gates[key].summary()
+            asset_key=context.asset_key, partition=key, tags={DATA_VERSION_TAG: version}, metadata=summary
         )

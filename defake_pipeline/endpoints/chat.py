@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from defake_pipeline.endpoints.bounded import RefusedBodyError, bound_response_body, origin
-from defake_pipeline.endpoints.completions import parse_completion
+from defake_pipeline.endpoints.completions import Completion, parse_completion
 from defake_pipeline.endpoints.ratelimits import RatePacer, Start
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.retry import (
@@ -72,6 +73,32 @@ class ChatReply:
     repaired_encoding: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
     refusal: str | None = None  # the model declined to answer: this is its refusal
     usage_estimated: bool = False  # the endpoint's usage was missing or invalid: tokens are estimated
+
+
+def reply_of_completion(
+    spec: ModelSpec, completion: Completion, latency_s: float, input_tokens: Callable[[], int]
+) -> ChatReply:
+    """A parsed completion as the engine keeps it, sent directly or answered in a batch file.
+    ``input_tokens`` estimates the request's input, for an endpoint whose usage is missing."""
+    score = None
+    if spec.logprobs and completion.logprobs:
+        score = score_from_logprobs(completion.logprobs)
+    prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
+    if prompt_tokens is None or completion_tokens is None:
+        # A billed answer whose usage cannot be trusted (missing, negative, not a number) is
+        # costed by the same estimate the rate limiter uses, never as free or negative.
+        prompt_tokens = input_tokens()
+        completion_tokens = math.ceil(len(completion.text or completion.refusal or "") / 4)
+    return ChatReply(
+        text=completion.text,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_s=latency_s,
+        score_fake=score,
+        repaired_encoding=completion.repaired,
+        refusal=completion.refusal,
+        usage_estimated=not completion.usage_known,
+    )
 
 
 class ChatBackend:
@@ -204,24 +231,8 @@ class ChatBackend:
             raise
         latency = time.perf_counter() - started
         completion = parse_completion(raw.headers.get("content-type"), content)
-        score = None
-        if self.spec.logprobs and completion.logprobs:
-            score = score_from_logprobs(completion.logprobs)
-        prompt_tokens, completion_tokens = completion.prompt_tokens, completion.completion_tokens
-        if prompt_tokens is None or completion_tokens is None:
-            # A billed answer whose usage cannot be trusted (missing, negative, not a number) is
-            # costed by the same estimate the rate limiter uses, never as free or negative.
-            prompt_tokens = request_tokens(messages, 0, self.spec.image_patch_px)
-            completion_tokens = math.ceil(len(completion.text or completion.refusal or "") / 4)
-        return ChatReply(
-            text=completion.text,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_s=latency,
-            score_fake=score,
-            repaired_encoding=completion.repaired,
-            refusal=completion.refusal,
-            usage_estimated=not completion.usage_known,
+        return reply_of_completion(
+            self.spec, completion, latency, lambda: request_tokens(messages, 0, self.spec.image_patch_px)
         )
 
     async def complete(self, messages: list[dict]) -> ChatReply:

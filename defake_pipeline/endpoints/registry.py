@@ -57,6 +57,10 @@ class ModelSpec(BaseModel):
     top_logprobs: int = Field(default=5, ge=1, le=20)
     price_in: float = 0.0
     price_out: float = 0.0
+    # Journal misses go through the endpoint's Batch API (``evaluation/batch.py``), where answers
+    # cost ``batch_discount`` of the direct price (OpenAI: half) and arrive within 24 hours.
+    batch: bool = False
+    batch_discount: float = Field(default=1.0, gt=0, le=1)
     aliases: list[str] = Field(default_factory=list)
     note: str | None = None
 
@@ -88,8 +92,10 @@ class ModelSpec(BaseModel):
             return self.model_copy(update={"base_url": url})
         return self
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1_000_000
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
+        """The price of tokens, sent directly or (``batch``) through the Batch API."""
+        direct = (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1_000_000
+        return direct * self.batch_discount if batch else direct
 
 
 def _read_toml(path: Path) -> dict:

@@ -19,7 +19,7 @@ from defake_pipeline.endpoints.budget import CostBudget
 from defake_pipeline.endpoints.chat import ChatBackend, choose_served_id
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DefakeError, PromptError
-from defake_pipeline.evaluation.journal import AnswerKey, Claim, Journal, JournalEntry
+from defake_pipeline.evaluation.journal import AnswerKey, Claim, Journal, JournalEntry, journal_entry
 from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
 from defake_pipeline.evaluation.stopping import run_stoppable
 from defake_pipeline.imaging.probe import read_image_bytes
@@ -230,6 +230,7 @@ class ChatEvaluator(Evaluator):
         score, verdict, refused = None, None, False
         latency_s = 0.0
         counts = {"prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
+        cost = 0.0
         for conv in self.prompt.spec.conversations:
             if conv.decorators:
                 await self._run_decorators(conv, cache)
@@ -247,7 +248,9 @@ class ChatEvaluator(Evaluator):
             latency_s += entry.latency_s
             counts["prompt_tokens"] += entry.prompt_tokens
             counts["completion_tokens"] += entry.completion_tokens
-        cost = self.spec.cost_usd(counts["prompt_tokens"], counts["completion_tokens"])
+            # An answer from a batch file is priced at the batch price.
+            batched = bool((entry.extra or {}).get("batch"))
+            cost += self.spec.cost_usd(entry.prompt_tokens, entry.completion_tokens, batched)
         response = str(cache[RESULT_VARIABLE])
         return self.prediction(
             job,
@@ -301,28 +304,12 @@ class ChatEvaluator(Evaluator):
         finally:
             if self.budget:
                 self.budget.settle(estimate, actual)
-        extra: dict = {"score_fake": reply.score_fake} if reply.score_fake is not None else {}
-        if reply.repaired_encoding:
-            extra["repaired_encoding"] = True  # paid for: kept with U+FFFD where bytes were invalid
         if reply.usage_estimated:
-            extra["usage_estimated"] = True
             self.notice(
                 f"{self.backend.where} sent a missing or invalid token usage; tokens and cost of those answers "
                 "are estimated (text at 4 characters a token, images by the model's rule)"
             )
-        text = reply.text
-        if reply.refusal is not None:
-            # Billed, and an answer: the model declined. Its verdict is unknown, whatever words
-            # ("I can't tell whether this is real") the refusal holds.
-            text = reply.refusal
-            extra.update(refusal=True, verdict="unknown")
-        if len(text) > self.spec.max_response_chars:
-            # What is stored (journal, Parquet, CSV, reports) is capped; the verdict is read from
-            # the whole answer now and kept, and later turns see the capped text on every run.
-            extra.setdefault("verdict", parse_verdict(text))
-            extra["response_chars"] = len(text)
-            text = text[: self.spec.max_response_chars] + f" … [truncated: {len(text):,} characters in all]"
-        return JournalEntry(text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra or None)
+        return journal_entry(self.spec, reply)
 
 
 def make_evaluator(

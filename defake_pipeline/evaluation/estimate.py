@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from defake_pipeline.datasets.layouts import DatasetSpec
@@ -21,7 +21,7 @@ from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.evaluation.engine import ChatEvaluator, evaluate
-from defake_pipeline.evaluation.journal import AnswerKey, Journal, JournalEntry, ResponseJournal, open_journal
+from defake_pipeline.evaluation.journal import AnswerKey, Journal, JournalEntry, layout_journal
 from defake_pipeline.evaluation.lazy_image import encode_images, lazy_images
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import ImageJob
@@ -40,6 +40,7 @@ class CostEstimate:
     carried_tokens: int  # at most this many more: those earlier answers, carried into later turns
     output_tokens: int  # the output allowance of every request to send: at most this many
     usd: float  # at most this much, at the model's prices
+    batch_usd: float  # at most this much through the Batch API (``batch_discount`` of usd)
     priced: bool  # whether models.toml gives the model a price
 
     def line(self) -> str:
@@ -47,11 +48,27 @@ class CostEstimate:
             f" (+ up to {self.carried_tokens:,} for earlier answers in later turns)" if self.carried_tokens else ""
         )
         cost = f"at most ${self.usd:.4f}" + ("" if self.priced else " (no price is set for this model)")
+        if self.batch_usd < self.usd:
+            cost += f", or ${self.batch_usd:.4f} through the Batch API (--batch)"
         return (
             f"{self.model} × {self.prompt}: {self.images} images, {self.requests} requests to send "
             f"for {self.images_to_ask} of them ({self.answered} answered before, free); "
             f"{self.input_tokens:,} input tokens{carried} + up to {self.output_tokens:,} output tokens; {cost}"
         )
+
+
+async def setup_offline(evaluator: ChatEvaluator, setup: Callable[[], Awaitable[None]]) -> None:
+    """``setup`` for a run that sends nothing now. The served id is part of every answer's key:
+    asking the endpoint for it is free, and where it cannot be asked (a vLLM server not started
+    yet), the id recorded by the last run stands in for it."""
+    recorded = evaluator.journal.served_id(evaluator.backend.endpoint, evaluator.spec.name)
+    try:
+        await setup()
+    except DefakeError:
+        if recorded is None:
+            raise
+        evaluator.backend.use_model_id(recorded)
+        evaluator.model_id = recorded
 
 
 class EstimatingEvaluator(ChatEvaluator):
@@ -65,16 +82,7 @@ class EstimatingEvaluator(ChatEvaluator):
         self.requests = self.answered = self.input_tokens = self.carried_tokens = 0
 
     async def setup(self) -> None:
-        # The served id is part of every answer's key. Asking the endpoint for it is free, and
-        # where it cannot be asked, the id recorded by the last run stands in for it.
-        recorded = self.journal.served_id(self.backend.endpoint, self.spec.name)
-        try:
-            await super().setup()
-        except DefakeError:
-            if recorded is None:
-                raise
-            self.backend.use_model_id(recorded)
-            self.model_id = recorded
+        await setup_offline(self, super().setup)
 
     async def _answer(self, wire: list[dict], key: AnswerKey) -> tuple[JournalEntry, bool]:
         earlier_turns = self.turns[key.image_sha256]
@@ -97,7 +105,7 @@ async def estimate_jobs(
 ) -> CostEstimate:
     """What evaluating ``jobs`` with this model × prompt would send and cost now."""
     listed = list(jobs)
-    journal = open_journal(layout.journal_url) if layout.journal_url else ResponseJournal(layout.journal)
+    journal = layout_journal(layout)
     try:
         evaluator = EstimatingEvaluator(spec, prompt, journal, api_key)
         await evaluate(listed, evaluator, collect=False)
@@ -115,6 +123,7 @@ async def estimate_jobs(
         carried_tokens=evaluator.carried_tokens,
         output_tokens=output_tokens,
         usd=spec.cost_usd(evaluator.input_tokens + evaluator.carried_tokens, output_tokens),
+        batch_usd=spec.cost_usd(evaluator.input_tokens + evaluator.carried_tokens, output_tokens, batch=True),
         priced=bool(spec.price_in or spec.price_out),
     )
 

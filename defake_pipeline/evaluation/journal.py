@@ -25,11 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from defake_pipeline.errors import DefakeError, JournalDamagedError, JournalWriteError
 from defake_pipeline.text import without_userinfo
+from defake_pipeline.verdict import parse_verdict
+
+if TYPE_CHECKING:  # the SDK's import is paid only by runs that ask
+    from defake_pipeline.endpoints.chat import ChatReply
+    from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.warehouse.files import process_alive
+from defake_pipeline.warehouse.layout import HomeLayout
 
 
 def journal_tables(real: str, timestamp: str) -> str:
@@ -97,6 +103,30 @@ class JournalEntry:
     completion_tokens: int = 0
     latency_s: float = 0.0
     extra: dict | None = None
+
+
+def journal_entry(spec: ModelSpec, reply: ChatReply, extra: dict | None = None) -> JournalEntry:
+    """A paid answer as the journal keeps it, sent directly or answered in a batch."""
+    extra = dict(extra or {})
+    if reply.score_fake is not None:
+        extra["score_fake"] = reply.score_fake
+    if reply.repaired_encoding:
+        extra["repaired_encoding"] = True  # paid for: kept with U+FFFD where bytes were invalid
+    if reply.usage_estimated:
+        extra["usage_estimated"] = True
+    text = reply.text
+    if reply.refusal is not None:
+        # Billed, and an answer: the model declined. Its verdict is unknown, whatever words
+        # ("I can't tell whether this is real") the refusal holds.
+        text = reply.refusal
+        extra.update(refusal=True, verdict="unknown")
+    if len(text) > spec.max_response_chars:
+        # What is stored (journal, Parquet, CSV, reports) is capped; the verdict is read from
+        # the whole answer now and kept, and later turns see the capped text on every run.
+        extra.setdefault("verdict", parse_verdict(text))
+        extra["response_chars"] = len(text)
+        text = text[: spec.max_response_chars] + f" … [truncated: {len(text):,} characters in all]"
+    return JournalEntry(text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, extra or None)
 
 
 class Claim(Enum):
@@ -315,6 +345,11 @@ class Journal(Protocol):
     def record_served_id(self, endpoint: str, model_name: str, model_id: str) -> None: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
+
+
+def layout_journal(layout: HomeLayout) -> Journal:
+    """The journal of a home: ``DEFAKE_JOURNAL_URL`` where set, else SQLite under the home."""
+    return open_journal(layout.journal_url) if layout.journal_url else ResponseJournal(layout.journal)
 
 
 def open_journal(url: str) -> Journal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from defake_pipeline.datasets.manifest import (
     job_keys,
@@ -35,6 +35,8 @@ class PartitionSummary(Tally):
     prompt: str = ""
     path: StoredPath | None = None
     note: str = ""  # something the run did that the user should hear of
+    waiting: int = 0  # batch mode: images waiting for a batch; nothing was written
+    batches: list[str] = field(default_factory=list)  # batch mode: the batches this run started
 
 
 def prompt_key_of(spec: ModelSpec, prompt: LoadedPrompt | None) -> str:
@@ -51,6 +53,7 @@ async def evaluate_partition_async(
     max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    batch: bool = False,
 ) -> PartitionSummary:
     """Evaluate manifest images with one model × prompt and write the partition's Parquet file
     (a baseline's, under ``NO_PROMPT``, whatever the prompt). ``on_progress`` gets a line at
@@ -58,6 +61,9 @@ async def evaluate_partition_async(
 
     With ``datasets``, only their images are evaluated; the partition keeps its earlier rows
     for images of other datasets that are still in the manifest.
+
+    In batch mode (``batch``, or the model's entry), a partition with images waiting for a
+    batch writes nothing: its file stays as it was until every answer is journaled.
     """
     manifest = read_manifests(layout)
     prompt_key = prompt_key_of(spec, prompt)
@@ -84,8 +90,22 @@ async def evaluate_partition_async(
 
     try:
         jobs = jobs_from_manifest(chosen)
-        notices = await evaluate_jobs(layout, spec, prompt, jobs, record, api_key=api_key, max_cost_usd=max_cost_usd)
-        summary.note = "; ".join(filter(None, [summary.note, *notices]))
+        outcome = await evaluate_jobs(
+            layout,
+            spec,
+            prompt,
+            jobs,
+            record,
+            api_key=api_key,
+            max_cost_usd=max_cost_usd,
+            batch=batch,
+            partition_key=f"{spec.key}|{prompt_key}",
+        )
+        summary.note = "; ".join(filter(None, [summary.note, *outcome.notices]))
+        summary.waiting, summary.batches = outcome.waiting, outcome.batches
+        if outcome.waiting:
+            writer.discard()
+            return summary
         if datasets and target.exists():
             # Earlier rows for images of other datasets stay, while those images are still listed.
             # Rows match on the job key, which is also how an unreadable image's `missing:<path>`

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from defake_pipeline.datasets.layouts import LabeledImage
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import CostCapError
+from defake_pipeline.evaluation.batch import WAITING, BatchEvaluator, BatchFiles, temporary_folder
+from defake_pipeline.evaluation.batch_records import BatchRecords
 from defake_pipeline.evaluation.engine import evaluate, make_evaluator
 from defake_pipeline.evaluation.estimate import estimate_jobs
-from defake_pipeline.evaluation.journal import ResponseJournal, open_journal
+from defake_pipeline.evaluation.journal import Journal, layout_journal
+from defake_pipeline.evaluation.openai_batches import batch_client, submit_batches
 from defake_pipeline.evaluation.stopping import stoppable
 from defake_pipeline.imaging.probe import probe_image
 from defake_pipeline.prompting.spec import LoadedPrompt
@@ -25,6 +31,16 @@ def probed_jobs(images: Iterable[LabeledImage]) -> Iterator[ImageJob]:
         yield ImageJob(image.path, job_key(probe.sha256, str(image.path)), image.label, probe.error)
 
 
+@dataclass
+class RunOutcome:
+    """What a run's user should hear of (see ``Evaluator.notices``), and in batch mode, how many
+    images wait for a batch and the batches this run started."""
+
+    notices: list[str]
+    waiting: int = 0
+    batches: list[str] = field(default_factory=list)
+
+
 async def evaluate_jobs(
     layout: HomeLayout,
     spec: ModelSpec,
@@ -34,27 +50,65 @@ async def evaluate_jobs(
     *,
     api_key: str | None = None,
     max_cost_usd: float | None = None,
-) -> list[str]:
+    batch: bool = False,
+    partition_key: str = "",
+) -> RunOutcome:
     """Evaluate every job with one model × prompt against the journal under ``layout``; each
-    prediction goes to ``on_result`` the moment it is made. Returns what the run's user should
-    hear of (see ``Evaluator.notices``)."""
+    prediction goes to ``on_result`` the moment it is made.
+
+    With ``batch`` (or ``batch = true`` in the model's entry), journal misses are sent as batch
+    files instead (``evaluation/batch.py``); an image waiting for one gets no prediction."""
+    batch = (batch or spec.batch) and spec.backend != "baseline" and prompt is not None
     if max_cost_usd is not None and prompt is not None and spec.backend != "baseline":
         # The cap is held against what the whole run may cost before anything is sent, so a run
         # that would pass it does not stop half-way, having spent; the budget below still
         # guards what is actually spent.
         jobs = list(jobs)
         estimate = await estimate_jobs(layout, spec, prompt, jobs, api_key)
-        if estimate.usd > max_cost_usd:
+        if (estimate.batch_usd if batch else estimate.usd) > max_cost_usd:
             raise CostCapError(
                 f"--max-cost ${max_cost_usd:.4f} is below what this run may cost; nothing was sent: {estimate.line()}"
             )
-    journal = open_journal(layout.journal_url) if layout.journal_url else ResponseJournal(layout.journal)
+    journal = layout_journal(layout)
     try:
+        if batch:
+            assert prompt is not None
+            return await _evaluate_in_batches(layout, spec, prompt, journal, jobs, on_result, api_key, partition_key)
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
         await evaluate(jobs, evaluator, on_result=on_result, collect=False)
-        return evaluator.notices
+        return RunOutcome(evaluator.notices)
     finally:
         journal.close()
+
+
+async def _evaluate_in_batches(
+    layout: HomeLayout,
+    spec: ModelSpec,
+    prompt: LoadedPrompt,
+    journal: Journal,
+    jobs: Iterable[ImageJob],
+    on_result: Callable[[Prediction], None],
+    api_key: str | None,
+    partition_key: str,
+) -> RunOutcome:
+    def publish(pred: Prediction) -> None:
+        if pred.error != WAITING:
+            on_result(pred)
+
+    records = BatchRecords(layout)
+    try:
+        with temporary_folder() as folder:
+            files = BatchFiles(Path(folder))
+            evaluator = BatchEvaluator(spec, prompt, journal, records, files, api_key)
+            await evaluate(jobs, evaluator, on_result=publish, collect=False)
+            ids: list[str] = []
+            if files.n_requests:
+                client = batch_client(spec, api_key)
+                key = partition_key or f"{spec.key}|{prompt.key}"
+                ids = await asyncio.to_thread(submit_batches, client, records, spec, key, files)
+        return RunOutcome(evaluator.notices, evaluator.waiting, ids)
+    finally:
+        records.close()
 
 
 run_evaluation = stoppable(evaluate_jobs)

@@ -14,7 +14,7 @@ from pathlib import Path
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DatasetError, DefakeError
-from defake_pipeline.evaluation.run import probed_jobs, run_evaluation
+from defake_pipeline.evaluation.run import RunOutcome, probed_jobs, run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import CSV_COLUMNS, Prediction
@@ -129,9 +129,10 @@ def run_experiment(
     api_key: str | None = None,
     max_cost_usd: float | None = None,
     on_result: Callable[[Prediction], None] | None = None,
-) -> list[str]:
-    """Evaluate images and append one CSV row per image the moment its answer arrives; returns
-    what the run's user should hear of (see ``Evaluator.notices``)."""
+    batch: bool = False,
+) -> RunOutcome:
+    """Evaluate images and append one CSV row per image the moment its answer arrives (in
+    batch mode, an image waiting for its batch gets its row from a run with ``resume`` later)."""
     if output.exists() and not (resume or overwrite):
         raise DefakeError(f"{output} already exists; pass --continue to resume it or --overwrite to start again")
     done: set[str] = set()
@@ -142,7 +143,7 @@ def run_experiment(
     todo = [i for i in images if display_path(i.path, cwd) not in done] if done else images
     fresh = not (resume and output.exists())
     with local_working_copy(output) as local:
-        return _append_rows(layout, spec, prompt, todo, local, fresh, cwd, api_key, max_cost_usd, on_result)
+        return _append_rows(layout, spec, prompt, todo, local, fresh, cwd, api_key, max_cost_usd, on_result, batch)
 
 
 def _append_rows(
@@ -156,7 +157,8 @@ def _append_rows(
     api_key: str | None,
     max_cost_usd: float | None,
     on_result: Callable[[Prediction], None] | None,
-) -> list[str]:
+    batch: bool,
+) -> RunOutcome:
     # The file is opened at the first row: a run that fails before any answer (unreachable
     # endpoint, missing decorator) leaves no header-only CSV that a rerun would refuse.
     opened: list = []
@@ -177,7 +179,7 @@ def _append_rows(
 
     try:
         return run_evaluation(
-            layout, spec, prompt, probed_jobs(todo), write, api_key=api_key, max_cost_usd=max_cost_usd
+            layout, spec, prompt, probed_jobs(todo), write, api_key=api_key, max_cost_usd=max_cost_usd, batch=batch
         )
     finally:
         if opened:

@@ -116,6 +116,14 @@ class LiveDagster:
         if hasattr(self, "_log"):
             self._log.close()
 
+    def kill(self) -> None:
+        """End ``dagster dev`` and everything it started at once, as a crash or an OOM kill would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
         req = urllib.request.Request(f"{self.url}/graphql", body, {"Content-Type": "application/json"})

@@ -1,0 +1,174 @@
+"""OpenAI's Batch API, through the SDK's ``files`` and ``batches`` calls: batch files
+uploaded and started, open batches looked at, and the answers of those that ended journaled."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import openai
+
+from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.errors import ModelConfigError
+from defake_pipeline.evaluation.batch import BATCH_ENDPOINT, ENDED, BatchFiles, BatchOutcome, journal_batch_lines
+from defake_pipeline.evaluation.batch_records import OPEN, SUBMITTING, BatchRecord, BatchRecords
+from defake_pipeline.evaluation.journal import Journal, layout_journal
+from defake_pipeline.warehouse.layout import HomeLayout
+
+
+def batch_client(spec: ModelSpec, api_key: str | None) -> openai.OpenAI:
+    """The SDK client for a model's files and batches. Redirects are not followed (a 307 would
+    send the images elsewhere); the SDK retries its own calls, which are idempotent reads or
+    create-once writes the record guards."""
+    if spec.backend == "openai" and not api_key:
+        raise ModelConfigError(f"model {spec.name!r} needs OPENAI_API_KEY, which is not set")
+    return openai.OpenAI(
+        api_key=api_key or "no-key",
+        base_url=spec.resolved_base_url(),
+        timeout=spec.timeout_s,
+        max_retries=spec.max_retries,
+        http_client=openai.DefaultHttpxClient(follow_redirects=False),
+    )
+
+
+def submit_batches(
+    client: openai.OpenAI, records: BatchRecords, spec: ModelSpec, partition_key: str, files: BatchFiles
+) -> list[str]:
+    """Upload each file and start its batch; returns the batch ids."""
+    endpoint = str(client.base_url).rstrip("/")
+    ids = []
+    for path, requests in files.files:
+        with path.open("rb") as handle:
+            uploaded = client.files.create(file=(path.name, handle), purpose="batch")
+        file_key = f"{SUBMITTING}:{uploaded.id}"
+        records.record(file_key, endpoint, spec.name, partition_key, requests, status=SUBMITTING)
+        ids.append(_create(client, records, file_key, uploaded.id, partition_key))
+    return ids
+
+
+def _create(client: openai.OpenAI, records: BatchRecords, file_key: str, file_id: str, partition_key: str) -> str:
+    batch = client.batches.create(
+        input_file_id=file_id,
+        endpoint=BATCH_ENDPOINT,
+        completion_window="24h",
+        metadata={"defake_partition": partition_key[:512]},
+    )
+    records.created(file_key, batch.id)
+    return batch.id
+
+
+def _resume_submitting(client: openai.OpenAI, records: BatchRecords, record: BatchRecord) -> None:
+    """A batch whose creation a dead process did not see through: adopted if the endpoint made
+    it (listed with its input file), else created now."""
+    file_id = record.batch_id.removeprefix(f"{SUBMITTING}:")
+    for batch in client.batches.list(limit=100):
+        if batch.input_file_id == file_id:
+            records.created(record.batch_id, batch.id)
+            return
+    _create(client, records, record.batch_id, file_id, record.partition_key)
+
+
+def _file_lines(client: openai.OpenAI, file_id: str | None) -> list[str]:
+    return client.files.content(file_id).text.splitlines() if file_id else []
+
+
+def poll_batch(
+    client: openai.OpenAI, records: BatchRecords, journal: Journal, spec: ModelSpec, record: BatchRecord
+) -> BatchOutcome | None:
+    """Look at one open batch: its progress is recorded; once it has ended, its answers are
+    journaled and its outcome returned (None while it runs)."""
+    if record.status == SUBMITTING:
+        _resume_submitting(client, records, record)
+        return None
+    batch = client.batches.retrieve(record.batch_id)
+    counts = batch.request_counts
+    if batch.status not in ENDED:
+        answered = counts.completed if counts else 0
+        records.progress(record.batch_id, batch.status, answered, counts.failed if counts else 0)
+        return None
+    requests = records.requests(record.batch_id)
+    outcome = BatchOutcome()
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        journal_batch_lines(spec, journal, requests, _file_lines(client, file_id), record.batch_id, outcome)
+    reason = "; ".join(e.message or "" for e in (batch.errors.data or [])) if batch.errors else ""
+    for custom_id in requests.keys() - outcome.outcomes.keys():
+        # A failed batch (its file was refused) reached no line: its error counts against retries.
+        status = ("failed", f"the batch failed: {reason or 'no reason given'}"[:500])
+        outcome.outcomes[custom_id] = status if batch.status == "failed" else ("unfinished", batch.status)
+        outcome.failed += batch.status == "failed"
+        outcome.unreached += batch.status != "failed"
+    records.end(record.batch_id, batch.status, outcome.outcomes, outcome.cost_usd)
+    return outcome
+
+
+def open_records(records: BatchRecords) -> list[BatchRecord]:
+    return [r for r in records.batches() if r.status in (OPEN, SUBMITTING)]
+
+
+@dataclass(frozen=True)
+class BatchPoll:
+    """One open batch looked at: its record as it was, how it ended (None: still running), and
+    why it could not be looked at (the endpoint unreachable, say), if it could not."""
+
+    record: BatchRecord
+    outcome: BatchOutcome | None
+    problem: str = ""
+
+
+def poll_open_batches(layout: HomeLayout, spec_of: Callable[[str], ModelSpec], api_key: str | None) -> list[BatchPoll]:
+    """Look at every open batch once; answers of those that ended are journaled."""
+    records = BatchRecords(layout)
+    journal = layout_journal(layout)
+    polls = []
+    try:
+        for record in open_records(records):
+            spec = spec_of(record.model)
+            client = batch_client(spec, api_key)
+            try:
+                polls.append(BatchPoll(record, poll_batch(client, records, journal, spec, record)))
+            except openai.APIError as exc:  # the next look tries again; nothing is lost
+                polls.append(BatchPoll(record, None, f"{type(exc).__name__}: {exc}"[:300]))
+            finally:
+                client.close()
+    finally:
+        journal.close()
+        records.close()
+    return polls
+
+
+def wait_for_batches(
+    layout: HomeLayout,
+    spec_of: Callable[[str], ModelSpec],
+    api_key: str | None,
+    model: str,
+    on_progress: Callable[[int, int], None],
+    interval_s: float,
+) -> None:
+    """Look at the open batches every ``interval_s`` until none of ``model``'s is open;
+    ``on_progress`` gets the requests done and in all, over its batches looked at."""
+    watched: set[str] = set()
+    while True:
+        polls = [p for p in poll_open_batches(layout, spec_of, api_key) if p.record.model == model]
+        watched |= {p.record.batch_id for p in polls}
+        records = BatchRecords(layout)
+        try:
+            mine = [r for r in records.batches() if r.batch_id in watched]
+        finally:
+            records.close()
+        on_progress(sum(r.n_answered + r.n_failed for r in mine), sum(r.n_requests for r in mine))
+        if all(p.outcome is not None for p in polls):
+            return
+        time.sleep(interval_s)
+
+
+def open_batch_lines(layout: HomeLayout) -> list[str]:
+    """One line per open batch, as ``mllmdf batches`` lists it."""
+    records = BatchRecords(layout)
+    try:
+        return [
+            f"{r.batch_id} ({r.partition_key}): {r.api_status}, {r.n_answered + r.n_failed}/{r.n_requests} done"
+            for r in open_records(records)
+        ]
+    finally:
+        records.close()

@@ -1,0 +1,247 @@
+"""Batch evaluation against the project's test server, through the real openai client: the
+Batch API (files, batches, their clock and faults), the asset in batch mode, ``batches_sensor``
+and the CLI, and ``vllm run-batch`` files."""
+
+import json
+import re
+import time
+
+import dagster as dg
+import openai
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import real_fake_dataset
+from defake_pipeline.cli import main
+from defake_pipeline.cli.launch import materialize_evaluation
+from defake_pipeline.definitions import defs
+from defake_pipeline.defs.batches import batches_sensor
+from defake_pipeline.endpoints.registry import get_model
+from defake_pipeline.evaluation.batch_records import OPEN, SUBMITTING, BatchRecords
+from defake_pipeline.evaluation.journal import layout_journal
+from defake_pipeline.testing.run_batch import run_batch
+from defake_pipeline.warehouse.layout import HomeLayout
+
+KEY = "sk-test-batches"
+PARTITION = "gptb|simple"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, defake_home, chat_server):
+    """A project whose model ``gptb`` is gpt-4o-mini (priced, half price in batches) served by the
+    test server; ``max_retries`` 1: a request failing in two batches is an error row."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("DEFAKE_BATCH_POLL_S", "1")
+    (tmp_path / "models.toml").write_text(
+        f'registered = []\n[models.gptb]\npreset = "gpt4omini"\nbase_url = "{chat_server.base_url}"\nmax_retries = 1\n'
+    )
+    chat_server.state.api_key = KEY
+    chat_server.state.batch_api.settings.step_s = 0.02
+    return tmp_path
+
+
+def _dataset(project, n_per_class: int) -> None:
+    real_fake_dataset(project, "set", n_per_class)
+
+
+def _records(home) -> BatchRecords:
+    return BatchRecords(HomeLayout(home))
+
+
+def _sensor_requests(instance) -> list[dg.RunRequest]:
+    time.sleep(0.1)  # the server's batches end after 3 steps of 20 ms
+    result = batches_sensor(dg.build_sensor_context(instance=instance))
+    return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+
+def _run(instance, request: dg.RunRequest) -> None:
+    job = defs.resolve_job_def("evaluate")
+    assert job.execute_in_process(
+        instance=instance, partition_key=request.partition_key, run_config=request.run_config
+    ).success
+
+
+def _predictions(home) -> pd.DataFrame:
+    return pd.read_parquet(HomeLayout(home).predictions_file("gptb", "simple"))
+
+
+def _journal_count(home) -> int:
+    journal = layout_journal(HomeLayout(home))
+    try:
+        return journal.count()
+    finally:
+        journal.close()
+
+
+def test_two_thousand_images_are_answered_in_a_batch_and_published_from_the_journal_at_half_price(
+    project, defake_home, chat_server
+):
+    _dataset(project, 1000)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["gptb"], ["simple"], batch=True)
+    # Submitted and returned: nothing written for the partition, nothing sent directly.
+    assert not HomeLayout(defake_home).predictions_file("gptb", "simple").exists()
+    [record] = _records(defake_home).batches()
+    assert (record.status, record.n_requests, record.partition_key) == (OPEN, 2000, PARTITION)
+    created = chat_server.state.batch_api.settings.created[0]
+    assert created["completion_window"] == "24h" and created["endpoint"] == "/v1/chat/completions"
+    [request] = _sensor_requests(instance)
+    assert request.partition_key == PARTITION
+    assert _journal_count(defake_home) == 2000
+    _run(instance, request)
+    preds = _predictions(defake_home)
+    assert len(preds) == 2000 and preds["error"].isna().all() and (preds["n_requests"] == 0).all()
+    assert chat_server.state.n_chat == 0 and chat_server.state.batch_api.settings.n_batches == 1
+    # Every answer is the server's own for that image, and priced at half the direct price.
+    spec = get_model("gptb")
+    direct = spec.cost_usd(int(preds["prompt_tokens"].sum()), int(preds["completion_tokens"].sum()))
+    assert preds["cost_usd"].sum() == pytest.approx(direct / 2, rel=1e-9) and direct > 0
+    [ended] = _records(defake_home).batches()
+    assert ended.status == "completed" and ended.n_answered == 2000
+    assert ended.cost_usd == pytest.approx(direct / 2, rel=1e-9)
+    # Nothing is left to do: the sensor skips, and a rerun sends nothing.
+    assert _sensor_requests(instance) == []
+    materialize_evaluation(instance, ["gptb"], ["simple"], batch=True)
+    assert chat_server.state.batch_api.settings.n_batches == 1 and chat_server.state.n_chat == 0
+
+
+def test_failed_lines_are_asked_again_and_never_counted_as_wrong_answers(project, defake_home, chat_server):
+    _dataset(project, 100)
+    settings = chat_server.state.batch_api.settings
+    settings.fail_share = 0.05
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["gptb"], ["simple"], batch=True)
+    [request] = _sensor_requests(instance)
+    failed = settings.n_line_failures
+    assert 3 <= failed <= 20, failed  # about 5% of 200
+    _run(instance, request)  # the failed requests go out again, in a second batch
+    assert [r.n_requests for r in _records(defake_home).batches()] == [200, failed]
+    assert not HomeLayout(defake_home).predictions_file("gptb", "simple").exists()
+    [request] = _sensor_requests(instance)
+    _run(instance, request)
+    preds = _predictions(defake_home)
+    assert len(preds) == 200 and preds["error"].isna().all()
+    assert settings.n_lines == 200 and chat_server.state.n_chat == 0
+
+
+def test_a_request_that_fails_in_every_batch_allowed_is_an_error_row_not_a_wrong_answer(
+    project, defake_home, chat_server
+):
+    _dataset(project, 10)
+    chat_server.state.batch_api.failed_once = set()
+    settings = chat_server.state.batch_api.settings
+    settings.fail_share = 1.0
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["gptb"], ["simple"], batch=True)
+    for _ in range(2):  # max_retries = 1: two batches in all
+        [request] = _sensor_requests(instance)
+        chat_server.state.batch_api.failed_once.clear()  # every line fails every time
+        _run(instance, request)
+    preds = _predictions(defake_home)
+    assert len(preds) == 20 and preds["error"].str.startswith("failed in 2 batches: HTTP 500").all()
+    assert (preds["verdict"] == "unknown").all() and (preds["pred"] == -1).all()
+    assert settings.n_batches == 2 and settings.n_lines == 0
+
+
+def test_an_expired_half_done_batch_keeps_its_half_and_sends_the_rest_once(project, defake_home, chat_server):
+    _dataset(project, 50)
+    settings = chat_server.state.batch_api.settings
+    settings.expire_half = True
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["gptb"], ["simple"], batch=True)
+    [request] = _sensor_requests(instance)
+    [record] = _records(defake_home).batches()
+    assert (record.status, record.n_answered, record.n_failed) == ("expired", 50, 0)
+    assert _journal_count(defake_home) == 50
+    _run(instance, request)
+    assert [r.n_requests for r in _records(defake_home).batches()] == [100, 50]
+    [request] = _sensor_requests(instance)
+    _run(instance, request)
+    assert len(_predictions(defake_home)) == 100
+    # Each request was answered once over both batches: nothing paid twice.
+    assert settings.n_lines == 100 and chat_server.state.n_chat == 0
+
+
+@pytest.mark.parametrize("created_before_dying", [True, False])
+def test_a_batch_whose_creation_a_dead_process_did_not_record_is_found_or_created_once(
+    project, defake_home, chat_server, created_before_dying
+):
+    """The record names the uploaded file before the batch is created: a process that dies in
+    between leaves enough to find the batch, or to create it, once."""
+    client = openai.OpenAI(api_key=KEY, base_url=chat_server.base_url)
+    line = {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": "hi"}]},
+    }
+    uploaded = client.files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch")
+    if created_before_dying:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    records = _records(defake_home)
+    endpoint = chat_server.base_url.rstrip("/")
+    records.record(f"{SUBMITTING}:{uploaded.id}", endpoint, "gptb", PARTITION, [], status=SUBMITTING)
+    for _ in range(3):  # later looks find the batch recorded under its own id
+        batches_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()))
+    assert chat_server.state.batch_api.settings.n_batches == 1
+    [record] = records.batches()
+    assert record.batch_id == "batch_1" and record.status in (OPEN, "completed")
+    records.close()
+
+
+def test_infer_batch_submits_and_exits_then_wait_writes_every_row(project, defake_home, chat_server):
+    root = real_fake_dataset(project, "set", 6)
+    args = ["infer", "-m", "gptb", "--real_dir", str(root / "real"), "--fake_dir", str(root / "fake"), "-c", "0"]
+    first = CliRunner().invoke(main, [*args, "--batch", "-o", "b"])
+    assert first.exit_code == 0, first.output
+    assert "12 images wait for their batches (sent batch_1;" in first.output
+    assert not (defake_home / "b.csv").exists() and chat_server.state.n_chat == 0
+    time.sleep(0.1)  # the server's batch has ended
+    listed = CliRunner().invoke(main, ["batches"]).output.splitlines()
+    assert listed[1].split()[:5] == ["batch_1", "gptb|simple", "completed", "12/12", "0"], listed
+    assert float(listed[1].split()[5]) > 0, listed  # its cost, at the batch price
+    waited = CliRunner().invoke(main, [*args, "--batch", "--wait", "--continue", "-o", "b"])
+    assert waited.exit_code == 0, waited.output
+    rows = pd.read_csv(defake_home / "b.csv")
+    assert len(rows) == 12 and rows["error"].isna().all()
+    assert chat_server.state.n_chat == 0 and chat_server.state.batch_api.settings.n_batches == 1
+
+
+def test_estimate_shows_the_batch_price_beside_the_direct_one(project, defake_home, chat_server):
+    _dataset(project, 3)
+    result = CliRunner().invoke(main, ["estimate", "-m", "gptb", "-p", "simple"])
+    assert result.exit_code == 0, result.output
+    direct, batch = (float(v) for v in re.findall(r"\$([0-9.]+[0-9])", result.output))
+    assert batch == pytest.approx(direct / 2, abs=1e-4) and direct > 0, result.output
+    assert "through the Batch API" in result.output
+
+
+def test_vllm_batch_export_then_import_round_trips_and_the_next_run_sends_nothing(
+    tmp_path, monkeypatch, defake_home, vllm_endpoint
+):
+    monkeypatch.chdir(tmp_path)
+    real_fake_dataset(tmp_path, "set", 4)
+    (tmp_path / "models.toml").write_text("registered = []\n")
+    exported, answered = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    result = CliRunner().invoke(main, ["batch", "export", "-m", "vllm", "-p", "simple", "-o", str(exported)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(lines) == 8 and {line["url"] for line in lines} == {"/v1/chat/completions"}
+    assert all(line["body"]["model"] == "local/test-vlm" for line in lines)
+    assert run_batch(exported, answered, vllm_endpoint.base_url) == 8  # as vllm run-batch would
+    asked = vllm_endpoint.state.n_chat
+    result = CliRunner().invoke(main, ["batch", "import", str(answered)])
+    assert result.exit_code == 0 and "8 answers journaled, 0 errors" in result.output, result.output
+    result = CliRunner().invoke(main, ["infer", "-m", "vllm", "-d", "set", "-c", "0", "-o", "after"])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(defake_home / "after.csv")
+    assert vllm_endpoint.state.n_chat == asked  # every answer came from the import
+    assert len(rows) == 8 and rows["error"].isna().all() and (rows["n_requests"] == 0).all()
+    answers = {json.loads(line)["response"]["body"]["choices"][0]["message"]["content"] for line in answered.open()}
+    assert set(rows["response"]) <= answers
+    # A line that is not JSON is one clear error naming the file.
+    answered.write_text("not json\n")
+    result = CliRunner().invoke(main, ["batch", "import", str(answered)])
+    assert result.exit_code == 2 and f"{answered}: line 1 is not a batch output line" in result.output
