@@ -127,7 +127,9 @@ def deployment(tmp_path_factory, name: str) -> Iterator[Scenarios]:
             f'registered = ["canny", "{VLM}"]\n\n[models.{VLM}]\npreset = "vllm"\nbase_url = "{vlm_server.base_url}"\n'
         )
         live = LiveDagster(
-            make_project(root / "project", models), root, env={"DEFAKE_SENSOR_INTERVAL_S": str(SENSOR_INTERVAL_S)}
+            make_project(root / "project", models),
+            root,
+            env={"DEFAKE_SENSOR_INTERVAL_S": str(SENSOR_INTERVAL_S), "DEFAKE_BATCH_POLL_S": str(SENSOR_INTERVAL_S)},
         )
         runner = Scenarios(live)
         runner.models_toml = models

@@ -130,3 +130,28 @@ def test_model_whose_endpoint_fails_is_kept_off_the_leaderboard(scenarios):
     assert "error rate 100.0%" in not_ranked(live)
     assert not list((live.defake_home / "reports").glob("broken__*"))
     assert consistent(live) and len(runs) <= 2
+
+
+def test_a_batch_sent_from_the_cli_is_completed_by_the_sensor_across_a_killed_daemon(scenarios):
+    """A partition in batch mode submits its batch and returns; the daemon is killed and started
+    again while the batch is open; batches_sensor picks the batch up (never sending it again),
+    journals its answers and runs the partition, and the leaderboard follows."""
+    live = scenarios.live
+    scenarios.at_rest()
+    with ChatServer(ServerState()) as server:
+        server.state.batch_api.settings.step_s = 10  # open for 30 s: validating, in progress, finalizing
+        entry = f'\n[models.batched]\npreset = "vllm"\nbase_url = "{server.base_url}"\nbatch = true\n'
+        (live.project / "models.toml").write_text(scenarios.models_toml + entry)
+        since = time.time()
+        sent = live.cli("materialize", "--model", "batched", "--prompt", "simple")
+        assert "open batch: batch_1 (batched|simple)" in sent.stderr, sent.stderr
+        assert ("batched", "simple") not in ranked(live)
+        live.wait_quiet(since)
+        live.kill()
+        live.start()
+        seconds = wait_for(lambda: ("batched", "simple") in ranked(live) and consistent(live), STUCK_AFTER_S)
+        runs = scenarios.settle("batch_completed", since, seconds=round(seconds, 1))
+        assert server.state.batch_api.settings.n_batches == 1 and server.state.n_chat == 0
+        assert server.state.batch_api.settings.n_lines == ranked(live)[("batched", "simple")]
+    triggered = [r for r in runs if r["tags"].get("defake/trigger") == "batches_ended"]
+    assert len(triggered) == 1 and triggered[0]["tags"]["dagster/partition"] == "batched|simple"
