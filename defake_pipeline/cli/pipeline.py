@@ -58,6 +58,7 @@ def materialize(
     from defake_pipeline.datasets.layouts import dataset_specs, defined_datasets, get_dataset
     from defake_pipeline.endpoints.chat import check_endpoint
     from defake_pipeline.endpoints.registry import get_model, registered_models
+    from defake_pipeline.evaluation.openai_batches import open_batch_lines
     from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_index
     from defake_pipeline.reporting.render import leaderboard_top
     from defake_pipeline.warehouse.parquet import (
@@ -100,20 +101,24 @@ def materialize(
     click.echo(leaderboard_top(layout))
     click.echo(f"leaderboard: {layout.leaderboard_file}")
     pairs = [(m, p) for m in chat for p in prompt_keys] + [(b, NO_PROMPT) for b in baselines]
-    failures = gate_failures(layout, pairs)
-    for line in failures:
-        click.echo(f"warning: {line}; left off the leaderboard", err=True)
+    waiting = open_batch_lines(layout, {f"{m}|{p}" for m, p in pairs})
+    for line in gate_failures(layout, pairs):
+        if not any(line.startswith(f"{key} ") for key in waiting):  # said below: it waits for its batches
+            click.echo(f"warning: {line}; left off the leaderboard", err=True)
     for line in missing_manifest_lines(layout, missing_manifests(layout, [spec.key for spec in dataset_specs()])):
         click.echo(f"warning: {line}", err=True)
     for m, p in pairs:
         if layout.report_file(m, p).exists():
             click.echo(f"report: {layout.report_file(m, p)}")
     click.echo(f"warehouse: {layout.warehouse}")
-    if batch:
-        from defake_pipeline.evaluation.openai_batches import open_batch_lines
-
-        for line in open_batch_lines(layout):
-            click.echo(f"open batch: {line}", err=True)
+    for line in waiting.values():
+        click.echo(f"open batch: {line}", err=True)
+    if waiting:
+        click.echo(
+            "the daemon's batches_sensor completes these partitions; with no daemon, run `mllmdf batches` once "
+            "they have ended, then this command again",
+            err=True,
+        )
 
 
 @main.command()

@@ -5,8 +5,9 @@ import hashlib
 
 import dagster as dg
 
+from defake_pipeline.defs.jobs import evaluate_job
 from defake_pipeline.defs.partitions import MODEL, PROMPT, split_partition_key
-from defake_pipeline.defs.predictions import PredictionsConfig, predictions
+from defake_pipeline.defs.predictions import PredictionsConfig
 from defake_pipeline.defs.resources import ModelEndpoint
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.evaluation.openai_batches import BatchPoll, poll_open_batches
@@ -34,7 +35,7 @@ def _exists(instance: dg.DagsterInstance, key: str) -> bool:
     return instance.has_dynamic_partition(MODEL, model) and instance.has_dynamic_partition(PROMPT, prompt)
 
 
-@dg.sensor(target=[predictions], minimum_interval_seconds=BATCH_POLL_S, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=evaluate_job, minimum_interval_seconds=BATCH_POLL_S, default_status=dg.DefaultSensorStatus.RUNNING)
 def batches_sensor(context: dg.SensorEvaluationContext):
     """Look at every open batch. When one ends, its answers go to the journal (its errors are
     asked again in the next round), and once no batch of its partition is open, the partition
@@ -55,7 +56,6 @@ def batches_sensor(context: dg.SensorEvaluationContext):
             # One run for the batches that ended: a reset cursor or a second look never asks twice.
             run_key=f"batches:{hashlib.sha256(','.join(sorted(ids)).encode()).hexdigest()[:16]}",
             partition_key=key,
-            asset_selection=[predictions.key],
             run_config=dg.RunConfig(ops={"predictions": PredictionsConfig(batch=True)}),
             tags={"defake/trigger": "batches_ended", "defake/batches": ",".join(sorted(ids))[:200]},
         )

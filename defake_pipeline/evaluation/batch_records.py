@@ -210,10 +210,13 @@ class BatchRecords:
                 found[row[0]] = (row[6], row[7], BatchRequest(row[0], AnswerKey(*row[1:5]), row[5]))
         return found
 
-    def created(self, file_key: str, batch_id: str) -> None:
+    def created(self, file_key: str, batch_id: str, api_status: str) -> None:
         """The batch recorded under ``file_key`` while it was created is ``batch_id``, open."""
         self._run("UPDATE batch_requests SET batch_id = ? WHERE batch_id = ?", (batch_id, file_key))
-        self._run("UPDATE batches SET batch_id = ?, status = ? WHERE batch_id = ?", (batch_id, OPEN, file_key))
+        self._run(
+            "UPDATE batches SET batch_id = ?, status = ?, api_status = ? WHERE batch_id = ?",
+            (batch_id, OPEN, api_status, file_key),
+        )
 
     def progress(self, batch_id: str, api_status: str, answered: int, failed: int) -> None:
         self._run(

@@ -54,7 +54,7 @@ def _create(client: openai.OpenAI, records: BatchRecords, file_key: str, file_id
         completion_window="24h",
         metadata={"defake_partition": partition_key[:512]},
     )
-    records.created(file_key, batch.id)
+    records.created(file_key, batch.id, batch.status)
     return batch.id
 
 
@@ -64,7 +64,7 @@ def _resume_submitting(client: openai.OpenAI, records: BatchRecords, record: Bat
     file_id = record.batch_id.removeprefix(f"{SUBMITTING}:")
     for batch in client.batches.list(limit=100):
         if batch.input_file_id == file_id:
-            records.created(record.batch_id, batch.id)
+            records.created(record.batch_id, batch.id, batch.status)
             return
     _create(client, records, record.batch_id, file_id, record.partition_key)
 
@@ -162,13 +162,15 @@ def wait_for_batches(
         time.sleep(interval_s)
 
 
-def open_batch_lines(layout: HomeLayout) -> list[str]:
-    """One line per open batch, as ``mllmdf batches`` lists it."""
+def open_batch_lines(layout: HomeLayout, partitions: set[str]) -> dict[str, str]:
+    """A line for each of these partitions (``model|prompt``) with open batches."""
     records = BatchRecords(layout)
     try:
-        return [
-            f"{r.batch_id} ({r.partition_key}): {r.api_status}, {r.n_answered + r.n_failed}/{r.n_requests} done"
-            for r in open_records(records)
-        ]
+        lines: dict[str, list[str]] = {}
+        for r in open_records(records):
+            if r.partition_key in partitions:
+                done = f"{r.n_answered + r.n_failed}/{r.n_requests}"
+                lines.setdefault(r.partition_key, []).append(f"{r.batch_id} ({r.api_status}, {done} done)")
+        return {key: f"{key}: {', '.join(batches)}" for key, batches in lines.items()}
     finally:
         records.close()

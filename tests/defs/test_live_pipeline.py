@@ -144,7 +144,8 @@ def test_a_batch_sent_from_the_cli_is_completed_by_the_sensor_across_a_killed_da
         (live.project / "models.toml").write_text(scenarios.models_toml + entry)
         since = time.time()
         sent = live.cli("materialize", "--model", "batched", "--prompt", "simple")
-        assert "open batch: batch_1 (batched|simple)" in sent.stderr, sent.stderr
+        assert "open batch: batched|simple: batch_1 (validating, 0/16 done)" in sent.stderr, sent.stderr
+        assert "quality gate" not in sent.stderr  # it waits for its batch: said once, as such
         assert ("batched", "simple") not in ranked(live)
         live.wait_quiet(since)
         live.kill()
