@@ -68,6 +68,17 @@ class BatchFiles:
         requests.append(request)
         self._size += len(raw)
 
+    def without(self, path: Path, requests: list[BatchRequest], held: set[AnswerKey]) -> list[BatchRequest]:
+        """The file's requests less those whose keys are ``held``; the file is rewritten to match."""
+        kept = [r for r in requests if r.key not in held]
+        if len(kept) < len(requests):
+            wanted = {r.custom_id for r in kept}
+            lines = [
+                line for line in path.read_bytes().splitlines(keepends=True) if json.loads(line)["custom_id"] in wanted
+            ]
+            path.write_bytes(b"".join(lines))
+        return kept
+
     @property
     def n_requests(self) -> int:
         return sum(len(requests) for _, requests in self.files)

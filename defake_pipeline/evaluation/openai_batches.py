@@ -38,7 +38,12 @@ def submit_batches(
     """Upload each file and start its batch; returns the batch ids."""
     endpoint = str(client.base_url).rstrip("/")
     ids = []
-    for path, requests in files.files:
+    for path, listed in files.files:
+        # Another run may have sent some of these keys while this one read its images: those
+        # lines are left out, so an answer is not paid for twice.
+        requests = files.without(path, listed, records.held_keys())
+        if not requests:
+            continue
         with path.open("rb") as handle:
             uploaded = client.files.create(file=(path.name, handle), purpose="batch")
         file_key = f"{SUBMITTING}:{uploaded.id}"

@@ -245,3 +245,51 @@ def test_vllm_batch_export_then_import_round_trips_and_the_next_run_sends_nothin
     answered.write_text("not json\n")
     result = CliRunner().invoke(main, ["batch", "import", str(answered)])
     assert result.exit_code == 2 and f"{answered}: line 1 is not a batch output line" in result.output
+
+
+def test_a_three_turn_prompt_sends_one_batch_a_turn_and_publishes_once_every_turn_is_answered(
+    project, defake_home, chat_server
+):
+    _dataset(project, 5)
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["gptb"], ["stereotype"], batch=True)
+    for turn in (2, 3):
+        [request] = _sensor_requests(instance)
+        _run(instance, request)  # the next turn holds the answers before it: one more batch
+        assert chat_server.state.batch_api.settings.n_batches == turn
+    [request] = _sensor_requests(instance)
+    _run(instance, request)
+    preds = pd.read_parquet(HomeLayout(defake_home).predictions_file("gptb", "stereotype"))
+    assert len(preds) == 10 and preds["error"].isna().all() and preds["turns"].map(json.loads).map(len).eq(3).all()
+    assert chat_server.state.batch_api.settings.n_lines == 30 and chat_server.state.n_chat == 0
+
+
+def test_keys_another_run_sent_meanwhile_are_left_out_of_this_runs_batch(project, defake_home, chat_server):
+    """Two runs of one partition read their images at once: the second to submit leaves out
+    what the first sent, so no answer is paid for twice."""
+    import asyncio
+
+    from defake_pipeline.datasets.layouts import LabeledImage
+    from defake_pipeline.evaluation.batch import BatchEvaluator, BatchFiles
+    from defake_pipeline.evaluation.engine import evaluate
+    from defake_pipeline.evaluation.openai_batches import batch_client, submit_batches
+    from defake_pipeline.evaluation.run import evaluate_jobs, probed_jobs
+    from defake_pipeline.prompting.spec import find_prompt, load_prompt
+
+    root = real_fake_dataset(project, "set", 4)
+    images = [LabeledImage(p, 1, "x") for p in sorted((root / "real").glob("*.png"))]
+    layout, spec, prompt = HomeLayout(defake_home), get_model("gptb"), load_prompt(find_prompt("simple"))
+    records, journal = BatchRecords(layout), layout_journal(layout)
+    folder = project / "first"
+    folder.mkdir()
+    files = BatchFiles(folder)
+    first = BatchEvaluator(spec, prompt, journal, records, files, KEY)
+    asyncio.run(evaluate(list(probed_jobs(images[:3])), first, collect=False))  # reads 3 images, sends nothing yet
+    second = asyncio.run(
+        evaluate_jobs(layout, spec, prompt, probed_jobs(images), lambda p: None, api_key=KEY, batch=True)
+    )
+    assert second.batches == ["batch_1"] and second.waiting == 4
+    assert submit_batches(batch_client(spec, KEY), records, spec, PARTITION, files) == []
+    assert chat_server.state.batch_api.settings.n_batches == 1
+    journal.close()
+    records.close()
