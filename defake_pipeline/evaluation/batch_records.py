@@ -100,7 +100,8 @@ class BatchRecords:
             if self._postgres:
                 import psycopg2  # only the scaled set-up needs it
 
-                self._conn: Any = psycopg2.connect(url, connect_timeout=10)
+                # Each statement is small: one that takes 30 s is stuck on a lock or a dead server.
+                self._conn: Any = psycopg2.connect(url, connect_timeout=10, options="-c statement_timeout=30000")
                 self._conn.autocommit = True
                 tables = _TABLES.format(real="DOUBLE PRECISION")
             else:

@@ -145,15 +145,24 @@ def test_a_request_that_fails_in_every_batch_allowed_is_an_error_row_not_a_wrong
     assert settings.n_batches == 2 and settings.n_lines == 0
 
 
-def test_an_expired_half_done_batch_keeps_its_half_and_sends_the_rest_once(project, defake_home, chat_server):
+@pytest.mark.parametrize("ending", ["expired", "cancelled"])
+def test_an_expired_or_cancelled_half_done_batch_keeps_its_half_and_sends_the_rest_once(
+    project, defake_home, chat_server, ending
+):
     _dataset(project, 50)
     settings = chat_server.state.batch_api.settings
-    settings.expire_half = True
     instance = dg.DagsterInstance.ephemeral()
+    if ending == "expired":
+        settings.expire_half = True
+    else:
+        settings.step_s = 60  # open until cancelled, as someone might in the provider's dashboard
     materialize_evaluation(instance, ["gptb"], ["simple"], batch=True)
+    if ending == "cancelled":
+        openai.OpenAI(api_key=KEY, base_url=chat_server.base_url).batches.cancel("batch_1")
+        settings.step_s = 0.02
     [request] = _sensor_requests(instance)
     [record] = _records(defake_home).batches()
-    assert (record.status, record.n_answered, record.n_failed) == ("expired", 50, 0)
+    assert (record.status, record.n_answered, record.n_failed) == (ending, 50, 0)
     assert _journal_count(defake_home) == 50
     _run(instance, request)
     assert [r.n_requests for r in _records(defake_home).batches()] == [100, 50]

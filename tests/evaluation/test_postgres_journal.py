@@ -155,3 +155,38 @@ def test_a_killed_worker_on_another_host_loses_only_its_requests_in_flight(tmp_p
     rows = _rows(tmp_path / "b", "run")
     assert len(rows) == 24 and not any(r["error"] for r in rows), err
     assert chat_server.state.n_chat - asked_by_a == 24 - kept, "worker B asked again for an answer A had kept"
+
+
+def test_batches_are_recorded_in_the_postgres_journal_and_completed_from_it(
+    journal_url, tmp_path, monkeypatch, chat_server
+):
+    """Batch mode with the journal on PostgreSQL: the batch, its keys and its end are recorded
+    there, so a worker on another machine picks it up; no password in any output."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+    from defake_pipeline.evaluation.batch_records import BatchRecords
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEFAKE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DEFAKE_JOURNAL_URL", journal_url)
+    monkeypatch.setenv("DEFAKE_BATCH_POLL_S", "1")
+    monkeypatch.setenv("BASE_URL", chat_server.base_url)
+    chat_server.state.batch_api.settings.step_s = 0.02
+    root = real_fake_dataset(tmp_path, "set", 5)
+    args = ["infer", "-m", "vllm", "--real_dir", str(root / "real"), "--fake_dir", str(root / "fake"), "-c", "0"]
+    sent = CliRunner().invoke(main, [*args, "--batch", "-o", "pg"])
+    assert sent.exit_code == 0 and "10 images wait for their batches (sent batch_1;" in sent.output, sent.output
+    with psycopg2.connect(journal_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM batch_requests WHERE batch_id = 'batch_1'")
+        assert cur.fetchone()[0] == 10
+    done = CliRunner().invoke(main, [*args, "--batch", "--wait", "--continue", "-o", "pg"])
+    assert done.exit_code == 0, done.output
+    records = BatchRecords(HomeLayout())
+    [batch] = records.batches()
+    records.close()
+    assert (batch.status, batch.n_answered) == ("completed", 10)
+    assert chat_server.state.n_chat == 0 and PASSWORD not in sent.output + done.output
+    assert open_journal(journal_url).count() == 10
+    assert_no_password_under(tmp_path / "home")
