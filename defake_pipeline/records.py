@@ -89,6 +89,12 @@ class Prediction:
     """A hash of the prompt file's content, so an edited prompt is told apart."""
     created_at: str = field(default_factory=_now)
     """When the prediction was made (UTC, ISO 8601)."""
+    served_model: str | None = None
+    """The model the endpoint says answered the final turn (the completion's ``model``: a dated
+    snapshot such as ``gpt-4o-2024-08-06``; vLLM's served id); None for a baseline, or an answer
+    journaled before it was recorded."""
+    system_fingerprint: str | None = None
+    """The final answer's ``system_fingerprint``, where the API sends one."""
 
     def as_row(self) -> dict:
         # Every field is a scalar but the turns, which the warehouse stores as JSON text.

@@ -24,6 +24,7 @@ from defake_pipeline.endpoints.retry import (
     classify_error,
 )
 from defake_pipeline.endpoints.tokens import request_tokens
+from defake_pipeline.endpoints.verdict_formats import refuses_the_format
 from defake_pipeline.errors import DefakeError, FatalEndpointError, ModelConfigError, UnreachableEndpointError
 from defake_pipeline.verdict import score_from_logprobs
 
@@ -73,6 +74,8 @@ class ChatReply:
     repaired_encoding: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
     refusal: str | None = None  # the model declined to answer: this is its refusal
     usage_estimated: bool = False  # the endpoint's usage was missing or invalid: tokens are estimated
+    served_model: str | None = None  # the snapshot that answered (the completion's ``model``)
+    fingerprint: str | None = None  # the completion's ``system_fingerprint``
 
 
 def reply_of_completion(
@@ -98,6 +101,8 @@ def reply_of_completion(
         repaired_encoding=completion.repaired,
         refusal=completion.refusal,
         usage_estimated=not completion.usage_known,
+        served_model=completion.served_model,
+        fingerprint=completion.fingerprint,
     )
 
 
@@ -209,7 +214,7 @@ class ChatBackend:
             params.update(logprobs=True, top_logprobs=self.spec.top_logprobs)
         return params
 
-    async def _attempt(self, messages: list[dict], start: Start) -> ChatReply:
+    async def _attempt(self, messages: list[dict], params: dict, start: Start) -> ChatReply:
         started = time.perf_counter()
         # timeout_s bounds each read; the deadline bounds the whole request, so an endpoint
         # that trickles a byte at a time cannot hold a slot forever. The messages are already in
@@ -220,7 +225,7 @@ class ChatBackend:
         # 10,000 images, 200 ms latency and 64 in flight the run fell from 0.77 to 0.55 of ideal.
         try:
             async with asyncio.timeout(self.spec.timeout_s):
-                body = {"model": await self.model_id(), "messages": with_data_urls(messages), **self.request_params()}
+                body = {"model": await self.model_id(), "messages": with_data_urls(messages), **params}
                 raw = await self.client.post("/chat/completions", cast_to=httpx2.Response, body=body)
                 content = raw.content
                 self.pacer.observe(raw.headers, start)
@@ -235,8 +240,10 @@ class ChatBackend:
             self.spec, completion, latency, lambda: request_tokens(messages, 0, self.spec.image_patch_px)
         )
 
-    async def complete(self, messages: list[dict]) -> ChatReply:
-        """One answer, retrying transient failures; raises the last error when retries run out."""
+    async def complete(self, messages: list[dict], params: dict | None = None) -> ChatReply:
+        """One answer to ``messages`` sent with ``params`` (default: ``request_params()``),
+        retrying transient failures; raises the last error when retries run out."""
+        params = self.request_params() if params is None else params
         for attempt in range(1, self.policy.max_attempts + 1):
             epoch = await self.limiter.acquire()
             try:
@@ -251,7 +258,7 @@ class ChatBackend:
                 raise self.halted
             started = time.perf_counter()
             try:
-                reply = await self._attempt(messages, start)
+                reply = await self._attempt(messages, params, start)
             except asyncio.CancelledError:
                 self.limiter.release(epoch, "permanent")
                 raise
@@ -265,6 +272,12 @@ class ChatBackend:
                 self.limiter.release(epoch, kind, pause_s=pause, latency_s=time.perf_counter() - started)
                 if kind == "fatal" and isinstance(exc, openai.APIStatusError):
                     raise self._rejected(exc) from None
+                if isinstance(exc, openai.BadRequestError) and self._format_refused(exc, params):
+                    raise FatalEndpointError(
+                        f"{self.where} refused verdict_format = {self.spec.verdict_format!r} of model "
+                        f'{self.spec.name!r} (HTTP 400: {str(exc.message)[:200]}); set verdict_format = "seed" '
+                        "in its models.toml entry, or serve it where structured outputs are supported"
+                    ) from None
                 if not retry:
                     raise
                 self.n_retries += 1
@@ -273,6 +286,10 @@ class ChatBackend:
             self.limiter.release(epoch, "ok", latency_s=reply.latency_s)
             return reply
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _format_refused(self, exc: openai.BadRequestError, params: dict) -> bool:
+        constrained = "response_format" in params or "structured_outputs" in params
+        return constrained and refuses_the_format(str(exc.message))
 
     def request_tokens(self, messages: list[dict]) -> int:
         """What a tokens-per-minute limit charges for these messages (see ``tokens.py``)."""

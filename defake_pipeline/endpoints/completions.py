@@ -42,6 +42,8 @@ class Completion:
     logprobs: list | None = None
     repaired: bool = False  # invalid UTF-8 or lone surrogates were replaced by U+FFFD
     refusal: str | None = None
+    served_model: str | None = None  # the completion's ``model``: the snapshot that answered
+    fingerprint: str | None = None  # its ``system_fingerprint``, where the API sends one
 
     @property
     def usage_known(self) -> bool:
@@ -94,4 +96,11 @@ def parse_completion(content_type: str | None, body: bytes) -> Completion:
         logprobs=tokens if isinstance(tokens, list) else None,
         repaired=repaired or fixed,
         refusal=refusal,
+        served_model=_text(data.get("model")),
+        fingerprint=_text(data.get("system_fingerprint")),
     )
+
+
+def _text(value: object) -> str | None:
+    """A short identifier as sent, or None where it is missing or not text."""
+    return repair_text(value[:200])[0] if isinstance(value, str) and value else None

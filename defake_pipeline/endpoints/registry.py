@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from defake_pipeline.endpoints.verdict_formats import VerdictFormat
 from defake_pipeline.errors import ModelConfigError, validation_line
 from defake_pipeline.imaging.encode import EncodingPolicy
 from defake_pipeline.settings import project_dirs
@@ -59,6 +60,9 @@ class ModelSpec(BaseModel):
     price_out: float = 0.0
     # Journal misses go through the endpoint's Batch API (``evaluation/batch.py``), where answers
     # cost ``batch_discount`` of the direct price (OpenAI: half) and arrive within 24 hours.
+    # How the final turn's answer is constrained (endpoints/verdict_formats.py): "seed" (free
+    # text, the seed's parser), "json_schema" (OpenAI structured outputs) or "choice" (vLLM's).
+    verdict_format: VerdictFormat = "seed"
     batch: bool = False
     batch_discount: float = Field(default=1.0, gt=0, le=1)
     aliases: list[str] = Field(default_factory=list)

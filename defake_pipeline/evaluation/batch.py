@@ -127,7 +127,7 @@ class BatchEvaluator(ChatEvaluator):
         except _FailedInBatches as exc:
             return self.error_prediction(job, str(exc))
 
-    async def _answer(self, wire: list[dict], key: AnswerKey) -> tuple[JournalEntry, bool]:
+    async def _answer(self, wire: list[dict], key: AnswerKey, params: dict) -> tuple[JournalEntry, bool]:
         entry = await asyncio.to_thread(self.journal.get, key)
         if entry is not None:
             return entry, False
@@ -140,7 +140,7 @@ class BatchEvaluator(ChatEvaluator):
         if custom_id not in self._lined:  # a second image of the same content waits for the same line
             self._lined.add(custom_id)
             await asyncio.to_thread(encode_images, lazy_images(wire))
-            body = {"model": self.model_id, "messages": with_data_urls(wire), **self.backend.request_params()}
+            body = {"model": self.model_id, "messages": with_data_urls(wire), **params}
             tokens = request_tokens(wire, 0, self.spec.image_patch_px)
             self.files.add(BatchRequest(custom_id, key, tokens), body)
         raise _Waiting

@@ -18,6 +18,7 @@ from defake_pipeline.endpoints.baselines import BASELINES, run_baseline
 from defake_pipeline.endpoints.budget import CostBudget
 from defake_pipeline.endpoints.chat import ChatBackend, choose_served_id
 from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.endpoints.verdict_formats import asks_for_reasons, structured_verdict, verdict_params
 from defake_pipeline.errors import DefakeError, PromptError
 from defake_pipeline.evaluation.journal import AnswerKey, Claim, Journal, JournalEntry, journal_entry
 from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
@@ -156,6 +157,12 @@ class ChatEvaluator(Evaluator):
         self.lease_ttl_s = (spec.timeout_s + spec.max_retry_wait_s) * (spec.max_retries + 1)
         self.backend = ChatBackend(spec, api_key)
         self.budget = budget
+        # Request fields of every turn; the final turn's, whose answer is the verdict, carry the
+        # model's verdict_format too (each is part of its turn's cache key).
+        self.turn_params = self.backend.request_params()
+        final_texts = [item.text for conv in prompt.spec.conversations[-1:] for item in conv.payload]
+        format_params = verdict_params(spec.verdict_format, asks_for_reasons(final_texts))
+        self.final_params = self.turn_params | format_params
 
     async def setup(self) -> None:
         if self.spec.model:
@@ -227,7 +234,7 @@ class ChatEvaluator(Evaluator):
             "label": VERDICT_OF_PRED.get(job.label, "unknown"),
         }
         turns: list[str] = []
-        score, verdict, refused = None, None, False
+        score, verdict, refused, final = None, None, False, {}
         latency_s = 0.0
         counts = {"prompt_tokens": 0, "completion_tokens": 0, "n_requests": 0}
         cost = 0.0
@@ -235,14 +242,17 @@ class ChatEvaluator(Evaluator):
             if conv.decorators:
                 await self._run_decorators(conv, cache)
             wire = self.backend.wire_messages(self._render(conv, cache))
-            request_hash = _hash_request({"model": self.model_id, "messages": wire, **self.backend.request_params()})
+            params = self.final_params if conv.response_var_name == RESULT_VARIABLE else self.turn_params
+            request_hash = _hash_request({"model": self.model_id, "messages": wire, **params})
             key = AnswerKey(self.backend.endpoint, self.model_id, request_hash, job.key)
-            entry, asked = await self._answer(wire, key)
+            entry, asked = await self._answer(wire, key, params)
             counts["n_requests"] += asked
             if conv.response_var_name == RESULT_VARIABLE:
-                score = (entry.extra or {}).get("score_fake")
-                verdict = (entry.extra or {}).get("verdict")  # read before a long answer was capped
-                refused = bool((entry.extra or {}).get("refusal"))
+                final = entry.extra or {}
+                score = final.get("score_fake")
+                # Read before a long answer was capped, or from the constrained answer.
+                verdict = final.get("verdict") or structured_verdict(self.spec.verdict_format, entry.response)
+                refused = bool(final.get("refusal"))
             cache[conv.response_var_name] = entry.response
             turns.append(entry.response)
             latency_s += entry.latency_s
@@ -261,10 +271,12 @@ class ChatEvaluator(Evaluator):
             cost_usd=cost,
             latency_s=latency_s,
             refused=refused,
+            served_model=final.get("served_model"),
+            system_fingerprint=final.get("fingerprint"),
             **counts,
         )
 
-    async def _answer(self, wire: list[dict], key: AnswerKey) -> tuple[JournalEntry, bool]:
+    async def _answer(self, wire: list[dict], key: AnswerKey, params: dict) -> tuple[JournalEntry, bool]:
         """The answer to one request, and whether this runner paid for it: while a request for
         the same key is in flight (another runner's, or this one's for a copy of the image),
         wait for its answer instead."""
@@ -279,14 +291,14 @@ class ChatEvaluator(Evaluator):
                 break
             await asyncio.sleep(LEASE_POLL_S)
         try:
-            entry = await self._ask(wire)
+            entry = await self._ask(wire, params)
         except BaseException:
             self.journal.release(key)
             raise
         await asyncio.to_thread(self.journal.put, key, entry)
         return entry, True
 
-    async def _ask(self, wire: list[dict]) -> JournalEntry:
+    async def _ask(self, wire: list[dict], params: dict) -> JournalEntry:
         """Send one request (within the budget, if any) and return its journal entry."""
         # Reading, decoding and downscaling a large image takes tens of milliseconds: off the
         # event loop, so other requests keep flowing meanwhile. The estimate needs the pixels sent.
@@ -299,7 +311,7 @@ class ChatEvaluator(Evaluator):
             self.budget.reserve(estimate)
         actual = 0.0
         try:
-            reply = await self.backend.complete(wire)
+            reply = await self.backend.complete(wire, params)
             actual = self.spec.cost_usd(reply.prompt_tokens, reply.completion_tokens)
         finally:
             if self.budget:

@@ -84,7 +84,7 @@ class EstimatingEvaluator(ChatEvaluator):
     async def setup(self) -> None:
         await setup_offline(self, super().setup)
 
-    async def _answer(self, wire: list[dict], key: AnswerKey) -> tuple[JournalEntry, bool]:
+    async def _answer(self, wire: list[dict], key: AnswerKey, params: dict) -> tuple[JournalEntry, bool]:
         earlier_turns = self.turns[key.image_sha256]
         self.turns[key.image_sha256] += 1
         entry = await asyncio.to_thread(self.journal.get, key)

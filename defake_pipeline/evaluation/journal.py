@@ -114,6 +114,10 @@ def journal_entry(spec: ModelSpec, reply: ChatReply, extra: dict | None = None) 
         extra["repaired_encoding"] = True  # paid for: kept with U+FFFD where bytes were invalid
     if reply.usage_estimated:
         extra["usage_estimated"] = True
+    if reply.served_model:
+        extra["served_model"] = reply.served_model
+    if reply.fingerprint:
+        extra["fingerprint"] = reply.fingerprint
     text = reply.text
     if reply.refusal is not None:
         # Billed, and an answer: the model declined. Its verdict is unknown, whatever words

@@ -135,7 +135,7 @@ def completion_of(state, body: dict, text: str) -> dict:
         "id": f"chatcmpl-{state.n_chat}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": body.get("model", state.served_model),
+        "model": state.snapshot or body.get("model", state.served_model),
         "choices": [choice],
         "usage": {
             "prompt_tokens": prompt_tokens if state.faults.bad_usage is None else state.faults.bad_usage,

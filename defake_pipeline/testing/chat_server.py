@@ -29,6 +29,7 @@ from defake_pipeline.testing.answers import (
 )
 from defake_pipeline.testing.batch_api import BatchApi
 from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
+from defake_pipeline.testing.structured_outputs import constrained_text, structured_problem
 
 
 @dataclass
@@ -45,6 +46,8 @@ class ServerState:
     models_trickle_interval_s: float | None = None  # /v1/models sends one byte every this many seconds
     compress_answers: str | None = None  # "gzip" or "deflate": answers sent compressed, as gateways do
     responder: Callable[[dict], str] = default_responder
+    snapshot: str | None = None  # the ``model`` answers name (a dated snapshot); default: the one asked for
+    refuse_structured: bool = False  # a 400 for response_format or structured_outputs, as older servers give
     keep_bodies: bool = True
     # With logprobs requested, the verdict token gets this probability, its rival the rest.
     verdict_probability: float = 0.8
@@ -281,7 +284,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                         state.n_faults += 1
                         state.n_429 += name == "429"
                     return self._fault(name, f, body)
-            text = state.responder(body)
+            if problem := structured_problem(body, refuse=state.refuse_structured):
+                return self._send(400, {"error": problem})
+            text = constrained_text(body, state.responder(body))
             with state.lock:
                 state.n_ok += 1
             self._send(200, completion_of(state, body, text), limit_headers)
