@@ -95,6 +95,9 @@ class Prediction:
     journaled before it was recorded."""
     system_fingerprint: str | None = None
     """The final answer's ``system_fingerprint``, where the API sends one."""
+    verdict_format: str | None = None
+    """How the final answer was constrained: ``seed`` (free text), ``json_schema`` or ``choice``;
+    None for a baseline."""
 
     def as_row(self) -> dict:
         # Every field is a scalar but the turns, which the warehouse stores as JSON text.

@@ -273,6 +273,7 @@ class ChatEvaluator(Evaluator):
             refused=refused,
             served_model=final.get("served_model"),
             system_fingerprint=final.get("fingerprint"),
+            verdict_format=self.spec.verdict_format,
             **counts,
         )
 

@@ -139,9 +139,12 @@ def render_report(
         if thumbnails and len(shown)
         else {}
     )
+    answered = scored[~scored["is_error"]]
     return ENV.get_template("report.md.j2").render(
         model=model,
         prompt=prompt,
+        snapshots=_counts(answered, "served_model"),
+        verdict_formats=_counts(answered, "verdict_format"),
         prompt_hash=", ".join(sorted(set(metrics["prompt_hash"].dropna()))) or "–",
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         datasets=sorted(set(metrics["dataset"])),
@@ -160,6 +163,22 @@ def render_report(
     )
 
 
+def _counts(rows: pd.DataFrame, column: str) -> list[tuple[str, int]]:
+    """Each value of ``column`` with its count, most frequent first (answers journaled before the
+    column was recorded count as "not recorded")."""
+    if column not in rows:
+        return []
+    counted = rows[column].fillna("not recorded").value_counts()
+    return [(str(value), int(n)) for value, n in counted.items()]
+
+
+def _snapshots_by_run(rows: pd.DataFrame) -> dict[tuple[str, str], list[tuple[str, int]]]:
+    runs: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for model, prompt, served, n in rows.itertuples(index=False, name=None):
+        runs.setdefault((model, prompt), []).append((served, int(n)))
+    return runs
+
+
 def _sorted_overall(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics["scope"] == DATASET_SCOPE].sort_values(
         ["dataset", *LEADERBOARD_SORT], ascending=[True, False, False, False], na_position="last"
@@ -173,6 +192,7 @@ def render_leaderboard(
     charts: dict[str, dict[str, str]] | None = None,
     unranked: pd.DataFrame | None = None,
     leaks: dict[str, int] | None = None,
+    snapshots: pd.DataFrame | None = None,
 ) -> str:
     """Ranks the metrics rows given (the caller keeps only partitions that passed the gate);
     ``unranked`` lists the others apart, with the gate's reason. ``charts`` maps a dataset to its
@@ -202,6 +222,7 @@ def render_leaderboard(
         ece_bins=ECE_BINS,
         leaks=leaks or {},
         unranked=[] if unranked is None else unranked.to_dict("records"),
+        snapshots={} if snapshots is None else _snapshots_by_run(snapshots),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
@@ -301,6 +322,14 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
     return current, removed
 
 
+# Which snapshots answered each ranked chat model × prompt, with counts.
+_SNAPSHOTS_SQL = """
+SELECT model, prompt, coalesce(served_model, 'not recorded') AS served_model, count(*) AS n FROM scored
+WHERE NOT is_error AND prompt <> '-'
+  AND (model, prompt) IN (SELECT (model, prompt) FROM partition_gate WHERE status = 'passed')
+GROUP BY ALL ORDER BY model, prompt, n DESC, served_model
+"""
+
 # Distinct contents per dataset filed under both labels (left out of paired comparisons).
 _LABEL_LEAKS_SQL = """
 SELECT dataset, count(*)::INTEGER AS n FROM (
@@ -320,6 +349,7 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
     unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY dataset, model, prompt")
     comparisons = query(layout, "SELECT * FROM comparisons")
     leaks = dict(query(layout, _LABEL_LEAKS_SQL).itertuples(index=False, name=None))
+    snapshots = query(layout, _SNAPSHOTS_SQL)
     pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)
     links = {(m, p): layout.report_file(m, p).name for m, p in pairs}
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -336,8 +366,8 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
         for old in layout.reports_dir.glob(f"{kind}_*.svg"):
             if old.name not in drawn:
                 old.unlink(missing_ok=True)
-    text = render_leaderboard(ranked, links, comparisons, charts, unranked, leaks)
-    ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked, leaks)
+    text = render_leaderboard(ranked, links, comparisons, charts, unranked, leaks, snapshots)
+    ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked, leaks, snapshots)
     layout.leaderboard_file.write_text(text, encoding="utf-8")
     return layout.leaderboard_file, text, ui_text
 

@@ -133,3 +133,31 @@ def test_every_prediction_records_the_snapshot_that_answered(project, defake_hom
     assert _infer("free", "snap").exit_code == 0
     rows = pd.read_csv(defake_home / "snap.csv")
     assert set(rows["served_model"]) == {"gpt-4o-mini-2024-07-18"}
+
+
+def test_reports_and_the_leaderboard_name_the_snapshots_that_answered(project, defake_home, chat_server):
+    import dagster as dg
+    from PIL import Image
+
+    from defake_pipeline.cli.launch import materialize_evaluation
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    instance = dg.DagsterInstance.ephemeral()
+    chat_server.state.snapshot = "gpt-4o-mini-2024-07-18"
+    materialize_evaluation(instance, ["hosted"], ["simple"])
+    report = HomeLayout(defake_home).report_file("hosted", "simple")
+    text = report.read_text()
+    assert "| Answered by | `gpt-4o-mini-2024-07-18` (16) |" in text
+    assert "| Verdict format | `json_schema` (16) |" in text
+    # Four more images, answered by the next snapshot: the run now has two.
+    for i in range(4):
+        Image.new("RGB", (16, 16), (i, 99, 7)).save(project / "set" / "real" / f"new{i}.png")
+    chat_server.state.snapshot = "gpt-4o-mini-2025-01-01"
+    materialize_evaluation(instance, ["hosted"], ["simple"])
+    text = report.read_text()
+    assert "`gpt-4o-mini-2024-07-18` (16), `gpt-4o-mini-2025-01-01` (4): **more than one snapshot answered" in text
+    board = HomeLayout(defake_home).leaderboard_file.read_text()
+    assert (
+        "| `hosted` | `simple` | `gpt-4o-mini-2024-07-18` (16), `gpt-4o-mini-2025-01-01` (4): "
+        "**more than one snapshot** |" in board
+    )
