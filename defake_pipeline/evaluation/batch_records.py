@@ -10,18 +10,11 @@ expired or cancelled batch did not reach it: it is sent again, at no extra count
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-from defake_pipeline.errors import JournalWriteError
 from defake_pipeline.evaluation.journal import AnswerKey
-from defake_pipeline.text import without_password, without_userinfo
-from defake_pipeline.warehouse.layout import HomeLayout
+from defake_pipeline.evaluation.journal_store import JournalStore, now_text
 
 OPEN = "open"  # the batch is at the endpoint, not ended yet
 # Its input file is uploaded and the batch is being created. Recorded under the file's id first,
@@ -83,76 +76,11 @@ class BatchRequest:
     input_tokens: int  # estimated, for an answer whose usage is missing
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-class BatchRecords:
+class BatchRecords(JournalStore):
     """The record of batches, in the journal's database."""
 
-    def __init__(self, layout: HomeLayout):
-        url = layout.journal_url or ""
-        self._lock = threading.Lock()
-        self._postgres = bool(url) and url.partition("://")[0].lower() in ("postgresql", "postgres")
-        self.where = without_userinfo(url) if url else str(layout.journal)
-        self._url = url or ""
-        try:
-            if self._postgres:
-                import psycopg2  # only the scaled set-up needs it
-
-                # Each statement is small: one that takes 30 s is stuck on a lock or a dead server.
-                self._conn: Any = psycopg2.connect(url, connect_timeout=10, options="-c statement_timeout=30000")
-                self._conn.autocommit = True
-                tables = _TABLES.format(real="DOUBLE PRECISION")
-            else:
-                path = Path(url.removeprefix("sqlite:///")) if url else layout.journal
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-                tables = _TABLES.format(real="REAL")
-            for statement in filter(str.strip, tables.split(";")):
-                self._execute(statement)
-        except Exception as exc:
-            raise self._failure(exc) from None
-
-    def _failure(self, exc: Exception) -> JournalWriteError:
-        detail = without_password(" ".join(str(exc).split()), self._url) if self._url else str(exc)
-        return JournalWriteError(f"{self.where}: the record of batches cannot be read or written ({detail})")
-
-    def _execute(self, sql: str, params: Sequence = (), many: Iterable[Sequence] | None = None) -> list[tuple]:
-        if self._postgres:
-            sql = sql.replace("?", "%s")
-        with self._lock:
-            cur = self._conn.cursor()
-            try:
-                if many is not None:  # one transaction: thousands of rows at once
-                    if self._postgres:
-                        self._conn.autocommit = False
-                    else:
-                        cur.execute("BEGIN IMMEDIATE")
-                    try:
-                        cur.executemany(sql, list(many))
-                        self._conn.commit() if self._postgres else cur.execute("COMMIT")
-                    except BaseException:
-                        self._conn.rollback()
-                        raise
-                    finally:
-                        if self._postgres:
-                            self._conn.autocommit = True
-                    return []
-                cur.execute(sql, tuple(params))
-                return list(cur.fetchall()) if cur.description else []
-            finally:
-                cur.close()
-
-    def _run(self, sql: str, params: Sequence = (), many: Iterable[Sequence] | None = None) -> list[tuple]:
-        try:
-            return self._execute(sql, params, many)
-        except (sqlite3.Error, OSError) as exc:
-            raise self._failure(exc) from None
-        except Exception as exc:  # psycopg2's errors, which only the scaled set-up imports
-            if type(exc).__module__.startswith("psycopg2"):
-                raise self._failure(exc) from None
-            raise
+    TABLES = _TABLES
+    WHAT = "the record of batches"
 
     def record(
         self, batch_id: str, endpoint: str, model: str, partition_key: str, requests: list[BatchRequest], status=OPEN
@@ -162,7 +90,7 @@ class BatchRecords:
         self._run("INSERT INTO batch_requests VALUES (?,?,?,?,?,?,?,?,?)", many=rows)
         self._run(
             "INSERT INTO batches VALUES (?,?,?,?,?,?,?,0,0,0,?,NULL)",
-            (batch_id, endpoint, model, partition_key, status, status, len(requests), _now()),
+            (batch_id, endpoint, model, partition_key, status, status, len(requests), now_text()),
         )
 
     def held_keys(self) -> set[AnswerKey]:
@@ -237,9 +165,5 @@ class BatchRecords:
         self._run(
             "UPDATE batches SET status = ?, api_status = ?, n_answered = ?, n_failed = ?, cost_usd = ?, ended_at = ? "
             "WHERE batch_id = ?",
-            (status, status, answered, failed, cost_usd, _now(), batch_id),
+            (status, status, answered, failed, cost_usd, now_text(), batch_id),
         )
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
