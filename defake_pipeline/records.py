@@ -98,6 +98,9 @@ class Prediction:
     verdict_format: str | None = None
     """How the final answer was constrained: ``seed`` (free text), ``json_schema`` or ``choice``;
     None for a baseline."""
+    cache_generation: int | None = None
+    """The partition's cache generation the answer belongs to: 0 until a drift canary begins a
+    new one (``on_drift = "reevaluate"``); None for a baseline."""
 
     def as_row(self) -> dict:
         # Every field is a scalar but the turns, which the warehouse stores as JSON text.

@@ -6,7 +6,7 @@ import hashlib
 import dagster as dg
 
 from defake_pipeline.defs.jobs import evaluate_job
-from defake_pipeline.defs.partitions import MODEL, PROMPT, split_partition_key
+from defake_pipeline.defs.partitions import partition_exists
 from defake_pipeline.defs.predictions import PredictionsConfig
 from defake_pipeline.defs.resources import ModelEndpoint
 from defake_pipeline.endpoints.registry import get_model
@@ -28,11 +28,6 @@ def _line(poll: BatchPoll) -> str:
         f"{r.batch_id} ({r.partition_key}): ended; {o.answered} answers journaled (${o.cost_usd:.4f}), "
         f"{o.failed} failed, {o.unreached} not reached"
     )
-
-
-def _exists(instance: dg.DagsterInstance, key: str) -> bool:
-    model, prompt = split_partition_key(key)
-    return instance.has_dynamic_partition(MODEL, model) and instance.has_dynamic_partition(PROMPT, prompt)
 
 
 @dg.sensor(job=evaluate_job, minimum_interval_seconds=BATCH_POLL_S, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -61,7 +56,7 @@ def batches_sensor(context: dg.SensorEvaluationContext):
         )
         for key, ids in ended.items()
         # A partition removed meanwhile (its model or prompt unregistered) keeps its answers.
-        if _exists(context.instance, key)
+        if partition_exists(context.instance, key)
     ]
     summary = "; ".join(_line(p) for p in polls)
     return dg.SensorResult(run_requests=requests, skip_reason=None if requests else summary[:1000])

@@ -66,3 +66,10 @@ def published_pairs(instance: dg.DagsterInstance, layout: HomeLayout) -> list[tu
     models = [m for m in instance.get_dynamic_partitions(MODEL) if m not in baselines]
     prompts = instance.get_dynamic_partitions(PROMPT)
     return [(m, p) for m in models for p in prompts] + [(b, NO_PROMPT) for b in sorted(baselines)]
+
+
+def partition_exists(instance: dg.DagsterInstance, key: str) -> bool:
+    """Whether a ``model|prompt`` key's model and prompt are both partitions now (a model or a
+    prompt may have been removed since the key was recorded)."""
+    model, prompt = split_partition_key(key)
+    return instance.has_dynamic_partition(MODEL, model) and instance.has_dynamic_partition(PROMPT, prompt)

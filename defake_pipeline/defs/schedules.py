@@ -1,7 +1,9 @@
-"""Periodic reevaluation: refresh the manifests; predictions, metrics and reports follow."""
+"""Periodic reevaluation: refresh the manifests (predictions, metrics and reports follow) and ask
+the drift canaries."""
 
 import dagster as dg
 
+from defake_pipeline.defs.canaries import drift_canaries
 from defake_pipeline.defs.manifests import image_manifest
 from defake_pipeline.settings import load_settings
 
@@ -9,13 +11,16 @@ from defake_pipeline.settings import load_settings
 NIGHTLY_CRON = load_settings().DEFAKE_NIGHTLY_CRON
 
 
-@dg.schedule(cron_schedule=NIGHTLY_CRON, target=[image_manifest], default_status=dg.DefaultScheduleStatus.RUNNING)
+@dg.schedule(
+    cron_schedule=NIGHTLY_CRON, target=[image_manifest, drift_canaries], default_status=dg.DefaultScheduleStatus.RUNNING
+)
 def nightly_reevaluation(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Rescan every dataset. Where the manifest's content changed, the automation conditions
-    re-ask every model × prompt (paying only for images the journal lacks), then rebuild the
-    warehouse, the reports and the leaderboard; where nothing changed, nothing else runs."""
+    """Rescan every dataset, and ask each hosted partition's drift canary (defs/canaries.py).
+    Where the manifest's content changed, the automation conditions re-ask every model × prompt
+    (paying only for images the journal lacks), then rebuild the warehouse, the reports and the
+    leaderboard; where nothing changed, the canaries' requests are the only ones."""
     return dg.RunRequest(
         run_key=f"nightly:{context.scheduled_execution_time.isoformat()}",
-        asset_selection=[image_manifest.key],
+        asset_selection=[image_manifest.key, drift_canaries.key],
         tags={"defake/trigger": "nightly_reevaluation"},
     )

@@ -63,6 +63,13 @@ class ModelSpec(BaseModel):
     # How the final turn's answer is constrained (endpoints/verdict_formats.py): "seed" (free
     # text, the seed's parser), "json_schema" (OpenAI structured outputs) or "choice" (vLLM's).
     verdict_format: VerdictFormat = "seed"
+    # Drift canaries (evaluation/canary.py), run on the nightly schedule: None asks them of
+    # hosted (OpenAI) models and not of self-hosted ones, which change only when their server does.
+    canary: bool | None = None
+    canary_share: float = Field(default=0.02, gt=0, le=1)
+    canary_min: int = Field(default=20, ge=1)
+    canary_agreement: float = Field(default=0.9, ge=0, le=1)  # the check fails under this agreement
+    on_drift: Literal["keep", "reevaluate"] = "keep"  # "reevaluate": a drifted partition is asked anew
     batch: bool = False
     batch_discount: float = Field(default=1.0, gt=0, le=1)
     aliases: list[str] = Field(default_factory=list)
@@ -95,6 +102,10 @@ class ModelSpec(BaseModel):
         if url and self.backend != "baseline" and not self.base_url:
             return self.model_copy(update={"base_url": url})
         return self
+
+    @property
+    def canary_on(self) -> bool:
+        return self.backend != "baseline" and (self.canary if self.canary is not None else self.backend == "openai")
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
         """The price of tokens, sent directly or (``batch``) through the Batch API."""

@@ -104,8 +104,9 @@ class BatchEvaluator(ChatEvaluator):
         files: BatchFiles,
         api_key: str | None,
         offline: bool = False,
+        generation: int = 0,
     ):
-        super().__init__(spec, prompt, journal, api_key=api_key or "no-key-needed-to-write-a-batch")
+        super().__init__(spec, prompt, journal, api_key or "no-key-needed-to-write-a-batch", generation=generation)
         self.records, self.files = records, files
         self.offline = offline  # exported for ``vllm run-batch``: the server may not be running
         self.waiting = 0  # images whose answer a batch will bring

@@ -8,8 +8,6 @@ bounded by the model's concurrency. Every response goes to the journal as it arr
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -20,7 +18,7 @@ from defake_pipeline.endpoints.chat import ChatBackend, choose_served_id
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.verdict_formats import asks_for_reasons, structured_verdict, verdict_params
 from defake_pipeline.errors import DefakeError, PromptError
-from defake_pipeline.evaluation.journal import AnswerKey, Claim, Journal, JournalEntry, journal_entry
+from defake_pipeline.evaluation.journal import AnswerKey, Claim, Journal, JournalEntry, hash_request, journal_entry
 from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
 from defake_pipeline.evaluation.stopping import run_stoppable
 from defake_pipeline.imaging.probe import read_image_bytes
@@ -37,13 +35,9 @@ from defake_pipeline.verdict import parse_verdict
 
 log = logging.getLogger(__name__)
 _ERROR_MAX_CHARS = 500
+_USAGE_ESTIMATED = "tokens and cost of those answers are estimated (text at 4 characters a token, images by rule)"
 # How often a runner waiting for another runner's answer to the same request looks again.
 LEASE_POLL_S = 0.1
-
-
-def _hash_request(payload: dict) -> str:
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=lambda o: o.token)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _error_text(exc: BaseException) -> str:
@@ -51,7 +45,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 class Evaluator:
-    """Shared bookkeeping of the two evaluator kinds."""
+    """Shared bookkeeping of the evaluator kinds."""
 
     def __init__(self, spec: ModelSpec, prompt: LoadedPrompt | None, journal: Journal):
         self.spec = spec
@@ -148,8 +142,10 @@ class ChatEvaluator(Evaluator):
         journal: Journal,
         api_key: str | None,
         budget: CostBudget | None = None,
+        generation: int = 0,
     ):
         super().__init__(spec, prompt, journal)
+        self.generation = generation  # a new cache generation gives every request a new key
         self.decorators: dict[str, Decorator] = resolve_decorators(prompt)
         self.decorator_timeout_s = DECORATOR_TIMEOUT_S
         # A lease outlives the longest an image can take: every attempt at its deadline and
@@ -160,9 +156,8 @@ class ChatEvaluator(Evaluator):
         # Request fields of every turn; the final turn's, whose answer is the verdict, carry the
         # model's verdict_format too (each is part of its turn's cache key).
         self.turn_params = self.backend.request_params()
-        final_texts = [item.text for conv in prompt.spec.conversations[-1:] for item in conv.payload]
-        format_params = verdict_params(spec.verdict_format, asks_for_reasons(final_texts))
-        self.final_params = self.turn_params | format_params
+        final_texts = [item.text for item in prompt.spec.conversations[-1].payload]
+        self.final_params = self.turn_params | verdict_params(spec.verdict_format, asks_for_reasons(final_texts))
 
     async def setup(self) -> None:
         if self.spec.model:
@@ -243,7 +238,10 @@ class ChatEvaluator(Evaluator):
                 await self._run_decorators(conv, cache)
             wire = self.backend.wire_messages(self._render(conv, cache))
             params = self.final_params if conv.response_var_name == RESULT_VARIABLE else self.turn_params
-            request_hash = _hash_request({"model": self.model_id, "messages": wire, **params})
+            request = {"model": self.model_id, "messages": wire, **params}
+            if self.generation:
+                request["cache_generation"] = self.generation
+            request_hash = hash_request(request)
             key = AnswerKey(self.backend.endpoint, self.model_id, request_hash, job.key)
             entry, asked = await self._answer(wire, key, params)
             counts["n_requests"] += asked
@@ -274,6 +272,7 @@ class ChatEvaluator(Evaluator):
             served_model=final.get("served_model"),
             system_fingerprint=final.get("fingerprint"),
             verdict_format=self.spec.verdict_format,
+            cache_generation=self.generation,
             **counts,
         )
 
@@ -281,9 +280,8 @@ class ChatEvaluator(Evaluator):
         """The answer to one request, and whether this runner paid for it: while a request for
         the same key is in flight (another runner's, or this one's for a copy of the image),
         wait for its answer instead."""
-        # Journal calls run beside the event loop: a round trip to a Postgres journal blocks for
-        # half a millisecond, which at 64 requests in flight cost 14% of throughput on the loop
-        # (benchmarks/engine_bench.py, journal_c64).
+        # Journal calls run beside the event loop: on it, a Postgres journal's 0.5 ms round trips
+        # cost 14% of throughput at 64 requests in flight (benchmarks/engine_bench.py, journal_c64).
         while True:
             claimed = await asyncio.to_thread(self.journal.claim, key, self.lease_ttl_s)
             if isinstance(claimed, JournalEntry):
@@ -301,8 +299,7 @@ class ChatEvaluator(Evaluator):
 
     async def _ask(self, wire: list[dict], params: dict) -> JournalEntry:
         """Send one request (within the budget, if any) and return its journal entry."""
-        # Reading, decoding and downscaling a large image takes tens of milliseconds: off the
-        # event loop, so other requests keep flowing meanwhile. The estimate needs the pixels sent.
+        # Decoding and downscaling a large image takes tens of milliseconds: off the event loop.
         images = lazy_images(wire)
         if not all([image.encode_if_cheap() for image in images]):
             await asyncio.to_thread(encode_images, images)
@@ -318,10 +315,7 @@ class ChatEvaluator(Evaluator):
             if self.budget:
                 self.budget.settle(estimate, actual)
         if reply.usage_estimated:
-            self.notice(
-                f"{self.backend.where} sent a missing or invalid token usage; tokens and cost of those answers "
-                "are estimated (text at 4 characters a token, images by the model's rule)"
-            )
+            self.notice(f"{self.backend.where} sent a missing or invalid token usage; {_USAGE_ESTIMATED}")
         return journal_entry(self.spec, reply)
 
 
@@ -331,6 +325,7 @@ def make_evaluator(
     journal: Journal,
     api_key: str | None = None,
     max_cost_usd: float | None = None,
+    generation: int = 0,
 ) -> Evaluator:
     """The evaluator for a model: a baseline, or a prompt against a chat endpoint."""
     if spec.backend == "baseline":
@@ -338,7 +333,7 @@ def make_evaluator(
     if prompt is None:
         raise PromptError(f"model {spec.name!r} needs a prompt")
     budget = CostBudget(max_cost_usd) if max_cost_usd is not None else None
-    return ChatEvaluator(spec, prompt, journal, api_key, budget)
+    return ChatEvaluator(spec, prompt, journal, api_key, budget, generation)
 
 
 async def evaluate(

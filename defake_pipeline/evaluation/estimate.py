@@ -21,6 +21,7 @@ from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.evaluation.engine import ChatEvaluator, evaluate
+from defake_pipeline.evaluation.generations import partition_generation
 from defake_pipeline.evaluation.journal import AnswerKey, Journal, JournalEntry, layout_journal
 from defake_pipeline.evaluation.lazy_image import encode_images, lazy_images
 from defake_pipeline.prompting.spec import LoadedPrompt
@@ -74,9 +75,11 @@ async def setup_offline(evaluator: ChatEvaluator, setup: Callable[[], Awaitable[
 class EstimatingEvaluator(ChatEvaluator):
     """A chat evaluator that asks nothing: each journal miss is counted and given an empty answer."""
 
-    def __init__(self, spec: ModelSpec, prompt: LoadedPrompt, journal: Journal, api_key: str | None = None):
+    def __init__(
+        self, spec: ModelSpec, prompt: LoadedPrompt, journal: Journal, api_key: str | None = None, generation: int = 0
+    ):
         # No request is paid for, so none needs a key; one given is used to ask for the served id.
-        super().__init__(spec, prompt, journal, api_key=api_key or "no-key-needed-to-estimate")
+        super().__init__(spec, prompt, journal, api_key or "no-key-needed-to-estimate", generation=generation)
         self.turns: Counter[str] = Counter()  # requests counted so far for each image
         self.images_to_ask: set[str] = set()
         self.requests = self.answered = self.input_tokens = self.carried_tokens = 0
@@ -107,7 +110,7 @@ async def estimate_jobs(
     listed = list(jobs)
     journal = layout_journal(layout)
     try:
-        evaluator = EstimatingEvaluator(spec, prompt, journal, api_key)
+        evaluator = EstimatingEvaluator(spec, prompt, journal, api_key, partition_generation(layout, spec, prompt))
         await evaluate(listed, evaluator, collect=False)
     finally:
         journal.close()

@@ -14,6 +14,7 @@ processes (CLI runs, Dagster partition runs) share it without a lock error reach
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -85,6 +86,13 @@ _SCHEMA = journal_tables("REAL", "TEXT NOT NULL")
 _KEY = "endpoint=? AND model_id=? AND request_hash=? AND image_sha256=?"
 _LEGACY_KEY = "model_id=? AND request_hash=? AND image_sha256=?"
 _ANSWER_COLUMNS = "response, prompt_tokens, completion_tokens, latency_s, extra"
+
+
+def hash_request(payload: dict) -> str:
+    """A rendered request's hash, for its key: an image that is encoded when sent stands in by
+    its token (its content's sha256 and the encoding), so a warm rerun reads no image."""
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=lambda o: o.token)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class AnswerKey(NamedTuple):

@@ -14,6 +14,7 @@ from defake_pipeline.evaluation.batch import WAITING, BatchEvaluator, BatchFiles
 from defake_pipeline.evaluation.batch_records import BatchRecords
 from defake_pipeline.evaluation.engine import evaluate, make_evaluator
 from defake_pipeline.evaluation.estimate import estimate_jobs
+from defake_pipeline.evaluation.generations import partition_generation
 from defake_pipeline.evaluation.journal import Journal, layout_journal
 from defake_pipeline.evaluation.openai_batches import batch_client, submit_batches
 from defake_pipeline.evaluation.stopping import stoppable
@@ -69,12 +70,15 @@ async def evaluate_jobs(
             raise CostCapError(
                 f"--max-cost ${max_cost_usd:.4f} is below what this run may cost; nothing was sent: {estimate.line()}"
             )
+    generation = partition_generation(layout, spec, prompt)
     journal = layout_journal(layout)
     try:
         if batch:
             assert prompt is not None
-            return await _evaluate_in_batches(layout, spec, prompt, journal, jobs, on_result, api_key, partition_key)
-        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd)
+            return await _evaluate_in_batches(
+                layout, spec, prompt, journal, jobs, on_result, api_key, partition_key, generation
+            )
+        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd, generation)
         await evaluate(jobs, evaluator, on_result=on_result, collect=False)
         return RunOutcome(evaluator.notices)
     finally:
@@ -90,6 +94,7 @@ async def _evaluate_in_batches(
     on_result: Callable[[Prediction], None],
     api_key: str | None,
     partition_key: str,
+    generation: int,
 ) -> RunOutcome:
     def publish(pred: Prediction) -> None:
         if pred.error != WAITING:
@@ -99,7 +104,7 @@ async def _evaluate_in_batches(
     try:
         with temporary_folder() as folder:
             files = BatchFiles(Path(folder))
-            evaluator = BatchEvaluator(spec, prompt, journal, records, files, api_key)
+            evaluator = BatchEvaluator(spec, prompt, journal, records, files, api_key, generation=generation)
             await evaluate(jobs, evaluator, on_result=publish, collect=False)
             ids: list[str] = []
             if files.n_requests:

@@ -22,6 +22,7 @@ from defake_pipeline.evaluation.batch import (
 )
 from defake_pipeline.evaluation.batch_records import EXPORTED, BatchRecords, BatchRequest
 from defake_pipeline.evaluation.engine import evaluate
+from defake_pipeline.evaluation.generations import partition_generation
 from defake_pipeline.evaluation.journal import Journal, layout_journal
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -43,7 +44,8 @@ async def _export(layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, job
         with temporary_folder() as folder:
             # One file, however large: vllm run-batch has no Batch API limits.
             files = BatchFiles(Path(folder), max_lines=len(jobs) * 64 + 1, max_bytes=1 << 62)
-            evaluator = BatchEvaluator(spec, prompt, journal, records, files, None, offline=True)
+            generation = partition_generation(layout, spec, prompt)
+            evaluator = BatchEvaluator(spec, prompt, journal, records, files, None, offline=True, generation=generation)
             await evaluate(jobs, evaluator, collect=False)
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from defake_pipeline.evaluation.generations import Generation, current_generation
 from defake_pipeline.records import NO_PROMPT, VERDICT_OF_PRED
 from defake_pipeline.reporting.charts import (
     CLEAN,
@@ -22,6 +23,7 @@ from defake_pipeline.reporting.charts import (
     subset_matrix,
     svg_data_uri,
 )
+from defake_pipeline.reporting.provenance import SNAPSHOTS_SQL, answer_counts, snapshots_by_run
 from defake_pipeline.reporting.templating import ENV, pct
 from defake_pipeline.reporting.templating import missing as _missing
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
@@ -113,8 +115,10 @@ def render_report(
     embed: bool = False,
     max_rows: int = MAX_ROWS_PER_SECTION,
     score_charts: Mapping[str, str] | None = None,
+    generation: Generation | None = None,
 ) -> str:
-    """Markdown for one model × prompt, from its metrics rows and its scored image rows.
+    """Markdown for one model × prompt, from its metrics rows and its scored image rows
+    (``generation``: the partition's current cache generation, once a canary began one).
 
     Wrong answers (unknowns and errors included) come first, then correct ones; each shows a
     thumbnail linked to the image by a relative path, so the file renders on GitHub. With
@@ -143,8 +147,10 @@ def render_report(
     return ENV.get_template("report.md.j2").render(
         model=model,
         prompt=prompt,
-        snapshots=_counts(answered, "served_model"),
-        verdict_formats=_counts(answered, "verdict_format"),
+        snapshots=answer_counts(answered, "served_model"),
+        verdict_formats=answer_counts(answered, "verdict_format"),
+        generations=answer_counts(answered, "cache_generation"),
+        generation=generation if generation and generation.number else None,
         prompt_hash=", ".join(sorted(set(metrics["prompt_hash"].dropna()))) or "–",
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         datasets=sorted(set(metrics["dataset"])),
@@ -161,22 +167,6 @@ def render_report(
         max_rows=max_rows,
         csv_name=None if embed else csv_name,
     )
-
-
-def _counts(rows: pd.DataFrame, column: str) -> list[tuple[str, int]]:
-    """Each value of ``column`` with its count, most frequent first (answers journaled before the
-    column was recorded count as "not recorded")."""
-    if column not in rows:
-        return []
-    counted = rows[column].fillna("not recorded").value_counts()
-    return [(str(value), int(n)) for value, n in counted.items()]
-
-
-def _snapshots_by_run(rows: pd.DataFrame) -> dict[tuple[str, str], list[tuple[str, int]]]:
-    runs: dict[tuple[str, str], list[tuple[str, int]]] = {}
-    for model, prompt, served, n in rows.itertuples(index=False, name=None):
-        runs.setdefault((model, prompt), []).append((served, int(n)))
-    return runs
 
 
 def _sorted_overall(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -222,14 +212,15 @@ def render_leaderboard(
         ece_bins=ECE_BINS,
         leaks=leaks or {},
         unranked=[] if unranked is None else unranked.to_dict("records"),
-        snapshots={} if snapshots is None else _snapshots_by_run(snapshots),
+        snapshots={} if snapshots is None else snapshots_by_run(snapshots),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
 
 # Report inputs: the digest changes whenever a row the report shows, or its metrics, change.
 _REPORT_DIGEST_SQL = """
-SELECT count(*) AS n, sum(hash(dataset, subset, path, label, pred, score, response, error, prompt_hash))::VARCHAR AS h
+SELECT count(*) AS n, sum(hash(dataset, subset, path, label, pred, score, response, error, prompt_hash,
+                               served_model, verdict_format, cache_generation))::VARCHAR AS h
 FROM scored WHERE model = ? AND prompt = ?
 """
 # Markdown attached to a Dagster materialization: rows per section with inlined thumbnails.
@@ -280,11 +271,20 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
         chart = _score_chart_file(target, dataset)
         chart.write_text(svg, encoding="utf-8")
         charts[dataset], inlined[dataset] = chart.name, svg_data_uri(svg)
-    text = render_report(metrics, scored, target.parent, model, prompt, csv_name=csv_path.name, score_charts=charts)
-    target.write_text(text, encoding="utf-8")
-    ui = render_report(
-        metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION, score_charts=inlined
+    generation = current_generation(layout, f"{model}|{prompt}") if prompt != NO_PROMPT else None
+    text = render_report(
+        metrics,
+        scored,
+        target.parent,
+        model,
+        prompt,
+        csv_name=csv_path.name,
+        score_charts=charts,
+        generation=generation,
     )
+    target.write_text(text, encoding="utf-8")
+    ui = render_report(metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION,
+                       score_charts=inlined, generation=generation)  # fmt: skip
     _ui_file(target).parent.mkdir(exist_ok=True)
     _ui_file(target).write_text(ui, encoding="utf-8")
     return WrittenReport(model, prompt, target, ui)
@@ -322,14 +322,6 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
     return current, removed
 
 
-# Which snapshots answered each ranked chat model × prompt, with counts.
-_SNAPSHOTS_SQL = """
-SELECT model, prompt, coalesce(served_model, 'not recorded') AS served_model, count(*) AS n FROM scored
-WHERE NOT is_error AND prompt <> '-'
-  AND (model, prompt) IN (SELECT (model, prompt) FROM partition_gate WHERE status = 'passed')
-GROUP BY ALL ORDER BY model, prompt, n DESC, served_model
-"""
-
 # Distinct contents per dataset filed under both labels (left out of paired comparisons).
 _LABEL_LEAKS_SQL = """
 SELECT dataset, count(*)::INTEGER AS n FROM (
@@ -349,7 +341,7 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
     unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY dataset, model, prompt")
     comparisons = query(layout, "SELECT * FROM comparisons")
     leaks = dict(query(layout, _LABEL_LEAKS_SQL).itertuples(index=False, name=None))
-    snapshots = query(layout, _SNAPSHOTS_SQL)
+    snapshots = query(layout, SNAPSHOTS_SQL)
     pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)
     links = {(m, p): layout.report_file(m, p).name for m, p in pairs}
     layout.reports_dir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ SELECT
     m.dataset, m.subset, m.path, m.rel_path, m.label, m.sha256,
     p.model, p.prompt, p.prompt_hash, p.verdict, p.pred, p.score, p.response, p.error,
     p.latency_s, p.prompt_tokens, p.completion_tokens, p.cost_usd, p.created_at,
-    p.served_model, p.verdict_format,
+    p.served_model, p.verdict_format, p.cache_generation,
     p.error IS NOT NULL AS is_error,
     p.error IS NULL AND coalesce(p.refused, false) AS is_refused,
     p.error IS NULL AND p.pred = -1 AS is_unknown,

@@ -23,6 +23,7 @@ EXPECTED_DEPS = {
     "metrics": {"image_manifest", "predictions", "baseline_predictions"},
     "model_reports": {"metrics"},
     "leaderboard": {"metrics"},
+    "drift_canaries": {"predictions"},
 }
 
 

@@ -444,7 +444,7 @@ def test_a_badly_encoded_answer_is_journaled_once_and_flagged(chat_server, tmp_p
         flags = [row[0] for row in journal._conn.execute("SELECT extra FROM answers")]
     finally:
         journal.close()
-    assert flags == ['{"repaired_encoding": true}'] * 4
+    assert flags == ['{"repaired_encoding": true, "served_model": "local/test-vlm"}'] * 4
     again, _ = run(spec_for(chat_server), jobs, tmp_path)
     answers = {p.image_sha256: p.response for p in preds}
     assert chat_server.state.n_chat == 4 and {p.image_sha256: p.response for p in again} == answers

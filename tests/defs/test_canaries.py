@@ -1,0 +1,110 @@
+"""Drift canaries on the nightly schedule, against a test server that changes its answers and
+the snapshot it names between two nights; and a drifted partition asked anew as a new cache
+generation (``on_drift = "reevaluate"``)."""
+
+import datetime
+
+import dagster as dg
+import pytest
+
+from conftest import real_fake_dataset
+from defake_pipeline.cli.launch import materialize_evaluation
+from defake_pipeline.definitions import defs
+from defake_pipeline.defs.canaries import drift_sensor
+from defake_pipeline.defs.schedules import nightly_reevaluation
+from defake_pipeline.evaluation.canary import canary_sample
+from defake_pipeline.testing.answers import default_responder
+from defake_pipeline.warehouse.layout import HomeLayout
+
+KEY = "sk-test-canary"
+
+
+def _models_toml(url: str, on_drift: str) -> str:
+    return (
+        'registered = ["hosted"]\n'
+        f'[models.hosted]\npreset = "gpt4omini"\nbase_url = "{url}"\ncanary_min = 5\non_drift = "{on_drift}"\n'
+        f'[models.local]\npreset = "vllm"\nbase_url = "{url}"\n'
+    )
+
+
+@pytest.fixture
+def night(tmp_path, monkeypatch, defake_home, chat_server):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BASE_URL", chat_server.base_url)
+    real_fake_dataset(tmp_path, "set", 10)
+    chat_server.state.snapshot = "gpt-4o-mini-2024-07-18"
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run_night() -> dg.AssetCheckEvaluation:
+        when = datetime.datetime(2026, 12, 6, 3, 0, tzinfo=datetime.UTC)
+        request = nightly_reevaluation(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
+        job = defs.resolve_implicit_global_asset_job_def()
+        assert job.execute_in_process(instance=instance, asset_selection=request.asset_selection).success
+        record = instance.get_latest_materialization_event(dg.AssetKey("drift_canaries"))
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("drift_canaries"), "canary_agreement")]
+        )
+        [execution] = check.values()
+        return record.asset_materialization.metadata, execution.event.dagster_event.event_specific_data
+
+    return tmp_path, instance, run_night
+
+
+def test_an_unchanged_server_passes_and_the_canary_is_the_nights_only_requests(night, chat_server):
+    project, instance, run_night = night
+    (project / "models.toml").write_text(_models_toml(chat_server.base_url, "keep"))
+    materialize_evaluation(instance, ["hosted", "local"], ["simple"])
+    asked = chat_server.state.n_chat
+    metadata, check = run_night()
+    # Only the hosted partition is asked (a self-hosted one only where its entry says canary = true),
+    # 5 of its 20 images (2% is less than canary_min), and nothing else that night.
+    assert chat_server.state.n_chat - asked == 5 == metadata["requests"].value
+    table = metadata["partitions"].value
+    assert check.passed and r"| hosted\|simple | 5 | 1.000 |" in table and "local" not in table
+    assert metadata["input_tokens"].value > 0
+
+
+def test_changed_answers_and_snapshot_fail_the_check_naming_the_partition(night, chat_server):
+    project, instance, run_night = night
+    (project / "models.toml").write_text(_models_toml(chat_server.base_url, "keep"))
+    materialize_evaluation(instance, ["hosted"], ["simple"])
+    chat_server.state.snapshot = "gpt-4o-mini-2025-01-01"
+    flipped = {"real": "generated", "generated": "real"}
+    chat_server.state.responder = lambda body: " ".join(
+        flipped.get(w.strip(".:"), w) for w in default_responder(body).split()
+    )
+    metadata, check = run_night()
+    assert not check.passed
+    drifted = check.metadata["drifted"].value
+    assert drifted.startswith("hosted|simple: agreement 0.000 < 0.9; new snapshot gpt-4o-mini-2025-01-01")
+    # Nothing else happens with on_drift = "keep": no new generation, nothing to run.
+    assert isinstance(drift_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+
+
+def test_on_drift_reevaluate_asks_the_partition_anew_as_a_new_generation(night, chat_server, defake_home):
+    project, instance, run_night = night
+    (project / "models.toml").write_text(_models_toml(chat_server.base_url, "reevaluate"))
+    materialize_evaluation(instance, ["hosted"], ["simple"])
+    chat_server.state.snapshot = "gpt-4o-mini-2025-01-01"
+    run_night()
+    result = drift_sensor(dg.build_sensor_context(instance=instance))
+    [request] = result.run_requests
+    assert request.partition_key == "hosted|simple" and request.tags["defake/cache_generation"] == "1"
+    asked = chat_server.state.n_chat
+    assert defs.resolve_job_def("evaluate").execute_in_process(instance=instance, partition_key="hosted|simple").success
+    assert chat_server.state.n_chat - asked == 20  # every image asked anew; the old answers stay journaled
+    materialize_evaluation(instance, [], [])  # the warehouse and the reports follow
+    report = HomeLayout(defake_home).report_file("hosted", "simple").read_text()
+    assert "| Cache generation | answers of generation 1 (20); generation 1 began " in report
+    assert "after drift: new snapshot gpt-4o-mini-2025-01-01" in report
+    # Its cursor moved on: the same generation is not asked for twice.
+    again = drift_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+    assert not getattr(again, "run_requests", None)
+
+
+def test_the_canary_sample_is_the_same_images_every_night():
+    keys = [f"{i:064x}" for i in range(1000)]
+    first = canary_sample(keys, 0.02, 20)
+    assert first == canary_sample(list(reversed(keys)), 0.02, 20) and len(first) == 20
+    assert len(canary_sample(keys[:10], 0.02, 20)) == 10 and len(canary_sample(keys * 3, 0.05, 20)) == 50
