@@ -3,11 +3,15 @@ launches nothing (see live_scenarios). A deployment of its own, so these run bes
 
 from __future__ import annotations
 
+import datetime
+import json
+import re
 import time
+import urllib.request
 
 import dagster as dg
 import pytest
-from live_scenarios import IDLE_TICKS, consistent, ranked, scenarios_fixture, wait_ticks
+from live_scenarios import IDLE_TICKS, VLM, consistent, ranked, scenarios_fixture, wait_for, wait_ticks
 
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
@@ -69,3 +73,45 @@ def test_idle_ten_ticks_launch_nothing(scenarios):
     scenarios.figures["idle"] = {"runs": len(runs), "seconds": round(time.time() - since, 1), "ticks": ticks}
     assert runs == [], [(r["jobName"], r["tags"]) for r in runs]
     assert consistent(live)
+
+
+def test_a_night_asks_the_drift_canary_and_launches_nothing_else(scenarios):
+    """The nightly schedule, its cron set to fire within the test: one run rescans the datasets and
+    asks the canary (the chat model's entry opts in: it is self-hosted), whose check passes
+    against an unchanged server; nothing else is launched, and only the canary asks the model."""
+    live = scenarios.live
+    scenarios.at_rest()
+    base_url = re.search(r'base_url = "([^"]+)"', scenarios.models_toml).group(1)
+    stats_url = base_url.removesuffix("/v1") + "/stats"
+    opted_in = scenarios.models_toml.replace(f"[models.{VLM}]\n", f"[models.{VLM}]\ncanary = true\ncanary_min = 5\n")
+    (live.project / "models.toml").write_text(opted_in)
+    live.stop()
+    # The next whole minute at least a minute away: dagster dev is up well before it.
+    fires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=119)).replace(second=0, microsecond=0)
+    live.env["DEFAKE_NIGHTLY_CRON"] = f"{fires.minute} {fires.hour} * * *"
+    since = time.time()
+    live.start()
+    asked_before = _stats(stats_url)["n_chat"]
+    wait_for(lambda: any(r["tags"].get("defake/trigger") == "nightly_reevaluation" for r in live.runs()), 300)
+    live.wait_quiet(since)
+    wait_ticks(live, time.time(), IDLE_TICKS)  # and then quiet, tick after tick
+    runs = [r for r in live.runs() if r["creationTime"] >= since]
+    assert [(r["tags"].get("defake/trigger"), r["status"]) for r in runs] == [("nightly_reevaluation", "SUCCESS")]
+    instance = dg.DagsterInstance.from_config(str(live.dagster_home))
+    canary = instance.get_latest_materialization_event(dg.AssetKey("drift_canaries")).asset_materialization.metadata
+    [check] = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("drift_canaries"), "canary_agreement")]
+    ).values()
+    assert check.event.dagster_event.event_specific_data.passed
+    n_prompts = sum(1 for m, _ in ranked(live) if m == VLM)
+    # canary_min images asked again in each of the chat model's partitions, all agreeing (a
+    # prompt of several turns asks each again); the only requests of the night.
+    assert canary["partitions"].value.count(" | 5 | 1.000 | ") == n_prompts
+    assert canary["requests"].value == _stats(stats_url)["n_chat"] - asked_before > 0
+    scenarios.figures["night"] = {"runs": len(runs), "canary_requests": canary["requests"].value}
+    assert consistent(live)
+
+
+def _stats(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
