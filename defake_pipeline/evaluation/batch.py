@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Final
 
 from defake_pipeline.endpoints.chat import reply_of_completion, with_data_urls
-from defake_pipeline.endpoints.completions import parse_completion
+from defake_pipeline.endpoints.completions import Completion, parse_completion
 from defake_pipeline.endpoints.registry import ModelSpec
+from defake_pipeline.endpoints.retry import EmptyResponseError, NonJSONBodyError
 from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.evaluation.batch_records import BatchRecords, BatchRequest
 from defake_pipeline.evaluation.engine import ChatEvaluator
@@ -169,15 +170,16 @@ def journal_batch_lines(
     """Output or error lines of a batch file (OpenAI's format, which ``vllm run-batch`` writes
     too): each answer to the journal, each error as a failed or unreached request."""
     for raw in lines:
-        if not raw.strip():
+        try:
+            line = json.loads(raw)
+            request = requests.get(str(line.get("custom_id")))
+        except (ValueError, AttributeError):  # not a line of the format: its request stays unanswered
             continue
-        line = json.loads(raw)
-        request = requests.get(str(line.get("custom_id")))
         if request is None:
             continue  # not a request of this batch
-        response, error = line.get("response") or {}, line.get("error") or {}
-        if response.get("status_code") == 200 and isinstance(response.get("body"), dict):
-            completion = parse_completion("application/json", json.dumps(response["body"]).encode())
+        response, error = _object(line.get("response")), _object(line.get("error"))
+        completion = _completion(response.get("body")) if response.get("status_code") == 200 else None
+        if completion is not None:
             reply = reply_of_completion(spec, completion, 0.0, lambda: request.input_tokens)  # noqa: B023 - used at once
             journal.put(request.key, journal_entry(spec, reply, {"batch": True, "batch_id": batch_id}))
             outcome.answered += 1
@@ -187,10 +189,22 @@ def journal_batch_lines(
             outcome.unreached += 1
             outcome.outcomes[request.custom_id] = ("unfinished", str(error.get("code")))
         else:
-            body_error = (response.get("body") or {}).get("error") or {}
+            body_error = _object(_object(response.get("body")).get("error"))
             text = body_error.get("message") or error.get("message") or "no answer"
             outcome.failed += 1
             outcome.outcomes[request.custom_id] = ("failed", f"HTTP {response.get('status_code', '-')}: {text}"[:500])
+
+
+def _object(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _completion(body: object) -> Completion | None:
+    """The completion in a batch line's 200 response; None where it holds none (then an error)."""
+    try:
+        return parse_completion("application/json", json.dumps(body).encode()) if isinstance(body, dict) else None
+    except (EmptyResponseError, NonJSONBodyError, ValueError):
+        return None
 
 
 def temporary_folder() -> tempfile.TemporaryDirectory:

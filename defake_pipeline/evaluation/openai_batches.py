@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import openai
 
 from defake_pipeline.endpoints.registry import ModelSpec
-from defake_pipeline.errors import ModelConfigError
+from defake_pipeline.errors import DefakeError, ModelConfigError
 from defake_pipeline.evaluation.batch import BATCH_ENDPOINT, ENDED, BatchFiles, BatchOutcome, journal_batch_lines
 from defake_pipeline.evaluation.batch_records import OPEN, SUBMITTING, BatchRecord, BatchRecords
 from defake_pipeline.evaluation.journal import Journal, layout_journal
@@ -67,7 +67,7 @@ def _resume_submitting(client: openai.OpenAI, records: BatchRecords, record: Bat
     """A batch whose creation a dead process did not see through: adopted if the endpoint made
     it (listed with its input file), else created now."""
     file_id = record.batch_id.removeprefix(f"{SUBMITTING}:")
-    for batch in client.batches.list(limit=100):
+    for batch in client.batches.list(limit=100).data:  # the newest: it was made moments before
         if batch.input_file_id == file_id:
             records.created(record.batch_id, batch.id, batch.status)
             return
@@ -128,8 +128,12 @@ def poll_open_batches(layout: HomeLayout, spec_of: Callable[[str], ModelSpec], a
     polls = []
     try:
         for record in open_records(records):
-            spec = spec_of(record.model)
-            client = batch_client(spec, api_key)
+            try:
+                spec = spec_of(record.model)
+                client = batch_client(spec, api_key)
+            except DefakeError as exc:  # its entry gone from models.toml, or no key: said, looked at again
+                polls.append(BatchPoll(record, None, str(exc)))
+                continue
             try:
                 polls.append(BatchPoll(record, poll_batch(client, records, journal, spec, record)))
             except openai.APIError as exc:  # the next look tries again; nothing is lost

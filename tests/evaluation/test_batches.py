@@ -302,3 +302,30 @@ def test_keys_another_run_sent_meanwhile_are_left_out_of_this_runs_batch(project
     assert chat_server.state.batch_api.settings.n_batches == 1
     journal.close()
     records.close()
+
+
+def test_hostile_lines_in_a_batch_file_are_failed_requests_never_a_crash(tmp_path):
+    """An output file is the endpoint's to write: lines that are not JSON, not objects, or a 200
+    with no completion in it fail their request (asked again next round), and the rest count."""
+    from defake_pipeline.evaluation.batch import BatchOutcome, journal_batch_lines
+    from defake_pipeline.evaluation.batch_records import BatchRequest
+    from defake_pipeline.evaluation.journal import AnswerKey, ResponseJournal
+
+    requests = {f"c{i}": BatchRequest(f"c{i}", AnswerKey("e", "m", f"h{i}", "s"), 10) for i in range(4)}
+    good = {"choices": [{"message": {"content": "real"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    lines = [
+        "not json",
+        "[1, 2]",
+        json.dumps({"custom_id": "c0", "response": "text"}),
+        json.dumps({"custom_id": "c1", "response": {"status_code": 200, "body": {"nothing": 1}}}),
+        json.dumps({"custom_id": "c2", "response": {"status_code": 200, "body": good}}),
+        json.dumps({"custom_id": "zz", "response": {"status_code": 200, "body": good}}),  # not of this batch
+    ]
+    journal = ResponseJournal(tmp_path / "j.sqlite")
+    outcome = BatchOutcome()
+    journal_batch_lines(get_model("gpt4omini"), journal, requests, lines, "batch_x", outcome)
+    assert (outcome.answered, outcome.failed, outcome.unreached) == (1, 2, 0)
+    assert outcome.outcomes["c0"][0] == outcome.outcomes["c1"][0] == "failed" and "c3" not in outcome.outcomes
+    entry = journal.get(AnswerKey("e", "m", "h2", "s"))
+    assert entry.response == "real" and entry.extra == {"batch": True, "batch_id": "batch_x"}
+    journal.close()
