@@ -75,7 +75,10 @@ def drift_canaries(
         if not spec.canary_on or not target.exists():
             continue
         canary = run_canary(layout, spec, prompt, jobs, read_parquet_frame(target), endpoint.key(), key)
-        result = run_stoppable(canary)
+        try:
+            result = run_stoppable(canary)
+        except DefakeError as exc:  # the endpoint cannot be asked at all: the check says so
+            result = CanaryResult(key, 0, 0, None, [], [], 0, 0, 0, 0.0, spec.canary_agreement, [str(exc)])
         results.append(result)
         context.log.info(f"{key}: {result.sampled} images asked again; agreement {result.agreement}")
         if result.drifted and spec.on_drift == "reevaluate":

@@ -62,12 +62,17 @@ class CanaryResult:
         return bool(set(self.snapshots_now) - set(self.snapshots_before))
 
     @property
+    def unanswered(self) -> bool:
+        """Not one answer came back to compare (an endpoint down, say)."""
+        return self.compared == 0 and (self.sampled > 0 or bool(self.errors))
+
+    @property
     def drifted(self) -> bool:
         low = self.agreement is not None and self.agreement < self.threshold
-        return low or self.snapshot_changed
+        return low or self.snapshot_changed or self.unanswered
 
     def reason(self) -> str:
-        parts = []
+        parts = [f"no answer to compare ({'; '.join(self.errors) or 'no verdict'})"] if self.unanswered else []
         if self.agreement is not None and self.agreement < self.threshold:
             parts.append(f"agreement {self.agreement:.3f} < {self.threshold:g}")
         if self.snapshot_changed:
@@ -88,7 +93,8 @@ async def run_canary(
     """Ask the canary sample of ``jobs`` again and compare with ``published`` (the partition's
     rows: image_sha256, verdict, error, served_model)."""
     valid = published[published["error"].isna() & (published["verdict"] != "unknown")]
-    by_key = {job.key: job for job in jobs if job.key in set(valid["image_sha256"])}
+    answered_before = set(valid["image_sha256"])
+    by_key = {job.key: job for job in jobs if job.key in answered_before}
     sample = [by_key[key] for key in canary_sample(by_key, spec.canary_share, spec.canary_min)]
     journal = layout_journal(layout)
     fresh: list[Prediction] = []
@@ -98,6 +104,7 @@ async def run_canary(
     finally:
         journal.close()
     before = valid.drop_duplicates("image_sha256").set_index("image_sha256")
+    served_before = before["served_model"] if "served_model" in before else pd.Series(dtype=object)
     answered = [p for p in fresh if p.error is None and p.verdict != "unknown"]
     agree = [p.verdict == before.at[p.image_sha256, "verdict"] for p in answered]
     return CanaryResult(
@@ -105,7 +112,7 @@ async def run_canary(
         sampled=len(sample),
         compared=len(agree),
         agreement=sum(agree) / len(agree) if agree else None,
-        snapshots_before=sorted({str(s) for s in before.loc[[p.image_sha256 for p in fresh]]["served_model"].dropna()}),
+        snapshots_before=sorted({str(s) for s in served_before.reindex([p.image_sha256 for p in fresh]).dropna()}),
         snapshots_now=sorted({p.served_model for p in fresh if p.served_model}),
         requests=sum(p.n_requests for p in fresh),
         input_tokens=sum(p.prompt_tokens for p in fresh),

@@ -103,6 +103,20 @@ def test_on_drift_reevaluate_asks_the_partition_anew_as_a_new_generation(night, 
     assert not getattr(again, "run_requests", None)
 
 
+def test_a_canary_that_gets_no_answer_fails_the_check_saying_so(night, chat_server):
+    from defake_pipeline.testing.answers import Faults
+
+    project, instance, run_night = night
+    (project / "models.toml").write_text(
+        _models_toml(chat_server.base_url, "keep").replace("canary_min", "max_retries = 0\ncanary_min")
+    )
+    materialize_evaluation(instance, ["hosted"], ["simple"])
+    chat_server.state.faults = Faults(rate_500=1.0)
+    _, check = run_night()
+    assert not check.passed
+    assert check.metadata["drifted"].value.startswith("hosted|simple: no answer to compare (")
+
+
 def test_the_canary_sample_is_the_same_images_every_night():
     keys = [f"{i:064x}" for i in range(1000)]
     first = canary_sample(keys, 0.02, 20)
