@@ -329,3 +329,27 @@ def test_hostile_lines_in_a_batch_file_are_failed_requests_never_a_crash(tmp_pat
     entry = journal.get(AnswerKey("e", "m", "h2", "s"))
     assert entry.response == "real" and entry.extra == {"batch": True, "batch_id": "batch_x"}
     journal.close()
+
+
+def test_batch_files_are_split_at_the_apis_limits_on_lines_and_bytes(tmp_path):
+    from defake_pipeline.evaluation.batch import MAX_FILE_BYTES, MAX_LINES, BatchFiles
+    from defake_pipeline.evaluation.batch_records import BatchRequest
+    from defake_pipeline.evaluation.journal import AnswerKey
+
+    assert (MAX_LINES, MAX_FILE_BYTES) == (50_000, 200 * 1024 * 1024)  # OpenAI's published limits
+    body = {"messages": [{"role": "user", "content": "x" * 100}]}
+    by_lines = BatchFiles(tmp_path / "a", max_lines=3)
+    by_bytes = BatchFiles(tmp_path / "b", max_bytes=700)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    for i in range(7):
+        request = BatchRequest(f"c{i}", AnswerKey("e", "m", f"h{i}", "s"), 1)
+        by_lines.add(request, body)
+        by_bytes.add(request, body)
+    assert [len(r) for _, r in by_lines.files] == [3, 3, 1]
+    sizes = [path.stat().st_size for path, _ in by_bytes.files]
+    assert max(sizes) <= 700 and sum(len(r) for _, r in by_bytes.files) == 7 and len(sizes) > 1
+    for path, requests in by_bytes.files:  # each file holds exactly its requests' lines
+        assert [json.loads(line)["custom_id"] for line in path.read_text().splitlines()] == [
+            r.custom_id for r in requests
+        ]
