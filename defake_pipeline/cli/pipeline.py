@@ -101,7 +101,7 @@ def materialize(
     click.echo(leaderboard_top(layout))
     click.echo(f"leaderboard: {layout.leaderboard_file}")
     pairs = [(m, p) for m in chat for p in prompt_keys] + [(b, NO_PROMPT) for b in baselines]
-    waiting = open_batch_lines(layout, {f"{m}|{p}" for m, p in pairs})
+    waiting = open_batch_lines(layout, {f"{m}|{p}" for m in chat for p in prompt_keys}) if chat else {}
     for line in gate_failures(layout, pairs):
         if not any(line.startswith(f"{key} ") for key in waiting):  # said below: it waits for its batches
             click.echo(f"warning: {line}; left off the leaderboard", err=True)
