@@ -411,7 +411,7 @@ def test_new_images_never_reach_an_ad_hoc_model(project):
     # vllm's two and internvl3|mine are not one range (qwen2vl's lie between): the manifest alone
     # runs, and the predictions' condition asks for exactly the partitions that need it.
     [request] = tick(new_images_sensor, instance).run_requests
-    assert request.asset_selection == [dg.AssetKey("image_manifest"), dg.AssetKey("drift_canaries")]
+    assert request.asset_selection == [dg.AssetKey("image_manifest")]
     assert "dagster/asset_partition_range_start" not in request.tags
     (project / "models.toml").write_text('registered = ["vllm"]\n')
     [request] = tick(new_images_sensor, instance).run_requests
