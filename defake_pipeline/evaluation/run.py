@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import openai
+
 from defake_pipeline.datasets.layouts import LabeledImage
 from defake_pipeline.endpoints.registry import ModelSpec
-from defake_pipeline.errors import CostCapError
+from defake_pipeline.errors import CostCapError, FatalEndpointError
 from defake_pipeline.evaluation.batch import WAITING, BatchEvaluator, BatchFiles, temporary_folder
 from defake_pipeline.evaluation.batch_records import BatchRecords
 from defake_pipeline.evaluation.engine import evaluate, make_evaluator
@@ -110,7 +112,16 @@ async def _evaluate_in_batches(
             if files.n_requests:
                 client = batch_client(spec, api_key)
                 key = partition_key or f"{spec.key}|{prompt.key}"
-                ids = await asyncio.to_thread(submit_batches, client, records, spec, key, files)
+                try:
+                    ids = await asyncio.to_thread(submit_batches, client, records, spec, key, files)
+                except openai.APIStatusError as exc:  # a server with no Batch API (vLLM): one line
+                    raise FatalEndpointError(
+                        f"{spec.resolved_base_url() or 'the OpenAI API'} refused the batch of model {spec.name!r} "
+                        f"(HTTP {exc.status_code}); a vLLM server has no Batch API: write the requests with "
+                        "`mllmdf batch export` for `vllm run-batch` instead"
+                    ) from None
+                finally:
+                    client.close()
         return RunOutcome(evaluator.notices, evaluator.waiting, ids)
     finally:
         records.close()

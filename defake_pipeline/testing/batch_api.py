@@ -30,6 +30,7 @@ STEPS = ("validating", "in_progress", "finalizing")
 
 @dataclass
 class BatchSettings:
+    enabled: bool = True  # False: no Batch API here (as on a vLLM server): those paths are 404
     step_s: float = 0.05  # each of validating, in_progress and finalizing lasts this long
     fail_share: float = 0.0  # this share of lines (by custom_id) fails once, into the error file
     expire_half: bool = False  # the next batch expires with the first half of its lines done
@@ -63,7 +64,7 @@ class BatchApi:
         self.failed_once: set[str] = set()
 
     def handles(self, path: str) -> bool:
-        return "/files" in path or "/batches" in path
+        return self.settings.enabled and ("/files" in path or "/batches" in path)
 
     def get(self, path: str) -> tuple[int, dict | bytes]:
         parts = path.partition("?")[0].rstrip("/").split("/")

@@ -229,8 +229,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self._read_body(length)
             if state.batch_api.handles(self.path):
-                kind = self.headers.get("Content-Type", "")
-                return self._batch_api(lambda api: api.post(self.path, kind, raw))
+                return self._batch_api(lambda api: api.post(self.path, self.headers.get("Content-Type", ""), raw))
+            if self.path != "/reset" and not self.path.rstrip("/").endswith("/chat/completions"):
+                return self._send(404, {"error": {"message": "not found"}})
             body = json.loads(raw or b"{}")
             if self.path == "/reset":
                 for name in ("latency_s", "rpm_limit", "tpm_limit", "ratelimit_headers", "uplink_bytes_per_s"):
@@ -238,8 +239,6 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                         setattr(state, name, body[name])
                 state.reset_counters()
                 return self._send(200, {})
-            if not self.path.rstrip("/").endswith("/chat/completions"):
-                return self._send(404, {"error": {"message": "not found"}})
             if not self._authorized():
                 return
             with state.lock:

@@ -353,3 +353,14 @@ def test_batch_files_are_split_at_the_apis_limits_on_lines_and_bytes(tmp_path):
         assert [json.loads(line)["custom_id"] for line in path.read_text().splitlines()] == [
             r.custom_id for r in requests
         ]
+
+
+def test_a_server_with_no_batch_api_is_one_line_pointing_to_the_export(project, defake_home, chat_server):
+    chat_server.state.batch_api.settings.enabled = False  # as a vLLM server: /v1/files is a 404
+    root = real_fake_dataset(project, "set", 2)
+    args = ["infer", "-m", "gptb", "--real_dir", str(root / "real"), "--fake_dir", str(root / "fake"), "-c", "0"]
+    result = CliRunner().invoke(main, [*args, "--batch", "-o", "none"])
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "refused the batch of model 'gptb' (HTTP 404)" in line and "mllmdf batch export" in line
+    assert chat_server.state.n_chat == 0 and _records(defake_home).batches() == []
