@@ -59,7 +59,10 @@ class CanaryResult:
 
     @property
     def snapshot_changed(self) -> bool:
-        return bool(set(self.snapshots_now) - set(self.snapshots_before))
+        """A snapshot answered that had not before. Answers journaled before snapshots were
+        recorded name none: they are compared by agreement alone, not called drifted (which,
+        with on_drift = "reevaluate", would re-ask every such partition after an upgrade)."""
+        return bool(self.snapshots_before) and bool(set(self.snapshots_now) - set(self.snapshots_before))
 
     @property
     def unanswered(self) -> bool:

@@ -117,6 +117,15 @@ def test_a_canary_that_gets_no_answer_fails_the_check_saying_so(night, chat_serv
     assert check.metadata["drifted"].value.startswith("hosted|simple: no answer to compare (")
 
 
+def test_answers_that_name_no_snapshot_are_not_called_drifted_for_it():
+    from defake_pipeline.evaluation.canary import CanaryResult
+
+    recorded_before = CanaryResult("m|p", 20, 20, 1.0, [], ["gpt-4o-2024-08-06"], 20, 1, 1, 0.0, 0.9)
+    assert not recorded_before.drifted and recorded_before.reason() == ""
+    changed = CanaryResult("m|p", 20, 20, 1.0, ["gpt-4o-2024-05-13"], ["gpt-4o-2024-08-06"], 20, 1, 1, 0.0, 0.9)
+    assert changed.drifted and changed.reason().startswith("new snapshot gpt-4o-2024-08-06")
+
+
 def test_the_canary_sample_is_the_same_images_every_night():
     keys = [f"{i:064x}" for i in range(1000)]
     first = canary_sample(keys, 0.02, 20)
