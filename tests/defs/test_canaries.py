@@ -24,6 +24,7 @@ def _models_toml(url: str, on_drift: str) -> str:
         'registered = ["hosted"]\n'
         f'[models.hosted]\npreset = "gpt4omini"\nbase_url = "{url}"\ncanary_min = 5\non_drift = "{on_drift}"\n'
         f'[models.local]\npreset = "vllm"\nbase_url = "{url}"\n'
+        f'[models.adhoc]\npreset = "gpt4omini"\nbase_url = "{url}"\n'
     )
 
 
@@ -54,14 +55,15 @@ def night(tmp_path, monkeypatch, defake_home, chat_server):
 def test_an_unchanged_server_passes_and_the_canary_is_the_nights_only_requests(night, chat_server):
     project, instance, run_night = night
     (project / "models.toml").write_text(_models_toml(chat_server.base_url, "keep"))
-    materialize_evaluation(instance, ["hosted", "local"], ["simple"])
+    materialize_evaluation(instance, ["hosted", "local", "adhoc"], ["simple"])
     asked = chat_server.state.n_chat
     metadata, check = run_night()
-    # Only the hosted partition is asked (a self-hosted one only where its entry says canary = true),
-    # 5 of its 20 images (2% is less than canary_min), and nothing else that night.
+    # Only the registered hosted partition is asked (a self-hosted one only where its entry says
+    # canary = true; an ad hoc one never), 5 of its 20 images (2% is less than canary_min), and
+    # nothing else that night.
     assert chat_server.state.n_chat - asked == 5 == metadata["requests"].value
     table = metadata["partitions"].value
-    assert check.passed and r"| hosted\|simple | 5 | 1.000 |" in table and "local" not in table
+    assert check.passed and r"| hosted\|simple | 5 | 1.000 |" in table and "local" not in table and "adhoc" not in table
     assert metadata["input_tokens"].value > 0
 
 
