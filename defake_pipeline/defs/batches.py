@@ -22,8 +22,7 @@ def _line(poll: BatchPoll) -> str:
     if poll.problem:
         return f"{r.batch_id} ({r.partition_key}): not reached ({poll.problem}); looked at again next tick"
     if o is None:
-        done = f"{r.n_answered + r.n_failed}/{r.n_requests}"
-        return f"{r.batch_id} ({r.partition_key}): {r.api_status}, {done} requests done"
+        return f"{r.batch_id} ({r.partition_key}): {r.progress()}"
     return (
         f"{r.batch_id} ({r.partition_key}): ended; {o.answered} answers journaled (${o.cost_usd:.4f}), "
         f"{o.failed} failed, {o.unreached} not reached"

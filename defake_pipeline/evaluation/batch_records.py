@@ -68,6 +68,13 @@ class BatchRecord:
     created_at: str
     ended_at: str | None
 
+    @property
+    def n_done(self) -> int:
+        return self.n_answered + self.n_failed
+
+    def progress(self) -> str:
+        return f"{self.api_status}, {self.n_done}/{self.n_requests} requests done"
+
 
 @dataclass(frozen=True)
 class BatchRequest:
@@ -103,7 +110,7 @@ class BatchRecords(JournalStore):
         return {AnswerKey(*row) for row in rows}
 
     def failures(self) -> dict[AnswerKey, tuple[int, str]]:
-        """How many batches failed each key, with the last error."""
+        """How many batches failed each key, with one of the errors they gave."""
         rows = self._run(
             "SELECT endpoint, model_id, request_hash, image_sha256, count(*), max(error) FROM batch_requests "
             "WHERE outcome = 'failed' GROUP BY endpoint, model_id, request_hash, image_sha256"

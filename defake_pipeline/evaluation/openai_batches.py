@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import openai
 
@@ -113,8 +113,8 @@ def open_records(records: BatchRecords) -> list[BatchRecord]:
 
 @dataclass(frozen=True)
 class BatchPoll:
-    """One open batch looked at: its record as it was, how it ended (None: still running), and
-    why it could not be looked at (the endpoint unreachable, say), if it could not."""
+    """One open batch looked at: its record after the look, how it ended (None: still running),
+    and why it could not be looked at (the endpoint unreachable, say), if it could not."""
 
     record: BatchRecord
     outcome: BatchOutcome | None
@@ -140,6 +140,8 @@ def poll_open_batches(layout: HomeLayout, spec_of: Callable[[str], ModelSpec], a
                 polls.append(BatchPoll(record, None, f"{type(exc).__name__}: {exc}"[:300]))
             finally:
                 client.close()
+        now = {r.batch_id: r for r in records.batches()}  # progress and ends as just recorded
+        polls = [replace(p, record=now.get(p.record.batch_id, p.record)) for p in polls]
     finally:
         journal.close()
         records.close()
@@ -156,16 +158,11 @@ def wait_for_batches(
 ) -> None:
     """Look at the open batches every ``interval_s`` until none of ``model``'s is open;
     ``on_progress`` gets the requests done and in all, over its batches looked at."""
-    watched: set[str] = set()
+    watched: dict[str, BatchRecord] = {}
     while True:
         polls = [p for p in poll_open_batches(layout, spec_of, api_key) if p.record.model == model]
-        watched |= {p.record.batch_id for p in polls}
-        records = BatchRecords(layout)
-        try:
-            mine = [r for r in records.batches() if r.batch_id in watched]
-        finally:
-            records.close()
-        on_progress(sum(r.n_answered + r.n_failed for r in mine), sum(r.n_requests for r in mine))
+        watched |= {p.record.batch_id: p.record for p in polls}
+        on_progress(sum(r.n_done for r in watched.values()), sum(r.n_requests for r in watched.values()))
         if all(p.outcome is not None for p in polls):
             return
         time.sleep(interval_s)
@@ -178,8 +175,7 @@ def open_batch_lines(layout: HomeLayout, partitions: set[str]) -> dict[str, str]
         lines: dict[str, list[str]] = {}
         for r in open_records(records):
             if r.partition_key in partitions:
-                done = f"{r.n_answered + r.n_failed}/{r.n_requests}"
-                lines.setdefault(r.partition_key, []).append(f"{r.batch_id} ({r.api_status}, {done} done)")
+                lines.setdefault(r.partition_key, []).append(f"{r.batch_id} ({r.progress()})")
         return {key: f"{key}: {', '.join(batches)}" for key, batches in lines.items()}
     finally:
         records.close()

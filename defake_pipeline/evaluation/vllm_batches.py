@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +44,7 @@ async def _export(layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, job
     try:
         with temporary_folder() as folder:
             # One file, however large: vllm run-batch has no Batch API limits.
-            files = BatchFiles(Path(folder), max_lines=len(jobs) * 64 + 1, max_bytes=1 << 62)
+            files = BatchFiles(Path(folder), max_lines=sys.maxsize, max_bytes=sys.maxsize)
             generation = partition_generation(layout, spec, prompt)
             evaluator = BatchEvaluator(spec, prompt, journal, records, files, None, offline=True, generation=generation)
             await evaluate(jobs, evaluator, collect=False)

@@ -145,7 +145,8 @@ def test_a_batch_sent_from_the_cli_is_completed_by_the_sensor_across_a_killed_da
         since = time.time()
         n_images = ranked(live)[("canny", "-")]  # the demo's images, and any an earlier scenario added
         sent = live.cli("materialize", "--model", "batched", "--prompt", "simple")
-        assert f"open batch: batched|simple: batch_1 (validating, 0/{n_images} done)" in sent.stderr, sent.stderr
+        said = f"open batch: batched|simple: batch_1 (validating, 0/{n_images} requests done)"
+        assert said in sent.stderr, sent.stderr
         assert "quality gate" not in sent.stderr  # it waits for its batch: said once, as such
         assert ("batched", "simple") not in ranked(live)
         live.wait_quiet(since)
