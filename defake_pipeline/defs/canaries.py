@@ -71,7 +71,7 @@ def drift_canaries(
         try:
             spec = endpoint.spec(model_by_key(model))
             prompt = prompt_by_key(prompt_key)
-        except DefakeError as exc:  # unregistered since, or its prompt file gone
+        except DefakeError as exc:  # its entry or its prompt file gone
             context.log.info(f"{key}: no canary ({exc})")
             continue
         target = layout.predictions_file(model, prompt_key)
@@ -84,7 +84,9 @@ def drift_canaries(
             result = CanaryResult(key, 0, 0, None, [], [], 0, 0, 0, 0.0, spec.canary_agreement, [str(exc)])
         results.append(result)
         context.log.info(f"{key}: {result.sampled} images asked again; agreement {result.agreement}")
-        if result.drifted and spec.on_drift == "reevaluate":
+        # An endpoint that answered nothing fails the check but begins no generation: asking
+        # every image anew would find it down, and pay for all of it once it is back.
+        if result.changed and spec.on_drift == "reevaluate":
             generations = CacheGenerations(layout)
             try:
                 began = generations.begin(key, result.reason())

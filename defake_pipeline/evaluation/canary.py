@@ -70,9 +70,15 @@ class CanaryResult:
         return self.compared == 0 and (self.sampled > 0 or bool(self.errors))
 
     @property
-    def drifted(self) -> bool:
+    def changed(self) -> bool:
+        """The answers or the snapshot changed: the model is not what answered the partition."""
         low = self.agreement is not None and self.agreement < self.threshold
-        return low or self.snapshot_changed or self.unanswered
+        return low or self.snapshot_changed
+
+    @property
+    def drifted(self) -> bool:
+        """What fails the check: a change, or no answer to tell one by."""
+        return self.changed or self.unanswered
 
     def reason(self) -> str:
         parts = [f"no answer to compare ({'; '.join(self.errors) or 'no verdict'})"] if self.unanswered else []

@@ -110,13 +110,15 @@ def test_a_canary_that_gets_no_answer_fails_the_check_saying_so(night, chat_serv
 
     project, instance, run_night = night
     (project / "models.toml").write_text(
-        _models_toml(chat_server.base_url, "keep").replace("canary_min", "max_retries = 0\ncanary_min")
+        _models_toml(chat_server.base_url, "reevaluate").replace("canary_min", "max_retries = 0\ncanary_min")
     )
     materialize_evaluation(instance, ["hosted"], ["simple"])
     chat_server.state.faults = Faults(rate_500=1.0)
     _, check = run_night()
     assert not check.passed
     assert check.metadata["drifted"].value.startswith("hosted|simple: no answer to compare (")
+    # No cache generation begins: the partition is not asked anew for an endpoint that was down.
+    assert isinstance(drift_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
 
 
 def test_answers_that_name_no_snapshot_are_not_called_drifted_for_it():
