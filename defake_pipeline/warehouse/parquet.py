@@ -131,18 +131,25 @@ def partition_of(file: StoredPath) -> tuple[str, str]:
     return file.parent.name.removeprefix("model="), file.stem.removeprefix("prompt=")
 
 
+_CONTENT_COLUMNS = "model, prompt, image_sha256, path, label, pred, score, response, error, prompt_hash"
+# What answered, in files that record it: answers in the same words from a new snapshot, format
+# or cache generation are new content, which the warehouse and the reports follow.
+_ANSWERED_BY_COLUMNS = ["served_model", "verdict_format", "cache_generation"]
+
+
 def predictions_content_hash(files: Sequence[StoredPath]) -> str:
-    """A hash of what the partition files say (answers, verdicts, errors; not timestamps): equal
-    for a rerun that found nothing new."""
+    """A hash of what the partition files say (answers, verdicts, errors, what answered; not
+    timestamps): equal for a rerun that found nothing new."""
     with readable_copies([f for f in files if f.exists()]) as names:
         readable = [name for name in names if not unreadable_parquet(Path(name), name)]
         if not readable:
             return "empty"
         with duckdb.connect() as con:
+            scan = con.execute("SELECT * FROM read_parquet(?, union_by_name=true) LIMIT 0", [readable])
+            present = {column[0] for column in scan.description or []}
+            hashed = ", ".join([_CONTENT_COLUMNS, *(c for c in _ANSWERED_BY_COLUMNS if c in present)])
             row = con.execute(
-                "SELECT count(*), sum(hash(model, prompt, image_sha256, path, label, pred, score, response, error, "
-                "prompt_hash)) FROM read_parquet(?, union_by_name=true)",
-                [readable],
+                f"SELECT count(*), sum(hash({hashed})) FROM read_parquet(?, union_by_name=true)", [readable]
             ).fetchone()
     assert row is not None  # an aggregate always returns one row
     return f"{row[0]}-{row[1]}"

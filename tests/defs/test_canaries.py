@@ -135,3 +135,23 @@ def test_the_canary_sample_is_the_same_images_every_night():
     first = canary_sample(keys, 0.02, 20)
     assert first == canary_sample(list(reversed(keys)), 0.02, 20) and len(first) == 20
     assert len(canary_sample(keys[:10], 0.02, 20)) == 10 and len(canary_sample(keys * 3, 0.05, 20)) == 50
+
+
+def test_answers_in_the_same_words_from_a_new_snapshot_are_new_content(tmp_path):
+    """The partition's data version, which the warehouse and the reports follow, changes when the
+    same words come from another snapshot or cache generation."""
+    from defake_pipeline.records import Prediction, predictions_frame
+    from defake_pipeline.storage import stored_path
+    from defake_pipeline.warehouse.parquet import predictions_content_hash
+
+    def version(name: str, **fields) -> str:
+        row = Prediction("s" * 64, "/a.png", 1, "real", 1, None, "real", ["real"], 0.1, 5, 1, 0.0, 1, False, None,
+                         "m", "id", "p", "h", **fields)  # fmt: skip
+        path = tmp_path / f"{name}.parquet"
+        predictions_frame([row.as_row()]).to_parquet(path)
+        return predictions_content_hash([stored_path(str(path))])
+
+    first = version("a", served_model="gpt-4o-2024-08-06", cache_generation=0)
+    assert version("b", served_model="gpt-4o-2024-08-06", cache_generation=0) == first
+    assert version("c", served_model="gpt-4o-2025-01-01", cache_generation=0) != first
+    assert version("d", served_model="gpt-4o-2024-08-06", cache_generation=1) != first
