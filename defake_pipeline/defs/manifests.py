@@ -3,6 +3,7 @@
 import dagster as dg
 
 from defake_pipeline.datasets import quality
+from defake_pipeline.datasets.fingerprints import dataset_fingerprint
 from defake_pipeline.datasets.layouts import defined_datasets
 from defake_pipeline.datasets.manifest import manifest_content_hash
 from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
@@ -83,6 +84,18 @@ def manifest_checks(manifest) -> list[dg.AssetCheckResult]:
     ]
 
 
+FINGERPRINTS = "fingerprints"
+
+
+def refreshed_fingerprints(instance: dg.DagsterInstance) -> dict[str, str]:
+    """``{dataset: fingerprint}`` the last manifest run refreshed, as the new-images sensor's
+    first look: after a CLI run, images already in the manifests are not new."""
+    event = instance.get_latest_materialization_event(image_manifest.key)
+    entry = event.asset_materialization.metadata.get(FINGERPRINTS) if event and event.asset_materialization else None
+    value = entry.value if entry is not None else None
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
 @dg.asset(group_name="evaluation", kinds={"parquet"}, check_specs=_CHECKS)
 def image_manifest(
     context: dg.AssetExecutionContext, config: ManifestConfig, store: DefakeHomeFolder
@@ -95,10 +108,14 @@ def image_manifest(
             context.log.info(f"dataset {gone} is no longer defined; its manifest was removed")
     summaries = []
     not_refreshed: list[str] = []
+    # What each manifest was refreshed from, taken before the scan: an image that lands during
+    # it makes the next look differ, and the new-images sensor runs for it.
+    fingerprints: dict[str, str] = {}
     for spec in specs:
         if config.datasets and spec.key not in config.datasets:
             continue
         try:
+            fingerprint = dataset_fingerprint(spec)
             summary = refresh_manifest(layout, spec, rehash=config.rehash)
         except DatasetError as exc:
             # A dataset that cannot be listed (its CSV a pipe, its root gone) is named and keeps
@@ -106,6 +123,7 @@ def image_manifest(
             context.log.error(f"dataset {spec.key}: not refreshed: {exc}")
             not_refreshed.append(spec.key)
             continue
+        fingerprints[spec.key] = fingerprint
         context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
         for note in summary.notes:
             context.log.warning(f"dataset {summary.dataset}: {note}")
@@ -124,6 +142,7 @@ def image_manifest(
             "n_probe_errors": int(manifest["probe_error"].notna().sum()),
             "refreshed": dg.MetadataValue.md(table),
             "not_refreshed": ", ".join(not_refreshed) or "none",
+            FINGERPRINTS: dg.MetadataValue.json(fingerprints),
             "path": dg.MetadataValue.path(str(layout.manifests_dir)),
         },
         check_results=manifest_checks(manifest),

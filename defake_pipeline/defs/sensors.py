@@ -14,7 +14,7 @@ import dagster as dg
 from defake_pipeline.datasets.fingerprints import dataset_fingerprint
 from defake_pipeline.datasets.layouts import dataset_specs
 from defake_pipeline.defs.baselines import BaselinesConfig, baseline_predictions
-from defake_pipeline.defs.manifests import DatasetSelection, image_manifest
+from defake_pipeline.defs.manifests import DatasetSelection, image_manifest, refreshed_fingerprints
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.partitions import (
     MODEL,
@@ -97,7 +97,7 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
 def new_images_sensor(context: dg.SensorEvaluationContext):
     """When a dataset's images are added, changed or removed, refresh its manifest and carry the
     change through to the leaderboard, in one run."""
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else refreshed_fingerprints(context.instance)
     changed: dict[str, str] = {}
     # A dataset that cannot be scanned is named once per change of its error, not on every
     # tick; the cursor holds its error's digest, so once it can be read its fingerprint differs.

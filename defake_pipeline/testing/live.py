@@ -67,6 +67,7 @@ class LiveDagster:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "dagster-dev.log"
         self.proc: subprocess.Popen | None = None
+        self.started = 0.0  # time.time() of the last start: runs created since are its daemon's
 
     def cli(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
         """``mllmdf`` in the project folder, on the same instance."""
@@ -83,6 +84,7 @@ class LiveDagster:
 
     def start(self, timeout_s: float = 180) -> None:
         dagster = str(Path(sys.executable).with_name("dagster"))
+        self.started = time.time()
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [dagster, "dev", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml"],

@@ -35,10 +35,13 @@ def dagster_dev(tmp_path_factory) -> Iterator[LiveDagster]:
     ]
     (project / "datasets" / "subsets.csv").write_text("\n".join(lines) + "\n")
     (project / "datasets" / "subsets.toml").write_text('layout = "csv"\ncsv = "subsets.csv"\n')
-    live = LiveDagster(project, root)
+    live = LiveDagster(project, root, env={"DEFAKE_BATCH_POLL_S": "5"})
     live.cli("materialize", "--model", "canny", "--prompt", "simple")
     live.start()
+    # A page read while a run publishes is re-drawn under the test (the markdown it opened
+    # closes): the pages are read once the instance is at rest.
     try:
+        live.wait_quiet(live.started)
         yield live
     finally:
         live.stop()
@@ -53,6 +56,11 @@ _CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def test_dagster_dev_after_a_cli_run_launches_nothing(dagster_dev):
+    """The daemon's first look finds the images the CLI run refreshed: nothing new, no run."""
+    assert [r for r in dagster_dev.runs() if r["creationTime"] >= dagster_dev.started] == []
 
 
 def test_global_lineage_draws_every_asset(dagster_dev):

@@ -91,6 +91,20 @@ def test_new_images_sensor_cases(project):
     assert again.run_requests[0].run_key == tick(new_images_sensor, instance, None).run_requests[0].run_key
 
 
+def test_the_first_tick_after_a_cli_run_launches_nothing_for_images_it_refreshed(project, defake_home):
+    """`dagster dev` started after `mllmdf materialize`: the sensor's first look compares the
+    datasets with what the manifest was refreshed from, not with an empty cursor, so it does not
+    run the whole chain again for images that are not new; an image added since still runs."""
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["canny"], ["simple"])
+    first = tick(new_images_sensor, instance)
+    assert not first.run_requests, [r.tags for r in first.run_requests]
+    assert "no images added" in first.skip_reason.skip_message
+    Image.new("RGB", (48, 48), "purple").save(project / "data" / "fake" / "new.png")
+    [request] = tick(new_images_sensor, instance).run_requests
+    assert request.tags["defake/dataset"] == "local"
+
+
 def test_a_dataset_the_sensor_cannot_scan_is_named_once_per_error(project, capfd):
     """A dataset whose CSV is a named pipe is named on the first tick and again only when its
     error changes; the others are scanned all the same, and once it can be read it runs."""
