@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from defake_pipeline.cli.app import endpoint_spec, main
+from defake_pipeline.errors import DefakeError, UnreachableEndpointError
 from defake_pipeline.settings import load_settings
 from defake_pipeline.warehouse.layout import HomeLayout
 
@@ -22,7 +23,7 @@ def batches(everything: bool) -> None:
     layout = HomeLayout()
     for poll in poll_open_batches(layout, endpoint_spec, load_settings().api_key):
         if poll.problem:
-            click.echo(f"warning: {poll.record.batch_id}: not reached ({poll.problem})", err=True)
+            click.echo(f"warning: {poll.record.batch_id}: not looked at in full ({poll.problem})", err=True)
     records = BatchRecords(layout)
     try:
         listed = records.batches()
@@ -55,16 +56,29 @@ def batch() -> None:
 @click.option("-p", "--prompt", required=True, help="Prompt name or path.")
 @click.option("-d", "--dataset", "datasets", multiple=True, help="Only these datasets (repeatable). Default: all.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The JSONL file to write.")
-def export(model: str, prompt: str, datasets: tuple[str, ...], output: str) -> None:
+@click.option(
+    "--served-id",
+    default=None,
+    help="The model id `vllm run-batch --model` will serve. Default: the id the server at BASE_URL "
+    "serves, or the one it served last.",
+)
+def export(model: str, prompt: str, datasets: tuple[str, ...], output: str, served_id: str | None) -> None:
     """Write the requests the journal cannot answer as a `vllm run-batch` input file."""
     from defake_pipeline.datasets.layouts import defined_datasets, get_dataset
     from defake_pipeline.evaluation.vllm_batches import export_batch
     from defake_pipeline.prompting.spec import find_prompt, load_prompt
 
     spec, loaded = endpoint_spec(model), load_prompt(find_prompt(prompt))
+    if served_id:
+        # The served id is part of each answer's key, as if asked of the server that will serve it.
+        spec = spec.model_copy(update={"model": served_id})
     chosen = [get_dataset(d) for d in datasets] if datasets else defined_datasets()
-    n = export_batch(HomeLayout(), spec, loaded, chosen, Path(output))
-    click.echo(f"{n} requests → {output} (run: vllm run-batch -i {output} -o OUTPUT --model SERVED_ID)")
+    try:
+        n, model_id = export_batch(HomeLayout(), spec, loaded, chosen, Path(output))
+    except UnreachableEndpointError as exc:
+        # run-batch needs no server: without one to ask, the id it will serve is the user's to give.
+        raise DefakeError(f"{exc}; with no server running, name the id run-batch will serve with --served-id") from None
+    click.echo(f"{n} requests → {output} (run: vllm run-batch -i {output} -o OUTPUT --model {model_id})")
 
 
 @batch.command("import")

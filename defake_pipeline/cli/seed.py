@@ -221,8 +221,12 @@ def wait_for_batch_answers(layout: HomeLayout, model: str, sent: list[str]) -> N
             bar.n = done
             bar.refresh()
 
+        def problem(text: str) -> None:
+            bar.write(f"warning: {text}; looked at again", file=sys.stderr)
+
+        settings = load_settings()
         wait_for_batches(
-            layout, endpoint_spec, load_settings().api_key, model, progress, load_settings().DEFAKE_BATCH_POLL_S
+            layout, endpoint_spec, settings.api_key, model, progress, settings.DEFAKE_BATCH_POLL_S, problem
         )
 
 

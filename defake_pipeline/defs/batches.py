@@ -20,7 +20,7 @@ BATCH_POLL_S = load_settings().DEFAKE_BATCH_POLL_S
 def _line(poll: BatchPoll) -> str:
     r, o = poll.record, poll.outcome
     if poll.problem:
-        return f"{r.batch_id} ({r.partition_key}): not reached ({poll.problem}); looked at again next tick"
+        return f"{r.batch_id} ({r.partition_key}): not looked at in full ({poll.problem}); looked at again next tick"
     if o is None:
         return f"{r.batch_id} ({r.partition_key}): {r.progress()}"
     return (

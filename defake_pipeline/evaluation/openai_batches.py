@@ -4,11 +4,12 @@ uploaded and started, open batches looked at, and the answers of those that ende
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import openai
 
+from defake_pipeline.endpoints.bounded import MAX_RESPONSE_BYTES
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DefakeError, ModelConfigError
 from defake_pipeline.evaluation.batch import BATCH_ENDPOINT, ENDED, BatchFiles, BatchOutcome, journal_batch_lines
@@ -74,8 +75,43 @@ def _resume_submitting(client: openai.OpenAI, records: BatchRecords, record: Bat
     _create(client, records, record.batch_id, file_id, record.partition_key)
 
 
-def _file_lines(client: openai.OpenAI, file_id: str | None) -> list[str]:
-    return client.files.content(file_id).text.splitlines() if file_id else []
+# A batch file must arrive at this many lines a second at least, after the model's timeout:
+# about 150 kB/s, so a file that trickles in cannot hold a look (the sensor's tick) for hours.
+MIN_LINES_PER_S = 100
+
+
+class BatchFileError(DefakeError):
+    """A batch's output or error file that is not read to its end: the batch is looked at again."""
+
+
+def _file_lines(client: openai.OpenAI, file_id: str | None, max_lines: int, timeout_s: float) -> Iterator[str]:
+    """The lines of a batch file, streamed within bounds: a line is one answer (held to the
+    direct road's bound on a body), a file holds a line per request at most, and it must arrive
+    in time. The lines before a bound is met are yielded, and so journaled."""
+    if not file_id:
+        return
+    limit_s = timeout_s + max_lines / MIN_LINES_PER_S
+    deadline, n_lines = time.monotonic() + limit_s, 0
+    with client.files.with_streaming_response.content(file_id) as response:
+        pending = bytearray()
+        for chunk in response.iter_bytes():
+            pending += chunk
+            if b"\n" in chunk:
+                *lines, rest = bytes(pending).split(b"\n")
+                pending = bytearray(rest)
+                for line in lines:
+                    n_lines += 1
+                    if n_lines > max_lines:
+                        raise BatchFileError(
+                            f"batch file {file_id} has more lines than its batch has requests ({max_lines})"
+                        )
+                    yield line.decode("utf-8", "replace")
+            if len(pending) > MAX_RESPONSE_BYTES:
+                raise BatchFileError(f"batch file {file_id} has a line over {MAX_RESPONSE_BYTES >> 20} MB")
+            if time.monotonic() > deadline:
+                raise BatchFileError(f"batch file {file_id} was not read within {limit_s:.0f} s")
+        if pending.strip() and n_lines < max_lines:
+            yield pending.decode("utf-8", "replace")
 
 
 def poll_batch(
@@ -95,7 +131,8 @@ def poll_batch(
     requests = records.requests(record.batch_id)
     outcome = BatchOutcome()
     for file_id in (batch.output_file_id, batch.error_file_id):
-        journal_batch_lines(spec, journal, requests, _file_lines(client, file_id), record.batch_id, outcome)
+        lines = _file_lines(client, file_id, len(requests), spec.timeout_s)
+        journal_batch_lines(spec, journal, requests, lines, record.batch_id, outcome)
     reason = "; ".join(e.message or "" for e in (batch.errors.data or [])) if batch.errors else ""
     for custom_id in requests.keys() - outcome.outcomes.keys():
         # A failed batch (its file was refused) reached no line: its error counts against retries.
@@ -138,6 +175,8 @@ def poll_open_batches(layout: HomeLayout, spec_of: Callable[[str], ModelSpec], a
                 polls.append(BatchPoll(record, poll_batch(client, records, journal, spec, record)))
             except openai.APIError as exc:  # the next look tries again; nothing is lost
                 polls.append(BatchPoll(record, None, f"{type(exc).__name__}: {exc}"[:300]))
+            except BatchFileError as exc:  # answers read before it are journaled
+                polls.append(BatchPoll(record, None, str(exc)))
             finally:
                 client.close()
         now = {r.batch_id: r for r in records.batches()}  # progress and ends as just recorded
@@ -155,13 +194,20 @@ def wait_for_batches(
     model: str,
     on_progress: Callable[[int, int], None],
     interval_s: float,
+    on_problem: Callable[[str], None],
 ) -> None:
     """Look at the open batches every ``interval_s`` until none of ``model``'s is open;
-    ``on_progress`` gets the requests done and in all, over its batches looked at."""
+    ``on_progress`` gets the requests done and in all, over its batches looked at, and
+    ``on_problem`` each new reason a batch could not be looked at in full."""
     watched: dict[str, BatchRecord] = {}
+    said: set[str] = set()
     while True:
         polls = [p for p in poll_open_batches(layout, spec_of, api_key) if p.record.model == model]
         watched |= {p.record.batch_id: p.record for p in polls}
+        for problem in [f"{p.record.batch_id}: {p.problem}" for p in polls if p.problem]:
+            if problem not in said:
+                said.add(problem)
+                on_problem(problem)
         on_progress(sum(r.n_done for r in watched.values()), sum(r.n_requests for r in watched.values()))
         if all(p.outcome is not None for p in polls):
             return

@@ -31,15 +31,17 @@ from defake_pipeline.warehouse.layout import HomeLayout
 
 def export_batch(
     layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, datasets: list[DatasetSpec], target: Path
-) -> int:
+) -> tuple[int, str]:
     """The requests of a model × prompt on ``datasets`` that the journal cannot answer, written
     to ``target`` for ``vllm run-batch -i`` and recorded, so ``import_batch_file`` journals
-    their answers under the same keys. Returns how many were written."""
+    their answers under the same keys. Returns how many were written, and the model id in them."""
     jobs = {job.key: job for ds in datasets for job in jobs_from_manifest(current_manifest(layout, ds))}
     return asyncio.run(_export(layout, spec, prompt, list(jobs.values()), target))
 
 
-async def _export(layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, jobs: list, target: Path) -> int:
+async def _export(
+    layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, jobs: list, target: Path
+) -> tuple[int, str]:
     records, journal = BatchRecords(layout), layout_journal(layout)
     try:
         with temporary_folder() as folder:
@@ -57,7 +59,7 @@ async def _export(layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, job
                 export_id = f"export-{uuid.uuid4().hex[:12]}"
                 partition = f"{spec.key}|{prompt.key}"
                 records.record(export_id, evaluator.backend.endpoint, spec.name, partition, requests, status=EXPORTED)
-            return len(requests)
+            return len(requests), evaluator.model_id
     finally:
         journal.close()
         records.close()
@@ -65,8 +67,15 @@ async def _export(layout: HomeLayout, spec: ModelSpec, prompt: LoadedPrompt, job
 
 def import_batch_file(layout: HomeLayout, spec_of: Callable[[str], ModelSpec], path: Path) -> BatchOutcome:
     """A ``vllm run-batch`` output file: each answer journaled under the key it was exported with."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
+    if not path.is_file():  # a named pipe would block the command
+        raise DefakeError(f"{path}: not a regular file (a named pipe, device or folder); only regular files are read")
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DefakeError(f"{path}: line {number} is not UTF-8") from None
+        lines.append(line)
         try:
             if line.strip() and not isinstance(json.loads(line), dict):
                 raise ValueError("not an object")

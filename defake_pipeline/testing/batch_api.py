@@ -15,12 +15,15 @@ and ``finalizing`` to its end, one step every ``BatchSettings.step_s`` seconds.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as default_policy
+
+from defake_pipeline.testing.answers import gzip_bomb
 
 # The API's published limits on one input file.
 MAX_LINES = 50_000
@@ -34,12 +37,25 @@ class BatchSettings:
     step_s: float = 0.05  # each of validating, in_progress and finalizing lasts this long
     fail_share: float = 0.0  # this share of lines (by custom_id) fails once, into the error file
     expire_half: bool = False  # the next batch expires with the first half of its lines done
+    # An output file as a hostile endpoint sends it: "endless" (its lines over and over),
+    # "gzip_bomb" (one line inflating to gigabytes) or "trickle" (a byte every trickle_s).
+    hostile_output: str = ""
+    trickle_s: float = 0.1
     # Counters, read by tests.
     n_files: int = 0
     n_batches: int = 0
     n_lines: int = 0  # lines answered, over every batch
     n_line_failures: int = 0
     created: list[dict] = field(default_factory=list)  # every batch object, as created
+
+
+@dataclass
+class StreamedBody:
+    """A body sent in chunks as they are made (chunked), ``pause_s`` apart."""
+
+    chunks: Iterator[bytes]
+    encoding: str | None = None
+    pause_s: float = 0.0
 
 
 @dataclass
@@ -62,11 +78,12 @@ class BatchApi:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, _Batch] = {}
         self.failed_once: set[str] = set()
+        self.outputs: set[str] = set()  # ids of the files the batches wrote
 
     def handles(self, path: str) -> bool:
         return self.settings.enabled and ("/files" in path or "/batches" in path)
 
-    def get(self, path: str) -> tuple[int, dict | bytes]:
+    def get(self, path: str) -> tuple[int, dict | bytes | StreamedBody]:
         parts = path.partition("?")[0].rstrip("/").split("/")
         if parts[-1] == "batches":  # newest first, as the API lists them; one page holds them all here
             listed = [self._advance(b) for b in reversed(self.batches.values())]
@@ -74,7 +91,11 @@ class BatchApi:
             return 200, {"object": "list", "data": listed, "first_id": first, "last_id": last, "has_more": False}
         if "files" in parts and parts[-1] == "content":
             data = self.files.get(parts[-2])
-            return (200, data) if data is not None else _not_found("file", parts[-2])
+            if data is None:
+                return _not_found("file", parts[-2])
+            if parts[-2] in self.outputs and self.settings.hostile_output:
+                return 200, _hostile(self.settings.hostile_output, data, self.settings.trickle_s)
+            return 200, data
         if "batches" in parts and parts[-1] != "batches":
             batch = self.batches.get(parts[-1])
             return (200, self._advance(batch)) if batch else _not_found("batch", parts[-1])
@@ -206,7 +227,18 @@ class BatchApi:
         self.settings.n_files += 1
         file_id = f"file-{self.settings.n_files}"
         self.files[file_id] = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        self.outputs.add(file_id)
         return file_id
+
+
+def _hostile(kind: str, data: bytes, trickle_s: float) -> StreamedBody:
+    if kind == "endless":
+        return StreamedBody(itertools.repeat(data))
+    if kind == "gzip_bomb":
+        return StreamedBody(filter(None, gzip_bomb(2048)), encoding="gzip")
+    if kind == "trickle":
+        return StreamedBody((data[i : i + 1] for i in range(len(data))), pause_s=trickle_s)
+    raise ValueError(f"no hostile output {kind!r}")
 
 
 def _error_line(custom_id: str, response: dict | None, error: dict | None) -> dict:

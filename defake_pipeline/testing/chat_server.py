@@ -27,7 +27,7 @@ from defake_pipeline.testing.answers import (
     gzip_bomb,
     without_text,
 )
-from defake_pipeline.testing.batch_api import BatchApi
+from defake_pipeline.testing.batch_api import BatchApi, StreamedBody
 from defake_pipeline.testing.openai_rules import MinuteLimit, charged_tokens, openai_duration
 from defake_pipeline.testing.structured_outputs import constrained_text, structured_problem
 
@@ -129,6 +129,9 @@ class ServerState:
         return headers
 
 
+_INVALID_KEY = {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}
+
+
 def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -157,16 +160,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return True
             if self.headers.get("Authorization") == f"Bearer {state.api_key}":
                 return True
-            self._send(
-                401,
-                {
-                    "error": {
-                        "message": "Incorrect API key provided",
-                        "type": "invalid_request_error",
-                        "code": "invalid_api_key",
-                    }
-                },
-            )
+            self._send(401, {"error": _INVALID_KEY})
             return False
 
         def do_GET(self):
@@ -223,6 +217,8 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             if self._authorized():
                 with state.lock:
                     status, payload = call(state.batch_api)
+                if isinstance(payload, StreamedBody):
+                    return self._stream(payload, "text/plain")  # outside the lock: it may never end
                 self._send(status, payload, kind="application/json" if isinstance(payload, dict) else "text/plain")
 
         def do_POST(self):
@@ -297,7 +293,7 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 raw = json.dumps(completion_of(state, body or {}, "real")).encode()
                 return self._trickle(raw, f.trickle_interval_s)
             if name == "gzip_bomb":
-                return self._gzip_bomb(f.gzip_bomb_mb)
+                return self._stream(StreamedBody(filter(None, gzip_bomb(f.gzip_bomb_mb)), encoding="gzip"))
             if name == "redirect":
                 return self._send(307, b"", {"Location": f.redirect_url})
             if name == "bad_encoding":
@@ -321,14 +317,17 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
             self.connection.shutdown(2)
 
-        def _gzip_bomb(self, megabytes: int) -> None:
+        def _stream(self, body: StreamedBody, kind: str = "application/json") -> None:
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Type", kind)
+            if body.encoding:
+                self.send_header("Content-Encoding", body.encoding)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for data in filter(None, gzip_bomb(megabytes)):
+            for data in body.chunks:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                time.sleep(body.pause_s)
             self.wfile.write(b"0\r\n\r\n")
 
     return Handler

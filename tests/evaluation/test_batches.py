@@ -3,6 +3,7 @@ Batch API (files, batches, their clock and faults), the asset in batch mode, ``b
 and the CLI, and ``vllm run-batch`` files."""
 
 import json
+import os
 import re
 import time
 
@@ -254,6 +255,50 @@ def test_vllm_batch_export_then_import_round_trips_and_the_next_run_sends_nothin
     answered.write_text("not json\n")
     result = CliRunner().invoke(main, ["batch", "import", str(answered)])
     assert result.exit_code == 2 and f"{answered}: line 1 is not a batch output line" in result.output
+    answered.write_bytes(b'{"custom_id": "x"}\n\xff\xfe\n')
+    result = CliRunner().invoke(main, ["batch", "import", str(answered)])
+    assert result.exit_code == 2 and f"{answered}: line 2 is not UTF-8" in result.output, result.output
+
+
+def test_a_batch_exported_before_any_vllm_server_runs_names_the_id_run_batch_serves(tmp_path, monkeypatch, defake_home):
+    """`vllm run-batch` needs no server: an export with none running at BASE_URL (and none
+    asked before) takes the id run-batch will serve from --served-id, and a server started
+    there later serving that id finds every answer in the journal."""
+    from defake_pipeline.testing.chat_server import ChatServer
+    from defake_pipeline.testing.live import free_port
+
+    monkeypatch.chdir(tmp_path)
+    real_fake_dataset(tmp_path, "set", 4)
+    (tmp_path / "models.toml").write_text("registered = []\n")
+    port = free_port()
+    monkeypatch.setenv("BASE_URL", f"http://127.0.0.1:{port}/v1")  # nothing listens there yet
+    exported, answered = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    args = ["batch", "export", "-m", "vllm", "-p", "simple", "-o", str(exported)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--served-id" in result.output, result.output
+    result = CliRunner().invoke(main, [*args, "--served-id", "Qwen/Qwen2-VL-7B-Instruct"])
+    assert result.exit_code == 0 and "--model Qwen/Qwen2-VL-7B-Instruct" in result.output, result.output
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(lines) == 8 and {line["body"]["model"] for line in lines} == {"Qwen/Qwen2-VL-7B-Instruct"}
+    with ChatServer(port=port) as server:
+        server.state.served_model = "Qwen/Qwen2-VL-7B-Instruct"
+        assert run_batch(exported, answered, server.base_url) == 8  # as vllm run-batch would, offline
+        assert CliRunner().invoke(main, ["batch", "import", str(answered)]).exit_code == 0
+        asked = server.state.n_chat
+        result = CliRunner().invoke(main, ["infer", "-m", "vllm", "-d", "set", "-c", "0", "-o", "after"])
+        assert result.exit_code == 0, result.output
+        assert server.state.n_chat == asked
+    rows = pd.read_csv(defake_home / "after.csv")
+    assert len(rows) == 8 and (rows["n_requests"] == 0).all() and rows["error"].isna().all()
+
+
+@pytest.mark.timeout(60)
+def test_batch_import_of_a_named_pipe_is_one_line_not_a_hang(tmp_path, monkeypatch, defake_home):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models.toml").write_text("registered = []\n")
+    os.mkfifo(tmp_path / "out.jsonl")
+    result = CliRunner().invoke(main, ["batch", "import", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 2 and "out.jsonl: not a regular file" in result.output, result.output
 
 
 def test_a_three_turn_prompt_sends_one_batch_a_turn_and_publishes_once_every_turn_is_answered(
@@ -364,3 +409,39 @@ def test_a_server_with_no_batch_api_is_one_line_pointing_to_the_export(project, 
     [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert "refused the batch of model 'gptb' (HTTP 404)" in line and "mllmdf batch export" in line
     assert chat_server.state.n_chat == 0 and _records(defake_home).batches() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "hostile, problem",
+    [
+        ("endless", "more lines than its batch has requests (8)"),
+        ("gzip_bomb", "a line over 16 MB"),
+        ("trickle", "not read within 2 s"),
+    ],
+)
+def test_a_hostile_output_file_is_read_within_bounds_and_its_answers_are_kept(
+    project, defake_home, chat_server, hostile, problem
+):
+    """An output file that never ends, inflates to gigabytes or trickles in a byte at a time is
+    read within bounds: the look names the cause, the batch stays open and is looked at again,
+    and the answers read before the bound are journaled."""
+    from defake_pipeline.evaluation.openai_batches import poll_open_batches
+
+    _dataset(project, 4)
+    toml = project / "models.toml"
+    toml.write_text(toml.read_text() + "timeout_s = 1.5\n")
+    settings = chat_server.state.batch_api.settings
+    settings.hostile_output, settings.trickle_s = hostile, 0.05
+    materialize_evaluation(dg.DagsterInstance.ephemeral(), ["gptb"], ["simple"], batch=True)
+    time.sleep(0.1)  # the batch ends after 3 steps of 20 ms
+    started = time.monotonic()
+    [poll] = poll_open_batches(HomeLayout(defake_home), get_model, KEY)
+    assert time.monotonic() - started < 10
+    assert poll.outcome is None and problem in poll.problem, poll.problem
+    assert poll.record.status == OPEN
+    assert _journal_count(defake_home) == (8 if hostile == "endless" else 0)
+    settings.hostile_output = ""
+    [poll] = poll_open_batches(HomeLayout(defake_home), get_model, KEY)
+    assert poll.outcome is not None and poll.outcome.answered == 8 and _journal_count(defake_home) == 8
+    assert settings.n_lines == 8  # answered once by the server, paid for once
