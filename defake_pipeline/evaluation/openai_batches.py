@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import openai
 
-from defake_pipeline.endpoints.bounded import MAX_RESPONSE_BYTES
+from defake_pipeline.endpoints.bounded import MAX_RESPONSE_BYTES, RefusedBodyError, bound_sync_response_body
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DefakeError, ModelConfigError
 from defake_pipeline.evaluation.batch import BATCH_ENDPOINT, ENDED, BatchFiles, BatchOutcome, journal_batch_lines
@@ -20,8 +20,8 @@ from defake_pipeline.warehouse.layout import HomeLayout
 
 def batch_client(spec: ModelSpec, api_key: str | None) -> openai.OpenAI:
     """The SDK client for a model's files and batches. Redirects are not followed (a 307 would
-    send the images elsewhere); the SDK retries its own calls, which are idempotent reads or
-    create-once writes the record guards."""
+    send the images elsewhere); bodies are held to the chat road's bounds; the SDK retries its
+    own calls, which are idempotent reads or create-once writes the record guards."""
     if spec.backend == "openai" and not api_key:
         raise ModelConfigError(f"model {spec.name!r} needs OPENAI_API_KEY, which is not set")
     return openai.OpenAI(
@@ -29,7 +29,9 @@ def batch_client(spec: ModelSpec, api_key: str | None) -> openai.OpenAI:
         base_url=spec.resolved_base_url(),
         timeout=spec.timeout_s,
         max_retries=spec.max_retries,
-        http_client=openai.DefaultHttpxClient(follow_redirects=False),
+        http_client=openai.DefaultHttpxClient(
+            follow_redirects=False, event_hooks={"response": [bound_sync_response_body(spec.timeout_s)]}
+        ),
     )
 
 
@@ -175,7 +177,7 @@ def poll_open_batches(layout: HomeLayout, spec_of: Callable[[str], ModelSpec], a
                 polls.append(BatchPoll(record, poll_batch(client, records, journal, spec, record)))
             except openai.APIError as exc:  # the next look tries again; nothing is lost
                 polls.append(BatchPoll(record, None, f"{type(exc).__name__}: {exc}"[:300]))
-            except BatchFileError as exc:  # answers read before it are journaled
+            except (BatchFileError, RefusedBodyError) as exc:  # answers read before it are journaled
                 polls.append(BatchPoll(record, None, str(exc)))
             finally:
                 client.close()

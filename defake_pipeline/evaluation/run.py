@@ -10,8 +10,9 @@ from pathlib import Path
 import openai
 
 from defake_pipeline.datasets.layouts import LabeledImage
+from defake_pipeline.endpoints.bounded import RefusedBodyError
 from defake_pipeline.endpoints.registry import ModelSpec
-from defake_pipeline.errors import CostCapError, FatalEndpointError
+from defake_pipeline.errors import CostCapError, FatalEndpointError, UnreachableEndpointError
 from defake_pipeline.evaluation.batch import WAITING, BatchEvaluator, BatchFiles, temporary_folder
 from defake_pipeline.evaluation.batch_records import BatchRecords
 from defake_pipeline.evaluation.engine import evaluate, make_evaluator
@@ -120,6 +121,13 @@ async def _evaluate_in_batches(
                         f"(HTTP {exc.status_code}); a vLLM server has no Batch API: write the requests with "
                         "`mllmdf batch export` for `vllm run-batch` instead"
                     ) from None
+                except openai.APIConnectionError:
+                    raise UnreachableEndpointError(
+                        f"cannot reach {spec.resolved_base_url() or 'the OpenAI API'} to send the batch of model "
+                        f"{spec.name!r}; requests not in a batch yet go with the next run"
+                    ) from None
+                except (openai.APIError, RefusedBodyError) as exc:
+                    raise FatalEndpointError(f"the batch of model {spec.name!r} was not sent: {exc}"[:500]) from None
                 finally:
                     client.close()
         return RunOutcome(evaluator.notices, evaluator.waiting, ids)

@@ -40,6 +40,7 @@ class BatchSettings:
     # An output file as a hostile endpoint sends it: "endless" (its lines over and over),
     # "gzip_bomb" (one line inflating to gigabytes) or "trickle" (a byte every trickle_s).
     hostile_output: str = ""
+    hostile_status: str = ""  # a batch's status (GET /v1/batches/{id}) sent the same ways
     trickle_s: float = 0.1
     # Counters, read by tests.
     n_files: int = 0
@@ -98,7 +99,12 @@ class BatchApi:
             return 200, data
         if "batches" in parts and parts[-1] != "batches":
             batch = self.batches.get(parts[-1])
-            return (200, self._advance(batch)) if batch else _not_found("batch", parts[-1])
+            if batch is None:
+                return _not_found("batch", parts[-1])
+            if self.settings.hostile_status:
+                status = json.dumps(self._advance(batch)).encode()
+                return 200, _hostile(self.settings.hostile_status, status, self.settings.trickle_s)
+            return 200, self._advance(batch)
         return _not_found("path", path)
 
     def post(self, path: str, content_type: str, raw: bytes) -> tuple[int, dict | bytes]:

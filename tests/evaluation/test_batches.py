@@ -445,3 +445,40 @@ def test_a_hostile_output_file_is_read_within_bounds_and_its_answers_are_kept(
     [poll] = poll_open_batches(HomeLayout(defake_home), get_model, KEY)
     assert poll.outcome is not None and poll.outcome.answered == 8 and _journal_count(defake_home) == 8
     assert settings.n_lines == 8  # answered once by the server, paid for once
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "hostile, problem",
+    [("endless", "not read further"), ("gzip_bomb", "over 16 MB"), ("trickle", "no complete answer within 1.5 s")],
+)
+def test_a_hostile_batch_status_is_read_within_bounds(project, defake_home, chat_server, hostile, problem):
+    """The SDK's own calls (a batch's status here) are held to the direct road's bounds: a body
+    over 16 MB once inflated, or one not complete within timeout_s, is a problem of the look."""
+    from defake_pipeline.evaluation.openai_batches import poll_open_batches
+
+    _dataset(project, 2)
+    toml = project / "models.toml"
+    toml.write_text(toml.read_text() + "timeout_s = 1.5\n")
+    settings = chat_server.state.batch_api.settings
+    materialize_evaluation(dg.DagsterInstance.ephemeral(), ["gptb"], ["simple"], batch=True)
+    settings.hostile_status, settings.trickle_s = hostile, 0.05
+    started = time.monotonic()
+    [poll] = poll_open_batches(HomeLayout(defake_home), get_model, KEY)
+    assert time.monotonic() - started < 15
+    assert poll.outcome is None and problem in poll.problem, poll.problem
+    settings.hostile_status = ""
+    time.sleep(0.1)
+    [poll] = poll_open_batches(HomeLayout(defake_home), get_model, KEY)
+    assert poll.outcome is not None and poll.outcome.answered == 4
+
+
+def test_a_batch_that_cannot_be_sent_is_one_line(project, defake_home):
+    from defake_pipeline.testing.live import free_port
+
+    _dataset(project, 2)
+    toml = project / "models.toml"
+    toml.write_text(re.sub(r'base_url = ".*"', f'base_url = "http://127.0.0.1:{free_port()}/v1"', toml.read_text()))
+    result = CliRunner().invoke(main, ["infer", "-m", "gptb", "-d", "set", "--batch", "-o", "x"])
+    assert result.exit_code == 2 and "error: cannot reach http://127.0.0.1:" in result.output, result.output
+    assert "Traceback" not in result.output and "to send the batch of model 'gptb'" in result.output
