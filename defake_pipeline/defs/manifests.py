@@ -8,7 +8,7 @@ from defake_pipeline.datasets.layouts import defined_datasets
 from defake_pipeline.datasets.manifest import manifest_content_hash
 from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
 from defake_pipeline.defs.resources import DefakeHomeFolder
-from defake_pipeline.errors import DatasetError
+from defake_pipeline.errors import DatasetError, DefakeError
 from defake_pipeline.text import markdown_cell, markdown_code, markdown_table
 from defake_pipeline.warehouse.parquet import read_manifests
 
@@ -115,7 +115,10 @@ def image_manifest(
         if config.datasets and spec.key not in config.datasets:
             continue
         try:
-            fingerprint = dataset_fingerprint(spec)
+            fingerprint: str | None = dataset_fingerprint(spec)
+        except (OSError, DefakeError):  # the refresh below names the cause; the sensor looks again
+            fingerprint = None
+        try:
             summary = refresh_manifest(layout, spec, rehash=config.rehash)
         except DatasetError as exc:
             # A dataset that cannot be listed (its CSV a pipe, its root gone) is named and keeps
@@ -123,7 +126,8 @@ def image_manifest(
             context.log.error(f"dataset {spec.key}: not refreshed: {exc}")
             not_refreshed.append(spec.key)
             continue
-        fingerprints[spec.key] = fingerprint
+        if fingerprint:
+            fingerprints[spec.key] = fingerprint
         context.log.info(f"dataset {summary.dataset}: {summary.n_images} images ({summary.n_probe_errors} unreadable)")
         for note in summary.notes:
             context.log.warning(f"dataset {summary.dataset}: {note}")
