@@ -81,6 +81,19 @@ _CONNECT_TIMEOUT_S = 10
 _STATEMENT_TIMEOUT_MS = 30_000
 
 
+def create_tables(conn, statements: list[str]) -> None:
+    """Run ``CREATE TABLE IF NOT EXISTS`` statements under one advisory lock for the database:
+    the statement is not safe against itself, and two workers opening a new database at once
+    would both create a table, one failing on pg_type's unique index."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(hashtext('defake answers schema'))")
+        try:
+            for statement in statements:
+                cur.execute(statement)
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(hashtext('defake answers schema'))")
+
+
 class PostgresJournal:
     """A response journal shared by every worker that reaches one PostgreSQL database."""
 
@@ -94,11 +107,7 @@ class PostgresJournal:
                 url, connect_timeout=_CONNECT_TIMEOUT_S, options=f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}"
             )
             self._conn.autocommit = True
-            with self._conn.cursor() as cur:
-                # Two workers creating the tables at once: the lock makes the second wait.
-                cur.execute("SELECT pg_advisory_lock(hashtext('defake answers schema'))")
-                cur.execute(_SCHEMA)
-                cur.execute("SELECT pg_advisory_unlock(hashtext('defake answers schema'))")
+            create_tables(self._conn, [_SCHEMA])
         except psycopg2.Error as exc:
             raise self._failure(exc, "cannot open it") from None
 

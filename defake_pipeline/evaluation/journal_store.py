@@ -20,6 +20,10 @@ def now_text() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _statements(script: str) -> list[str]:
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
 class JournalStore:
     """A connection to the journal's database, with this kind's tables (``TABLES``, ``{real}``
     standing for the floating-point type) created if missing."""
@@ -37,17 +41,18 @@ class JournalStore:
             if self._postgres:
                 import psycopg2  # only the scaled set-up needs it
 
+                from defake_pipeline.evaluation.journal_postgres import create_tables
+
                 # Each statement is small: one that takes 30 s is stuck on a lock or a dead server.
                 self._conn: Any = psycopg2.connect(url, connect_timeout=10, options="-c statement_timeout=30000")
                 self._conn.autocommit = True
-                tables = self.TABLES.format(real="DOUBLE PRECISION")
+                create_tables(self._conn, _statements(self.TABLES.format(real="DOUBLE PRECISION")))
             else:
                 path = Path(url.removeprefix("sqlite:///")) if url else layout.journal
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-                tables = self.TABLES.format(real="REAL")
-            for statement in filter(str.strip, tables.split(";")):
-                self._execute(statement)
+                for statement in _statements(self.TABLES.format(real="REAL")):
+                    self._execute(statement)
         except Exception as exc:
             raise self._failure(exc) from None
 

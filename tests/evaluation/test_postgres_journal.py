@@ -60,6 +60,29 @@ def test_the_postgres_journal_keeps_the_sqlite_journals_rules(journal_url):
         two.close()
 
 
+def test_workers_opening_a_new_database_at_once_all_create_its_tables(journal_url):
+    """CREATE TABLE IF NOT EXISTS is not safe against itself in PostgreSQL: two workers that
+    open a new database at once both try to create a table, and one fails on pg_type's unique
+    index. Every table beside the journal is created under the same lock as the journal's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from defake_pipeline.evaluation.batch_records import BatchRecords
+    from defake_pipeline.evaluation.generations import CacheGenerations
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    layout = HomeLayout(Path("/nonexistent"), journal_url=journal_url)
+
+    def open_both(_):
+        for kind in (CacheGenerations, BatchRecords):
+            kind(layout).close()
+
+    for _ in range(5):  # each round on an empty database
+        with psycopg2.connect(journal_url) as conn, conn.cursor() as cur:
+            cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(open_both, range(12)))
+
+
 def test_a_lease_expires_by_the_databases_clock(journal_url):
     one, two = open_journal(journal_url), open_journal(journal_url)
     try:
