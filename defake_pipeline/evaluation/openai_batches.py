@@ -93,27 +93,28 @@ def _file_lines(client: openai.OpenAI, file_id: str | None, max_lines: int, time
     if not file_id:
         return
     limit_s = timeout_s + max_lines / MIN_LINES_PER_S
-    deadline, n_lines = time.monotonic() + limit_s, 0
     with client.files.with_streaming_response.content(file_id) as response:
-        pending = bytearray()
-        for chunk in response.iter_bytes():
-            pending += chunk
-            if b"\n" in chunk:
-                *lines, rest = bytes(pending).split(b"\n")
-                pending = bytearray(rest)
-                for line in lines:
-                    n_lines += 1
-                    if n_lines > max_lines:
-                        raise BatchFileError(
-                            f"batch file {file_id} has more lines than its batch has requests ({max_lines})"
-                        )
-                    yield line.decode("utf-8", "replace")
-            if len(pending) > MAX_RESPONSE_BYTES:
-                raise BatchFileError(f"batch file {file_id} has a line over {MAX_RESPONSE_BYTES >> 20} MB")
-            if time.monotonic() > deadline:
-                raise BatchFileError(f"batch file {file_id} was not read within {limit_s:.0f} s")
-        if pending.strip() and n_lines < max_lines:
-            yield pending.decode("utf-8", "replace")
+        lines = _raw_lines(response.iter_bytes(), limit_s, f"batch file {file_id}")
+        for number, line in enumerate(lines, 1):
+            if number > max_lines:
+                raise BatchFileError(f"batch file {file_id} has more lines than its batch has requests ({max_lines})")
+            yield line.decode("utf-8", "replace")
+
+
+def _raw_lines(chunks: Iterator[bytes], limit_s: float, what: str) -> Iterator[bytes]:
+    deadline, pending = time.monotonic() + limit_s, bytearray()
+    for chunk in chunks:
+        pending += chunk
+        if b"\n" in chunk:
+            *lines, rest = bytes(pending).split(b"\n")
+            pending = bytearray(rest)
+            yield from lines
+        if len(pending) > MAX_RESPONSE_BYTES:
+            raise BatchFileError(f"{what} has a line over {MAX_RESPONSE_BYTES >> 20} MB")
+        if time.monotonic() > deadline:
+            raise BatchFileError(f"{what} was not read within {limit_s:.0f} s")
+    if pending.strip():
+        yield bytes(pending)
 
 
 def poll_batch(
