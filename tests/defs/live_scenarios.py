@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import dagster as dg
 import pytest
 
 from conftest import REPO
@@ -71,6 +72,35 @@ def consistent(live: LiveDagster) -> bool:
     """Every ranked run has a non-empty report with the same image count, and no other report exists."""
     board = ranked(live)
     return bool(board) and board == reports(live) and all(n > 0 for n in board.values())
+
+
+def explain(live: LiveDagster, runs: list[dict]) -> list[str]:
+    """Each run: its job, seconds from the first, assets, and for a run the automation asked for,
+    the conditions that held for each asset it requested (whose tree said why)."""
+    instance = dg.DagsterInstance.from_config(str(live.dagster_home))
+    first = min((r["creationTime"] for r in runs), default=0)
+    lines = []
+    for run in sorted(runs, key=lambda r: r["creationTime"]):
+        assets = ",".join("/".join(a["path"]) for a in run.get("assetSelection") or [])
+        lines.append(f"{run['creationTime'] - first:.1f}s {run['jobName']} [{assets}] {run['tags']}")
+        evaluation_id = run["tags"].get("dagster/asset_evaluation_id")
+        if evaluation_id is None:
+            continue
+        for record in instance.schedule_storage.get_auto_materialize_evaluations_for_evaluation_id(int(evaluation_id)):
+            evaluation = record.get_evaluation_with_run_ids().evaluation
+            if evaluation.true_subset.size:
+                lines += [f"  {record.key.to_user_string()}: {held}" for held in _held(evaluation, 0)]
+    return lines
+
+
+def _held(evaluation, depth: int) -> list[str]:
+    node = evaluation.condition_snapshot
+    if not evaluation.true_subset.size or depth > 6:
+        return []
+    out = ["  " * depth + (node.label or node.name or node.description)[:100]]
+    for child in evaluation.child_evaluations:
+        out += _held(child, depth + 1)
+    return out
 
 
 def wait_for(condition, timeout_s: float, step_s: float = 0.5) -> float:

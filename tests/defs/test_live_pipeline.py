@@ -16,6 +16,7 @@ from live_scenarios import (
     VLM,
     Scenarios,
     consistent,
+    explain,
     not_ranked,
     ranked,
     scenarios_fixture,
@@ -39,7 +40,7 @@ def test_first_start_after_make_demo(scenarios):
     runs = scenarios.settle("first_start", since, seconds=round(seconds, 1))
     # The first scan of the datasets (one run through to the reports, the baseline included),
     # one run for the chat model's partitions, one rebuild.
-    assert len(runs) <= 3, [(r["jobName"], r["tags"].get("dagster/partition")) for r in runs]
+    assert len(runs) <= 3, "\n".join(explain(live, runs))
     assert consistent(live)
 
 

@@ -11,7 +11,7 @@ import urllib.request
 
 import dagster as dg
 import pytest
-from live_scenarios import IDLE_TICKS, VLM, consistent, ranked, scenarios_fixture, wait_for, wait_ticks
+from live_scenarios import IDLE_TICKS, VLM, consistent, explain, ranked, scenarios_fixture, wait_for, wait_ticks
 
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
@@ -57,7 +57,7 @@ def test_cli_run_while_the_daemon_runs_sets_nothing_off(scenarios):
     # Each CLI run's own: manifest, the baseline or the one partition, publish. No daemon run.
     assert sorted(r["jobName"] for r in runs) == sorted(
         ["refresh_manifests", "evaluate_baselines", "publish", "refresh_manifests", "evaluate", "publish"]
-    ), [(r["jobName"], r["creationTime"] - since, r["tags"]) for r in runs]
+    ), "\n".join(explain(live, runs))
     assert all(r["tags"].get("defake/source") == "cli" for r in runs)
     scenarios.figures["cli_while_daemon"] = {"runs": len(runs), "daemon_runs": 0, "adhoc_requests": asked}
     assert ("qwen2vl", "simple") in ranked(live)  # what the CLI asked for is published
@@ -71,7 +71,7 @@ def test_idle_ten_ticks_launch_nothing(scenarios):
     ticks = wait_ticks(live, since, IDLE_TICKS)
     runs = [r for r in live.runs() if r["creationTime"] >= since]
     scenarios.figures["idle"] = {"runs": len(runs), "seconds": round(time.time() - since, 1), "ticks": ticks}
-    assert runs == [], [(r["jobName"], r["tags"]) for r in runs]
+    assert runs == [], "\n".join(explain(live, runs))
     assert consistent(live)
 
 
