@@ -11,6 +11,7 @@ import signal
 import dagster as dg
 
 from defake_pipeline.cli.bars import bars_in_this_process
+from defake_pipeline.defs.automation import CLI_TAG
 from defake_pipeline.defs.baselines import BaselinesConfig
 from defake_pipeline.defs.manifests import DatasetSelection, ManifestConfig
 from defake_pipeline.defs.partitions import (
@@ -28,7 +29,6 @@ from defake_pipeline.warehouse.database import query
 
 # Step-by-step DEBUG events belong in the UI; the terminal gets INFO and above.
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-CLI_TAGS = {"defake/source": "cli"}
 
 
 def _run_config(op: str | None, config: dg.Config | None) -> dg.RunConfig:
@@ -65,7 +65,7 @@ def _execute(
             instance=instance,
             partition_key=key,
             run_config=_run_config(op, config),
-            tags={**CLI_TAGS, **(tags or {})},
+            tags={**CLI_TAG, **(tags or {})},
             resources=resources,
         )
     except dg.DagsterExecutionInterruptedError:

@@ -73,8 +73,51 @@ class MaterializedBeforeManifest(dg.AutomationCondition):
 
 MATERIALIZED_BEFORE_MANIFEST = MaterializedBeforeManifest()
 
+CLI_TAG = {"defake/source": "cli"}
+
+
+class LatestUpdateFromCli(dg.AutomationCondition):
+    """Partitions (or an unpartitioned asset) whose latest materialization a CLI run made.
+
+    Read from the instance as it stands, not from the tick's window of events. Dagster's
+    all_new_updates_have_run_tags() reads events up to the last id the tick captured as it
+    began, and data_version_changed() and newly_updated() read on past it: a CLI run's update
+    that committed in between was new content not from the CLI, and the daemon rebuilt the
+    warehouse and reports a second time. The latest update is the CLI's in either window."""
+
+    @property
+    def name(self) -> str:
+        return "latest_update_from_cli"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        candidates = context.candidate_subset
+        if context.partitions_def is None:
+            event = instance.get_latest_materialization_event(context.key)
+            run_by_partition: dict[str | None, str] = {None: event.run_id} if event else {}
+        else:
+            keys = set(candidates.expensively_compute_partition_keys())
+            latest = instance.get_latest_storage_id_by_partition(
+                context.key, dg.DagsterEventType.ASSET_MATERIALIZATION, keys
+            )
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=context.key, storage_ids=list(latest.values())), limit=len(latest) or 1
+            ).records
+            run_by_partition = {r.partition_key: r.run_id for r in records} if latest else {}
+        runs = set(run_by_partition.values())
+        from_cli = (
+            {r.run_id for r in instance.get_runs(dg.RunsFilter(run_ids=list(runs), tags=CLI_TAG))} if runs else set()
+        )
+        if context.partitions_def is None:
+            return dg.AutomationResult(
+                context, candidates if run_by_partition.get(None) in from_cli else context.get_empty_subset()
+            )
+        keys = {k for k, run_id in run_by_partition.items() if k is not None and run_id in from_cli}
+        return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(keys))
+
+
 # `mllmdf materialize` publishes its own results; the daemon need not follow its updates.
-FROM_CLI = Condition.all_new_updates_have_run_tags(tag_values={"defake/source": "cli"})
+FROM_CLI = LatestUpdateFromCli()
 
 # Handled: asked for, or updated. Unlike since_last_handled(), the first evaluation does not
 # count as handling: a partition found missing then, while its inputs were still being

@@ -540,3 +540,37 @@ def test_new_manifest_content_reruns_a_partition_only_if_it_is_older_than_the_ma
     later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
     assert later.get_num_requested(dg.AssetKey("predictions")) == 1
     assert later.get_num_requested(dg.AssetKey("baseline_predictions")) == 1
+
+
+def test_a_cli_update_that_commits_while_a_tick_begins_sets_nothing_off(defake_home, vllm_endpoint, monkeypatch):
+    """A CLI run's new predictions that commit after the automation's tick captured the last event
+    id are the next tick's to read, and read there as the CLI's own: nothing is asked, on that
+    tick or the next. Seen under load: `mllmdf materialize` while the daemon ran launched the
+    warehouse and reports a second time."""
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["vllm"], ["simple"])
+    predictions = [defs.get_assets_def("predictions")]
+    dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources)
+    dg.materialize([defs.get_assets_def("baseline_predictions")], instance=instance, resources=defs.resources)
+    dg.materialize(predictions, instance=instance, resources=defs.resources, partition_key="vllm|simple")
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert quiet.total_requested == 0
+    captured = instance.event_log_storage.get_maximum_record_id()
+    (defake_home / "predictions" / "model=vllm" / "prompt=simple.parquet").unlink()
+    dg.materialize(  # new content, from the CLI
+        predictions,
+        instance=instance,
+        resources=defs.resources,
+        partition_key="vllm|simple",
+        run_config={"ops": {"predictions": {"config": {"datasets": ["nope"]}}}},
+        tags={"defake/source": "cli"},
+    )
+    dg.materialize(  # and the warehouse it publishes
+        [defs.get_assets_def("metrics")], instance=instance, resources=defs.resources, tags={"defake/source": "cli"}
+    )
+    # The tick began (and captured its last event id) before that run's events committed.
+    monkeypatch.setattr(instance.event_log_storage, "get_maximum_record_id", lambda: captured)
+    during = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    monkeypatch.undo()
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=during.cursor)
+    assert (during.total_requested, after.total_requested) == (0, 0)
