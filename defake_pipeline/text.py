@@ -27,6 +27,12 @@ def visible_controls(text: str) -> str:
     return _CONTROLS.sub(_escape, text)
 
 
+def one_line(text: str) -> str:
+    """``text`` as one line of a terminal: ``visible_controls``, and line breaks shown as
+    ``\\n`` and ``\\r`` (a name or an endpoint's message cannot forge a line of its own)."""
+    return visible_controls(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _escape(match: re.Match) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

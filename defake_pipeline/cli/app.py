@@ -14,7 +14,7 @@ import click
 
 from defake_pipeline.errors import DefakeError, RunInterrupted, UnreachableEndpointError
 from defake_pipeline.settings import homes_notice, load_settings
-from defake_pipeline.text import visible_controls
+from defake_pipeline.text import one_line, visible_controls
 from defake_pipeline.warehouse.layout import HomeLayout
 
 log = logging.getLogger("mllmdf")
@@ -29,8 +29,7 @@ class DefakeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DefakeError as exc:
-            # Messages quote file names and answers: their control characters are shown, not acted on.
-            click.echo(f"error: {visible_controls(str(exc) + _model_hint(exc))}", err=True)
+            print_line("error", str(exc) + _model_hint(exc))
             sys.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:
             click.echo(f"error: {RunInterrupted(signal.SIGINT)}", err=True)
@@ -39,8 +38,7 @@ class DefakeGroup(click.Group):
             if exc.errno not in _UNWRITABLE or not exc.filename:
                 raise
             # A read-only or someone else's DEFAKE_HOME (or DAGSTER_HOME) fails on its first write.
-            where = visible_controls(str(exc.filename))
-            click.echo(f"error: cannot write {where}: {exc.strerror}", err=True)
+            print_line("error", f"cannot write {exc.filename}: {exc.strerror}")
             sys.exit(2)
 
 
@@ -83,13 +81,19 @@ def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def print_line(kind: str, text: str) -> None:
+    """``kind: text`` as one line on stderr. The text quotes file names and endpoints' messages:
+    their control characters are shown, not acted on, and cannot start a line of their own."""
+    click.echo(f"{kind}: {one_line(text)}", err=True)
+
+
 def print_turns(pred) -> None:
     # Answers and file names are shown, never acted on: escape sequences in them are made visible.
-    name = visible_controls(Path(pred.path).name)
+    name = one_line(Path(pred.path).name)
     for i, turn in enumerate(pred.turns):
         click.echo(f"--- {name} · turn {i + 1}/{len(pred.turns)} ---\n{visible_controls(turn)}", err=True)
     if pred.error:
-        click.echo(f"--- {name} · error: {visible_controls(pred.error)}", err=True)
+        click.echo(f"--- {name} · error: {one_line(pred.error)}", err=True)
 
 
 @click.group(cls=DefakeGroup)

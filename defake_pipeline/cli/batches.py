@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from defake_pipeline.cli.app import endpoint_spec, main
+from defake_pipeline.cli.app import endpoint_spec, main, print_line
 from defake_pipeline.errors import DefakeError, UnreachableEndpointError
 from defake_pipeline.settings import load_settings
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -23,7 +23,7 @@ def batches(everything: bool) -> None:
     layout = HomeLayout()
     for poll in poll_open_batches(layout, endpoint_spec, load_settings().api_key):
         if poll.problem:
-            click.echo(f"warning: {poll.record.batch_id}: not looked at in full ({poll.problem})", err=True)
+            print_line("warning", f"{poll.record.batch_id}: not looked at in full ({poll.problem})")
     records = BatchRecords(layout)
     try:
         listed = records.batches()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from defake_pipeline.cli.app import endpoint_spec, main
+from defake_pipeline.cli.app import endpoint_spec, main, print_line
 from defake_pipeline.records import NO_PROMPT
 from defake_pipeline.settings import load_settings
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -104,9 +104,9 @@ def materialize(
     waiting = open_batch_lines(layout, {f"{m}|{p}" for m in chat for p in prompt_keys}) if chat else {}
     for line in gate_failures(layout, pairs):
         if not any(line.startswith(f"{key} ") for key in waiting):  # said below: it waits for its batches
-            click.echo(f"warning: {line}; left off the leaderboard", err=True)
+            print_line("warning", f"{line}; left off the leaderboard")
     for line in missing_manifest_lines(layout, missing_manifests(layout, [spec.key for spec in dataset_specs()])):
-        click.echo(f"warning: {line}", err=True)
+        print_line("warning", line)
     for m, p in pairs:
         if layout.report_file(m, p).exists():
             click.echo(f"report: {layout.report_file(m, p)}")

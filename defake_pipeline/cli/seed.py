@@ -7,10 +7,17 @@ from pathlib import Path
 
 import click
 
-from defake_pipeline.cli.app import endpoint_spec, log, main, print_turns, setup_logging, stopped_by_sigterm
+from defake_pipeline.cli.app import (
+    endpoint_spec,
+    log,
+    main,
+    print_line,
+    print_turns,
+    setup_logging,
+    stopped_by_sigterm,
+)
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.settings import load_settings
-from defake_pipeline.text import visible_controls
 from defake_pipeline.warehouse.layout import HomeLayout
 
 
@@ -38,7 +45,7 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     if verbose:
         print_turns(pred)
     if pred.error:
-        click.echo(f"error: {visible_controls(f'{Path(image)}: {pred.error}')}", err=True)
+        print_line("error", f"{Path(image)}: {pred.error}")
     click.echo(pred.verdict)
     if pred.error:
         sys.exit(1)
@@ -142,7 +149,7 @@ def infer(
         dataset_images(ds, layout.derived_images_dir, notes), count, seed, real_only, fake_only, job_split
     )
     for note in notes:
-        click.echo(f"warning: {note}", err=True)
+        print_line("warning", note)
     name = output or default_output_name(ds.name, count, spec.name, loaded.name, log_id)
     target = output_csv_path(layout, name)
     log.info("infer %s × %s on %s: %d images → %s", spec.name, loaded.key, ds.name, len(images), target)
@@ -183,7 +190,7 @@ def infer(
                 on_result=on_result, batch=True,
             )  # fmt: skip
     for notice in outcome.notices:
-        click.echo(f"warning: {visible_controls(notice)}", err=True)
+        print_line("warning", notice)
     if outcome.waiting:
         sent = f"sent {', '.join(outcome.batches)}; " if outcome.batches else ""
         click.echo(
@@ -263,7 +270,7 @@ def doc(experiment: str, summarize_to: str | None) -> None:
         except DefakeError as exc:
             if experiment != "all":
                 raise
-            click.echo(f"warning: skipped {exc}", err=True)
+            print_line("warning", f"skipped {exc}")
             continue
         rows.append(row)
         click.echo(

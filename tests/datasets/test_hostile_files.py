@@ -126,6 +126,28 @@ def test_materialize_names_a_dataset_whose_csv_is_a_pipe_and_publishes_the_other
     assert "| 6 | 50.0%" in board and "[report](<canny__-.md>)" in board  # the good dataset is ranked
 
 
+def test_run_logs_show_escape_sequences_in_file_names_as_text(tmp_path, monkeypatch):
+    """The runs' log lines on the terminal (``mllmdf materialize``, and the daemon's runs under
+    ``dagster dev``) name files; a name's escape sequences are shown, never acted on."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    for label in ("real", "fake"):
+        image(tmp_path / "data" / label / "a.png", "navy" if label == "real" else "olive")
+    folder = tmp_path / "data" / "fake" / "d\x1b]0;title\x07"
+    folder.mkdir()
+    (folder / "loop\x1b[5m").symlink_to("..")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "data.toml").write_text('layout = "real_fake"\nroot = "../data"\n')
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": str(tmp_path / "dh"), "DEFAKE_HOME": str(tmp_path / "outputs")}
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny"], env=env, color=True)
+    assert result.exit_code == 0, result.output
+    assert "already walked" in result.output
+    assert "\x1b" not in result.output and "d\\x1b]0;title\\x07/loop\\x1b[5m" in result.output
+
+
 def test_a_same_size_same_time_replacement_is_found_by_rehash(defake_home, tmp_path, monkeypatch):
     from click.testing import CliRunner
 

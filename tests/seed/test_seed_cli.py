@@ -45,7 +45,8 @@ def mllmdf(args, cwd, env_extra=None, check=True) -> Ran:
     here = os.getcwd()
     os.chdir(cwd)
     try:
-        result = CliRunner().invoke(main, args, env=env)
+        # color=True: click passes escape sequences through, as it does to a terminal.
+        result = CliRunner().invoke(main, args, env=env, color=True)
     finally:
         os.chdir(here)
     stderr = result.stderr
@@ -342,6 +343,30 @@ def test_verbose_turns_show_escape_sequences_as_text(tmp_path, chat_server):
     )
     assert out.stdout == "real\n"
     assert "\x1b" not in out.stderr and "\x9b" not in out.stderr and "\\x1b]8;;https://evil.example" in out.stderr
+
+
+def test_hostile_file_names_print_as_one_line_of_text(tmp_path):
+    """A file name with a line break or escape sequences, in a one-line error or warning: the
+    terminal acts on none of it and the line stays one line."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "fake").mkdir()
+    bad = tmp_path / "real" / "a\nerror: forged \x1b]0;title\x07\x1b[2J.png"
+    bad.write_bytes(b"")
+    folder = tmp_path / "fake" / "d\x1b[1m"
+    folder.mkdir()
+    (folder / "loop\x1b[5m").symlink_to("..")
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "fake" / "x.png")
+
+    out = mllmdf(["classify", str(bad), "--model", "canny"], tmp_path, {"DEFAKE_HOME": str(tmp_path)}, check=False)
+    assert (out.returncode, out.stdout) == (1, "unknown\n")
+    assert [line for line in out.stderr.splitlines() if line] == [out.stderr.strip()], out.stderr
+    assert "\x1b" not in out.stderr and "a\\nerror: forged \\x1b]0;title" in out.stderr
+
+    args = ["infer", "--model", "canny", "--real_dir", "real", "--fake_dir", "fake", "--count", "0"]
+    out = mllmdf(args, tmp_path, {"DEFAKE_HOME": str(tmp_path)})
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "already walked" in warnings[0], out.stderr
+    assert "\x1b" not in out.stderr and "d\\x1b[1m" in warnings[0]
 
 
 def test_huge_answers_are_stored_capped_with_the_verdict_of_the_whole(tmp_path, chat_server):
