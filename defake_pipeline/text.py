@@ -119,6 +119,12 @@ def without_userinfo(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def without_secret(text: str, secret: str | None) -> str:
+    """``text`` (an error message) with ``secret`` masked, where the server or driver that wrote
+    the message echoed it back."""
+    return text.replace(secret, "***") if secret else text
+
+
 def without_password(text: str, url: str) -> str:
     """``text`` (a driver's error message, say) with the password of ``url`` masked, however
     the driver quoted it."""
@@ -126,5 +132,5 @@ def without_password(text: str, url: str) -> str:
     if not password:
         return text
     for form in {password, urllib.parse.unquote(password)}:
-        text = text.replace(form, "***")
+        text = without_secret(text, form)
     return text

@@ -26,6 +26,7 @@ from defake_pipeline.endpoints.retry import (
 from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.endpoints.verdict_formats import refuses_the_format
 from defake_pipeline.errors import DefakeError, FatalEndpointError, ModelConfigError, UnreachableEndpointError
+from defake_pipeline.text import without_secret
 from defake_pipeline.verdict import score_from_logprobs
 
 
@@ -117,6 +118,7 @@ class ChatBackend:
         if spec.backend == "openai" and not api_key:
             raise ModelConfigError(f"model {spec.name!r} needs OPENAI_API_KEY, which is not set")
         self.spec = spec
+        self.api_key = api_key
         self.base_url = spec.resolved_base_url()
         self.policy = policy or RetryPolicy(
             max_attempts=spec.max_retries + 1, base_delay_s=spec.backoff_base_s, max_delay_s=spec.max_retry_wait_s
@@ -263,6 +265,7 @@ class ChatBackend:
                 self.limiter.release(epoch, "permanent")
                 raise
             except Exception as exc:
+                self._mask_key(exc)
                 kind = classify_error(exc)
                 headers = getattr(getattr(exc, "response", None), "headers", None)
                 self.pacer.observe(headers, start, refused=kind == "rate_limited")
@@ -286,6 +289,15 @@ class ChatBackend:
             self.limiter.release(epoch, "ok", latency_s=reply.latency_s)
             return reply
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _mask_key(self, exc: Exception) -> None:
+        # A gateway may quote the request's Authorization header in its error message, which
+        # becomes the image's error row, a report line and a terminal line: the key is masked
+        # there, in place, so the error keeps its type for the retry policy.
+        if self.api_key and self.api_key in str(exc):
+            exc.args = tuple(without_secret(a, self.api_key) if isinstance(a, str) else a for a in exc.args)
+            if isinstance(getattr(exc, "message", None), str):
+                exc.message = without_secret(exc.message, self.api_key)  # type: ignore[attr-defined]
 
     def _format_refused(self, exc: openai.BadRequestError, params: dict) -> bool:
         constrained = "response_format" in params or "structured_outputs" in params

@@ -42,6 +42,7 @@ class Faults:
     rate_empty: float = 0.0  # 200 with an empty body: nothing billed, a transient fault
     rate_drop: float = 0.0
     rate_400: float = 0.0  # a permanent refusal, such as an image the model cannot take
+    echo_authorization: bool = False  # the 400's message quotes the request's Authorization header, as gateways' may
     rate_html: float = 0.0  # 200 with a proxy's HTML error page
     rate_trickle: float = 0.0  # a valid answer sent one byte every trickle_interval_s
     rate_bad_encoding: float = 0.0  # a valid answer whose text holds invalid UTF-8 and a lone surrogate

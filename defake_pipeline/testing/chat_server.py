@@ -304,7 +304,9 @@ def _handler_for(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 header = f.retry_after_header if f.retry_after_header is not None else str(f.retry_after_s)
                 return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": header})
             if name == "400":
-                return self._send(400, {"error": {"message": "Invalid image data", "type": "invalid_request_error"}})
+                quoted = f" (sent with {self.headers.get('Authorization')})" if f.echo_authorization else ""
+                message = f"Invalid image data{quoted}"
+                return self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
             if name == "500":
                 return self._send(500, {"error": {"message": "internal error"}})
             if name == "malformed":

@@ -168,6 +168,31 @@ def test_concurrent_writers_lose_no_rows(slow_project, chat_server, tmp_path):
     journal.close()
 
 
+def test_a_key_an_endpoint_echoes_in_its_errors_reaches_no_output(chat_server, tmp_path):
+    """A gateway that quotes the Authorization header in its 400s: the error rows, the CSV and
+    the terminal keep the message with the key masked."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    chat_server.state.faults = Faults(rate_400=1.0, echo_authorization=True)
+    demo = REPO / "demo"
+    env = {"OPENAI_API_KEY": SECRET, "BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path / "out")}
+    runner = CliRunner()
+    classified = runner.invoke(main, ["classify", str(demo / "real" / "coffee.jpg"), "-m", "qwen2vl"], env=env)
+    folders = ["--real_dir", str(demo / "real"), "--fake_dir", str(demo / "fake")]
+    inferred = runner.invoke(main, ["infer", "-m", "qwen2vl", *folders, "--count", "2"], env=env)
+    assert inferred.exit_code == 0, inferred.output
+    assert chat_server.state.n_faults == 5  # every request got the quoting 400
+    frame = pd.read_csv(tmp_path / "out" / "ImageFolders-2_qwen2vl_simple.csv")
+    masked = "Invalid image data (sent with Bearer ***)"
+    assert len(frame) == 4 and frame["error"].str.contains(masked, regex=False).all()
+    assert masked in classified.output
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix != ".sqlite"]
+    assert [p for p in files if SECRET.encode() in p.read_bytes()] == []
+    assert SECRET not in classified.output + inferred.output
+
+
 def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
     """The key, and a password inside the base URL, appear in no output or file;
     the Bearer key is what authenticates (httpx would send the URL's userinfo as Basic auth)."""
