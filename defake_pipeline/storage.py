@@ -7,6 +7,8 @@ a store is one PUT of a finished object: there is no rename and no append.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TypeGuard
 
@@ -60,3 +62,49 @@ def size_and_mtime(path: StoredPath) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+class RefusedFile(Exception):
+    """A file refused unread: not a regular file, or over its size limit; its text says which."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int, limit: str) -> bytes:
+    """A local file's bytes. Only a regular file is read (a named pipe would block its reader,
+    and ``/dev/zero`` never ends), and never more than ``max_bytes`` (``limit`` names that limit);
+    else RefusedFile. The file is opened without blocking, so a pipe swapped in after any
+    earlier check cannot block the read."""
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise RefusedFile(f"not a regular file ({kind}); only regular files are read")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RefusedFile(f"over the {limit}")
+    return data
+
+
+# A dataset definition, a prompt or models.toml takes a few kilobytes.
+MAX_PROJECT_FILE_BYTES = 1 << 20
+
+
+def read_project_file(path: Path, error: type[DefakeError]) -> str:
+    """The text of a project file (a dataset definition, a prompt, ``models.toml``). One that
+    cannot be read (missing, unreadable, a pipe, a device, over 1 MB) is ``error`` naming it and
+    why; text that is not UTF-8 is UnicodeDecodeError, for the caller to word with its format's."""
+    try:
+        return read_regular_file(path, MAX_PROJECT_FILE_BYTES, "1 MB limit for a project file").decode("utf-8")
+    except RefusedFile as exc:
+        raise error(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None

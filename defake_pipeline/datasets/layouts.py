@@ -23,7 +23,7 @@ from defake_pipeline.errors import DatasetError, validation_line
 from defake_pipeline.imaging.perturb import Perturbation
 from defake_pipeline.records import label_from_text
 from defake_pipeline.settings import is_url, project_dirs, project_root
-from defake_pipeline.storage import StoredPath, relative_parts, stored_path
+from defake_pipeline.storage import StoredPath, read_project_file, relative_parts, stored_path
 from defake_pipeline.text import slugify
 
 Layout = Literal["real_fake", "image_folders", "generator_folders", "genimage", "csv"]
@@ -113,7 +113,7 @@ class LabeledImage:
 def load_dataset_spec(file: Path) -> DatasetSpec:
     """Read one definition; relative paths are taken from the definition file's folder."""
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_project_file(file, DatasetError))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise DatasetError(f"{file}: invalid TOML ({exc})") from None
     raw.setdefault("name", file.stem)

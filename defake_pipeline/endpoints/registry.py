@@ -19,6 +19,7 @@ from defake_pipeline.endpoints.verdict_formats import VerdictFormat
 from defake_pipeline.errors import ModelConfigError, validation_line
 from defake_pipeline.imaging.encode import EncodingPolicy
 from defake_pipeline.settings import project_dirs
+from defake_pipeline.storage import read_project_file
 from defake_pipeline.text import slugify, without_userinfo
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
@@ -115,7 +116,7 @@ class ModelSpec(BaseModel):
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_project_file(path, ModelConfigError))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         # tomllib recurses: a file nested thousands deep is invalid TOML here, not a crash.
         raise ModelConfigError(f"{path}: invalid TOML ({exc})") from None
@@ -123,7 +124,8 @@ def _read_toml(path: Path) -> dict:
 
 def registry_files() -> list[Path]:
     """``models.toml`` files, the working directory's first."""
-    return [d / "models.toml" for d in project_dirs(".") if (d / "models.toml").is_file()]
+    # Any entry by that name, so that a pipe or a folder is an error naming it, not ignored.
+    return [d / "models.toml" for d in project_dirs(".") if (d / "models.toml").exists()]
 
 
 def _file_stamp(path: Path) -> tuple[Path, int, int]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import stat
 import warnings
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from defake_pipeline.storage import StoredPath, is_remote
+from defake_pipeline.storage import RefusedFile, StoredPath, is_remote, read_regular_file
 
 # Refuse decompression bombs: an image over this many pixels is a probe error, not a crash.
 # It is where Pillow raises DecompressionBombError (twice its MAX_IMAGE_PIXELS); Pillow's own
@@ -80,38 +78,16 @@ def _decode_error(path: StoredPath, exc: Exception) -> str:
     return f"not a readable image: {_BUFFER_REPR.sub(path.name, str(exc))}"
 
 
-class NotAnImageFile(Exception):
-    """A path that is not a regular file within ``MAX_IMAGE_BYTES``; its text says which."""
-
-
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISDIR, "a folder"),
-)
-
-
 def read_image_bytes(path: StoredPath) -> bytes:
     """An image file's bytes. Only a regular file is read (a named pipe would block, and
-    ``/dev/zero`` never ends), and never more than ``MAX_IMAGE_BYTES``; else NotAnImageFile.
-    The file is opened without blocking, so a pipe swapped in after the check cannot block it.
+    ``/dev/zero`` never ends), and never more than ``MAX_IMAGE_BYTES``; else RefusedFile.
     An object on a store is fetched in one ranged request, bounded the same way."""
-    if is_remote(path):
-        data = path.fs.cat_file(path.path, start=0, end=MAX_IMAGE_BYTES + 1)
-        if len(data) > MAX_IMAGE_BYTES:
-            raise NotAnImageFile(f"over the {MAX_IMAGE_BYTES >> 20} MB limit for one image")
-        return data
-    fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-            raise NotAnImageFile(f"not a regular file ({kind}); only regular files are read")
-        data = handle.read(MAX_IMAGE_BYTES + 1)
+    limit = f"{MAX_IMAGE_BYTES >> 20} MB limit for one image"
+    if not is_remote(path):
+        return read_regular_file(str(path), MAX_IMAGE_BYTES, limit)
+    data = path.fs.cat_file(path.path, start=0, end=MAX_IMAGE_BYTES + 1)
     if len(data) > MAX_IMAGE_BYTES:
-        raise NotAnImageFile(f"over the {MAX_IMAGE_BYTES >> 20} MB limit for one image")
+        raise RefusedFile(f"over the {limit}")
     return data
 
 
@@ -119,7 +95,7 @@ def probe_image(path: StoredPath) -> ImageProbe:
     """Hash and inspect one file. Never raises: a bad file gives a probe with ``error`` set."""
     try:
         data = read_image_bytes(path)
-    except NotAnImageFile as exc:
+    except RefusedFile as exc:
         return ImageProbe(sha256=None, size_bytes=None, error=str(exc))
     except OSError as exc:
         if path.is_symlink() and not path.exists():

@@ -25,6 +25,7 @@ from pydantic import (
 from defake_pipeline.errors import DefakeError, PromptError, validation_line
 from defake_pipeline.prompting.templating import TemplateError, template_fields
 from defake_pipeline.settings import project_dirs
+from defake_pipeline.storage import read_project_file
 from defake_pipeline.text import slugify
 
 # Variables the engine puts in the cache before any conversation runs (as the seed does).
@@ -128,9 +129,7 @@ def load_prompt(path: Path | str) -> LoadedPrompt:
 
 def _load_prompt(path: Path) -> LoadedPrompt:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PromptError(f"{path}: prompt file not found") from None
+        raw = json.loads(read_project_file(path, PromptError))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PromptError(f"{path}: invalid JSON ({exc})") from None
     if not isinstance(raw, dict):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from defake_pipeline.datasets.fingerprints import dataset_fingerprint
-from defake_pipeline.datasets.layouts import DatasetSpec, list_images
+from defake_pipeline.datasets.layouts import DatasetSpec, list_images, load_dataset_spec
 from defake_pipeline.datasets.manifest import build_manifest
 from defake_pipeline.errors import DatasetError
 from defake_pipeline.imaging.probe import MAX_IMAGE_BYTES, probe_image
@@ -91,12 +91,35 @@ def test_a_symlink_loop_is_named_once_and_the_rest_still_counts(dataset):
 
 
 def test_a_deeply_nested_dataset_definition_is_one_dataset_error(tmp_path):
-    from defake_pipeline.datasets.layouts import load_dataset_spec
-
     file = tmp_path / "deep.toml"
     file.write_text("root = " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(DatasetError, match=r"deep\.toml: invalid TOML"):
         load_dataset_spec(file)
+
+
+def test_project_files_that_are_pipes_devices_or_huge_are_errors_naming_them(tmp_path, monkeypatch):
+    """A dataset definition, a prompt or models.toml that is a named pipe (which would block
+    every command and sensor that lists the project), a device or a huge file: one error naming
+    the file and why, read no further."""
+    from defake_pipeline.endpoints.registry import model_table
+    from defake_pipeline.errors import ModelConfigError, PromptError
+    from defake_pipeline.prompting.spec import load_prompt
+
+    for folder in ("datasets", "prompts"):
+        (tmp_path / folder).mkdir()
+    os.mkfifo(tmp_path / "datasets" / "piped.toml")
+    (tmp_path / "prompts" / "zeros.json").symlink_to("/dev/zero")
+    (tmp_path / "prompts" / "huge.json").write_text('{"x": "' + "a" * (2 << 20) + '"}')
+    os.mkfifo(tmp_path / "models.toml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match=r"piped\.toml: not a regular file \(a named pipe\)"):
+        load_dataset_spec(tmp_path / "datasets" / "piped.toml")
+    with pytest.raises(PromptError, match=r"zeros\.json: not a regular file \(a character device\)"):
+        load_prompt(tmp_path / "prompts" / "zeros.json")
+    with pytest.raises(PromptError, match=r"huge\.json: over the 1 MB limit for a project file"):
+        load_prompt(tmp_path / "prompts" / "huge.json")
+    with pytest.raises(ModelConfigError, match=r"models\.toml: not a regular file \(a named pipe\)"):
+        model_table()
 
 
 def test_materialize_names_a_dataset_whose_csv_is_a_pipe_and_publishes_the_others(defake_home, tmp_path, monkeypatch):
