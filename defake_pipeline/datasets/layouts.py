@@ -94,13 +94,23 @@ class DatasetSpec(BaseModel):
             out.append(self.model_copy(update={**update, "name": f"{self.name}~{perturbation.slug}"}))
         return out
 
-    def watched_dirs(self) -> list[StoredPath]:
-        """Folders whose contents make up this dataset."""
+    def path_roots(self) -> list[StoredPath]:
+        """The folders a manifest row's ``rel_path`` is taken from."""
         if self.layout == "image_folders":
             return [self.path("real_dir"), self.path("fake_dir")]
         if self.layout == "csv":
             return [self.path("csv").parent]
         return [self.path("root")]
+
+    def image_dirs(self) -> list[StoredPath]:
+        """The folders the listing reads images from, at any depth; none for a CSV, which lists
+        its images. The sensors' fingerprint walks these and no more: a root may hold other
+        files, such as the thumbnails every run writes where DEFAKE_HOME lies under it."""
+        if self.layout == "real_fake":
+            return [self.path("root") / "real", self.path("root") / "fake"]
+        if self.layout == "csv":
+            return []
+        return self.path_roots()
 
 
 @dataclass(frozen=True)

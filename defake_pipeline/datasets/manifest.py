@@ -60,7 +60,7 @@ def build_manifest(
     """Probe every image of a dataset; ``previous`` lets unchanged files skip hashing. What the
     walk skipped goes to ``notes``. A derived dataset's images are made in ``derived_dir``."""
     reuse = _previous_probes(previous)
-    roots = spec.watched_dirs()
+    roots = spec.path_roots()
     rows = []
     for derived in _derived_or_listed(spec, list_images(spec, notes), derived_dir, previous):
         item = derived.image

@@ -81,6 +81,28 @@ def test_a_symlinked_generator_folder_is_in_the_manifest_and_the_fingerprint(dat
     assert len(build_manifest(dataset)) == 5
 
 
+def test_the_fingerprint_sees_the_files_the_listing_reads_and_no_others(dataset, tmp_path):
+    """A dataset whose root is the project's own folder holds DEFAKE_HOME, where every run writes
+    thumbnails: files the listing never reads change nothing, and each file it reads does. A CSV's
+    images are seen wherever they live, not only beside the CSV."""
+    before = dataset_fingerprint(dataset)
+    image(dataset.root / "outputs" / "reports" / "thumbs" / "t.png")
+    image(dataset.root / "notes.png")
+    assert dataset_fingerprint(dataset) == before
+    image(dataset.root / "fake" / "new.png", "teal")
+    assert dataset_fingerprint(dataset) != before
+
+    far = image(tmp_path / "elsewhere" / "a.png")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "labels.csv").write_text("path,label\n../elsewhere/a.png,real\n")
+    listed = DatasetSpec(name="listed", layout="csv", csv=tmp_path / "lists" / "labels.csv")
+    before = dataset_fingerprint(listed)
+    image(tmp_path / "lists" / "unlisted.png")
+    assert dataset_fingerprint(listed) == before
+    Image.new("RGB", (20, 12), "red").save(far)
+    assert dataset_fingerprint(listed) != before
+
+
 def test_a_symlink_loop_is_named_once_and_the_rest_still_counts(dataset):
     (dataset.root / "fake" / "loop").symlink_to(".")  # fake/loop -> fake
     notes: list[str] = []
