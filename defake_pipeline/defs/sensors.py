@@ -97,12 +97,19 @@ def new_images_request(instance: dg.DagsterInstance, changed: dict[str, str]) ->
 def new_images_sensor(context: dg.SensorEvaluationContext):
     """When a dataset's images are added, changed or removed, refresh its manifest and carry the
     change through to the leaderboard, in one run."""
+    try:
+        specs = dataset_specs()
+    except DefakeError as exc:
+        # A definition that cannot be read (or two that give one key): the runs read every
+        # definition too, so each dataset stays as it stands until the file is fixed, and the
+        # tick says which file and why.
+        return dg.SkipReason(f"no dataset scanned: {exc}")
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else refreshed_fingerprints(context.instance)
     changed: dict[str, str] = {}
     # A dataset that cannot be scanned is named once per change of its error, not on every
     # tick; the cursor holds its error's digest, so once it can be read its fingerprint differs.
     unscanned: dict[str, str] = {}
-    for spec in dataset_specs():
+    for spec in specs:
         try:
             fingerprint = dataset_fingerprint(spec)
         except (OSError, DefakeError) as exc:

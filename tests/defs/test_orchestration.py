@@ -105,6 +105,19 @@ def test_the_first_tick_after_a_cli_run_launches_nothing_for_images_it_refreshed
     assert request.tags["defake/dataset"] == "local"
 
 
+def test_a_definition_that_cannot_be_read_is_the_ticks_reason_and_every_manifest_stays(project):
+    """A dataset definition that is a named pipe (or invalid TOML): the tick says which file and
+    why, and launches nothing, where it raised on every tick; once it is fixed, the scan resumes."""
+    os.mkfifo(project / "datasets" / "piped.toml")
+    instance = dg.DagsterInstance.ephemeral()
+    held = tick(new_images_sensor, instance)
+    assert isinstance(held, dg.SkipReason), held
+    assert "piped.toml: not a regular file (a named pipe)" in held.skip_message
+    (project / "datasets" / "piped.toml").unlink()
+    [request] = tick(new_images_sensor, instance).run_requests
+    assert request.tags["defake/dataset"] == "demo,local"
+
+
 def test_a_dataset_the_sensor_cannot_scan_is_named_once_per_error(project, capfd):
     """A dataset whose CSV is a named pipe is named on the first tick and again only when its
     error changes; the others are scanned all the same, and once it can be read it runs."""
