@@ -63,8 +63,7 @@ test: lint $(DAGSTER_HOME)/dagster.yaml
 
 PORT ?= 3000
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster instance concurrency set duckdb_writer 1
-	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
+	$(BIN)/mllmdf ui --port $(PORT)
 
 clean:
 	rm -rf outputs .dagster_home

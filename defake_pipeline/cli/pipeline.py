@@ -1,4 +1,4 @@
-"""``mllmdf materialize``: the asset graph for chosen partitions on the local Dagster instance."""
+"""``mllmdf materialize``, ``estimate``, ``paper`` and ``ui``: the asset graph on the local Dagster instance."""
 
 from __future__ import annotations
 
@@ -155,3 +155,30 @@ def paper(output: str | None) -> None:
     click.echo(f"results: {target}")
     for csv in csvs:
         click.echo(f"table: {csv}")
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+def ui(port: int) -> None:
+    """The Dagster UI and daemon (`dagster dev`) on this project, at http://127.0.0.1:PORT: lineage,
+    runs, every report, and the sensors that keep it current."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from defake_pipeline.cli.instance import local_instance
+    from defake_pipeline.settings import project_root
+
+    home = Path(local_instance().root_directory)  # the project's instance, its pools' limits set
+    # The code location has the name `dg` gives it, and loads where the project is, so its sensors
+    # read this project's datasets, prompts and models.toml from whichever folder this ran in.
+    location = {
+        "module_name": "defake_pipeline.definitions",
+        "location_name": "defake_pipeline",
+        "working_directory": str(project_root() or Path.cwd()),
+    }
+    workspace = home / "workspace.yaml"
+    workspace.write_text(json.dumps({"load_from": [{"python_module": location}]}, indent=2) + "\n", encoding="utf-8")
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    os.execv(dagster, [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)])

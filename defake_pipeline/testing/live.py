@@ -33,23 +33,19 @@ def free_port() -> int:
 
 
 def make_project(root: Path, models_toml: str = 'registered = ["canny"]\n') -> Path:
-    """A project folder with its own copy of the demo images and the shipped prompts, models.toml and
-    a workspace.yaml whose code server runs in that folder."""
+    """A project folder with its own copy of the demo images and the shipped prompts and models.toml."""
     (root / "datasets").mkdir(parents=True)
     shutil.copytree(PACKAGE_ROOT / "demo" / "real", root / "images" / "real")
     shutil.copytree(PACKAGE_ROOT / "demo" / "fake", root / "images" / "fake")
     (root / "datasets" / "demo.toml").write_text('name = "demo"\nlayout = "real_fake"\nroot = "../images"\n')
     shutil.copytree(PACKAGE_ROOT / "prompts", root / "prompts")
     (root / "models.toml").write_text(models_toml)
-    (root / "workspace.yaml").write_text(
-        "load_from:\n  - python_module:\n      module_name: defake_pipeline.definitions\n"
-        "      location_name: defake_pipeline\n      working_directory: .\n"
-    )
     return root
 
 
 class LiveDagster:
-    """``dagster dev`` for one project folder, with its own DAGSTER_HOME and DEFAKE_HOME."""
+    """``dagster dev`` for one project folder, with its own DAGSTER_HOME and DEFAKE_HOME, started
+    as a user starts it: ``mllmdf ui`` in the project's folder."""
 
     def __init__(self, project: Path, home: Path, env: dict[str, str] | None = None):
         self.project = project
@@ -83,11 +79,11 @@ class LiveDagster:
         )
 
     def start(self, timeout_s: float = 180) -> None:
-        dagster = str(Path(sys.executable).with_name("dagster"))
+        mllmdf = str(Path(sys.executable).with_name("mllmdf"))
         self.started = time.time()
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [dagster, "dev", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml"],
+            [mllmdf, "ui", "--port", str(self.port)],
             cwd=self.project,
             env=self.env,
             stdout=self._log,
