@@ -78,13 +78,14 @@ class LiveDagster:
             timeout=600,
         )
 
-    def start(self, timeout_s: float = 180) -> None:
+    def start(self, timeout_s: float = 180, folder: Path | None = None) -> None:
+        """``mllmdf ui`` in ``folder`` (default: the project's root), until its code location loads."""
         mllmdf = str(Path(sys.executable).with_name("mllmdf"))
         self.started = time.time()
         self._log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [mllmdf, "ui", "--port", str(self.port)],
-            cwd=self.project,
+            cwd=folder or self.project,
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -166,7 +166,7 @@ def deployment(tmp_path_factory, name: str) -> Iterator[Scenarios]:
         started = time.time()
         live.cli("materialize", "--model", "canny", "--prompt", "simple")  # what `make demo` runs
         runner.daemon_started = time.time()
-        live.start()
+        live.start(folder=live.project / "images")  # any folder of the project serves it
         runner.figures["setup_s"] = {"seconds": round(time.time() - started, 1)}
         try:
             yield runner
