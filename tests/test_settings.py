@@ -75,7 +75,7 @@ def test_make_ui_takes_its_port_from_port():
 
     repo = Path(__file__).resolve().parents[1]
     plan = subprocess.run(["make", "-n", "ui", "PORT=3123"], cwd=repo, capture_output=True, text=True, check=True)
-    assert "dagster dev -h 127.0.0.1 -p 3123 " in plan.stdout, plan.stdout
+    assert "mllmdf ui --port 3123" in plan.stdout, plan.stdout
 
 
 def test_a_project_of_its_own_evaluates_only_what_it_defines(tmp_path, chat_server, monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from defake_pipeline.cli.app import endpoint_spec, main, print_line
@@ -164,8 +167,6 @@ def ui(port: int) -> None:
     runs, every report, and the sensors that keep it current."""
     import json
     import os
-    import sys
-    from pathlib import Path
 
     from defake_pipeline.cli.instance import local_instance
     from defake_pipeline.settings import project_root
@@ -180,5 +181,19 @@ def ui(port: int) -> None:
     }
     workspace = home / "workspace.yaml"
     workspace.write_text(json.dumps({"load_from": [{"python_module": location}]}, indent=2) + "\n", encoding="utf-8")
-    dagster = str(Path(sys.executable).with_name("dagster"))
-    os.execv(dagster, [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)])
+    command = dagster_dev_command(port, workspace)
+    os.execv(command[0], command)
+
+
+def dagster_dev_command(port: int, workspace: Path) -> list[str]:
+    """``dagster dev`` on ``workspace``, its webserver bound to loopback only."""
+    return [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        str(workspace),
+    ]

@@ -278,8 +278,11 @@ def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
 
 def test_everything_served_binds_to_loopback(chat_server):
     assert chat_server.httpd.server_address[0] == "127.0.0.1"
+    from defake_pipeline.cli.pipeline import dagster_dev_command
+
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"dagster dev -h 127\.0\.0\.1", makefile)
+    assert re.search(r"mllmdf ui --port", makefile)  # make ui is mllmdf ui, which runs this
+    assert dagster_dev_command(3000, REPO / "workspace.yaml")[1:5] == ["dev", "-h", "127.0.0.1", "-p"]
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
