@@ -127,3 +127,22 @@ def test_a_project_with_no_dataset_is_told_where_to_define_one(tmp_path, monkeyp
         result.output.strip()
         == f"error: no dataset is defined: add one to {datasets} as <name>.toml (layout and root; see README)"
     )
+
+
+def test_mllmdf_ui_on_a_port_in_use_is_one_line(tmp_path, monkeypatch):
+    """dagster dev would run on with its daemon and no webserver; the command says why instead."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["ui", "--port", str(port)], env={"DAGSTER_HOME": str(tmp_path / "dh")})
+    assert result.exit_code == 2
+    line = f"error: 127.0.0.1:{port} cannot be served (Address already in use); choose another --port\n"
+    assert result.output == line

@@ -167,10 +167,19 @@ def ui(port: int) -> None:
     runs, every report, and the sensors that keep it current."""
     import json
     import os
+    import socket
 
     from defake_pipeline.cli.instance import local_instance
+    from defake_pipeline.errors import DefakeError
     from defake_pipeline.settings import project_root
 
+    # dagster dev would go on without its webserver, one log line saying why among the daemon's.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the webserver binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DefakeError(f"127.0.0.1:{port} cannot be served ({exc.strerror}); choose another --port") from None
     home = Path(local_instance().root_directory)  # the project's instance, its pools' limits set
     # The code location has the name `dg` gives it, and loads where the project is, so its sensors
     # read this project's datasets, prompts and models.toml from whichever folder this ran in.
