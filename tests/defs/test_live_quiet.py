@@ -23,13 +23,15 @@ scenarios = scenarios_fixture("live_quiet")
 
 def test_the_ui_started_in_a_subfolder_serves_the_project(scenarios):
     """`mllmdf ui` ran in the project's images/ folder: one code location, named as `dg` names it,
-    loaded in the project's root (so its sensors watch that project, as the scenarios here show)."""
+    loaded in the project's root (so its sensors watch that project, as the scenarios here show),
+    and no warning about either at start."""
     live = scenarios.live
     data = live.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }")
     assert data["workspaceOrError"]["locationEntries"] == [{"name": "defake_pipeline", "loadStatus": "LOADED"}]
     workspace = json.loads((live.dagster_home / "workspace.yaml").read_text())
     assert workspace["load_from"][0]["python_module"]["working_directory"] == str(live.project)
-    assert "does not match the name" not in live.log_path.read_text()
+    log = live.log_path.read_text()
+    assert "does not match the name" not in log and "SupersessionWarning" not in log
 
 
 def test_mistaken_cli_run_leaves_nothing_behind(scenarios):
