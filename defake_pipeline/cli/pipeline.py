@@ -191,17 +191,19 @@ def ui(port: int) -> None:
     workspace = home / "workspace.yaml"
     workspace.write_text(json.dumps({"load_from": [{"python_module": location}]}, indent=2) + "\n", encoding="utf-8")
     command = dagster_dev_command(port, workspace)
-    # dagster dev's first line would say that `dg dev` supersedes it and its use is discouraged:
-    # `dg dev` serves a dg project's own folder, not a project of datasets and prompts.
-    quiet = "ignore:Function `dev_command` is superseded"
-    warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
-    os.execve(command[0], command, {**os.environ, "PYTHONWARNINGS": warnings})
+    os.execv(command[0], command)
 
 
 def dagster_dev_command(port: int, workspace: Path) -> list[str]:
     """``dagster dev`` on ``workspace``, its webserver bound to loopback only."""
     return [
-        str(Path(sys.executable).with_name("dagster")),
+        sys.executable,
+        # Its first line would say that `dg dev` supersedes it and its use is discouraged, but
+        # `dg dev` serves a dg project's own folder, not a project of datasets and prompts.
+        "-W",
+        "ignore:Function `dev_command` is superseded",
+        "-m",
+        "dagster",
         "dev",
         "-h",
         "127.0.0.1",
