@@ -1,5 +1,7 @@
 """When assets update on their own, as automation conditions (evaluated by ``automation_sensor``)."""
 
+from typing import ClassVar
+
 import dagster as dg
 
 from defake_pipeline.defs.partitions import split_partition_key
@@ -36,42 +38,61 @@ def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int | 
     return records[0].storage_id if records else None
 
 
-class MaterializedBeforeManifest(dg.AutomationCondition):
-    """Partitions (or an unpartitioned asset) last materialized before the manifest's latest
-    materialization, or never.
+class _MaterializedBefore(dg.AutomationCondition):
+    """Partitions (or an unpartitioned asset) last materialized before ``upstream``'s latest
+    materialization, or never, read from the instance as it stands.
 
-    The run that the new-images sensor launches refreshes the manifest and then evaluates every
-    registered partition: nothing is left to do after it. The manifest's new content and the
-    partitions' updates can reach the automation on different ticks of a busy machine, which
-    ``since`` alone would read as content newer than the partition's answers.
+    It is the last test before a request, read after ``in_progress``: a partition that a running
+    run materializes between the two reads is then seen either in progress or up to date, never
+    as neither (which asked for it a second time)."""
 
-    It is also the last test before a request, read after ``in_progress``: a partition that a
-    running run materializes between the two reads is then seen either in progress or up to
-    date, never as neither (which asked for it a second time)."""
-
-    @property
-    def name(self) -> str:
-        return "materialized_before_manifest"
+    upstream: ClassVar[dg.AssetKey]
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         instance = context.asset_graph_view.instance
-        manifest_at = _latest_storage_id(instance, MANIFEST)
+        upstream_at = _latest_storage_id(instance, self.upstream)
         candidates = context.candidate_subset
-        if manifest_at is None:
+        if upstream_at is None:
             return dg.AutomationResult(context, candidates)
         if context.partitions_def is None:
             own_at = _latest_storage_id(instance, context.key)
-            older = own_at is None or own_at < manifest_at
+            older = own_at is None or own_at < upstream_at
             return dg.AutomationResult(context, candidates if older else context.get_empty_subset())
         keys = set(candidates.expensively_compute_partition_keys())
         latest = instance.get_latest_storage_id_by_partition(
             context.key, dg.DagsterEventType.ASSET_MATERIALIZATION, keys
         )
-        older_keys = {k for k in keys if latest.get(k, -1) < manifest_at}
+        older_keys = {k for k in keys if latest.get(k, -1) < upstream_at}
         return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(older_keys))
 
 
+class MaterializedBeforeManifest(_MaterializedBefore):
+    """The run that the new-images sensor launches refreshes the manifest and then evaluates every
+    registered partition: nothing is left to do after it. The manifest's new content and the
+    partitions' updates can reach the automation on different ticks of a busy machine, which
+    ``since`` alone would read as content newer than the partition's answers."""
+
+    upstream = MANIFEST
+
+    @property
+    def name(self) -> str:
+        return "materialized_before_manifest"
+
+
+class MaterializedBeforeWarehouse(_MaterializedBefore):
+    """A run that rebuilds the warehouse publishes the reports after it. A tick that read the
+    rebuild as new, and the reports as not yet updated, then read the run's state after the run
+    had ended: the reports were asked for again (seen in CI, a second run after a new image)."""
+
+    upstream = dg.AssetKey("metrics")
+
+    @property
+    def name(self) -> str:
+        return "materialized_before_warehouse"
+
+
 MATERIALIZED_BEFORE_MANIFEST = MaterializedBeforeManifest()
+MATERIALIZED_BEFORE_WAREHOUSE = MaterializedBeforeWarehouse()
 
 CLI_TAG = {"defake/source": "cli"}
 
@@ -172,5 +193,8 @@ WAREHOUSE_FOLLOWS_INPUTS = (
 # reports, and the daemon seeing the rebuild before them asked for the reports again.
 WAREHOUSE_UPDATED = Condition.any_deps_match((Condition.newly_updated() & ~FROM_CLI) | Condition.will_be_requested())
 FOLLOW_WAREHOUSE = (
-    WAREHOUSE_UPDATED.since_last_handled() & ~Condition.any_deps_in_progress() & ~Condition.in_progress()
+    WAREHOUSE_UPDATED.since_last_handled()
+    & ~Condition.any_deps_in_progress()
+    & ~Condition.in_progress()
+    & (Condition.any_deps_match(Condition.will_be_requested()) | MATERIALIZED_BEFORE_WAREHOUSE)
 ).with_label("warehouse updated")

@@ -587,3 +587,36 @@ def test_a_cli_update_that_commits_while_a_tick_begins_sets_nothing_off(defake_h
     monkeypatch.undo()
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=during.cursor)
     assert (during.total_requested, after.total_requested) == (0, 0)
+
+
+def test_reports_a_run_published_after_its_rebuild_are_not_asked_again(defake_home, vllm_endpoint, monkeypatch):
+    """A run rebuilds the warehouse and then publishes the reports (the new-images run). A tick
+    that read the assets' records between the two, and the run's state after the run ended, saw
+    the rebuild as new and the reports as neither updated nor in progress. The reports are newer
+    than the warehouse, so nothing is asked. Seen in CI: a new image took a second run, of
+    model_reports."""
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, ["vllm"], ["simple"])
+    reports = [defs.get_assets_def(k) for k in ("model_reports", "leaderboard")]
+    upstream = [defs.get_assets_def(k) for k in ("image_manifest", "baseline_predictions")]
+    dg.materialize(upstream, instance=instance, resources=defs.resources)
+    dg.materialize(
+        [defs.get_assets_def("predictions")], instance=instance, resources=defs.resources, partition_key="vllm|simple"
+    )
+    dg.materialize([defs.get_assets_def("metrics"), *reports], instance=instance, resources=defs.resources)
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert quiet.total_requested == 0
+    dg.materialize([defs.get_assets_def("metrics")], instance=instance, resources=defs.resources)
+    storage = instance.event_log_storage
+    records_then = {r.asset_entry.asset_key: r for r in storage.get_asset_records()}
+    dg.materialize(reports, instance=instance, resources=defs.resources)
+    # The tick prefetches the assets' records as it begins: here, before the reports committed.
+    monkeypatch.setattr(
+        storage,
+        "get_asset_records",
+        lambda asset_keys=None: [r for k, r in records_then.items() if asset_keys is None or k in asset_keys],
+    )
+    during = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    monkeypatch.undo()
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=during.cursor)
+    assert (during.total_requested, after.total_requested) == (0, 0)
