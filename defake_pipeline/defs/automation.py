@@ -80,9 +80,9 @@ class MaterializedBeforeManifest(_MaterializedBefore):
 
 
 class MaterializedBeforeWarehouse(_MaterializedBefore):
-    """A run that rebuilds the warehouse publishes the reports after it. A tick that read the
-    rebuild as new, and the reports as not yet updated, then read the run's state after the run
-    had ended: the reports were asked for again (seen in CI, a second run after a new image)."""
+    """A run that rebuilds the warehouse publishes the reports after it. A tick may read the
+    rebuild as new and the reports as not yet updated, and the run's state only once the run
+    has ended; without this test it asks for the reports again."""
 
     upstream = dg.AssetKey("metrics")
 
