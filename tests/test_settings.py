@@ -131,12 +131,18 @@ def test_a_project_with_no_dataset_is_told_where_to_define_one(tmp_path, monkeyp
 
 def test_mllmdf_ui_on_a_port_in_use_is_one_line(tmp_path, monkeypatch):
     """dagster dev would run on with its daemon and no webserver; the command says why instead."""
+    import os
     import socket
 
     from click.testing import CliRunner
 
     from defake_pipeline.cli import main
 
+    def not_started(*args):
+        raise AssertionError(f"dagster dev was started: {args}")
+
+    # Should the check fail, the command would replace this test's process with dagster dev.
+    monkeypatch.setattr(os, "execv", not_started)
     monkeypatch.chdir(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -16,12 +16,11 @@ from defake_pipeline.storage import size_and_mtime
 
 def dataset_fingerprint(spec: DatasetSpec) -> str:
     """A hash of every image's path, size and mtime (plus the definition itself, and a CSV's
-    text): any add, change or removal changes it, and no other file does."""
+    labels and subsets): any add, change or removal changes it, and no other file does."""
     digest = hashlib.sha256(spec.model_dump_json().encode())
     lines = [f"{f.path}\t{f.size}\t{f.mtime_ns}" for folder in spec.image_dirs() for f in walk_images(folder)]
     if spec.layout == "csv" and require_regular_csv(spec).exists():
-        digest.update(spec.path("csv").read_bytes())
-        lines += [f"{item.path}\t{size_and_mtime(item.path)}" for item in list_images(spec)]
+        lines += [f"{i.path}\t{size_and_mtime(i.path)}\t{i.label}\t{i.subset}" for i in list_images(spec)]
     for line in sorted(lines):
         digest.update(line.encode("utf-8", "surrogateescape"))
         digest.update(b"\n")

@@ -100,7 +100,10 @@ def test_the_fingerprint_sees_the_files_the_listing_reads_and_no_others(dataset,
     image(tmp_path / "lists" / "unlisted.png")
     assert dataset_fingerprint(listed) == before
     Image.new("RGB", (20, 12), "red").save(far)
-    assert dataset_fingerprint(listed) != before
+    changed = dataset_fingerprint(listed)
+    assert changed != before
+    (tmp_path / "lists" / "labels.csv").write_text("path,label\n../elsewhere/a.png,fake\n")
+    assert dataset_fingerprint(listed) != changed  # a label the CSV changed
 
 
 def test_a_symlink_loop_is_named_once_and_the_rest_still_counts(dataset):

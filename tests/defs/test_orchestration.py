@@ -107,7 +107,7 @@ def test_the_first_tick_after_a_cli_run_launches_nothing_for_images_it_refreshed
 
 def test_a_definition_that_cannot_be_read_is_the_ticks_reason_and_every_manifest_stays(project):
     """A dataset definition that is a named pipe (or invalid TOML): the tick says which file and
-    why, and launches nothing, where it raised on every tick; once it is fixed, the scan resumes."""
+    why and launches nothing; once it is fixed, the scan resumes."""
     os.mkfifo(project / "datasets" / "piped.toml")
     instance = dg.DagsterInstance.ephemeral()
     held = tick(new_images_sensor, instance)
@@ -593,8 +593,7 @@ def test_reports_a_run_published_after_its_rebuild_are_not_asked_again(defake_ho
     """A run rebuilds the warehouse and then publishes the reports (the new-images run). A tick
     that read the assets' records between the two, and the run's state after the run ended, saw
     the rebuild as new and the reports as neither updated nor in progress. The reports are newer
-    than the warehouse, so nothing is asked. Seen in CI: a new image took a second run, of
-    model_reports."""
+    than the warehouse, so nothing is asked."""
     instance = dg.DagsterInstance.ephemeral()
     register_partitions(instance, ["vllm"], ["simple"])
     reports = [defs.get_assets_def(k) for k in ("model_reports", "leaderboard")]

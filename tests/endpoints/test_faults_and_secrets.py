@@ -277,9 +277,9 @@ def test_the_api_key_never_reaches_any_output(chat_server, tmp_path, capfd):
 
 
 def test_everything_served_binds_to_loopback(chat_server):
-    assert chat_server.httpd.server_address[0] == "127.0.0.1"
     from defake_pipeline.cli.pipeline import dagster_dev_command
 
+    assert chat_server.httpd.server_address[0] == "127.0.0.1"
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"mllmdf ui --port", makefile)  # make ui is mllmdf ui, which runs this
     command = dagster_dev_command(3000, REPO / "workspace.yaml")
