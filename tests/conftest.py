@@ -9,6 +9,11 @@ from defake_pipeline.datasets.layouts import get_dataset
 from defake_pipeline.datasets.manifest import build_manifest, jobs_from_manifest
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
+# Checkpoints the self-hosted presets take (``serves`` in presets.toml), for the test server to serve.
+QWEN2VL_ID = "Qwen/Qwen2-VL-7B-Instruct"
+INTERNVL3_ID = "OpenGVLab/InternVL3-8B"
+LLAVACOT_ID = "Xkev/Llama-3.2V-11B-cot"
+
 # A password planted in every URL and config that takes one: no output, file, log or table may hold it.
 PLANTED_PASSWORD = "pw-PLANTED-5f3e9a"
 

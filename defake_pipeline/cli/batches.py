@@ -65,11 +65,13 @@ def batch() -> None:
 def export(model: str, prompt: str, datasets: tuple[str, ...], output: str, served_id: str | None) -> None:
     """Write the requests the journal cannot answer as a `vllm run-batch` input file."""
     from defake_pipeline.datasets.layouts import defined_datasets, get_dataset
+    from defake_pipeline.endpoints.chat import ids_of_model
     from defake_pipeline.evaluation.vllm_batches import export_batch
     from defake_pipeline.prompting.spec import find_prompt, load_prompt
 
     spec, loaded = endpoint_spec(model), load_prompt(find_prompt(prompt))
     if served_id:
+        ids_of_model(spec, [served_id], "--served-id is")
         # The served id is part of each answer's key, as if asked of the server that will serve it.
         spec = spec.model_copy(update={"model": served_id})
     chosen = [get_dataset(d) for d in datasets] if datasets else defined_datasets()

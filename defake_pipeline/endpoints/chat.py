@@ -47,16 +47,33 @@ def with_data_urls(messages: list[dict]) -> list[Any]:
     return out
 
 
-def choose_served_id(served: list[str], before: str | None, where: str) -> tuple[str, str | None]:
+def ids_of_model(spec: ModelSpec, served: list[str], where: str) -> list[str]:
+    """The served ids that are ``spec``'s model (its ``serves`` pattern); none is an error. Its
+    answers are published under its name, so a server of another model is refused, not
+    evaluated as this one."""
+    family = [i for i in served if spec.serves_id(i)]
+    if not family:
+        ids = sorted(set(served))
+        listed = ", ".join(map(repr, ids)) + (", not" if len(ids) == 1 else ", none of them")
+        raise FatalEndpointError(
+            f"{where} {listed} a {spec.name} model (no id matches serves = {spec.serves!r}); "
+            f'evaluate it as --model vllm, or name its id with model = "..." in the models.toml entry of {spec.name}'
+        )
+    return family
+
+
+def choose_served_id(spec: ModelSpec, served: list[str], before: str | None, where: str) -> tuple[str, str | None]:
     """Which of the ids ``/v1/models`` lists is the model: the one chosen before, while it is
     still listed; else the first in sorted order, whatever order the server lists them in. With
-    it, what the user should hear of the choice (several ids listed, or the choice changed)."""
-    if before in served:
+    it, what the user should hear of the choice (several ids listed, or the choice changed).
+    Only ids of the model's own family are candidates (``ids_of_model``)."""
+    family = ids_of_model(spec, served, f"{where}: /models lists")
+    if before in family:
         return before, None
-    chosen = sorted(served)[0]
+    chosen = sorted(family)[0]
     if before is not None:
         return chosen, f"{where}: {before!r} is no longer served; evaluating {chosen!r}, whose answers are asked anew"
-    ids = sorted(set(served))
+    ids = sorted(set(family))
     if len(ids) > 1:
         return chosen, (
             f"{where}: /models lists {len(ids)} ids ({', '.join(ids)}); evaluating {chosen!r}, the first in "
@@ -154,7 +171,7 @@ class ChatBackend:
     async def model_id(self) -> str:
         """The id to send: fixed for OpenAI presets, asked of ``/v1/models`` for self-hosted ones."""
         if self._model_id is None:
-            self._model_id = choose_served_id(await self.served_models(), None, self.where)[0]
+            self._model_id = choose_served_id(self.spec, await self.served_models(), None, self.where)[0]
         return self._model_id
 
     def use_model_id(self, model_id: str) -> None:
@@ -317,7 +334,7 @@ PREFLIGHT_TIMEOUT_S = 10.0
 
 def check_endpoint(spec: ModelSpec, api_key: str | None) -> None:
     """Raise a one-line error unless the model can be asked: the key is set (OpenAI presets),
-    the endpoint answers ``/v1/models`` and accepts the key. Baselines always can."""
+    the endpoint answers ``/v1/models``, accepts the key and serves the model. Baselines always can."""
     if spec.backend == "baseline":
         return
 
@@ -325,7 +342,9 @@ def check_endpoint(spec: ModelSpec, api_key: str | None) -> None:
         quick = spec.model_copy(update={"timeout_s": min(spec.timeout_s, PREFLIGHT_TIMEOUT_S)})
         backend = ChatBackend(quick, api_key)
         try:
-            await backend.served_models()
+            served = await backend.served_models()
+            if spec.model is None:
+                ids_of_model(spec, served, f"{backend.where}/models lists")
         finally:
             await backend.aclose()
 

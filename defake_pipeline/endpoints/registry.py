@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from defake_pipeline.endpoints.verdict_formats import VerdictFormat
 from defake_pipeline.errors import ModelConfigError, validation_line
@@ -34,6 +34,9 @@ class ModelSpec(BaseModel):
     name: str
     backend: Literal["openai", "self_hosted", "baseline"]
     model: str | None = None  # fixed model id; None asks /v1/models
+    # For an id asked of /v1/models: a regular expression it must contain (case-insensitive) to
+    # be this model, since its answers are published under this name. None takes any id.
+    serves: str | None = None
     detector: str | None = None  # baseline detector name
     base_url: str | None = None  # explicit URL; otherwise from the environment
     fold_system_prompt: bool = False
@@ -75,6 +78,20 @@ class ModelSpec(BaseModel):
     batch_discount: float = Field(default=1.0, gt=0, le=1)
     aliases: list[str] = Field(default_factory=list)
     note: str | None = None
+
+    @field_validator("serves")
+    @classmethod
+    def _serves_compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"serves = {pattern!r} is not a regular expression ({exc})") from None
+        return pattern
+
+    def serves_id(self, served_id: str) -> bool:
+        """Whether a served model id is this model's (see ``serves``)."""
+        return self.serves is None or re.search(self.serves, served_id, re.IGNORECASE) is not None
 
     @property
     def key(self) -> str:

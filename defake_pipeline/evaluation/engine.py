@@ -168,7 +168,8 @@ class ChatEvaluator(Evaluator):
         served = await self.backend.served_models()
         endpoint = self.backend.endpoint
         before = self.journal.served_id(endpoint, self.spec.name)
-        chosen, notice = choose_served_id(served, before, f"{self.backend.where} for model {self.spec.name!r}")
+        where = f"{self.backend.where} for model {self.spec.name!r}"
+        chosen, notice = choose_served_id(self.spec, served, before, where)
         if notice:
             self.notice(notice)
         if before != chosen:

@@ -7,7 +7,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from conftest import demo_dataset, project_dagster_home
+from conftest import INTERNVL3_ID, QWEN2VL_ID, demo_dataset, project_dagster_home
 from defake_pipeline.cli import main
 from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
@@ -79,6 +79,7 @@ def test_whole_graph_on_demo_with_baseline(defake_home):
 
 
 def test_self_hosted_model_through_the_endpoint_resource(defake_home, chat_server):
+    chat_server.state.served_model = QWEN2VL_ID
     instance = dg.DagsterInstance.ephemeral()
     resources = {
         "store": DefakeHomeFolder(home=str(defake_home)),
@@ -178,6 +179,7 @@ def test_report_metadata_carries_numeric_figures_per_dataset(defake_home):
 
 def test_cli_names_a_failed_gate_in_one_line_and_publishes_the_rest(defake_home, tmp_path, monkeypatch, chat_server):
     chat_server.state.faults.rate_400 = 1.0  # the endpoint refuses every image
+    chat_server.state.served_model = QWEN2VL_ID
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("BASE_URL", chat_server.base_url)
     result = CliRunner().invoke(main, ["materialize", "-m", "qwen2vl", "-m", "canny", "-p", "simple"])
@@ -241,3 +243,22 @@ def test_metadata_tables_keep_their_columns_and_figures_are_rounded(defake_home,
     reports = instance.get_latest_materialization_event(dg.AssetKey("model_reports")).asset_materialization
     figures = [v.value for k, v in reports.metadata.items() if k.startswith("vllm__simple/")]
     assert figures and all(len(repr(f).split(".")[-1]) <= 6 for f in figures), figures
+
+
+def test_a_preset_pointed_at_another_models_server_publishes_nothing_under_its_name(
+    defake_home, tmp_path, monkeypatch, chat_server
+):
+    """Like a server that cannot be reached: one line naming what is served, and nothing is
+    registered, run or published."""
+    chat_server.state.served_models = [INTERNVL3_ID]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("BASE_URL", chat_server.base_url)
+    result = CliRunner().invoke(main, ["materialize", "-m", "qwen2vl", "-p", "simple"])
+    assert result.exit_code != 0 and chat_server.state.n_chat == 0 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith(("warning:", "error:"))]
+    assert len(errors) == 1 and "lists 'OpenGVLab/InternVL3-8B', not a qwen2vl model" in errors[0], errors
+    layout = HomeLayout(defake_home)
+    assert not layout.report_file("qwen2vl", "simple").exists()
+    assert not layout.leaderboard_file.exists() or "`qwen2vl`" not in layout.leaderboard_file.read_text()
+    listing = CliRunner().invoke(main, ["models", "list"]).output
+    assert re.search(r"^qwen2vl +qwen2vl +self_hosted +available$", listing, re.M), listing

@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 from live_scenarios import IDLE_TICKS, VLM, consistent, explain, ranked, scenarios_fixture, wait_for, wait_ticks
 
+from conftest import QWEN2VL_ID
 from defake_pipeline.testing.chat_server import ChatServer, ServerState
 
 # `make test` hands each module to one worker (--dist loadscope): the scenarios share one
@@ -58,7 +59,7 @@ def test_cli_run_while_the_daemon_runs_sets_nothing_off(scenarios):
     every sensor."""
     live = scenarios.live
     scenarios.at_rest()
-    with ChatServer(ServerState(served_model="adhoc-vlm")) as adhoc:
+    with ChatServer(ServerState(served_model=QWEN2VL_ID)) as adhoc:
         since = time.time()
         live.cli("materialize", "--model", "canny", "--prompt", "simple")
         live.cli("materialize", "--model", "qwen2vl", "--prompt", "simple", env={"BASE_URL": adhoc.base_url})

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from conftest import REPO, demo_dataset, project_dagster_home
+from conftest import INTERNVL3_ID, QWEN2VL_ID, REPO, demo_dataset, project_dagster_home
 from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import register_partitions
@@ -263,6 +263,7 @@ def test_failed_gate_keeps_a_partition_off_every_ranking(defake_home, chat_serve
     from defake_pipeline.warehouse.database import query
 
     chat_server.state.faults.rate_400 = 1.0  # every request refused
+    chat_server.state.served_model = QWEN2VL_ID
     instance = dg.DagsterInstance.ephemeral()
     resources = {"endpoint": ModelEndpoint(base_url=chat_server.base_url)}
     results = materialize_evaluation(instance, ["qwen2vl", "canny"], ["simple"], resources=resources)
@@ -446,7 +447,7 @@ def test_new_images_never_reach_an_ad_hoc_model(project):
     assert request.tags["dagster/asset_partition_range_end"] == "vllm|simple"
 
 
-def test_models_are_listed_added_and_removed(project, tmp_path):
+def test_models_are_listed_added_and_removed(project, tmp_path, vllm_endpoint):
     from click.testing import CliRunner
 
     from defake_pipeline.cli import main
@@ -463,6 +464,7 @@ def test_models_are_listed_added_and_removed(project, tmp_path):
     unknown = CliRunner().invoke(main, ["models", "add", "nope"], env=env)
     assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
     # An ad hoc model: run once from the CLI, listed as such, removed with its results.
+    vllm_endpoint.state.served_model = INTERNVL3_ID
     ran = CliRunner().invoke(main, ["materialize", "-m", "internvl3", "-p", "mine"], env=env)
     assert ran.exit_code == 0, ran.output
     listing = CliRunner().invoke(main, ["models", "list"], env=env).output

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import upstream_or_skip
+from conftest import LLAVACOT_ID, upstream_or_skip
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.errors import FatalEndpointError
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
@@ -76,6 +76,7 @@ def test_multi_turn_prompt_feeds_earlier_answers_forward(chat_server, demo_jobs,
 
 def test_fold_system_prompt_for_cot_presets(chat_server, demo_jobs, tmp_path):
     prompt = load_prompt(find_prompt("simple"))
+    chat_server.state.served_model = LLAVACOT_ID
     run(vllm_spec(chat_server, "llavacot"), prompt, demo_jobs[:1], tmp_path)
     first = chat_server.state.bodies[0]["messages"][0]
     assert first["role"] == "user" and first["content"][0]["type"] == "text"

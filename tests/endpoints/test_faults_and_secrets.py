@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, demo_dataset, project_dagster_home
+from conftest import QWEN2VL_ID, REPO, demo_dataset, project_dagster_home
 from defake_pipeline.defs.partitions import register_partitions
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.errors import FatalEndpointError
@@ -176,6 +176,7 @@ def test_a_key_an_endpoint_echoes_in_its_errors_reaches_no_output(chat_server, t
     from defake_pipeline.cli import main
 
     chat_server.state.faults = Faults(rate_400=1.0, echo_authorization=True)
+    chat_server.state.served_model = QWEN2VL_ID
     demo = REPO / "demo"
     env = {"OPENAI_API_KEY": SECRET, "BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path / "out")}
     runner = CliRunner()

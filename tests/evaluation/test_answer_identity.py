@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from defake_pipeline.endpoints.registry import get_model
+from defake_pipeline.errors import FatalEndpointError
 from defake_pipeline.evaluation.engine import evaluate_sync, make_evaluator
 from defake_pipeline.evaluation.journal import ResponseJournal
 from defake_pipeline.prompting.spec import find_prompt, load_prompt
@@ -273,3 +274,42 @@ def test_infer_against_an_endpoint_that_refuses_everything_pays_once_and_says_so
 
     rows = pd.read_csv(tmp_path / "home" / "refused.csv")
     assert rows["refused"].all() and (rows["cost_usd"] > 0).all()  # billed, so costed
+
+
+def test_a_preset_is_evaluated_only_on_a_server_of_its_model(chat_server, tmp_path):
+    """A preset's answers are published under its name: a server of another model is refused
+    before anything is sent, and among several ids the preset's own is chosen."""
+    jobs = images(tmp_path / "imgs", 3)
+    journal = tmp_path / "journal.sqlite"
+    qwen = get_model("qwen2vl").model_copy(update={"base_url": chat_server.base_url})
+    chat_server.state.served_models = ["OpenGVLab/InternVL3-8B"]
+    with pytest.raises(FatalEndpointError, match=r"lists 'OpenGVLab/InternVL3-8B', not a qwen2vl model.*--model vllm"):
+        evaluate(qwen, jobs, journal)
+    assert chat_server.state.n_chat == 0
+    chat_server.state.served_models = ["OpenGVLab/InternVL3-8B", "Qwen/Qwen2-VL-7B-Instruct"]
+    preds, evaluator = evaluate(qwen, jobs, journal)
+    assert {p.model_id for p in preds} == {"Qwen/Qwen2-VL-7B-Instruct"} and evaluator.notices == []
+    # Whatever is served, under the generic preset; and a named id is the user's word.
+    chat_server.state.served_models = ["OpenGVLab/InternVL3-8B"]
+    assert {p.model_id for p in evaluate(vllm_at(chat_server), jobs, journal)[0]} == {"OpenGVLab/InternVL3-8B"}
+    named, _ = evaluate(qwen.model_copy(update={"model": "my-finetune"}), jobs, journal)
+    assert {p.model_id for p in named} == {"my-finetune"}
+
+
+@pytest.mark.parametrize(
+    ("preset", "served_id"),
+    [
+        ("llama32vi", "meta-llama/Llama-3.2-11B-Vision-Instruct"),
+        ("llavacot", "Xkev/Llama-3.2V-11B-cot"),
+        ("qvq", "Qwen/QVQ-72B-Preview"),
+        ("internvl25", "OpenGVLab/InternVL2_5-8B"),
+        ("internvl3", "OpenGVLab/InternVL3-8B"),
+        ("onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+        ("qwen2vl", "Qwen/Qwen2-VL-7B-Instruct"),
+    ],
+)
+def test_each_self_hosted_preset_takes_its_published_checkpoint_and_no_other(preset, served_id):
+    spec = get_model(preset)
+    assert spec.serves_id(served_id)
+    others = ["Qwen/Qwen2.5-VL-7B-Instruct", "OpenGVLab/InternVL3_5-8B", "llava-hf/llava-1.5-7b-hf"]
+    assert not any(spec.serves_id(other) for other in others)

@@ -276,6 +276,22 @@ def test_a_batch_exported_before_any_vllm_server_runs_names_the_id_run_batch_ser
     args = ["batch", "export", "-m", "vllm", "-p", "simple", "-o", str(exported)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "--served-id" in result.output, result.output
+    # Another model's id is refused under a preset's name, as a server of it would be.
+    other = [
+        "batch",
+        "export",
+        "-m",
+        "qwen2vl",
+        "-p",
+        "simple",
+        "-o",
+        str(exported),
+        "--served-id",
+        "OpenGVLab/InternVL3-8B",
+    ]
+    result = CliRunner().invoke(main, other)
+    assert result.exit_code == 2 and "is 'OpenGVLab/InternVL3-8B', not a qwen2vl model" in result.output, result.output
+    assert not exported.exists()
     result = CliRunner().invoke(main, [*args, "--served-id", "Qwen/Qwen2-VL-7B-Instruct"])
     assert result.exit_code == 0 and "--model Qwen/Qwen2-VL-7B-Instruct" in result.output, result.output
     lines = [json.loads(line) for line in exported.read_text().splitlines()]

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, upstream_or_skip
+from conftest import QWEN2VL_ID, REPO, upstream_or_skip
 
 MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
 # What the commands below must not inherit from the environment the tests run in.
@@ -103,6 +103,7 @@ def test_seed_readme_commands(seed_cwd, chat_server, model):
 
 
 def test_classify_verbose_sends_turns_to_stderr(seed_cwd, chat_server):
+    chat_server.state.served_model = QWEN2VL_ID
     out = mllmdf(
         ["classify", "demo/fake/img007937.jpg", "--model", "qwen2vl", "-v"],
         seed_cwd,
