@@ -14,7 +14,7 @@ import click
 
 from defake_pipeline.errors import DefakeError, RunInterrupted, UnreachableEndpointError
 from defake_pipeline.settings import homes_notice, load_settings
-from defake_pipeline.text import one_line, visible_controls
+from defake_pipeline.text import one_line, visible_controls, without_userinfo
 from defake_pipeline.warehouse.layout import HomeLayout
 
 log = logging.getLogger("mllmdf")
@@ -35,11 +35,33 @@ class DefakeGroup(click.Group):
             click.echo(f"error: {RunInterrupted(signal.SIGINT)}", err=True)
             sys.exit(128 + signal.SIGINT)
         except OSError as exc:
-            if exc.errno not in _UNWRITABLE or not exc.filename:
+            line = _unwritable_line(exc)
+            if line is None:
                 raise
-            # A read-only or someone else's DEFAKE_HOME (or DAGSTER_HOME) fails on its first write.
-            print_line("error", f"cannot write {exc.filename}: {exc.strerror}")
+            print_line("error", line)
             sys.exit(2)
+
+
+def _unwritable_line(exc: OSError) -> str | None:
+    """What stops a write under DEFAKE_HOME or DAGSTER_HOME, as a line naming the path: a
+    read-only or someone else's folder, a file where a folder should be, a full device. None
+    for any other error, which is a fault of the code and keeps its traceback."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # Some writers (pyarrow's) name no file: then the homes are named.
+        env = load_settings()
+        where = (
+            exc.filename or f"under DEFAKE_HOME {without_userinfo(env.DEFAKE_HOME)} or DAGSTER_HOME {env.DAGSTER_HOME}"
+        )
+        return f"cannot write {where}: no space left on its device"
+    if not exc.filename:
+        return None
+    if exc.errno in _UNWRITABLE:
+        return f"cannot write {exc.filename}: {exc.strerror}"
+    if exc.errno == errno.ENOTDIR:
+        return f"cannot make {exc.filename}: a part of that path is a file, not a folder"
+    if exc.errno == errno.EEXIST:
+        return f"cannot make the folder {exc.filename}: a file of that name is there"
+    return None
 
 
 @contextmanager
@@ -71,11 +93,19 @@ def _model_hint(exc: DefakeError) -> str:
     return f"; models registered here: {', '.join(names) or 'none'} (choose one with --model NAME)"
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file. A line it cannot write (a full device) is lost without a word: the
+    command itself says what failed, and a logging traceback on stderr would bury that line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:
     """Log to stderr, and to DEFAKE_HOME/logs/<log_id or main>.log as the seed's -l/--log_id did."""
     log_dir = layout.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(log_dir / f"{log_id or 'main'}.log", encoding="utf-8")
+    file_handler = _LogFile(log_dir / f"{log_id or 'main'}.log", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.handlers[:] = [file_handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)

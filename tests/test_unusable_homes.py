@@ -1,0 +1,64 @@
+"""A home the commands cannot write (a file where its folder should be, a full device) is one
+line naming it and the cause, never a traceback; answers stored before are kept."""
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO
+from defake_pipeline.cli import main
+
+DEMO = REPO / "demo"
+COMMANDS = {
+    "classify": ["classify", str(DEMO / "real" / "astronaut.jpg"), "-m", "canny"],
+    "infer": ["infer", "-m", "canny", "--real_dir", str(DEMO / "real"), "--fake_dir", str(DEMO / "fake")],
+    "materialize": ["materialize", "-m", "canny"],
+}
+
+
+def last_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_defake_home_that_is_a_file_is_one_line(tmp_path, command):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    env = {"DEFAKE_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    line = last_error(CliRunner().invoke(main, COMMANDS[command], env=env))
+    assert line.startswith(f"error: cannot make {home}/") and "is a file, not a folder" in line, line
+
+
+def test_a_dagster_home_that_is_a_file_is_one_line(tmp_path):
+    dagster_home = tmp_path / "dagster"
+    dagster_home.write_text("not a folder")
+    env = {"DEFAKE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(dagster_home)}
+    line = last_error(CliRunner().invoke(main, COMMANDS["materialize"], env=env))
+    assert line.startswith(f"error: cannot make the folder {dagster_home}") and "a file of that name" in line, line
+
+
+@pytest.fixture
+def full_folder(tmp_path):
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    with open(folder / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+        except OSError:
+            pass
+    yield folder
+    # Lazily: the in-process commands' log file stays open on it until the test process ends.
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_full_device_is_one_line(full_folder, tmp_path, command):
+    env = {"DEFAKE_HOME": str(full_folder / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    line = last_error(CliRunner().invoke(main, COMMANDS[command], env=env))
+    assert line.startswith("error: ") and ("disk is full" in line or "no space left" in line.lower()), line
