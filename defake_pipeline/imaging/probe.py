@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import warnings
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -14,7 +13,7 @@ from defake_pipeline.storage import RefusedFile, StoredPath, is_remote, read_reg
 
 # Refuse decompression bombs: an image over this many pixels is a probe error, not a crash.
 # It is where Pillow raises DecompressionBombError (twice its MAX_IMAGE_PIXELS); Pillow's own
-# setting is left alone, and its warning between the two is not an error here.
+# setting is left alone, and its warning between the two is not an error here (imaging/__init__).
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
 
 # Far above any image a model API takes (OpenAI's limit is 20 MB a request); a file over it is a
@@ -105,22 +104,20 @@ def probe_image(path: StoredPath) -> ImageProbe:
     if not data:
         return ImageProbe(sha256=sha, size_bytes=0, error="empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # verify() must come straight after open() and leaves the image unusable,
-            # so the metadata is read from a second open.
-            with Image.open(io.BytesIO(data)) as img:
-                img.verify()
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise Image.DecompressionBombError(f"{width * height} pixels, over the {MAX_PIXELS} limit")
-                fmt = img.format
-                provenance = _provenance(img, data)
-                # A full decode finds truncated files that verify() lets through; JPEGs decode
-                # at reduced scale, which still reads every byte.
-                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                img.load()
+        # verify() must come straight after open() and leaves the image unusable,
+        # so the metadata is read from a second open.
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{width * height} pixels, over the {MAX_PIXELS} limit")
+            fmt = img.format
+            provenance = _provenance(img, data)
+            # A full decode finds truncated files that verify() lets through; JPEGs decode
+            # at reduced scale, which still reads every byte.
+            img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()
     except Image.DecompressionBombError as exc:
         return ImageProbe(sha256=sha, size_bytes=len(data), error=f"refused as a decompression bomb: {exc}")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-image probe error

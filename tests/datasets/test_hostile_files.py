@@ -231,3 +231,37 @@ def test_a_corrupt_image_error_names_the_file_not_a_buffer(tmp_path):
     bad.write_bytes(b"\xff\xd8 not really a jpeg" * 10)
     error = probe_image(bad).error
     assert error == "not a readable image: cannot identify image file corrupt.jpg", error
+
+
+def test_a_large_image_under_the_limit_prints_no_pillow_warning(tmp_path, chat_server):
+    """Over Pillow's MAX_IMAGE_PIXELS and under twice that, an image is accepted: Pillow's
+    DecompressionBombWarning at each later open of it would only break the progress bar."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    side = int((Image.MAX_IMAGE_PIXELS * 1.1) ** 0.5)
+    for label in ("real", "fake"):
+        (tmp_path / label).mkdir()
+        Image.new("L", (side, side)).save(tmp_path / label / "large.png")
+    env = {**os.environ, "BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path / "out")}
+    env.pop("PYTHONWARNINGS", None)
+    ran = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mllmdf"),
+            "infer",
+            "-m",
+            "vllm",
+            "--real_dir",
+            "real",
+            "--fake_dir",
+            "fake",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "on 2 scored of 2 rows" in ran.stderr and "Warning" not in ran.stderr, ran.stderr
