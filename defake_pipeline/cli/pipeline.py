@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,14 +13,32 @@ from defake_pipeline.records import NO_PROMPT
 from defake_pipeline.settings import load_settings
 from defake_pipeline.warehouse.layout import HomeLayout
 
+if TYPE_CHECKING:
+    from defake_pipeline.endpoints.registry import ModelSpec
 
-@main.command()
-@click.option(
+
+MODELS = click.option(
     "-m", "--model", "models", multiple=True, help="Model name (repeatable). Default: models.toml's registered list."
 )
-@click.option(
+PROMPTS = click.option(
     "-p", "--prompt", "prompts", multiple=True, help="Prompt name or path (repeatable). Default: every prompt file."
 )
+
+
+def chosen_models_and_prompts(models: tuple[str, ...], prompts: tuple[str, ...]) -> tuple[list[ModelSpec], list[Path]]:
+    """The models' specs (the registered ones where none is named) and the prompts' files
+    (every prompt file where none is named): what `materialize` evaluates and `estimate` prices."""
+    from defake_pipeline.endpoints.registry import registered_models
+    from defake_pipeline.prompting.spec import find_prompt, prompt_index
+
+    specs = [endpoint_spec(m) for m in (models or registered_models())]
+    prompt_paths = [find_prompt(p) for p in prompts] if prompts else list(prompt_index().values())
+    return specs, prompt_paths
+
+
+@main.command()
+@MODELS
+@PROMPTS
 @click.option(
     "-d", "--dataset", "datasets", multiple=True, help="Refresh and evaluate only these datasets (repeatable)."
 )
@@ -62,7 +81,7 @@ def materialize(
     from defake_pipeline.endpoints.chat import check_endpoint
     from defake_pipeline.endpoints.registry import get_model, registered_models
     from defake_pipeline.evaluation.openai_batches import open_batch_lines
-    from defake_pipeline.prompting.spec import find_prompt, load_prompt, prompt_index
+    from defake_pipeline.prompting.spec import load_prompt
     from defake_pipeline.reporting.render import leaderboard_top
     from defake_pipeline.warehouse.parquet import (
         missing_manifest_lines,
@@ -70,8 +89,7 @@ def materialize(
     )
 
     defined_datasets()  # nothing to evaluate without one: say where to add it before anything starts
-    specs = [endpoint_spec(m) for m in (models or registered_models())]
-    prompt_paths = [find_prompt(p) for p in prompts] if prompts else list(prompt_index().values())
+    specs, prompt_paths = chosen_models_and_prompts(models, prompts)
     prompt_keys = list(dict.fromkeys(load_prompt(p).key for p in prompt_paths))
     dataset_keys = [get_dataset(d).key for d in datasets]
     registered = {get_model(m).key for m in registered_models()}
@@ -125,23 +143,31 @@ def materialize(
 
 
 @main.command()
-@click.option("-m", "--model", required=True, help="Model name.")
-@click.option("-p", "--prompt", required=True, help="Prompt name or path.")
+@MODELS
+@PROMPTS
 @click.option("-d", "--dataset", "datasets", multiple=True, help="Only these datasets (repeatable). Default: all.")
-def estimate(model: str, prompt: str, datasets: tuple[str, ...]) -> None:
-    """What materializing a model × prompt would send and cost now, sending nothing: the requests
-    the journal cannot answer, their tokens (images by the model's rule) and an upper bound in dollars."""
+def estimate(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[str, ...]) -> None:
+    """What materializing the chosen model × prompt partitions would send and cost now, sending
+    nothing: the requests the journal cannot answer, their tokens (images by the model's rule) and
+    an upper bound in dollars. It takes what `materialize` takes, with the same defaults."""
     from defake_pipeline.datasets.layouts import defined_datasets, get_dataset
     from defake_pipeline.evaluation.estimate import estimate_datasets
-    from defake_pipeline.prompting.spec import find_prompt, load_prompt
+    from defake_pipeline.prompting.spec import load_prompt
 
-    spec, loaded = endpoint_spec(model), load_prompt(find_prompt(prompt))
+    specs, prompt_paths = chosen_models_and_prompts(models, prompts)
+    loaded = list({p.key: p for p in map(load_prompt, prompt_paths)}.values())
     chosen = [get_dataset(d) for d in datasets] if datasets else defined_datasets()
-    if spec.backend == "baseline":
-        click.echo(f"{spec.name} is a baseline detector: it runs here and sends no request; $0")
-        return
-    figures = estimate_datasets(HomeLayout(), spec, loaded, chosen, load_settings().api_key)
-    click.echo(f"on {', '.join(ds.key for ds in chosen)}: {figures.line()}")
+    lines, total = 0, 0.0
+    for spec in {spec.key: spec for spec in specs}.values():
+        if spec.backend == "baseline":
+            click.echo(f"{spec.name} is a baseline detector: it runs here and sends no request; $0")
+            continue
+        for prompt in loaded:
+            figures = estimate_datasets(HomeLayout(), spec, prompt, chosen, load_settings().api_key)
+            click.echo(f"on {', '.join(ds.key for ds in chosen)}: {figures.line()}")
+            lines, total = lines + 1, total + figures.usd
+    if lines > 1:
+        click.echo(f"in all: at most ${total:.4f}")
 
 
 @main.command()

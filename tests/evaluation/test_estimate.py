@@ -111,3 +111,27 @@ def test_the_dry_run_job_records_the_same_figures_on_the_partition(project):
     figures = {k: v.value for k, v in observed.metadata.items()}
     assert (figures["requests_to_send"], figures["input_tokens"]) == (printed["requests"], printed["input"])
     assert figures["usd_at_most"] == pytest.approx(printed["usd"], abs=1e-4)
+
+
+def test_with_no_model_or_prompt_named_the_estimate_prices_what_materialize_would_run(project, tmp_path):
+    """The same defaults as `materialize`: every registered model × every prompt file."""
+    import shutil
+
+    from conftest import REPO
+
+    (tmp_path / "prompts").mkdir()
+    for name in ("simple", "fusion"):
+        shutil.copy(REPO / "prompts" / f"{name}.json", tmp_path / "prompts")
+    (tmp_path / "models.toml").write_text('registered = ["canny", "gpt4omini", "vllm"]\n')
+    result = CliRunner().invoke(main, ["estimate"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "canny is a baseline detector: it runs here and sends no request; $0" in lines
+    priced = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"^on demo: (\S+ × \S+): .*at most \$([\d.]+)", result.output, re.M)
+    }
+    assert set(priced) == {"gpt4omini × fusion", "gpt4omini × simple", "vllm × fusion", "vllm × simple"}
+    assert priced["gpt4omini × simple"] == estimate("-m", "gpt4omini", "-p", "simple")["usd"] > 0
+    assert lines[-1] == f"in all: at most ${sum(priced.values()):.4f}"
+    assert project.state.n_chat == 0
