@@ -1,12 +1,10 @@
 """A home the commands cannot write (a file where its folder should be, a full device) is one
 line naming it and the cause, never a traceback; answers stored before are kept."""
 
-import subprocess
-
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO
+from conftest import REPO, mounted_tmpfs
 from defake_pipeline.cli import main
 
 DEMO = REPO / "demo"
@@ -42,19 +40,14 @@ def test_a_dagster_home_that_is_a_file_is_one_line(tmp_path):
 
 @pytest.fixture
 def full_folder(tmp_path):
-    folder = tmp_path / "full"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    with open(folder / "filler", "wb") as filler:
-        try:
-            while True:
-                filler.write(b"\0" * 65536)
-        except OSError:
-            pass
-    yield folder
-    # Lazily: the in-process commands' log file stays open on it until the test process ends.
-    subprocess.run(["umount", "-l", str(folder)], check=True)
+    with mounted_tmpfs(tmp_path / "full", "size=1m") as folder:
+        with open(folder / "filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+            except OSError:
+                pass
+        yield folder
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -246,22 +246,8 @@ def test_a_large_image_under_the_limit_prints_no_pillow_warning(tmp_path, chat_s
         Image.new("L", (side, side)).save(tmp_path / label / "large.png")
     env = {**os.environ, "BASE_URL": chat_server.base_url, "DEFAKE_HOME": str(tmp_path / "out")}
     env.pop("PYTHONWARNINGS", None)
-    ran = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "mllmdf"),
-            "infer",
-            "-m",
-            "vllm",
-            "--real_dir",
-            "real",
-            "--fake_dir",
-            "fake",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    mllmdf = str(Path(sys.executable).parent / "mllmdf")
+    args = [mllmdf, "infer", "-m", "vllm", "--real_dir", "real", "--fake_dir", "fake"]
+    ran = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert "on 2 scored of 2 rows" in ran.stderr and "Warning" not in ran.stderr, ran.stderr

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import QWEN2VL_ID, REPO, upstream_or_skip
+from conftest import QWEN2VL_ID, REPO, mounted_tmpfs, upstream_or_skip
 
 MLLMDF = str(Path(sys.executable).with_name("mllmdf"))
 # What the commands below must not inherit from the environment the tests run in.
@@ -475,12 +475,8 @@ def test_doc_reads_word_labels_and_skips_a_csv_with_unknown_ones_in_one_line(tmp
 
 @pytest.fixture
 def read_only_folder(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as folder:
+        yield folder
 
 
 @pytest.mark.parametrize("command", ["classify", "infer", "materialize"])
