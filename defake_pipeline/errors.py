@@ -41,6 +41,10 @@ class UnreachableEndpointError(FatalEndpointError):
     """Nothing answers at the model's endpoint (nothing listens there, or the name does not resolve)."""
 
 
+class NotMaterialized(DefakeError, FileNotFoundError):
+    """What a command reads (the warehouse, the image manifests) has not been materialized yet."""
+
+
 class JournalWriteError(DefakeError):
     """An answer could not be stored (a full disk): sending more would pay for answers lost."""
 

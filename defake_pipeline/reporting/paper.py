@@ -127,10 +127,10 @@ def write_paper(layout: HomeLayout, target: StoredPath | None = None) -> tuple[S
     """Write the results section and its CSVs; returns the markdown file and the CSVs written.
     A table with no rows (no scores, no subsets, no perturbations) is left out."""
     target = target or layout.reports_dir / "paper.md"
+    frames = [(table, query(layout, table.sql)) for table in TABLES]  # nothing is written without a warehouse
     target.parent.mkdir(parents=True, exist_ok=True)
     parts, csvs = ["# Results", ""], []
-    for table in TABLES:
-        frame = query(layout, table.sql)
+    for table, frame in frames:
         if frame.empty:
             continue
         csv = target.with_name(f"{target.stem}_{table.name}.csv")

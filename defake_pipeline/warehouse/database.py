@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from defake_pipeline.errors import NotMaterialized
 from defake_pipeline.records import prediction_schema
 from defake_pipeline.storage import StoredPath, is_remote, sorted_glob
 from defake_pipeline.warehouse.files import atomic_path, remove_abandoned, remove_quietly
@@ -42,7 +43,7 @@ def rebuild_warehouse(
     else:
         predictions = [f for m, p in partitions if (f := layout.predictions_file(m, p)).exists()]
     if not manifests:
-        raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
+        raise NotMaterialized(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
     remove_abandoned(layout.warehouse, ".duckdb.tmp")
     with (
         readable_copies([*manifests, *predictions]) as names,
@@ -123,10 +124,10 @@ _copies: dict[str, tuple[str, Path]] = {}
 
 
 def _readable(warehouse: StoredPath) -> Path:
+    if not warehouse.exists():
+        raise NotMaterialized(f"{warehouse}: no warehouse yet (materialize metrics first: `mllmdf materialize`)")
     if not is_remote(warehouse):
         return Path(str(warehouse))
-    if not warehouse.exists():
-        raise FileNotFoundError(f"{warehouse}: no warehouse yet (materialize metrics first)")
     etag = str(warehouse.fs.info(warehouse.path).get("ETag", ""))
     held = _copies.get(str(warehouse))
     if held and held[0] == etag and held[1].exists():

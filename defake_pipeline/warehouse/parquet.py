@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from defake_pipeline.errors import NotMaterialized
 from defake_pipeline.records import PREDICTION_COLUMNS, prediction_schema
 from defake_pipeline.storage import StoredPath, is_remote, sorted_glob
 from defake_pipeline.warehouse.files import (
@@ -158,7 +159,7 @@ def predictions_content_hash(files: Sequence[StoredPath]) -> str:
 def read_manifests(layout: HomeLayout) -> pd.DataFrame:
     files = sorted_glob(layout.manifests_dir, "*.parquet")
     if not files:
-        raise FileNotFoundError(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
+        raise NotMaterialized(f"{layout.manifests_dir}: no image manifest yet (materialize image_manifest first)")
     return pd.concat([read_parquet_frame(f) for f in files], ignore_index=True)
 
 

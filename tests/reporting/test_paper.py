@@ -28,3 +28,18 @@ def test_the_results_section_holds_each_table_and_its_csv_the_warehouse_figures(
     assert sorted(set(generators_csv.subset)) == ["flux", "sd15"] and len(generators_csv) == 4
     best = main.iloc[0]
     assert f"| {best.model} | p |" in text and "Accuracy (95% CI)" in text.replace("\\(", "(").replace("\\)", ")")
+
+
+def test_paper_before_any_warehouse_is_one_line_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    home = tmp_path / "home"
+    result = CliRunner().invoke(main, ["paper"], env={"DEFAKE_HOME": str(home)})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (
+        result.output
+        == f"error: {home / 'defake.duckdb'}: no warehouse yet (materialize metrics first: `mllmdf materialize`)\n"
+    )
+    assert not home.exists()
