@@ -258,6 +258,8 @@ def doc(experiment: str, summarize_to: str | None) -> None:
     names = [*SEED_DATASET_DIRS, "ImageFolders", *(s.name for s in dataset_specs())]
     if experiment == "all":
         csvs = experiment_csvs(layout)
+        if not csvs:
+            print_line("note", f"no experiment CSV in {layout.home} (`mllmdf infer` writes them)")
     else:
         path = Path(experiment)
         csvs = [path if path.is_file() else layout.home / f"{experiment}.csv"]

@@ -146,6 +146,14 @@ def test_infer_sampling_options(seed_cwd):
     assert bad.returncode == 2 and "--job_split" in bad.stderr
 
 
+def test_doc_all_with_no_experiment_says_where_it_looked(tmp_path):
+    out = mllmdf(["doc", "all"], tmp_path, {"DEFAKE_HOME": str(tmp_path / "outputs")})
+    assert (
+        out.stdout == ""
+        and out.stderr == f"note: no experiment CSV in {tmp_path / 'outputs'} (`mllmdf infer` writes them)\n"
+    )
+
+
 def test_doc_renders_a_csv_written_by_the_seed(tmp_path):
     outputs = tmp_path / "outputs"
     outputs.mkdir()
