@@ -95,10 +95,12 @@ def _model_hint(exc: DefakeError) -> str:
 
 class _LogFile(logging.FileHandler):
     """The run's log file. A line it cannot write (a full device) is lost without a word: the
-    command itself says what failed, and a logging traceback on stderr would bury that line."""
+    command itself says what failed, and a logging traceback on stderr would bury that line.
+    Any other failure (a record that cannot be formatted) is reported as logging reports it."""
 
     def handleError(self, record: logging.LogRecord) -> None:
-        pass
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
 
 
 def setup_logging(layout: HomeLayout, log_id: str, verbose: bool) -> None:

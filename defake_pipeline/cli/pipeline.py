@@ -157,13 +157,14 @@ def estimate(models: tuple[str, ...], prompts: tuple[str, ...], datasets: tuple[
     specs, prompt_paths = chosen_models_and_prompts(models, prompts)
     loaded = list({p.key: p for p in map(load_prompt, prompt_paths)}.values())
     chosen = [get_dataset(d) for d in datasets] if datasets else defined_datasets()
+    layout, api_key = HomeLayout(), load_settings().api_key
     lines, total = 0, 0.0
     for spec in {spec.key: spec for spec in specs}.values():
         if spec.backend == "baseline":
             click.echo(f"{spec.name} is a baseline detector: it runs here and sends no request; $0")
             continue
         for prompt in loaded:
-            figures = estimate_datasets(HomeLayout(), spec, prompt, chosen, load_settings().api_key)
+            figures = estimate_datasets(layout, spec, prompt, chosen, api_key)
             click.echo(f"on {', '.join(ds.key for ds in chosen)}: {figures.line()}")
             lines, total = lines + 1, total + figures.usd
     if lines > 1:

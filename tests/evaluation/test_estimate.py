@@ -3,12 +3,13 @@ run's own road against the journal, and checked against the usage the test serve
 (computed there from OpenAI's published rules)."""
 
 import re
+import shutil
 
 import duckdb
 import pytest
 from click.testing import CliRunner
 
-from conftest import demo_dataset
+from conftest import REPO, demo_dataset
 from defake_pipeline.cli import main
 from defake_pipeline.warehouse.layout import HomeLayout
 
@@ -115,10 +116,6 @@ def test_the_dry_run_job_records_the_same_figures_on_the_partition(project):
 
 def test_with_no_model_or_prompt_named_the_estimate_prices_what_materialize_would_run(project, tmp_path):
     """The same defaults as `materialize`: every registered model × every prompt file."""
-    import shutil
-
-    from conftest import REPO
-
     (tmp_path / "prompts").mkdir()
     for name in ("simple", "fusion"):
         shutil.copy(REPO / "prompts" / f"{name}.json", tmp_path / "prompts")
