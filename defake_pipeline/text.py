@@ -81,9 +81,13 @@ def markdown_code(text: str) -> str:
 
 
 # Letters and digits of any script stay (\w is Unicode-aware); a run of anything else is one '-',
-# and a run of dots one '.' (Dagster refuses "..." in a partition key).
+# a run of dots one '.' (Dagster refuses "..." in a partition key), and a run of underscores one
+# '_', none at either end: file names join keys with `__` (<model>__<prompt>.md), so that no two
+# partitions share a file, no key holds it or can make it with its neighbour.
 _SLUG_RE = re.compile(r"[^\w.-]+")
 _DOTS_RE = re.compile(r"\.{2,}")
+_UNDERSCORES_RE = re.compile(r"_{2,}")
+KEY_JOINER = "__"
 
 
 def is_utf8(text: str) -> bool:
@@ -104,7 +108,8 @@ def slugify(text: str) -> str:
     """A partition key that keeps distinct names distinct: the name in lower case, with no
     ``|``, ``,`` or space; where that changes the name (case, spaces, punctuation), a short
     hash of the whole name follows, so ``My Model`` and ``my-model`` stay two keys. Never empty."""
-    slug = _DOTS_RE.sub(".", _SLUG_RE.sub("-", text.strip().lower())).strip("-.")
+    slug = _SLUG_RE.sub("-", text.strip().lower())
+    slug = _UNDERSCORES_RE.sub("_", _DOTS_RE.sub(".", slug)).strip("-._")
     if slug and slug == text:
         return slug
     digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]

@@ -28,7 +28,7 @@ from defake_pipeline.reporting.templating import ENV, pct
 from defake_pipeline.reporting.templating import missing as _missing
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
 from defake_pipeline.storage import StoredPath, is_remote
-from defake_pipeline.text import markdown_table, visible_controls
+from defake_pipeline.text import KEY_JOINER, markdown_table, visible_controls
 from defake_pipeline.warehouse.database import export, query
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import (
@@ -251,7 +251,9 @@ def passed_partitions(layout: HomeLayout) -> list[tuple[str, str]]:
 
 
 def _score_chart_file(report: StoredPath, dataset: str) -> StoredPath:
-    return report.with_name(f"{report.stem}.{dataset}.scores.svg")
+    """Joined as the report's own name is: no key holds the joiner, so a chart's name belongs to one
+    report and one dataset (with a dot, prompt `p` on `v2.d` and `p.v2` on `d` would share one)."""
+    return report.with_name(f"{report.stem}{KEY_JOINER}{dataset}.scores.svg")
 
 
 def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
@@ -314,7 +316,8 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
     keep = {layout.report_file(m, p).name for m, p in wanted}
     for stale in layout.reports_dir.glob("*__*.md") if layout.reports_dir.exists() else []:
         if stale.name not in keep:
-            for file in (stale, stale.with_suffix(".csv"), _ui_file(stale), *stale.parent.glob(f"{stale.stem}.*.svg")):
+            charts = stale.parent.glob(f"{stale.stem}{KEY_JOINER}*.scores.svg")
+            for file in (stale, stale.with_suffix(".csv"), _ui_file(stale), *charts):
                 file.unlink(missing_ok=True)
             removed.append(stale)
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -356,7 +359,7 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
     drawn = {name for figures in charts.values() for name in figures.values()}
     for kind in ("accuracy", "scores", "matrix", "robustness"):  # a figure whose dataset or runs are gone
         for old in layout.reports_dir.glob(f"{kind}_*.svg"):
-            if old.name not in drawn:
+            if old.name not in drawn and KEY_JOINER not in old.name:  # a report's chart, not the board's
                 old.unlink(missing_ok=True)
     text = render_leaderboard(ranked, links, comparisons, charts, unranked, leaks, snapshots)
     ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked, leaks, snapshots)

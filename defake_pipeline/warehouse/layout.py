@@ -7,7 +7,7 @@ from pathlib import Path
 from defake_pipeline.errors import JournalWriteError
 from defake_pipeline.settings import defake_home, load_settings
 from defake_pipeline.storage import StoredPath, is_remote, stored_path
-from defake_pipeline.text import without_userinfo
+from defake_pipeline.text import KEY_JOINER, without_userinfo
 
 
 class HomeLayout:
@@ -66,7 +66,7 @@ class HomeLayout:
         return self.home / "reports"
 
     def report_file(self, model: str, prompt: str) -> StoredPath:
-        return self.reports_dir / f"{model}__{prompt}.md"
+        return self.reports_dir / f"{model}{KEY_JOINER}{prompt}.md"
 
     @property
     def leaderboard_file(self) -> StoredPath:

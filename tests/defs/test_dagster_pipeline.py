@@ -66,7 +66,7 @@ def test_whole_graph_on_demo_with_baseline(defake_home):
     charts = re.compile(r"!\[[^]]*\]\([^)]*\)")
     ui_tables, file_tables = (text.split("## Metrics")[1].split("## Wrong")[0] for text in (attached, report))
     assert charts.sub("", ui_tables) == charts.sub("", file_tables)
-    assert "](<data:image/svg+xml;base64," in ui_tables and "canny__-.demo.scores.svg" in file_tables
+    assert "](<data:image/svg+xml;base64," in ui_tables and "canny__-__demo.scores.svg" in file_tables
     assert attached.count("](<data:image/jpeg;base64,") == 7 and "thumbs/" not in attached  # 1 wrong, 6 correct
     # A second run reuses every journaled answer.
     materialize_evaluation(instance, ["canny"], ["simple"])

@@ -14,16 +14,20 @@ from defake_pipeline.text import slugify
 
 def test_keys_keep_names_apart():
     names = ["真实", "生成", "My Model", "my-model", "my model", "MY-MODEL", "a.b", "a...b", "a,b", "a|b", "", " "]
+    names += ["a_b", "a__b", "a___b", "_a", "a_", "__"]
     keys = [slugify(n) for n in names]
     assert len(set(keys)) == len(names), dict(zip(names, keys, strict=True))
     assert all(k and "|" not in k and "," not in k and "..." not in k and " " not in k for k in keys)
+    # File names join keys with "__" (<model>__<prompt>.md): no key holds it, or makes it beside another.
+    assert all("__" not in k and not k.startswith("_") and not k.endswith("_") for k in keys)
     # A name that is a key already stays as it is: existing partitions keep their keys.
-    assert [slugify(n) for n in ("simple", "gpt4o", "defect_query", "真实", "canny")] == [
+    assert [slugify(n) for n in ("simple", "gpt4o", "defect_query", "真实", "canny", "a_b")] == [
         "simple",
         "gpt4o",
         "defect_query",
         "真实",
         "canny",
+        "a_b",
     ]
     assert slugify("My Model").startswith("my-model-")
 
@@ -106,3 +110,31 @@ def test_a_deeply_nested_prompt_is_one_line_and_the_scan_goes_on(project, depth)
     assert "\n" not in str(caught.value)
     scan = scan_prompts()  # what the registry sensor reads every tick
     assert str(deep) in scan.invalid and {"真实", "生成"} <= set(scan.valid)
+
+
+def test_a_model_and_a_prompt_whose_names_hold_the_separator_get_reports_of_their_own(project, chat_server, tmp_path):
+    """A report is <model>__<prompt>.md: model `a__b` on prompt `c` and model `a` on prompt `b__c`
+    are two partitions, and neither may be published in the other's file."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+    from defake_pipeline.warehouse.layout import HomeLayout
+
+    for name in ("c", "b__c", "_c"):
+        shutil.copy(REPO / "prompts" / "simple.json", project / "prompts" / f"{name}.json")
+    (project / "models.toml").write_text(
+        '[models.a]\npreset = "vllm"\n\n[models."a__b"]\npreset = "vllm"\n\n[models.a_]\npreset = "vllm"\n'
+    )
+    env = {"DAGSTER_HOME": str(tmp_path / "dh"), "BASE_URL": chat_server.base_url}
+    pairs = [("a", "b__c"), ("a__b", "c"), ("a_", "c"), ("a", "_c")]
+    for model, prompt in pairs:
+        out = CliRunner().invoke(main, ["materialize", "-m", model, "-p", prompt], env=env)
+        assert out.exit_code == 0, out.output
+    keys = {(model_table()[m].key, prompt_by_key(slugify(p)).key) for m, p in pairs}
+    assert len(keys) == len(pairs)
+    layout = HomeLayout()
+    files = {layout.report_file(m, p) for m, p in keys}
+    assert len(files) == len(pairs) and all(f.exists() for f in files)
+    for model, prompt in keys:
+        text = layout.report_file(model, prompt).read_text(encoding="utf-8")
+        assert f"# Detection report: `{model}` × `{prompt}`\n" in text

@@ -1,13 +1,15 @@
 """The figures of the reports and the leaderboard: ROC and reliability charts for runs with scores,
 the subset × model matrix for datasets with subsets, and the answer-bias columns."""
 
+import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
 from crafted import craft, random_rows
 
 from defake_pipeline.reporting.charts import accuracy_color
-from defake_pipeline.reporting.render import write_leaderboard, write_report
+from defake_pipeline.reporting.render import write_leaderboard, write_report, write_reports
+from defake_pipeline.warehouse.database import rebuild_warehouse
 from defake_pipeline.warehouse.layout import HomeLayout
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -46,10 +48,10 @@ def test_scored_runs_get_roc_and_reliability_charts_and_unscored_runs_none(tmp_p
     assert ui.count("data:image/svg+xml;base64,") == 3 and "scores_d.svg" not in ui
 
     report = write_report(layout, "m", "p")
-    own = svg(reports / "m__p.d.scores.svg")
+    own = svg(reports / "m__p__d.scores.svg")
     assert len(own.findall(f"{SVG}polyline")) == 2
     body = report.path.read_text()
-    assert "## Scores: calibration and operating points" in body and "m__p.d.scores.svg" in body
+    assert "## Scores: calibration and operating points" in body and "m__p__d.scores.svg" in body
     assert "Says real (bias)" in body and " pt)" in body
 
 
@@ -95,3 +97,24 @@ def test_a_roc_curve_of_thousands_of_distinct_scores_is_drawn_in_a_few_hundred_p
     assert 100 < len(points) <= 2 * 251 + 1  # 3,000 distinct scores
     xs, ys = [x for x, _y in points], [y for _x, y in points]
     assert xs == sorted(xs) and ys == sorted(ys, reverse=True)  # both rates rise (SVG's y runs down)
+
+
+def test_each_chart_file_belongs_to_one_report_and_outlives_the_others(tmp_path):
+    """Prompt `p.d` extends prompt `p`'s name with a dot, as a dataset does, and model `scores_x`
+    starts as the leaderboard's scores charts do: removing `p`'s report and rendering the
+    leaderboard leave every chart the remaining reports link to."""
+    rows, scores, shas = random_rows(5, 40)
+    preds = [pred for _label, pred, _err in rows]
+    craft(tmp_path, rows, scores=scores, shas=shas, extra_partitions={("m", "p.d"): preds, ("scores_x", "p"): preds})
+    layout = HomeLayout(tmp_path / "home")
+    reports, _ = write_reports(layout)
+    assert len(reports) == 3
+    (layout.predictions_file("m", "p")).unlink()
+    rebuild_warehouse(layout)
+    reports, removed = write_reports(layout)
+    write_leaderboard(layout)
+    assert [r.name for r in removed] == ["m__p.md"]
+    assert sorted((r.model, r.prompt) for r in reports) == [("m", "p.d"), ("scores_x", "p")]
+    for report in reports:
+        linked = re.findall(r"\]\(<?([^)>]+\.svg)>?\)", report.path.read_text())
+        assert linked and all((report.path.parent / name).exists() for name in linked), linked
