@@ -29,7 +29,9 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 class ModelSpec(BaseModel):
     """Everything needed to query one model, or run one baseline."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No infinity or NaN in any number: a NaN price is never over a spending cap, and an infinite
+    # timeout lets a request hang.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     backend: Literal["openai", "self_hosted", "baseline"]
@@ -44,14 +46,16 @@ class ModelSpec(BaseModel):
     # OpenAI's image detail ("high", "low", "auto"); sent with each image, so part of the cache key.
     # "low" means the provider keeps 512×512 at most, so that is all that is sent.
     detail: Literal["high", "low", "auto"] | None = None
-    max_tokens: int = 1000
+    max_tokens: int = Field(default=1000, ge=1)
     # Tokens an image costs a model sent no ``detail``: one per ``image_patch_px`` square, after its
     # vision encoder (Qwen2-VL and InternVL: 28 px; LLaVA-OneVision and Llama 3.2 Vision: 14 px).
     image_patch_px: int = Field(default=28, ge=1)
     # Newer OpenAI models (gpt-5, o-series) reject max_tokens and take max_completion_tokens.
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-    temperature: float | None = None
-    concurrency: int = Field(default=16, ge=1)  # the most requests in flight; AIMD adapts below it
+    temperature: float | None = Field(default=None, ge=0)
+    # The most requests in flight; AIMD adapts below it. Each is a task from the start: 1,024 at
+    # 1 s a request is 60,000 requests a minute, past any provider's published rate limits.
+    concurrency: int = Field(default=16, ge=1, le=1024)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
     backoff_base_s: float = Field(default=0.5, gt=0)  # first retry waits up to this, doubling after
@@ -60,8 +64,8 @@ class ModelSpec(BaseModel):
     max_response_chars: int = Field(default=20_000, ge=100)
     logprobs: bool = False  # ask for token log-probabilities and derive a score P(fake)
     top_logprobs: int = Field(default=5, ge=1, le=20)
-    price_in: float = 0.0
-    price_out: float = 0.0
+    price_in: float = Field(default=0.0, ge=0)  # dollars per million tokens
+    price_out: float = Field(default=0.0, ge=0)
     # Journal misses go through the endpoint's Batch API (``evaluation/batch.py``), where answers
     # cost ``batch_discount`` of the direct price (OpenAI: half) and arrive within 24 hours.
     # How the final turn's answer is constrained (endpoints/verdict_formats.py): "seed" (free
@@ -88,6 +92,12 @@ class ModelSpec(BaseModel):
             except re.error as exc:
                 raise ValueError(f"serves = {pattern!r} is not a regular expression ({exc})") from None
         return pattern
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding_parses(cls, encoding: str) -> str:
+        EncodingPolicy.parse(encoding)  # its ValueError says what is allowed
+        return encoding
 
     def serves_id(self, served_id: str) -> bool:
         """Whether a served model id is this model's (see ``serves``)."""

@@ -63,6 +63,8 @@ async def evaluate_jobs(
     With ``batch`` (or ``batch = true`` in the model's entry), journal misses are sent as batch
     files instead (``evaluation/batch.py``); an image waiting for one gets no prediction."""
     batch = (batch or spec.batch) and spec.backend != "baseline" and prompt is not None
+    if max_cost_usd is not None and not max_cost_usd >= 0:  # NaN is over no cost: no cap at all
+        raise CostCapError(f"--max-cost must be a number of USD, at least 0, not {max_cost_usd}; nothing was sent")
     if max_cost_usd is not None and prompt is not None and spec.backend != "baseline":
         # The cap is held against what the whole run may cost before anything is sent, so a run
         # that would pass it does not stop half-way, having spent; the budget below still

@@ -170,3 +170,27 @@ def test_roi_decorator_sends_a_crop(chat_server, demo_jobs, tmp_path):
     crop = decode_data_url(urls[0])
     original = Image.open(demo_jobs[0].path)
     assert crop.width == crop.height == min(original.size) // 2
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ("price_in = -5", "price_in"),  # a negative price would let --max-cost pass any run
+        ("price_out = nan", "price_out"),  # a NaN cost is never over a cap
+        ("price_in = inf", "price_in"),
+        ("max_tokens = 0", "max_tokens"),
+        ("max_tokens = -3", "max_tokens"),
+        ("temperature = -1", "temperature"),
+        ("timeout_s = inf", "timeout_s"),  # a request that may never end
+        ("concurrency = 1000000000", "concurrency"),  # a task for each slot
+        ('encoding = "bogus"', "encoding"),  # every image an error row
+    ],
+)
+def test_a_models_toml_value_that_would_misprice_stall_or_fail_every_request_is_one_line(
+    entry, field, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models.toml").write_text(f'[models.x]\npreset = "vllm"\n{entry}\n')
+    with pytest.raises(ModelConfigError, match=rf"models\.toml: model 'x': {field}: ") as raised:
+        model_table()
+    assert "\n" not in str(raised.value)

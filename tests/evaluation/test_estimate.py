@@ -87,6 +87,17 @@ def test_a_cap_below_the_estimate_sends_nothing_and_says_why_in_one_line(project
     assert project.state.n_chat == 0
 
 
+@pytest.mark.parametrize("cap", ["nan", "-nan"])
+def test_a_cap_that_is_not_a_number_is_refused_and_nothing_is_sent(project, cap):
+    """NaN is over no cost, so as a cap it would let every request through."""
+    result = CliRunner().invoke(
+        main, ["infer", "-m", "gpt4o", "-p", "simple", "--dataset", "demo", "--max-cost", cap, "-o", "nan"]
+    )
+    assert result.exit_code == 2
+    assert "--max-cost" in result.output and "Traceback" not in result.output
+    assert project.state.n_chat == 0
+
+
 def test_a_cap_above_the_estimate_runs(project):
     figures = estimate("-m", "gpt4o", "-p", "simple", "-d", "demo")
     cap = f"{figures['usd'] * 1.01:.4f}"
