@@ -8,7 +8,7 @@ from defake_pipeline.datasets.layouts import defined_datasets
 from defake_pipeline.datasets.manifest import manifest_content_hash
 from defake_pipeline.datasets.refresh import prune_manifests, refresh_manifest
 from defake_pipeline.defs.resources import DefakeHomeFolder
-from defake_pipeline.errors import DatasetError, DefakeError
+from defake_pipeline.errors import DatasetError, DefakeError, NotMaterialized
 from defake_pipeline.text import markdown_cell, markdown_code, markdown_table
 from defake_pipeline.warehouse.parquet import read_manifests
 
@@ -107,7 +107,7 @@ def image_manifest(
         for gone in prune_manifests(layout, [s.key for s in specs]):
             context.log.info(f"dataset {gone} is no longer defined; its manifest was removed")
     summaries = []
-    not_refreshed: list[str] = []
+    not_refreshed: dict[str, str] = {}  # dataset -> why
     # What each manifest was refreshed from, taken before the scan: an image that lands during
     # it makes the next look differ, and the new-images sensor runs for it.
     fingerprints: dict[str, str] = {}
@@ -124,7 +124,7 @@ def image_manifest(
             # A dataset that cannot be listed (its CSV a pipe, its root gone) is named and keeps
             # its last manifest; the others are refreshed and evaluated all the same.
             context.log.error(f"dataset {spec.key}: not refreshed: {exc}")
-            not_refreshed.append(spec.key)
+            not_refreshed[spec.key] = str(exc)
             continue
         if fingerprint:
             fingerprints[spec.key] = fingerprint
@@ -137,7 +137,14 @@ def image_manifest(
         [[s.dataset, s.n_images, s.n_real, s.n_fake, s.n_probe_errors] for s in summaries],
         align="lrrrr",
     )
-    manifest = read_manifests(layout)
+    try:
+        manifest = read_manifests(layout)
+    except NotMaterialized:
+        if not not_refreshed:
+            raise
+        # Not "materialize the manifest first": that is what just failed, for this reason.
+        more = f" (+{len(not_refreshed) - 1} more in the run's log)" if len(not_refreshed) > 1 else ""
+        raise DatasetError(f"no dataset could be read: {next(iter(not_refreshed.values()))}{more}") from None
     return dg.MaterializeResult(
         # Downstream predictions run only when this changes (see defs/automation.py).
         data_version=dg.DataVersion(manifest_content_hash(manifest)),

@@ -174,6 +174,23 @@ def test_materialize_names_a_dataset_whose_csv_is_a_pipe_and_publishes_the_other
     assert "| 6 | 50.0%" in board and "[report](<canny__-.md>)" in board  # the good dataset is ranked
 
 
+def test_materialize_with_no_readable_dataset_ends_on_the_cause(defake_home, tmp_path, monkeypatch):
+    """A first project whose only dataset's folder is missing: the last line says so, and does
+    not send the user to materialize the manifest they just asked for."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "gone.toml").write_text('layout = "real_fake"\nroot = "../nowhere"\n')
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny"], env={"DAGSTER_HOME": str(tmp_path / "dh")})
+    assert result.exit_code == 2
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: no dataset could be read: ") and "nowhere/real does not exist" in last, last
+    assert "materialize image_manifest first" not in result.output
+
+
 def test_run_logs_show_escape_sequences_in_file_names_as_text(tmp_path, monkeypatch):
     """The runs' log lines on the terminal (``mllmdf materialize``, and the daemon's runs under
     ``dagster dev``) name files; a name's escape sequences are shown, never acted on."""
