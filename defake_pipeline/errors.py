@@ -21,6 +21,10 @@ class DefakeError(Exception):
     """Base class: the message names the file (or object) and the cause, on one line."""
 
 
+class SettingsError(DefakeError):
+    """An environment variable the product reads holds a value it cannot use."""
+
+
 class PromptError(DefakeError):
     """A prompt file is invalid, or cannot be rendered."""
 

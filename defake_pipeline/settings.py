@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from defake_pipeline.errors import SettingsError, validation_line
 
 # The repository checkout this package lives in; its prompts/, decorators/ and datasets/
 # folders are the fallback when the working directory has none of its own.
@@ -37,7 +39,7 @@ class Settings(BaseModel):
     DEFAKE_JOURNAL_URL: SecretStr | None = None
     """Where answers are journaled: ``postgresql://user:password@host:port/db`` for workers that
     share no disk, or ``sqlite:///path``; default SQLite at ``DEFAKE_HOME/cache/responses.sqlite``."""
-    DEFAKE_PARTITIONS_PER_RUN: int | None = None
+    DEFAKE_PARTITIONS_PER_RUN: int | None = Field(default=None, ge=1)
     """How many ``predictions`` partitions one run of a backfill takes: unset, all of them (one
     process on one machine); 1 where runs go to workers (deploy/), so they spread over them."""
     DEFAKE_PROJECT: str | None = None
@@ -87,7 +89,10 @@ def load_settings() -> Settings:
     base = project_root() or Path.cwd()
     for name in ("DEFAKE_HOME", "DAGSTER_HOME"):
         values.setdefault(name, str(base / Settings.model_fields[name].default))
-    return Settings.model_validate(values)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:  # the line names the variable, never its value
+        raise SettingsError(f"environment variable {validation_line(exc)}") from None
 
 
 def is_url(location: str) -> bool:

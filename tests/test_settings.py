@@ -1,7 +1,13 @@
 """The environment is read in one place, settings.py; empty variables count as unset."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import demo_dataset
 from defake_pipeline.settings import load_settings
 
 
@@ -152,3 +158,23 @@ def test_mllmdf_ui_on_a_port_in_use_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2
     line = f"error: 127.0.0.1:{port} cannot be served (Address already in use); choose another --port\n"
     assert result.output == line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEFAKE_SENSOR_INTERVAL_S", "abc"),
+        ("DEFAKE_PARTITIONS_PER_RUN", "0"),
+        ("DEFAKE_NIGHTLY_CRON", "61 3 * * *"),  # read where the schedule is defined
+    ],
+)
+def test_a_variable_the_product_cannot_use_is_one_line_naming_it(variable, value, tmp_path):
+    """The command runs as a user starts it (the schedule's cron is read when the definitions are
+    imported), so it is a process of its own."""
+    demo_dataset(tmp_path)
+    env = {**os.environ, variable: value, "DEFAKE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dh")}
+    mllmdf = str(Path(sys.executable).with_name("mllmdf"))
+    proc = subprocess.run([mllmdf, "materialize", "-m", "canny"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: environment variable {variable}: "), proc.stderr
+    assert "Traceback" not in proc.stderr
