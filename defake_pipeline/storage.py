@@ -7,8 +7,10 @@ a store is one PUT of a finished object: there is no rename and no append.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
+import urllib.parse
 from pathlib import Path
 from typing import TypeGuard
 
@@ -16,7 +18,7 @@ from upath import UPath
 
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.settings import is_url
-from defake_pipeline.text import without_userinfo
+from defake_pipeline.text import one_line, without_userinfo
 
 # A file under DEFAKE_HOME (or a dataset root): a local path, or a path on an object store.
 StoredPath = Path | UPath
@@ -27,12 +29,28 @@ def stored_path(location: str | Path) -> StoredPath:
     text = str(location)
     if not is_url(text):
         return Path(text).absolute()
+    if urllib.parse.urlsplit(text).scheme != "s3":  # the one kind of store built and tested
+        raise DefakeError(f"{without_userinfo(text)}: neither a folder nor an s3:// URL (see docs/scaling.md)")
     try:
         return UPath(text)
     except ImportError:  # s3fs, for s3://
         raise DefakeError(
             f"{without_userinfo(text)}: object storage needs the scale extra (pip install 'defake-pipeline[scale]')"
         ) from None
+
+
+@functools.cache
+def check_store(url: str) -> None:
+    """Look once, per process, that the bucket of a home on object storage is there: an
+    unreachable store or a misspelt bucket is then one line before anything is read or written,
+    not an SDK traceback from the middle of a run."""
+    bucket = urllib.parse.urlsplit(url).netloc
+    try:
+        UPath(url).fs.info(bucket)  # one HEAD of the bucket (``exists`` would hide why it failed)
+    except FileNotFoundError:
+        raise DefakeError(f"{without_userinfo(url)}: the object store has no bucket {bucket!r}") from None
+    except Exception as exc:  # noqa: BLE001 - botocore's and s3fs's errors vary; any means no store
+        raise DefakeError(f"{without_userinfo(url)}: cannot reach bucket {bucket!r} ({one_line(str(exc))})") from None
 
 
 def sorted_glob(folder: StoredPath, pattern: str, recursive: bool = False) -> list[StoredPath]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from defake_pipeline.errors import JournalWriteError
 from defake_pipeline.settings import defake_home, load_settings
-from defake_pipeline.storage import StoredPath, is_remote, stored_path
+from defake_pipeline.storage import StoredPath, check_store, is_remote, stored_path
 from defake_pipeline.text import KEY_JOINER, without_userinfo
 
 
@@ -15,6 +15,8 @@ class HomeLayout:
 
     def __init__(self, home: Path | str | None = None, journal_url: str | None = None):
         self.home = stored_path(home or defake_home())
+        if is_remote(self.home):
+            check_store(str(self.home))
         # Where answers are journaled: DEFAKE_JOURNAL_URL (Postgres, for workers that share no
         # disk), else SQLite at ``journal``.
         self.journal_url = journal_url or load_settings().journal_url

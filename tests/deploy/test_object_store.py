@@ -143,3 +143,30 @@ def test_a_file_another_run_replaced_after_this_one_listed_it_is_read_whole(s3, 
     s3.fs.pipe(s3.url("race", "p.parquet"), large.to_parquet(index=False))  # the other run's PUT
     assert unreadable_parquet(listed) is None
     assert read_parquet_frame(listed)["path"].tolist() == large["path"].tolist()
+
+
+def test_a_home_whose_store_or_bucket_is_not_there_is_one_line(tmp_path, s3, postgres, chat_server):
+    """A misspelt bucket, a store nothing answers for, or a scheme other than s3://: the command
+    ends on one line naming the home and the cause, with no SDK traceback."""
+    journal_url = postgres.create_database("missing_store_journal")
+    folder, env = _worker(tmp_path, "w", s3, journal_url, chat_server, "s3://no-such-bucket/home")
+    real_fake_dataset(folder, "d", 2)
+    nothing_there = {**env, "DEFAKE_HOME": s3.url("home"), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    nothing_there["AWS_MAX_ATTEMPTS"] = "1"  # botocore's retries would take about 14 s
+    cases = [
+        (env, "error: s3://no-such-bucket/home: the object store has no bucket 'no-such-bucket'"),
+        (nothing_there, f"error: {s3.url('home')}: cannot reach bucket '{s3.bucket}' (Could not connect"),
+        ({**env, "DEFAKE_HOME": "ftp://host/home"}, "error: ftp://host/home: neither a folder nor an s3:// URL"),
+    ]
+    for case_env, line in cases:
+        proc = subprocess.run(
+            [MLLMDF, "materialize", "-m", "canny"],
+            cwd=folder,
+            env=case_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr
+        assert "Traceback" not in proc.stderr and PLANTED_PASSWORD not in proc.stdout + proc.stderr
