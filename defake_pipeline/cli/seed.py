@@ -69,7 +69,12 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
 @click.option("--real_dir", default="", help="Folder of real images (with --fake_dir).")
 @click.option("--fake_dir", default="", help="Folder of fake images (with --real_dir).")
 @click.option(
-    "-c", "--count", default=10, show_default=True, type=int, help="Images per class, sampled at random; 0 means all."
+    "-c",
+    "--count",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Images per class, sampled at random; 0 means all.",
 )
 @click.option("-s", "--seed", default=3706, show_default=True, type=int, help="Random seed for the sampling.")
 @click.option(

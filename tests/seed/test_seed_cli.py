@@ -260,6 +260,22 @@ def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
     assert "this run: 0 images" in again.stderr
 
 
+def test_a_negative_count_is_refused_rather_than_taken_as_every_image(tmp_path, chat_server):
+    """0 means every image; -1 is not a count, and evaluating the whole dataset on it would spend
+    what was not asked for."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    args = ["infer", "-m", "vllm", "-p", "simple", "--real_dir", str(tmp_path / "d/real"), "--fake_dir"]
+    env = {"DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": chat_server.base_url}
+    result = CliRunner().invoke(main, [*args, str(tmp_path / "d/fake"), "--count", "-1"], env=env)
+    assert result.exit_code == 2 and "Invalid value for '-c' / '--count'" in result.output
+    assert chat_server.state.n_chat == 0
+
+
 def test_summary_says_n_a_when_nothing_was_answered():
     from defake_pipeline.evaluation.tally import Tally
 
