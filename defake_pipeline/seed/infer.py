@@ -23,6 +23,11 @@ from defake_pipeline.text import printable
 from defake_pipeline.warehouse.files import local_working_copy
 from defake_pipeline.warehouse.layout import HomeLayout
 
+# The output CSVs hold whole answers, which max_response_chars may keep past the csv module's
+# default field limit (128 KiB): reading one back (the summary, --continue) must not fail on it.
+# The largest a C long holds everywhere.
+csv.field_size_limit(2**31 - 1)
+
 # The seed's own dataset names, found relative to the working directory.
 SEED_DATASET_DIRS = {"WildFakeResampled": "WildFakeResampled", "WildFakeResampled20K": "WildFakeResampled20K"}
 

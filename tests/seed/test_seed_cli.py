@@ -247,6 +247,31 @@ def test_failed_infer_start_leaves_no_csv_and_doc_skips_header_only(tmp_path):
     assert "skipped" in doc.stderr and "empty.csv" in doc.stderr and "Traceback" not in doc.stderr
 
 
+def test_answers_past_the_csv_modules_field_limit_are_summarized_and_continued(tmp_path, chat_server, monkeypatch):
+    """A model entry may keep long answers (max_response_chars), and the seed's CSVs hold them
+    uncut: a field over the csv module's 128 KiB default is read back like any other."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    (tmp_path / "models.toml").write_text(
+        f'[models.long]\npreset = "vllm"\nbase_url = "{chat_server.base_url}"\nmax_response_chars = 300000\n'
+    )
+    chat_server.state.responder = lambda body: "step " * 40_000 + "real"
+    monkeypatch.chdir(tmp_path)
+    args = ["infer", "-m", "long", "-p", "simple", "--real_dir", "d/real", "--fake_dir", "d/fake", "-o", "long"]
+    env = {"DEFAKE_HOME": str(tmp_path / "out")}
+    first = CliRunner().invoke(main, [*args, "-c", "1"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "on 2 scored of 2 rows" in first.output
+    again = CliRunner().invoke(main, [*args, "-c", "2", "--continue"], env=env)
+    assert again.exit_code == 0, again.output
+    assert "on 4 scored of 4 rows" in again.output and "this run: 2 images" in again.output
+    assert chat_server.state.n_chat == 4
+
+
 def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
     """The summary covers the output CSV, not only this invocation's new images."""
     for label in ("real", "fake"):
