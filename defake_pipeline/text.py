@@ -82,8 +82,8 @@ def markdown_code(text: str) -> str:
 
 # Letters and digits of any script stay (\w is Unicode-aware); a run of anything else is one '-',
 # a run of dots one '.' (Dagster refuses "..." in a partition key), and a run of underscores one
-# '_', none at either end: file names join keys with `__` (<model>__<prompt>.md), so that no two
-# partitions share a file, no key holds it or can make it with its neighbour.
+# '_', with none at either end: file names join keys with KEY_JOINER (<model>__<prompt>.md), and
+# a key that held it, or met it with an '_' at its edge, could give two partitions one file.
 _SLUG_RE = re.compile(r"[^\w.-]+")
 _DOTS_RE = re.compile(r"\.{2,}")
 _UNDERSCORES_RE = re.compile(r"_{2,}")
@@ -106,7 +106,7 @@ def printable(text: str) -> str:
 
 def slugify(text: str) -> str:
     """A partition key that keeps distinct names distinct: the name in lower case, with no
-    ``|``, ``,`` or space; where that changes the name (case, spaces, punctuation), a short
+    ``|``, ``,``, space or ``__``; where that changes the name (case, spaces, punctuation), a short
     hash of the whole name follows, so ``My Model`` and ``my-model`` stay two keys. Never empty."""
     slug = _SLUG_RE.sub("-", text.strip().lower())
     slug = _UNDERSCORES_RE.sub("_", _DOTS_RE.sub(".", slug)).strip("-._")
