@@ -16,6 +16,7 @@ from defake_pipeline.cli.app import (
     setup_logging,
     stopped_by_sigterm,
 )
+from defake_pipeline.endpoints.registry import MAX_CONCURRENCY
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.settings import load_settings
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -88,7 +89,7 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
 @click.option("--job_split", default="", help="Evaluate the m-th of n slices, such as 1/4.")
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_CONCURRENCY),
     default=None,
     help="Most requests in flight (default: the model's); adapts down on 429.",
 )

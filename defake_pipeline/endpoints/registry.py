@@ -24,6 +24,9 @@ from defake_pipeline.text import slugify, without_userinfo
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+# The most requests a model may have in flight. Each is a task from the start: 1,024 answering
+# in 1 s make 60,000 requests a minute, past any OpenAI tier's published rate limit.
+MAX_CONCURRENCY = 1024
 
 
 class ModelSpec(BaseModel):
@@ -53,9 +56,7 @@ class ModelSpec(BaseModel):
     # Newer OpenAI models (gpt-5, o-series) reject max_tokens and take max_completion_tokens.
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     temperature: float | None = Field(default=None, ge=0)
-    # The most requests in flight; AIMD adapts below it. Each is a task from the start: 1,024 at
-    # 1 s a request is 60,000 requests a minute, past any provider's published rate limits.
-    concurrency: int = Field(default=16, ge=1, le=1024)
+    concurrency: int = Field(default=16, ge=1, le=MAX_CONCURRENCY)  # AIMD adapts below it
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
     backoff_base_s: float = Field(default=0.5, gt=0)  # first retry waits up to this, doubling after

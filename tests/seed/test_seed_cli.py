@@ -285,9 +285,15 @@ def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
     assert "this run: 0 images" in again.stderr
 
 
-def test_a_negative_count_is_refused_rather_than_taken_as_every_image(tmp_path, chat_server):
-    """0 means every image; -1 is not a count, and evaluating the whole dataset on it would spend
-    what was not asked for."""
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        # 0 means every image; -1 is not a count, and the whole dataset on it would spend unasked.
+        (["--count", "-1"], "'-c' / '--count'"),
+        (["--concurrency", "1000000000"], "'--concurrency'"),  # a task for each slot: it never starts
+    ],
+)
+def test_an_infer_option_out_of_its_range_is_refused_and_nothing_is_sent(tmp_path, chat_server, option, named):
     from click.testing import CliRunner
 
     from defake_pipeline.cli import main
@@ -296,8 +302,8 @@ def test_a_negative_count_is_refused_rather_than_taken_as_every_image(tmp_path, 
         shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
     args = ["infer", "-m", "vllm", "-p", "simple", "--real_dir", str(tmp_path / "d/real"), "--fake_dir"]
     env = {"DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": chat_server.base_url}
-    result = CliRunner().invoke(main, [*args, str(tmp_path / "d/fake"), "--count", "-1"], env=env)
-    assert result.exit_code == 2 and "Invalid value for '-c' / '--count'" in result.output
+    result = CliRunner().invoke(main, [*args, str(tmp_path / "d/fake"), *option], env=env)
+    assert result.exit_code == 2 and f"Invalid value for {named}" in result.output
     assert chat_server.state.n_chat == 0
 
 
