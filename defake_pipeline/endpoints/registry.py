@@ -57,10 +57,12 @@ class ModelSpec(BaseModel):
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     temperature: float | None = Field(default=None, ge=0)
     concurrency: int = Field(default=16, ge=1, le=MAX_CONCURRENCY)  # AIMD adapts below it
-    timeout_s: float = Field(default=120.0, gt=0)
+    # Every wait has an end: an hour is past any one answer, even a long chain of thought on a slow
+    # server (a batch's 24 hours are the Batch API's own window, not this).
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
     max_retries: int = Field(default=5, ge=0)
-    backoff_base_s: float = Field(default=0.5, gt=0)  # first retry waits up to this, doubling after
-    max_retry_wait_s: float = Field(default=60.0, gt=0)  # cap on any wait, the server's Retry-After too
+    backoff_base_s: float = Field(default=0.5, gt=0, le=3600)  # first retry waits up to this, doubling after
+    max_retry_wait_s: float = Field(default=60.0, gt=0, le=3600)  # cap on any wait, the server's Retry-After too
     # Longer answers are stored cut to this many characters (the verdict is read from the whole).
     max_response_chars: int = Field(default=20_000, ge=100)
     logprobs: bool = False  # ask for token log-probabilities and derive a score P(fake)

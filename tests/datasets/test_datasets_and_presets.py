@@ -182,6 +182,8 @@ def test_roi_decorator_sends_a_crop(chat_server, demo_jobs, tmp_path):
         ("max_tokens = -3", "max_tokens"),
         ("temperature = -1", "temperature"),
         ("timeout_s = inf", "timeout_s"),  # a request that may never end
+        ("timeout_s = 1e308", "timeout_s"),
+        ("max_retry_wait_s = 1e12", "max_retry_wait_s"),
         ("concurrency = 1000000000", "concurrency"),  # a task for each slot
         ('encoding = "bogus"', "encoding"),  # every image an error row
     ],
