@@ -14,6 +14,7 @@ from pathlib import Path
 from defake_pipeline.datasets.layouts import DatasetSpec, LabeledImage, get_dataset
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import DatasetError, DefakeError
+from defake_pipeline.evaluation.partition import prompt_key_of
 from defake_pipeline.evaluation.run import RunOutcome, probed_jobs, run_evaluation
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
@@ -142,13 +143,29 @@ def run_experiment(
         raise DefakeError(f"{output} already exists; pass --continue to resume it or --overwrite to start again")
     done: set[str] = set()
     if resume and output.exists():
-        with output.open(newline="", encoding="utf-8") as handle:
-            done = {row.get("path") or "" for row in csv.DictReader(handle)}
+        done = _paths_of_this_experiment(output, spec.key, prompt_key_of(spec, prompt))
     cwd = Path.cwd()
     todo = [i for i in images if display_path(i.path, cwd) not in done] if done else images
     fresh = not (resume and output.exists())
     with local_working_copy(output) as local:
         return _append_rows(layout, spec, prompt, todo, local, fresh, cwd, api_key, max_cost_usd, on_result, batch)
+
+
+def _paths_of_this_experiment(output: StoredPath, model: str, prompt: str) -> set[str]:
+    """The paths a CSV being continued has rows for. Default names join model and prompt with
+    ``_`` (the seed's), so two experiments can share one; rows of another model or prompt would
+    be skipped and then published under this one. The seed's CSVs have neither column."""
+    done: set[str] = set()
+    with output.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            done.add(row.get("path") or "")
+            theirs = (row.get("model") or model, row.get("prompt") or prompt)
+            if theirs != (model, prompt):
+                raise DefakeError(
+                    f"{output} holds answers of {theirs[0]} × {theirs[1]}, not of {model} × {prompt}; "
+                    "continuing it would mix the two (name another output with -o)"
+                )
+    return done
 
 
 def _append_rows(

@@ -272,6 +272,37 @@ def test_answers_past_the_csv_modules_field_limit_are_summarized_and_continued(t
     assert chat_server.state.n_chat == 4
 
 
+def test_continue_on_another_experiments_csv_is_refused_and_leaves_it_as_it_was(tmp_path, chat_server, monkeypatch):
+    """The default name holds the prompt's `name` field, which a prompt copied to make a variant
+    keeps: `-p simple` and `-p variant` both write <dataset>-1_vllm_simple.csv. Continuing the
+    other's CSV would skip every image it holds and publish its answers as this prompt's."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    (tmp_path / "prompts").mkdir()
+    for name in ("simple", "variant"):
+        shutil.copy(REPO / "prompts" / "simple.json", tmp_path / "prompts" / f"{name}.json")
+    monkeypatch.chdir(tmp_path)
+    env = {"DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": chat_server.base_url}
+    common = ["-m", "vllm", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "1"]
+    first = CliRunner().invoke(main, ["infer", "-p", "simple", *common], env=env)
+    assert first.exit_code == 0, first.output
+    [csv_file] = (tmp_path / "out").glob("*.csv")
+    before = csv_file.read_bytes()
+    asked = chat_server.state.n_chat
+    other = CliRunner().invoke(main, ["infer", "-p", "variant", *common], env=env)
+    assert other.exit_code == 2 and f"{csv_file.name} already exists" in other.output
+    other = CliRunner().invoke(main, ["infer", "-p", "variant", *common, "--continue"], env=env)
+    assert other.exit_code == 2
+    assert f"{csv_file.name} holds answers of vllm × simple, not of vllm × variant" in other.output
+    assert csv_file.read_bytes() == before and chat_server.state.n_chat == asked
+    same = CliRunner().invoke(main, ["infer", "-p", "simple", *common, "--continue"], env=env)
+    assert same.exit_code == 0, same.output  # its own experiment continues as before
+
+
 def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
     """The summary covers the output CSV, not only this invocation's new images."""
     for label in ("real", "fake"):
