@@ -60,6 +60,17 @@ def guess_experiment_setup(name: str, datasets: list[str]) -> tuple[str, str, st
     return dataset, model, prompt, count
 
 
+def _named_by_rows(csv_path: StoredPath, frame: pd.DataFrame, column: str) -> str:
+    """The one model (or prompt) the rows of ``mllmdf infer``'s CSVs name; "" where the column is
+    absent or empty, as in the seed's CSVs. Rows of several are not one experiment to publish."""
+    if column not in frame.columns:
+        return ""
+    named = sorted(set(frame[column].dropna().astype(str)) - {""})
+    if len(named) > 1:
+        raise DefakeError(f"{csv_path}: rows of {len(named)} {column}s ({', '.join(named[:3])}); a report is of one")
+    return named[0] if named else ""
+
+
 def _cell(row: dict, name: str, default):
     """A cell of a CSV that may predate its column (the seed's CSVs have only path,label,pred,response)."""
     value = row.get(name)
@@ -162,6 +173,9 @@ def document_experiment(csv_path: StoredPath, markdown_path: StoredPath, dataset
         raise DefakeError(f"{csv_path}: no predictions yet (header only), nothing to document")
     name = csv_path.stem
     dataset, model, prompt, count = guess_experiment_setup(name, dataset_names)
+    # The rows say what answered, where they say it; the name is the user's (-o) and a guess.
+    model = _named_by_rows(csv_path, frame, "model") or model
+    prompt = _named_by_rows(csv_path, frame, "prompt") or prompt
     with _experiment_tables(csv_path, frame, dataset, model, prompt) as con:
         metrics = con.execute("SELECT * FROM metrics").df()
         scored = con.execute("SELECT * FROM scored ORDER BY label DESC, path").df()

@@ -303,6 +303,31 @@ def test_continue_on_another_experiments_csv_is_refused_and_leaves_it_as_it_was(
     assert same.exit_code == 0, same.output  # its own experiment continues as before
 
 
+def test_doc_names_the_model_and_prompt_the_csv_rows_name_not_the_file(tmp_path, chat_server, monkeypatch):
+    """`-o NAME` gives a CSV a name of the user's; its rows say which model and prompt answered,
+    and the report is published under those. A CSV of several is not one experiment."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    for label in ("real", "fake"):
+        shutil.copytree(REPO / "demo" / label, tmp_path / "d" / label)
+    monkeypatch.chdir(tmp_path)
+    env = {"DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": chat_server.base_url}
+    args = ["infer", "-m", "vllm", "-p", "simple", "--real_dir", "d/real", "--fake_dir", "d/fake", "-c", "1"]
+    assert CliRunner().invoke(main, [*args, "-o", "run1"], env=env).exit_code == 0
+    result = CliRunner().invoke(main, ["doc", "run1"], env=env)
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "run1.md").read_text(encoding="utf-8")
+    assert "# Detection report: `vllm` × `simple`\n" in report and "| Model | `vllm` |" in report
+    rows = (tmp_path / "out" / "run1.csv").read_text(encoding="utf-8").splitlines()
+    mixed = [rows[0], rows[1], rows[2].replace(",vllm,", ",canny,", 1)]
+    (tmp_path / "out" / "mixed.csv").write_text("\n".join(mixed) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["doc", "mixed"], env=env)
+    assert result.exit_code == 2 and "mixed.csv: rows of 2 models (canny, vllm)" in result.output
+    assert not (tmp_path / "out" / "mixed.md").exists()
+
+
 def test_continue_with_nothing_left_summarizes_the_whole_csv(tmp_path):
     """The summary covers the output CSV, not only this invocation's new images."""
     for label in ("real", "fake"):
