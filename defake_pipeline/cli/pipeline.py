@@ -29,10 +29,10 @@ def chosen_models_and_prompts(models: tuple[str, ...], prompts: tuple[str, ...])
     """The models' specs (the registered ones where none is named) and the prompts' files
     (every prompt file where none is named): what `materialize` evaluates and `estimate` prices."""
     from defake_pipeline.endpoints.registry import registered_models
-    from defake_pipeline.prompting.spec import find_prompt, prompt_index
+    from defake_pipeline.prompting.spec import find_prompt, pipeline_prompt, prompt_index
 
     specs = [endpoint_spec(m) for m in (models or registered_models())]
-    prompt_paths = [find_prompt(p) for p in prompts] if prompts else list(prompt_index().values())
+    prompt_paths = [pipeline_prompt(find_prompt(p)) for p in prompts] if prompts else list(prompt_index().values())
     return specs, prompt_paths
 
 

@@ -217,6 +217,21 @@ def find_prompt(name_or_path: str) -> Path:
     raise PromptError(f"{name_or_path}: no prompt of that name under ./prompts or the project's prompts/")
 
 
+def pipeline_prompt(path: Path) -> Path:
+    """``path``, where the pipeline would evaluate that very file: a partition is a prompt key,
+    and every run (the daemon's too) finds its file by key again. A file elsewhere that shares a
+    project prompt's key would have that prompt evaluated and published in its stead."""
+    key = prompt_key_for(path)
+    found = prompt_index(shipped=True).get(key)
+    if found is None or found.resolve() != path.resolve():
+        held = f"{found}" if found else "no file in the project's prompts/"
+        raise PromptError(
+            f"{path}: the pipeline finds prompts by key, and key {key!r} is {held}; copy the file into "
+            "prompts/ under a name of its own (`mllmdf infer -p PATH` runs any file as it is)"
+        )
+    return path
+
+
 def prompt_by_key(key: str) -> LoadedPrompt:
     """The prompt whose partition key is ``key``: the project's, else one shipped beside the package."""
     path = prompt_index(shipped=True).get(key)

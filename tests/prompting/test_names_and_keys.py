@@ -74,6 +74,31 @@ def test_materialize_a_non_ascii_prompt_runs_that_prompt_under_its_name(project,
     assert "`真实`" in layout.leaderboard_file.read_text()
 
 
+def test_materialize_of_a_prompt_named_by_a_path_evaluates_that_file_or_refuses(project, chat_server, tmp_path):
+    """A partition is a prompt key, and every run looks its file up by key. A file elsewhere that
+    shares a project prompt's key would have the project's prompt evaluated and published as if it
+    were the file named; it is refused. The project's own file, named by its path, runs."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    elsewhere = tmp_path / "elsewhere" / "真实.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(json.dumps(_prompt("ELSEWHERE-PROMPT: real or generated?")))
+    env = {"DAGSTER_HOME": str(tmp_path / "dh"), "BASE_URL": chat_server.base_url}
+    for command in (["materialize"], ["estimate"]):
+        out = CliRunner().invoke(main, [*command, "--model", "vllm", "-p", str(elsewhere)], env=env)
+        assert out.exit_code == 2, out.output
+        assert "key '真实' is " in out.output and "prompts/真实.json" in out.output
+    assert chat_server.state.n_chat == 0
+    own = CliRunner().invoke(
+        main, ["materialize", "--model", "vllm", "-p", str(project / "prompts" / "真实.json")], env=env
+    )
+    assert own.exit_code == 0, own.output
+    sent = json.dumps([b["messages"] for b in chat_server.state.bodies], ensure_ascii=False)
+    assert "REAL-PROMPT" in sent and "ELSEWHERE-PROMPT" not in sent
+
+
 def test_two_prompt_files_giving_one_key_are_one_error_naming_both(project):
     for sub in ("a", "b"):
         (project / "prompts" / sub).mkdir()
