@@ -224,10 +224,10 @@ def pipeline_prompt(path: Path) -> Path:
     key = prompt_key_for(path)
     found = prompt_index(shipped=True).get(key)
     if found is None or found.resolve() != path.resolve():
-        held = f"{found}" if found else "no file in the project's prompts/"
+        held = f"key {key!r} is {found}" if found else f"no file of the project's prompts/ has key {key!r}"
         raise PromptError(
-            f"{path}: the pipeline finds prompts by key, and key {key!r} is {held}; copy the file into "
-            "prompts/ under a name of its own (`mllmdf infer -p PATH` runs any file as it is)"
+            f"{path}: the pipeline finds prompts by key, and {held}; copy the file into prompts/ under a "
+            "name of its own (`mllmdf infer -p PATH` runs any file as it is)"
         )
     return path
 

@@ -152,9 +152,10 @@ def run_experiment(
 
 
 def _paths_of_this_experiment(output: StoredPath, model: str, prompt: str) -> set[str]:
-    """The paths a CSV being continued has rows for. Default names join model and prompt with
-    ``_`` (the seed's), so two experiments can share one; rows of another model or prompt would
-    be skipped and then published under this one. The seed's CSVs have neither column."""
+    """The paths a CSV being continued has rows for. The seed's default names hold the prompt
+    file's ``name`` field, which a copied prompt keeps, so two experiments can share one; rows of
+    another model or prompt would be skipped and then published under this one. The seed's own
+    CSVs have neither column."""
     done: set[str] = set()
     with output.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
