@@ -7,6 +7,7 @@ from defake_pipeline.defs.automation import FOLLOW_WAREHOUSE
 from defake_pipeline.defs.metrics import metrics
 from defake_pipeline.defs.resources import DefakeHomeFolder
 from defake_pipeline.reporting.render import write_leaderboard, write_reports
+from defake_pipeline.text import KEY_JOINER
 from defake_pipeline.warehouse.database import query
 
 # The UI renders markdown metadata inline; past this size the file on disk is the report. Its
@@ -49,12 +50,12 @@ def model_reports(context: dg.AssetExecutionContext, store: DefakeHomeFolder) ->
     }
     # Every current report, rendered now or not: the latest materialization is what the UI shows.
     for report in current:
-        metadata[f"{report.model}__{report.prompt}"] = _md_metadata(report.ui_markdown, report.path)
+        metadata[report.path.stem] = _md_metadata(report.ui_markdown, report.path)
     # Numeric entries are what the UI plots over time; one per partition, dataset and figure.
     for _, row in overall.iterrows():
         for k in _NUMERIC:
             if not pd.isna(row[k]):
-                name = f"{row['model']}__{row['prompt']}/{row['dataset']}/{k}"
+                name = f"{row['model']}{KEY_JOINER}{row['prompt']}/{row['dataset']}/{k}"
                 # Shown as written: four decimals of a share are a hundredth of a percent.
                 metadata[name] = dg.MetadataValue.float(round(float(row[k]), 6 if k == "cost_usd" else 4))
     return dg.MaterializeResult(metadata=metadata)
