@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,19 @@ def ids_of_model(spec: ModelSpec, served: list[str], where: str) -> list[str]:
             f'evaluate it as --model vllm, or name its id with model = "..." in the models.toml entry of {spec.name}'
         )
     return family
+
+
+# OpenAI answers a request for a model with the dated snapshot that served it: gpt-4o with
+# gpt-4o-2024-08-06, gpt-3.5-turbo with gpt-3.5-turbo-0125. vLLM names the id it was asked for.
+_SNAPSHOT_SUFFIX = r"(-\d{4}(-\d{2}-\d{2})?)?"
+
+
+def answered_by_another_model(asked: str, answered: str | None) -> bool:
+    """Whether an answer names a model other than the one asked for or a dated snapshot of it.
+    A gateway behind OPENAI_BASE_URL may answer with a model it falls back to; that answer
+    is not this model's, and its figures must not be published under this model's name. An
+    answer that names no model is taken as the endpoint's."""
+    return bool(answered) and re.fullmatch(re.escape(asked) + _SNAPSHOT_SUFFIX, str(answered)) is None
 
 
 def choose_served_id(spec: ModelSpec, served: list[str], before: str | None, where: str) -> tuple[str, str | None]:
@@ -255,6 +269,11 @@ class ChatBackend:
             raise
         latency = time.perf_counter() - started
         completion = parse_completion(raw.headers.get("content-type"), content)
+        if answered_by_another_model(body["model"], completion.served_model):
+            raise FatalEndpointError(
+                f"{self.where} answered a request for {body['model']!r} with model {completion.served_model!r}, "
+                f"which is not model {self.spec.name!r}: its answer was not kept, and nothing more is sent"
+            )
         return reply_of_completion(
             self.spec, completion, latency, lambda: request_tokens(messages, 0, self.spec.image_patch_px)
         )

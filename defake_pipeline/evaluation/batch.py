@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from defake_pipeline.endpoints.chat import reply_of_completion, with_data_urls
+from defake_pipeline.endpoints.chat import answered_by_another_model, reply_of_completion, with_data_urls
 from defake_pipeline.endpoints.completions import Completion, parse_completion
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.retry import EmptyResponseError, NonJSONBodyError
@@ -179,7 +179,11 @@ def journal_batch_lines(
             continue  # not a request of this batch
         response, error = _object(line.get("response")), _object(line.get("error"))
         completion = _completion(response.get("body")) if response.get("status_code") == 200 else None
-        if completion is not None:
+        if completion is not None and answered_by_another_model(request.key.model_id, completion.served_model):
+            outcome.failed += 1
+            answered = f"answered by model {completion.served_model!r}, not {request.key.model_id!r}"
+            outcome.outcomes[request.custom_id] = ("failed", f"{answered}; not kept"[:500])
+        elif completion is not None:
             reply = reply_of_completion(spec, completion, 0.0, lambda: request.input_tokens)  # noqa: B023 - used at once
             journal.put(request.key, journal_entry(spec, reply, {"batch": True, "batch_id": batch_id}))
             outcome.answered += 1

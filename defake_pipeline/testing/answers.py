@@ -125,6 +125,15 @@ def gzip_bomb(megabytes: int) -> Iterator[bytes]:
     yield packer.compress(b'"}') + packer.flush()
 
 
+def answering_model(state, asked: str) -> str:
+    """The ``model`` an answer names (see ``ServerState.snapshot`` and ``answered_by``)."""
+    if state.answered_by:
+        return state.answered_by
+    if state.snapshot and state.snapshot.startswith(f"{asked}-"):
+        return state.snapshot
+    return asked
+
+
 def completion_of(state, body: dict, text: str) -> dict:
     """The chat completion answering ``body`` with ``text``; usage as OpenAI reports it: the
     input by its published rule (text and image tiles)."""
@@ -136,7 +145,7 @@ def completion_of(state, body: dict, text: str) -> dict:
         "id": f"chatcmpl-{state.n_chat}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": state.snapshot or body.get("model", state.served_model),
+        "model": answering_model(state, body.get("model", state.served_model)),
         "choices": [choice],
         "usage": {
             "prompt_tokens": prompt_tokens if state.faults.bad_usage is None else state.faults.bad_usage,

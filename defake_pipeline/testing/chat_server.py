@@ -46,7 +46,8 @@ class ServerState:
     models_trickle_interval_s: float | None = None  # /v1/models sends one byte every this many seconds
     compress_answers: str | None = None  # "gzip" or "deflate": answers sent compressed, as gateways do
     responder: Callable[[dict], str] = default_responder
-    snapshot: str | None = None  # the ``model`` answers name (a dated snapshot); default: the one asked for
+    snapshot: str | None = None  # names answers to its own model, as OpenAI's gpt-4o-2024-08-06 does gpt-4o's
+    answered_by: str | None = None  # names every answer, as a gateway that falls back to another model does
     refuse_structured: bool = False  # a 400 for response_format or structured_outputs, as older servers give
     keep_bodies: bool = True
     # With logprobs requested, the verdict token gets this probability, its rival the rest.

@@ -5,6 +5,7 @@ server on 127.0.0.1.
 """
 
 import hashlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -313,3 +314,54 @@ def test_each_self_hosted_preset_takes_its_published_checkpoint_and_no_other(pre
     assert spec.serves_id(served_id)
     others = ["Qwen/Qwen2.5-VL-7B-Instruct", "OpenGVLab/InternVL3_5-8B", "llava-hf/llava-1.5-7b-hf"]
     assert not any(spec.serves_id(other) for other in others)
+
+
+@pytest.mark.parametrize(
+    ("answered", "kept"),
+    [
+        ("gpt-4o-2024-08-06", True),  # OpenAI names the dated snapshot that answered
+        ("gpt-4o", True),
+        ("claude-3-5-sonnet-20241022", False),  # a gateway that fell back to another model
+        ("gpt-4o-mini-2024-07-18", False),
+    ],
+)
+def test_answers_another_model_gave_are_not_published_under_this_ones_name(chat_server, tmp_path, answered, kept):
+    """OPENAI_BASE_URL may lead to a gateway that answers a request for gpt-4o with another model
+    and names it in the answer's ``model``: that answer is not gpt4o's, so it is neither kept nor
+    counted, and the run stops before paying for more of them."""
+    chat_server.state.answered_by = answered
+    jobs = images(tmp_path / "imgs", 8)
+    journal = ResponseJournal(tmp_path / "journal.sqlite")
+    spec = get_model("gpt4o").with_endpoint_urls(None, chat_server.base_url).model_copy(update={"concurrency": 1})
+    try:
+        run = evaluate_sync(jobs, make_evaluator(spec, SIMPLE, journal, "sk-test"))
+        assert kept, "answers of another model were published as gpt4o's"
+        assert {p.served_model for p in run} == {answered} and chat_server.state.n_chat == 8
+    except FatalEndpointError as exc:
+        assert not kept, exc
+        assert f"{answered!r}" in str(exc) and "'gpt-4o'" in str(exc) and "gpt4o" in str(exc)
+        assert chat_server.state.n_chat == 1  # the first such answer stops the run
+        assert journal.count() == 0
+    finally:
+        journal.close()
+
+
+def test_a_batch_line_another_model_answered_is_a_failed_request(tmp_path):
+    from defake_pipeline.evaluation.batch import BatchOutcome, journal_batch_lines
+    from defake_pipeline.evaluation.batch_records import BatchRequest
+    from defake_pipeline.evaluation.journal import AnswerKey
+
+    requests = {c: BatchRequest(c, AnswerKey("e", "gpt-4o-mini", c, "s"), 10) for c in ("own", "other")}
+
+    def line(custom_id: str, model: str) -> str:
+        body = {"model": model, "choices": [{"message": {"content": "real"}}]}
+        return json.dumps({"custom_id": custom_id, "response": {"status_code": 200, "body": body}})
+
+    journal = ResponseJournal(tmp_path / "journal.sqlite")
+    outcome = BatchOutcome()
+    lines = [line("own", "gpt-4o-mini-2024-07-18"), line("other", "llama-3-70b")]
+    journal_batch_lines(get_model("gpt4omini"), journal, requests, lines, "batch_x", outcome)
+    assert (outcome.answered, outcome.failed) == (1, 1)
+    assert outcome.outcomes["other"][0] == "failed" and "'llama-3-70b'" in outcome.outcomes["other"][1]
+    assert journal.get(requests["other"].key) is None and journal.get(requests["own"].key) is not None
+    journal.close()
