@@ -64,16 +64,19 @@ def ids_of_model(spec: ModelSpec, served: list[str], where: str) -> list[str]:
 
 
 # OpenAI answers a request for a model with the dated snapshot that served it: gpt-4o with
-# gpt-4o-2024-08-06, gpt-3.5-turbo with gpt-3.5-turbo-0125. vLLM names the id it was asked for.
+# gpt-4o-2024-08-06, gpt-3.5-turbo with gpt-3.5-turbo-0125.
 _SNAPSHOT_SUFFIX = r"(-\d{4}(-\d{2}-\d{2})?)?"
 
 
-def answered_by_another_model(asked: str, answered: str | None) -> bool:
-    """Whether an answer names a model other than the one asked for or a dated snapshot of it.
-    A gateway behind OPENAI_BASE_URL may answer with a model it falls back to; that answer
-    is not this model's, and its figures must not be published under this model's name. An
-    answer that names no model is taken as the endpoint's."""
-    return bool(answered) and re.fullmatch(re.escape(asked) + _SNAPSHOT_SUFFIX, str(answered)) is None
+def answered_by_another_model(spec: ModelSpec, asked: str, answered: str | None) -> bool:
+    """Whether an answer of an OpenAI model names a model other than the one asked for or a
+    dated snapshot of it: a gateway behind OPENAI_BASE_URL may answer with a model it falls back
+    to, whose figures must not be published under this name. An answer that names no model is
+    taken as the endpoint's. Self-hosted servers are not held to it: vLLM names its first
+    served name whichever alias was asked, and ``ids_of_model`` checks what they serve."""
+    if spec.backend != "openai" or not answered:
+        return False
+    return re.fullmatch(re.escape(asked) + _SNAPSHOT_SUFFIX, answered) is None
 
 
 def choose_served_id(spec: ModelSpec, served: list[str], before: str | None, where: str) -> tuple[str, str | None]:
@@ -269,7 +272,7 @@ class ChatBackend:
             raise
         latency = time.perf_counter() - started
         completion = parse_completion(raw.headers.get("content-type"), content)
-        if answered_by_another_model(body["model"], completion.served_model):
+        if answered_by_another_model(self.spec, body["model"], completion.served_model):
             raise FatalEndpointError(
                 f"{self.where} answered a request for {body['model']!r} with model {completion.served_model!r}, "
                 f"which is not model {self.spec.name!r}: its answer was not kept, and nothing more is sent"

@@ -179,7 +179,7 @@ def journal_batch_lines(
             continue  # not a request of this batch
         response, error = _object(line.get("response")), _object(line.get("error"))
         completion = _completion(response.get("body")) if response.get("status_code") == 200 else None
-        if completion is not None and answered_by_another_model(request.key.model_id, completion.served_model):
+        if completion is not None and answered_by_another_model(spec, request.key.model_id, completion.served_model):
             outcome.failed += 1
             answered = f"answered by model {completion.served_model!r}, not {request.key.model_id!r}"
             outcome.outcomes[request.custom_id] = ("failed", f"{answered}; not kept"[:500])

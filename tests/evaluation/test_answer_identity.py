@@ -365,3 +365,12 @@ def test_a_batch_line_another_model_answered_is_a_failed_request(tmp_path):
     assert outcome.outcomes["other"][0] == "failed" and "'llama-3-70b'" in outcome.outcomes["other"][1]
     assert journal.get(requests["other"].key) is None and journal.get(requests["own"].key) is not None
     journal.close()
+
+
+def test_a_vllm_server_naming_its_first_served_name_for_an_alias_is_kept(chat_server, tmp_path):
+    """vLLM answers with its first --served-model-name whichever alias was asked: what a self-hosted
+    server serves is checked at /v1/models, not by the name in each answer."""
+    chat_server.state.served_models = ["qwen-alias"]
+    chat_server.state.answered_by = "Qwen/Qwen2-VL-7B-Instruct"
+    preds, _ = evaluate(vllm_at(chat_server), images(tmp_path / "imgs", 4), tmp_path / "journal.sqlite")
+    assert {p.error for p in preds} == {None} and {p.served_model for p in preds} == {"Qwen/Qwen2-VL-7B-Instruct"}
