@@ -74,6 +74,8 @@ class Perturbation:
             image = ImageOps.exif_transpose(source).convert("RGB")
         if self.kind == "resize":
             size = (max(1, round(image.width * self.value)), max(1, round(image.height * self.value)))
+            if size[0] * size[1] > MAX_PIXELS:  # refused before gigabytes are spent making it
+                raise ValueError(f"resized to {size[0]}x{size[1]} pixels is over the limit of {MAX_PIXELS}")
             image = image.resize(size, Image.Resampling.LANCZOS)
         elif self.kind == "crop":
             w, h = max(1, round(image.width * self.value)), max(1, round(image.height * self.value))

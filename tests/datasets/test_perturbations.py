@@ -91,6 +91,18 @@ def made_files(home):
     return sorted(p for p in (home / "derived").rglob("*") if p.is_file())
 
 
+def test_an_enlargement_over_the_pixel_limit_is_refused_before_it_is_made():
+    """A 160 KB PNG of 7000×7000, resized by 4, would be 784 million pixels: several GB of memory
+    and tens of seconds for an image the probe then refuses as a decompression bomb."""
+    from defake_pipeline.imaging.probe import MAX_PIXELS
+
+    source = io.BytesIO()
+    Image.new("RGB", (7000, 7000), (10, 20, 30)).save(source, "PNG")
+    with pytest.raises(ValueError, match=r"resized to 28000x28000 pixels is over the limit"):
+        Perturbation.parse("resize:4").apply(source.getvalue())
+    assert 28000 * 28000 > MAX_PIXELS >= 7000 * 7000
+
+
 def test_a_sweep_runs_end_to_end_and_a_second_run_makes_nothing_and_sends_nothing(
     defake_home, tmp_path, monkeypatch, vllm_endpoint
 ):
