@@ -29,8 +29,14 @@ def stored_path(location: str | Path) -> StoredPath:
     text = str(location)
     if not is_url(text):
         return Path(text).absolute()
-    if urllib.parse.urlsplit(text).scheme != "s3":  # the one kind of store built and tested
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme != "s3":  # the one kind of store built and tested
         raise DefakeError(f"{without_userinfo(text)}: neither a folder nor an s3:// URL (see docs/scaling.md)")
+    if "@" in parts.netloc:  # s3fs would ask for "key:secret@bucket" as a bucket, and errors would show it
+        raise DefakeError(
+            f"{without_userinfo(text)}: keys inside an s3:// URL are not used; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (see docs/scaling.md)"
+        )
     try:
         return UPath(text)
     except ImportError:  # s3fs, for s3://

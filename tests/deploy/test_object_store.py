@@ -157,6 +157,10 @@ def test_a_home_whose_store_or_bucket_is_not_there_is_one_line(tmp_path, s3, pos
         (env, "error: s3://no-such-bucket/home: the object store has no bucket 'no-such-bucket'"),
         (nothing_there, f"error: {s3.url('home')}: cannot reach bucket '{s3.bucket}' (Could not connect"),
         ({**env, "DEFAKE_HOME": "ftp://host/home"}, "error: ftp://host/home: neither a folder nor an s3:// URL"),
+        (  # s3fs takes no keys from the URL: "key:secret@bucket" would be asked for as a bucket's name
+            {**env, "DEFAKE_HOME": f"s3://AKIAPLANTED:{PLANTED_PASSWORD}@{s3.bucket}/home"},
+            f"error: s3://{s3.bucket}/home: keys inside an s3:// URL are not used; set AWS_ACCESS_KEY_ID",
+        ),
     ]
     for case_env, line in cases:
         proc = subprocess.run(
