@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import urllib.parse
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -122,9 +123,18 @@ class ModelSpec(BaseModel):
 
         Credentials inside the URL (``http://user:pw@host/v1``) are dropped: they would be
         printed in every error line, and httpx would send them as Basic auth in place of the
-        Bearer key. The key goes in OPENAI_API_KEY."""
+        Bearer key. A query (``?key=…``) is refused: the SDK appends paths after it, and the
+        endpoint's name in every line and journal key would show it. The key goes in OPENAI_API_KEY."""
         url = self.base_url or (None if self.backend == "openai" else DEFAULT_BASE_URL)
-        return without_userinfo(url) if url else None
+        if not url:
+            return None
+        parts = urllib.parse.urlsplit(without_userinfo(url))
+        if parts.query or parts.fragment:
+            raise ModelConfigError(
+                f"model {self.name!r}: base URL {parts._replace(query='', fragment='').geturl()}?… holds a query, "
+                "which is not a place for a key (it would be shown wherever the URL is); give the key as OPENAI_API_KEY"
+            )
+        return parts.geturl()
 
     def with_endpoint_urls(self, base_url: str | None, openai_base_url: str | None) -> ModelSpec:
         """This spec with the environment's URL (BASE_URL for self-hosted presets, OPENAI_BASE_URL

@@ -13,9 +13,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
-from conftest import QWEN2VL_ID, REPO, demo_dataset, project_dagster_home
+from conftest import PLANTED_PASSWORD, QWEN2VL_ID, REPO, assert_no_password_under, demo_dataset, project_dagster_home
+from defake_pipeline.cli import main
 from defake_pipeline.defs.partitions import register_partitions
 from defake_pipeline.endpoints.registry import get_model
 from defake_pipeline.errors import FatalEndpointError
@@ -85,6 +87,27 @@ def test_unreachable_base_url_fails_fast_with_one_line(tmp_path, demo_jobs):
         stdin=subprocess.DEVNULL,
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
+
+
+@pytest.mark.parametrize("given_in", ["models.toml", "BASE_URL"])
+def test_a_base_url_holding_a_query_is_one_line_that_does_not_show_it(chat_server, tmp_path, monkeypatch, given_in):
+    """A key in a base URL's query (``?key=…``) was sent to a mangled path (``/v1?key=…/models``),
+    printed in every error line and kept in the journal as the endpoint: it is refused, unshown."""
+    url = f"{chat_server.base_url}?key={PLANTED_PASSWORD}"
+    demo_dataset(tmp_path)
+    entry = f'base_url = "{url}"\n' if given_in == "models.toml" else ""
+    (tmp_path / "models.toml").write_text(f'registered = []\n[models.mine]\npreset = "vllm"\n{entry}')
+    env = {"DEFAKE_HOME": str(tmp_path / "out"), "BASE_URL": url if given_in == "BASE_URL" else chat_server.base_url}
+    monkeypatch.chdir(tmp_path)
+    for command in (["estimate"], ["infer", "-d", "demo"], ["classify", str(REPO / "demo" / "real" / "coffee.jpg")]):
+        result = CliRunner().invoke(main, [*command, "-m", "mine", "-p", "simple"], env=env)
+        assert result.exit_code == 2 and PLANTED_PASSWORD not in result.output, result.output
+        assert result.output.strip().splitlines()[-1] == (
+            f"error: model 'mine': base URL {chat_server.base_url}?… holds a query, which is not a place for a "
+            "key (it would be shown wherever the URL is); give the key as OPENAI_API_KEY"
+        )
+    assert chat_server.state.n_models == chat_server.state.n_chat == 0
+    assert_no_password_under(tmp_path / "out")
 
 
 @pytest.fixture
