@@ -18,7 +18,7 @@ from upath import UPath
 
 from defake_pipeline.errors import DefakeError
 from defake_pipeline.settings import is_url
-from defake_pipeline.text import one_line, without_userinfo
+from defake_pipeline.text import one_line, shown_url
 
 # A file under DEFAKE_HOME (or a dataset root): a local path, or a path on an object store.
 StoredPath = Path | UPath
@@ -31,17 +31,17 @@ def stored_path(location: str | Path) -> StoredPath:
         return Path(text).absolute()
     parts = urllib.parse.urlsplit(text)
     if parts.scheme != "s3":  # the one kind of store built and tested
-        raise DefakeError(f"{without_userinfo(text)}: neither a folder nor an s3:// URL (see docs/scaling.md)")
+        raise DefakeError(f"{shown_url(text)}: neither a folder nor an s3:// URL (see docs/scaling.md)")
     if "@" in parts.netloc:  # s3fs would ask for "key:secret@bucket" as a bucket, and errors would show it
         raise DefakeError(
-            f"{without_userinfo(text)}: keys inside an s3:// URL are not used; set AWS_ACCESS_KEY_ID and "
+            f"{shown_url(text)}: keys inside an s3:// URL are not used; set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (see docs/scaling.md)"
         )
     try:
         return UPath(text)
     except ImportError:  # s3fs, for s3://
         raise DefakeError(
-            f"{without_userinfo(text)}: object storage needs the scale extra (pip install 'defake-pipeline[scale]')"
+            f"{shown_url(text)}: object storage needs the scale extra (pip install 'defake-pipeline[scale]')"
         ) from None
 
 
@@ -54,9 +54,9 @@ def check_store(url: str) -> None:
     try:
         UPath(url).fs.info(bucket)  # one HEAD of the bucket (``exists`` would hide why it failed)
     except FileNotFoundError:
-        raise DefakeError(f"{without_userinfo(url)}: the object store has no bucket {bucket!r}") from None
+        raise DefakeError(f"{shown_url(url)}: the object store has no bucket {bucket!r}") from None
     except Exception as exc:  # noqa: BLE001 - botocore's and s3fs's errors vary; any means no store
-        raise DefakeError(f"{without_userinfo(url)}: cannot reach bucket {bucket!r} ({one_line(str(exc))})") from None
+        raise DefakeError(f"{shown_url(url)}: cannot reach bucket {bucket!r} ({one_line(str(exc))})") from None
 
 
 def sorted_glob(folder: StoredPath, pattern: str, recursive: bool = False) -> list[StoredPath]:

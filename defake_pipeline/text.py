@@ -124,6 +124,38 @@ def without_userinfo(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+# URL parameters that carry a secret: libpq takes a password as ``?password=`` as well as in ``user:password@``.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def shown_url(url: str) -> str:
+    """``url`` as any output may show it: no ``user:password@``, and the value of each secret
+    parameter (``?password=``) as ``***``."""
+    if "://" not in url:  # a path, whose "?" is part of its name
+        return url
+    # Cut, not re-joined by urllib: that would turn postgresql:///db into postgresql:/db.
+    base, mark, rest = without_userinfo(url).partition("?")
+    query, hash_mark, fragment = rest.partition("#")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    shown = "&".join(f"{k}=***" if k.lower() in _SECRET_PARAMETERS else f"{k}={v}" for k, v in pairs)
+    return f"{base}{mark}{shown}{hash_mark}{fragment}"
+
+
+def _url_secrets(url: str) -> set[str]:
+    """Each secret inside ``url``, in every form a message may quote it: as written, decoded, encoded."""
+    parts = urllib.parse.urlsplit(url)
+    secrets = {parts.password or ""}
+    secrets |= {
+        v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k.lower() in _SECRET_PARAMETERS
+    }
+    return {
+        form
+        for secret in secrets
+        if secret
+        for form in (secret, urllib.parse.unquote(secret), urllib.parse.quote(secret, safe=""))
+    }
+
+
 def without_secret(text: str, secret: str | None) -> str:
     """``text`` (an error message) with ``secret`` masked, where the server or driver that wrote
     the message echoed it back."""
@@ -131,11 +163,8 @@ def without_secret(text: str, secret: str | None) -> str:
 
 
 def without_password(text: str, url: str) -> str:
-    """``text`` (a driver's error message, say) with the password of ``url`` masked, however
-    the driver quoted it."""
-    password = urllib.parse.urlsplit(url).password
-    if not password:
-        return text
-    for form in {password, urllib.parse.unquote(password)}:
+    """``text`` (a driver's error message, say) with the passwords of ``url`` masked, however
+    the driver quoted them."""
+    for form in sorted(_url_secrets(url), key=len, reverse=True):  # the longest first: one may hold another
         text = without_secret(text, form)
     return text

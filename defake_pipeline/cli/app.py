@@ -14,7 +14,7 @@ import click
 
 from defake_pipeline.errors import DefakeError, RunInterrupted, UnreachableEndpointError
 from defake_pipeline.settings import homes_notice, load_settings
-from defake_pipeline.text import one_line, visible_controls, without_userinfo
+from defake_pipeline.text import one_line, shown_url, visible_controls
 from defake_pipeline.warehouse.layout import HomeLayout
 
 log = logging.getLogger("mllmdf")
@@ -49,9 +49,7 @@ def _unwritable_line(exc: OSError) -> str | None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         # Some writers (pyarrow's) name no file: then the homes are named.
         env = load_settings()
-        where = (
-            exc.filename or f"under DEFAKE_HOME {without_userinfo(env.DEFAKE_HOME)} or DAGSTER_HOME {env.DAGSTER_HOME}"
-        )
+        where = exc.filename or f"under DEFAKE_HOME {shown_url(env.DEFAKE_HOME)} or DAGSTER_HOME {env.DAGSTER_HOME}"
         return f"cannot write {where}: no space left on its device"
     if not exc.filename:
         return None

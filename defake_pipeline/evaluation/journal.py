@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from defake_pipeline.errors import DefakeError, JournalDamagedError, JournalWriteError
-from defake_pipeline.text import without_userinfo
+from defake_pipeline.text import shown_url
 from defake_pipeline.verdict import parse_verdict
 
 if TYPE_CHECKING:  # the SDK's import is paid only by runs that ask
@@ -374,6 +374,7 @@ def open_journal(url: str) -> Journal:
     if scheme == "sqlite" and url.startswith("sqlite:///"):
         return ResponseJournal(Path(url.removeprefix("sqlite:///")))
     raise JournalWriteError(
-        f"DEFAKE_JOURNAL_URL: {without_userinfo(url)!r} is neither postgresql://user:password@host:port/db "
-        "nor sqlite:///path"
+        # A libpq "key=value" string may hold a password, and only a URL's can be masked.
+        f"DEFAKE_JOURNAL_URL: {repr(shown_url(url)) if '://' in url else 'the value'} is neither "
+        "postgresql://user:password@host:port/db nor sqlite:///path"
     )

@@ -22,7 +22,7 @@ import psycopg2
 
 from defake_pipeline.errors import JournalWriteError
 from defake_pipeline.evaluation.journal import HOST, AnswerKey, Claim, JournalEntry, journal_tables, lease_alive
-from defake_pipeline.text import without_password, without_userinfo
+from defake_pipeline.text import shown_url, without_password
 
 _SCHEMA = (
     journal_tables("DOUBLE PRECISION", "TIMESTAMPTZ NOT NULL DEFAULT now()")
@@ -99,7 +99,7 @@ class PostgresJournal:
 
     def __init__(self, url: str):
         self.url = url
-        self.where = without_userinfo(url)
+        self.where = shown_url(url)
         self._lock = threading.Lock()
         self.owner = uuid.uuid4().hex
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from defake_pipeline.errors import JournalWriteError
-from defake_pipeline.text import without_password, without_userinfo
+from defake_pipeline.text import shown_url, without_password
 from defake_pipeline.warehouse.layout import HomeLayout
 
 
@@ -35,7 +35,7 @@ class JournalStore:
         url = layout.journal_url or ""
         self._lock = threading.Lock()
         self._postgres = bool(url) and url.partition("://")[0].lower() in ("postgresql", "postgres")
-        self.where = without_userinfo(url) if url else str(layout.journal)
+        self.where = shown_url(url) if url else str(layout.journal)
         self._url = url or ""
         try:
             if self._postgres:

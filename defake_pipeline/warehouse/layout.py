@@ -7,7 +7,7 @@ from pathlib import Path
 from defake_pipeline.errors import JournalWriteError
 from defake_pipeline.settings import defake_home, load_settings
 from defake_pipeline.storage import StoredPath, check_store, is_remote, stored_path
-from defake_pipeline.text import KEY_JOINER, without_userinfo
+from defake_pipeline.text import KEY_JOINER, shown_url
 
 
 class HomeLayout:
@@ -30,7 +30,7 @@ class HomeLayout:
         if is_remote(self.home):
             # SQLite needs a local disk; a home on object storage is for workers that share none.
             raise JournalWriteError(
-                f"DEFAKE_HOME is on object storage ({without_userinfo(str(self.home))}): set DEFAKE_JOURNAL_URL "
+                f"DEFAKE_HOME is on object storage ({shown_url(str(self.home))}): set DEFAKE_JOURNAL_URL "
                 "to a PostgreSQL database for the response journal (docs/scaling.md)"
             )
         return Path(str(self.home)) / "cache" / "responses.sqlite"

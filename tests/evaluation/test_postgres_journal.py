@@ -107,6 +107,23 @@ def test_a_journal_url_that_cannot_be_used_is_one_line_without_its_password(post
         open_journal(f"mysql://u:{PASSWORD}@h/db")
 
 
+def test_a_password_given_as_a_url_parameter_is_not_shown_either(postgres):
+    """libpq takes ``?password=`` (and ``sslpassword``) as well as ``user:password@``."""
+    where = f"postgresql://defake@127.0.0.1:{postgres.port}"
+    for url in (
+        f"{where}/postgres?password=wrong-{PASSWORD}",
+        f"{where}/db?sslpassword={PASSWORD}&password={PASSWORD}",
+    ):
+        with pytest.raises(JournalWriteError) as caught:
+            open_journal(url)
+        message = str(caught.value)
+        assert PASSWORD not in message and "password=***" in message, message
+    for url in (f"mysql://h/db?password={PASSWORD}", f"host=127.0.0.1 password={PASSWORD} dbname=d"):
+        with pytest.raises(JournalWriteError, match="neither postgresql") as caught:
+            open_journal(url)
+        assert PASSWORD not in str(caught.value)
+
+
 def _project(tmp_path: Path, n_per_class: int) -> Path:
     project = tmp_path / "project"
     project.mkdir()
