@@ -32,6 +32,7 @@ from defake_pipeline.warehouse.layout import HomeLayout
 def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     """Classify one IMAGE; prints exactly real, fake or unknown."""
     from defake_pipeline.datasets.layouts import LabeledImage
+    from defake_pipeline.evaluation.evaluator import WAITING
     from defake_pipeline.evaluation.run import probed_jobs, run_evaluation
     from defake_pipeline.prompting.spec import find_prompt, load_prompt
 
@@ -41,7 +42,11 @@ def classify(image: str, model: str, prompt: str, verbose: bool) -> None:
     preds: list = []
     image_job = probed_jobs([LabeledImage(Path(image).absolute(), -1, "default")])
     with stopped_by_sigterm():
-        run_evaluation(layout, spec, loaded, image_job, preds.append, api_key=load_settings().api_key)
+        outcome = run_evaluation(layout, spec, loaded, image_job, preds.append, api_key=load_settings().api_key)
+    if outcome.waiting:
+        print_line("error", f"{Path(image)}: {WAITING}, which `mllmdf batches` shows; it was not asked again")
+        click.echo("unknown")
+        sys.exit(1)
     [pred] = preds
     if verbose:
         print_turns(pred)

@@ -29,6 +29,7 @@ from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.evaluation.batch_records import BatchRecords, BatchRequest
 from defake_pipeline.evaluation.engine import ChatEvaluator
 from defake_pipeline.evaluation.estimate import setup_offline
+from defake_pipeline.evaluation.evaluator import WaitingForBatch
 from defake_pipeline.evaluation.journal import AnswerKey, Journal, JournalEntry, journal_entry
 from defake_pipeline.evaluation.lazy_image import encode_images, lazy_images
 from defake_pipeline.prompting.spec import LoadedPrompt
@@ -38,7 +39,6 @@ BATCH_ENDPOINT: Final = "/v1/chat/completions"
 # The Batch API's limits on one input file.
 MAX_LINES = 50_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
-WAITING = "waiting for its batch"  # the error text of an image whose answer a batch will bring
 ENDED = ("completed", "expired", "cancelled", "failed")
 # Lines an ended batch did not reach: sent again in the next round, not counted as failures.
 UNREACHED = ("batch_expired", "batch_cancelled")
@@ -85,10 +85,6 @@ class BatchFiles:
         return sum(len(requests) for _, requests in self.files)
 
 
-class _Waiting(Exception):
-    """The image's next request is in a batch (sent now, or open before)."""
-
-
 class _FailedInBatches(Exception):
     """The image's request failed in as many batches as the model's retries allow."""
 
@@ -110,22 +106,17 @@ class BatchEvaluator(ChatEvaluator):
         super().__init__(spec, prompt, journal, api_key or "no-key-needed-to-write-a-batch", generation=generation)
         self.records, self.files = records, files
         self.offline = offline  # exported for ``vllm run-batch``: the server may not be running
-        self.waiting = 0  # images whose answer a batch will bring
-        self._held: set[AnswerKey] = set()
         self._failures: dict[AnswerKey, tuple[int, str]] = {}
         self._lined: set[str] = set()
 
     async def setup(self) -> None:
         await (setup_offline(self, super().setup) if self.offline else super().setup())
-        self._held = await asyncio.to_thread(self.records.held_keys)
+        self.held = await asyncio.to_thread(self.records.held_keys)
         self._failures = await asyncio.to_thread(self.records.failures)
 
     async def predict(self, job: ImageJob) -> Prediction:
         try:
             return await super().predict(job)
-        except _Waiting:
-            self.waiting += 1
-            return self.error_prediction(job, WAITING)
         except _FailedInBatches as exc:
             return self.error_prediction(job, str(exc))
 
@@ -133,8 +124,8 @@ class BatchEvaluator(ChatEvaluator):
         entry = await asyncio.to_thread(self.journal.get, key)
         if entry is not None:
             return entry, False
-        if key in self._held:
-            raise _Waiting
+        if key in self.held:
+            raise WaitingForBatch
         failed, error = self._failures.get(key, (0, ""))
         if failed > self.spec.max_retries:
             raise _FailedInBatches(f"failed in {failed} batches: {error}")
@@ -145,7 +136,7 @@ class BatchEvaluator(ChatEvaluator):
             body = {"model": self.model_id, "messages": with_data_urls(wire), **params}
             tokens = request_tokens(wire, 0, self.spec.image_patch_px)
             self.files.add(BatchRequest(custom_id, key, tokens), body)
-        raise _Waiting
+        raise WaitingForBatch
 
 
 @dataclass

@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 
-from defake_pipeline.endpoints.baselines import BASELINES, run_baseline
 from defake_pipeline.endpoints.budget import CostBudget
 from defake_pipeline.endpoints.chat import ChatBackend, choose_served_id
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.verdict_formats import asks_for_reasons, structured_verdict, verdict_params
 from defake_pipeline.errors import DefakeError, PromptError
+from defake_pipeline.evaluation.evaluator import WAITING, BaselineEvaluator, Evaluator, WaitingForBatch
 from defake_pipeline.evaluation.journal import AnswerKey, Claim, Journal, JournalEntry, hash_request, journal_entry
 from defake_pipeline.evaluation.lazy_image import LazyImage, encode_images, lazy_images
 from defake_pipeline.evaluation.stopping import run_stoppable
-from defake_pipeline.imaging.probe import read_image_bytes
 from defake_pipeline.prompting.decorators import (
     DECORATOR_TIMEOUT_S,
     Decorator,
@@ -30,8 +28,7 @@ from defake_pipeline.prompting.decorators import (
 )
 from defake_pipeline.prompting.spec import RESULT_VARIABLE, LoadedPrompt
 from defake_pipeline.prompting.templating import TemplateError, render, sole_variable
-from defake_pipeline.records import NO_PROMPT, PRED_OF_VERDICT, VERDICT_OF_PRED, ImageJob, Prediction
-from defake_pipeline.verdict import parse_verdict
+from defake_pipeline.records import VERDICT_OF_PRED, ImageJob, Prediction
 
 log = logging.getLogger(__name__)
 _ERROR_MAX_CHARS = 500
@@ -42,92 +39,6 @@ LEASE_POLL_S = 0.1
 
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_ERROR_MAX_CHARS]
-
-
-class Evaluator:
-    """Shared bookkeeping of the evaluator kinds."""
-
-    def __init__(self, spec: ModelSpec, prompt: LoadedPrompt | None, journal: Journal):
-        self.spec = spec
-        self.prompt = prompt
-        self.journal = journal
-        self.model_id = spec.model or spec.name
-        # Things the run did that its user should hear of, each said once (and logged).
-        self.notices: list[str] = []
-
-    def notice(self, text: str) -> None:
-        if text not in self.notices:
-            self.notices.append(text)
-            log.warning("%s", text)
-
-    @property
-    def prompt_key(self) -> str:
-        return NO_PROMPT if self.spec.backend == "baseline" or self.prompt is None else self.prompt.key
-
-    @property
-    def prompt_hash(self) -> str:
-        return NO_PROMPT if self.spec.backend == "baseline" or self.prompt is None else self.prompt.content_hash
-
-    async def setup(self) -> None:
-        """Anything that needs the endpoint once per run (such as the served model id)."""
-
-    async def close(self) -> None:
-        """Release connections."""
-
-    def halt(self, reason: DefakeError) -> None:
-        """Send nothing more: requests waiting for a slot fail with ``reason``."""
-
-    async def predict(self, job: ImageJob) -> Prediction:
-        raise NotImplementedError
-
-    def prediction(self, job: ImageJob, response: str, verdict: str | None = None, **fields) -> Prediction:
-        if fields.get("error") is not None:
-            verdict = "unknown"
-        elif verdict is None:
-            verdict = parse_verdict(response)
-        blank = Prediction(
-            image_sha256=job.key,
-            path=str(job.path),
-            label=job.label,
-            verdict=verdict,
-            pred=PRED_OF_VERDICT[verdict],
-            score=None,
-            response=response,
-            turns=[response] if response else [],
-            latency_s=0.0,
-            prompt_tokens=0,
-            completion_tokens=0,
-            cost_usd=0.0,
-            n_requests=0,
-            refused=False,
-            error=None,
-            model=self.spec.key,
-            model_id=self.model_id,
-            prompt=self.prompt_key,
-            prompt_hash=self.prompt_hash,
-        )
-        return replace(blank, **fields)
-
-    def error_prediction(self, job: ImageJob, error: str) -> Prediction:
-        """An image that got no answer: recorded as an error, never as a wrong answer."""
-        return self.prediction(job, "", error=error)
-
-
-class BaselineEvaluator(Evaluator):
-    """A detector run here on the pixels; its answers are journaled like a model's."""
-
-    async def predict(self, job: ImageJob) -> Prediction:
-        detector = self.spec.detector or self.spec.name
-        request_hash = BASELINES[detector].version
-        key = AnswerKey(f"local:{detector}", self.model_id, request_hash, job.key)
-        entry = self.journal.get(key)
-        n_requests = 0
-        if entry is None:
-            reply = await run_baseline(detector, read_image_bytes(job.path))
-            entry = JournalEntry(reply.text, extra={"score_fake": reply.score_fake})
-            self.journal.put(key, entry)
-            n_requests = 1
-        return self.prediction(job, entry.response, score=(entry.extra or {}).get("score_fake"), n_requests=n_requests)
 
 
 class ChatEvaluator(Evaluator):
@@ -143,9 +54,12 @@ class ChatEvaluator(Evaluator):
         api_key: str | None,
         budget: CostBudget | None = None,
         generation: int = 0,
+        held: set[AnswerKey] | None = None,
     ):
         super().__init__(spec, prompt, journal)
         self.generation = generation  # a new cache generation gives every request a new key
+        # Requests an open batch holds: asked again, they would be paid twice. Their images wait.
+        self.held = held or set()
         self.decorators: dict[str, Decorator] = resolve_decorators(prompt)
         self.decorator_timeout_s = DECORATOR_TIMEOUT_S
         # A lease outlives the longest an image can take: every attempt at its deadline and
@@ -224,6 +138,13 @@ class ChatEvaluator(Evaluator):
         return messages
 
     async def predict(self, job: ImageJob) -> Prediction:
+        try:
+            return await self._predict(job)
+        except WaitingForBatch:
+            self.waiting += 1
+            return self.error_prediction(job, WAITING)
+
+    async def _predict(self, job: ImageJob) -> Prediction:
         cache: dict = {
             "_image_path": job.path,
             "image_url": LazyImage(job, self.spec.encoding_policy),
@@ -290,6 +211,9 @@ class ChatEvaluator(Evaluator):
             if claimed is Claim.ASK:
                 break
             await asyncio.sleep(LEASE_POLL_S)
+        if key in self.held:
+            self.journal.release(key)
+            raise WaitingForBatch
         try:
             entry = await self._ask(wire, params)
         except BaseException:
@@ -327,6 +251,7 @@ def make_evaluator(
     api_key: str | None = None,
     max_cost_usd: float | None = None,
     generation: int = 0,
+    held: set[AnswerKey] | None = None,
 ) -> Evaluator:
     """The evaluator for a model: a baseline, or a prompt against a chat endpoint."""
     if spec.backend == "baseline":
@@ -334,7 +259,7 @@ def make_evaluator(
     if prompt is None:
         raise PromptError(f"model {spec.name!r} needs a prompt")
     budget = CostBudget(max_cost_usd) if max_cost_usd is not None else None
-    return ChatEvaluator(spec, prompt, journal, api_key, budget, generation)
+    return ChatEvaluator(spec, prompt, journal, api_key, budget, generation, held)
 
 
 async def evaluate(

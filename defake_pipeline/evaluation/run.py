@@ -13,12 +13,13 @@ from defake_pipeline.datasets.layouts import LabeledImage
 from defake_pipeline.endpoints.bounded import RefusedBodyError
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import CostCapError, FatalEndpointError, UnreachableEndpointError
-from defake_pipeline.evaluation.batch import WAITING, BatchEvaluator, BatchFiles, temporary_folder
+from defake_pipeline.evaluation.batch import BatchEvaluator, BatchFiles, temporary_folder
 from defake_pipeline.evaluation.batch_records import BatchRecords
 from defake_pipeline.evaluation.engine import evaluate, make_evaluator
 from defake_pipeline.evaluation.estimate import estimate_jobs
+from defake_pipeline.evaluation.evaluator import WAITING
 from defake_pipeline.evaluation.generations import partition_generation
-from defake_pipeline.evaluation.journal import Journal, layout_journal
+from defake_pipeline.evaluation.journal import AnswerKey, Journal, layout_journal
 from defake_pipeline.evaluation.openai_batches import batch_client, submit_batches
 from defake_pipeline.evaluation.stopping import stoppable
 from defake_pipeline.imaging.probe import probe_image
@@ -61,7 +62,8 @@ async def evaluate_jobs(
     prediction goes to ``on_result`` the moment it is made.
 
     With ``batch`` (or ``batch = true`` in the model's entry), journal misses are sent as batch
-    files instead (``evaluation/batch.py``); an image waiting for one gets no prediction."""
+    files instead (``evaluation/batch.py``). In either mode, an image whose request an open batch
+    holds waits for it and gets no prediction: sent directly, it would be paid for twice."""
     batch = (batch or spec.batch) and spec.backend != "baseline" and prompt is not None
     if max_cost_usd is not None and not max_cost_usd >= 0:  # NaN is over no cost: no cap at all
         raise CostCapError(f"--max-cost must be a number of USD, at least 0, not {max_cost_usd}; nothing was sent")
@@ -75,19 +77,33 @@ async def evaluate_jobs(
             raise CostCapError(
                 f"--max-cost ${max_cost_usd:.4f} is below what this run may cost; nothing was sent: {estimate.line()}"
             )
+
+    def publish(pred: Prediction) -> None:
+        if pred.error != WAITING:
+            on_result(pred)
+
     generation = partition_generation(layout, spec, prompt)
     journal = layout_journal(layout)
     try:
         if batch:
             assert prompt is not None
             return await _evaluate_in_batches(
-                layout, spec, prompt, journal, jobs, on_result, api_key, partition_key, generation
+                layout, spec, prompt, journal, jobs, publish, api_key, partition_key, generation
             )
-        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd, generation)
-        await evaluate(jobs, evaluator, on_result=on_result, collect=False)
-        return RunOutcome(evaluator.notices)
+        held = await asyncio.to_thread(_held_keys, layout) if spec.backend != "baseline" else None
+        evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd, generation, held)
+        await evaluate(jobs, evaluator, on_result=publish, collect=False)
+        return RunOutcome(evaluator.notices, evaluator.waiting)
     finally:
         journal.close()
+
+
+def _held_keys(layout: HomeLayout) -> set[AnswerKey]:
+    records = BatchRecords(layout)
+    try:
+        return records.held_keys()
+    finally:
+        records.close()
 
 
 async def _evaluate_in_batches(
@@ -101,16 +117,12 @@ async def _evaluate_in_batches(
     partition_key: str,
     generation: int,
 ) -> RunOutcome:
-    def publish(pred: Prediction) -> None:
-        if pred.error != WAITING:
-            on_result(pred)
-
     records = BatchRecords(layout)
     try:
         with temporary_folder() as folder:
             files = BatchFiles(Path(folder))
             evaluator = BatchEvaluator(spec, prompt, journal, records, files, api_key, generation=generation)
-            await evaluate(jobs, evaluator, on_result=publish, collect=False)
+            await evaluate(jobs, evaluator, on_result=on_result, collect=False)
             ids: list[str] = []
             if files.n_requests:
                 client = batch_client(spec, api_key)

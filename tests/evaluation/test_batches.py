@@ -12,6 +12,7 @@ import openai
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from conftest import real_fake_dataset
 from defake_pipeline.cli import main
@@ -363,6 +364,31 @@ def test_keys_another_run_sent_meanwhile_are_left_out_of_this_runs_batch(project
     assert chat_server.state.batch_api.settings.n_batches == 1
     journal.close()
     records.close()
+
+
+def test_a_direct_run_does_not_pay_again_for_requests_an_open_batch_holds(project, defake_home, chat_server):
+    """A run without --batch (a second command, or the daemon's own run of a registered model when
+    an image lands) while a batch holds the same requests: they wait for it, as in batch mode,
+    instead of being asked again at full price; what no batch holds is asked directly."""
+    _dataset(project, 3)
+    chat_server.state.batch_api.settings.step_s = 600  # the batch stays open
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_evaluation(instance, ["gptb"], ["simple"], batch=True)
+    later = real_fake_dataset(project, "later", 1)
+    for label, colour in (("real", (1, 2, 3)), ("fake", (4, 5, 6))):  # two images no batch holds
+        Image.new("RGB", (16, 16), colour).save(later / label / "0.png")
+    args = ["infer", "-m", "gptb", "-p", "simple", "-d", "set", "-c", "0"]
+    direct = CliRunner().invoke(main, [*args, "-o", "direct"])
+    assert direct.exit_code == 0, direct.output
+    assert chat_server.state.n_chat == 0 and "6 images wait for their batches" in direct.output
+    assert not (defake_home / "direct.csv").exists() or len(pd.read_csv(defake_home / "direct.csv")) == 0
+    single = CliRunner().invoke(main, ["classify", "set/real/0.png", "-m", "gptb"])
+    assert single.exit_code == 1 and chat_server.state.n_chat == 0
+    assert "wait" in single.stderr and single.stdout.strip() == "unknown"
+    materialize_evaluation(instance, ["gptb"], ["simple"])  # direct, as the daemon runs a registered model
+    assert chat_server.state.n_chat == 2  # only the images of `later`
+    assert not HomeLayout(defake_home).predictions_file("gptb", "simple").exists()  # published once answered
+    assert chat_server.state.batch_api.settings.n_batches == 1
 
 
 def test_hostile_lines_in_a_batch_file_are_failed_requests_never_a_crash(tmp_path):
