@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from defake_pipeline.evaluation.journal import AnswerKey
 from defake_pipeline.evaluation.journal_store import JournalStore, now_text
+from defake_pipeline.warehouse.layout import HomeLayout
 
 OPEN = "open"  # the batch is at the endpoint, not ended yet
 # Its input file is uploaded and the batch is being created. Recorded under the file's id first,
@@ -174,3 +175,12 @@ class BatchRecords(JournalStore):
             "WHERE batch_id = ?",
             (status, status, answered, failed, cost_usd, now_text(), batch_id),
         )
+
+
+def open_batch_keys(layout: HomeLayout) -> set[AnswerKey]:
+    """The keys of the requests open batches hold (``BatchRecords.held_keys``)."""
+    records = BatchRecords(layout)
+    try:
+        return records.held_keys()
+    finally:
+        records.close()

@@ -20,6 +20,7 @@ from defake_pipeline.datasets.manifest import current_manifest, jobs_from_manife
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.errors import DefakeError
+from defake_pipeline.evaluation.batch_records import open_batch_keys
 from defake_pipeline.evaluation.engine import ChatEvaluator, evaluate
 from defake_pipeline.evaluation.generations import partition_generation
 from defake_pipeline.evaluation.journal import AnswerKey, Journal, JournalEntry, layout_journal
@@ -37,6 +38,7 @@ class CostEstimate:
     images_to_ask: int  # images with at least one request the journal cannot answer
     requests: int  # requests to send: the journal's misses
     answered: int  # requests the journal answers, free
+    in_batches: int  # requests open batches hold: paid there, and not sent again
     input_tokens: int  # the requests as rendered now, earlier answers of a conversation left empty
     carried_tokens: int  # at most this many more: those earlier answers, carried into later turns
     output_tokens: int  # the output allowance of every request to send: at most this many
@@ -53,7 +55,8 @@ class CostEstimate:
             cost += f", or ${self.batch_usd:.4f} through the Batch API (--batch)"
         return (
             f"{self.model} × {self.prompt}: {self.images} images, {self.requests} requests to send "
-            f"for {self.images_to_ask} of them ({self.answered} answered before, free); "
+            f"for {self.images_to_ask} of them ({self.answered} answered before, free"
+            f"{f'; {self.in_batches} in open batches, paid there' if self.in_batches else ''}); "
             f"{self.input_tokens:,} input tokens{carried} + up to {self.output_tokens:,} output tokens; {cost}"
         )
 
@@ -82,7 +85,7 @@ class EstimatingEvaluator(ChatEvaluator):
         super().__init__(spec, prompt, journal, api_key or "no-key-needed-to-estimate", generation=generation)
         self.turns: Counter[str] = Counter()  # requests counted so far for each image
         self.images_to_ask: set[str] = set()
-        self.requests = self.answered = self.input_tokens = self.carried_tokens = 0
+        self.requests = self.answered = self.in_batches = self.input_tokens = self.carried_tokens = 0
 
     async def setup(self) -> None:
         await setup_offline(self, super().setup)
@@ -94,6 +97,9 @@ class EstimatingEvaluator(ChatEvaluator):
         if entry is not None:
             self.answered += 1
             return entry, False
+        if key in self.held:
+            self.in_batches += 1
+            return JournalEntry("", 0, 0, 0.0, None), False
         await asyncio.to_thread(encode_images, lazy_images(wire))
         tokens = request_tokens(wire, 0, self.spec.image_patch_px)
         self.requests += 1
@@ -111,6 +117,7 @@ async def estimate_jobs(
     journal = layout_journal(layout)
     try:
         evaluator = EstimatingEvaluator(spec, prompt, journal, api_key, partition_generation(layout, spec, prompt))
+        evaluator.held = await asyncio.to_thread(open_batch_keys, layout)
         await evaluate(listed, evaluator, collect=False)
     finally:
         journal.close()
@@ -122,6 +129,7 @@ async def estimate_jobs(
         images_to_ask=len(evaluator.images_to_ask),
         requests=evaluator.requests,
         answered=evaluator.answered,
+        in_batches=evaluator.in_batches,
         input_tokens=evaluator.input_tokens,
         carried_tokens=evaluator.carried_tokens,
         output_tokens=output_tokens,

@@ -14,12 +14,12 @@ from defake_pipeline.endpoints.bounded import RefusedBodyError
 from defake_pipeline.endpoints.registry import ModelSpec
 from defake_pipeline.errors import CostCapError, FatalEndpointError, UnreachableEndpointError
 from defake_pipeline.evaluation.batch import BatchEvaluator, BatchFiles, temporary_folder
-from defake_pipeline.evaluation.batch_records import BatchRecords
+from defake_pipeline.evaluation.batch_records import BatchRecords, open_batch_keys
 from defake_pipeline.evaluation.engine import evaluate, make_evaluator
 from defake_pipeline.evaluation.estimate import estimate_jobs
 from defake_pipeline.evaluation.evaluator import WAITING
 from defake_pipeline.evaluation.generations import partition_generation
-from defake_pipeline.evaluation.journal import AnswerKey, Journal, layout_journal
+from defake_pipeline.evaluation.journal import Journal, layout_journal
 from defake_pipeline.evaluation.openai_batches import batch_client, submit_batches
 from defake_pipeline.evaluation.stopping import stoppable
 from defake_pipeline.imaging.probe import probe_image
@@ -90,20 +90,12 @@ async def evaluate_jobs(
             return await _evaluate_in_batches(
                 layout, spec, prompt, journal, jobs, publish, api_key, partition_key, generation
             )
-        held = await asyncio.to_thread(_held_keys, layout) if spec.backend != "baseline" else None
+        held = await asyncio.to_thread(open_batch_keys, layout) if spec.backend != "baseline" else None
         evaluator = make_evaluator(spec, prompt, journal, api_key, max_cost_usd, generation, held)
         await evaluate(jobs, evaluator, on_result=publish, collect=False)
         return RunOutcome(evaluator.notices, evaluator.waiting)
     finally:
         journal.close()
-
-
-def _held_keys(layout: HomeLayout) -> set[AnswerKey]:
-    records = BatchRecords(layout)
-    try:
-        return records.held_keys()
-    finally:
-        records.close()
 
 
 async def _evaluate_in_batches(

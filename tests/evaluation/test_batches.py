@@ -377,6 +377,10 @@ def test_a_direct_run_does_not_pay_again_for_requests_an_open_batch_holds(projec
     later = real_fake_dataset(project, "later", 1)
     for label, colour in (("real", (1, 2, 3)), ("fake", (4, 5, 6))):  # two images no batch holds
         Image.new("RGB", (16, 16), colour).save(later / label / "0.png")
+    estimate = CliRunner().invoke(main, ["estimate", "-m", "gptb", "-p", "simple", "-d", "set"])
+    assert (
+        "0 requests to send for 0 of them (0 answered before, free; 6 in open batches, paid there)" in estimate.output
+    )
     args = ["infer", "-m", "gptb", "-p", "simple", "-d", "set", "-c", "0"]
     direct = CliRunner().invoke(main, [*args, "-o", "direct"])
     assert direct.exit_code == 0, direct.output
