@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.request import getproxies
 
 import httpx2
 import openai
@@ -160,6 +161,7 @@ class ChatBackend:
         self.limiter = AdaptiveLimiter(spec.concurrency)
         self.pacer = RatePacer()
         self.n_retries = 0
+        self.n_answers = 0  # answers received: until one is, a connection that fails means nothing answers there
         self.halted: DefakeError | None = None  # set when the run stops; no request is sent after
         # vLLM accepts any key; the SDK insists on one, so a placeholder stands in. The SDK's
         # aiohttp transport (its documented choice "for improved concurrency performance"): with
@@ -207,8 +209,7 @@ class ChatBackend:
                 f"{self.where}/models sent no complete answer within timeout_s={self.spec.timeout_s:g} s"
             ) from None
         except openai.APIConnectionError:
-            hint = " (set BASE_URL to the vLLM server)" if self.spec.backend == "self_hosted" else ""
-            raise UnreachableEndpointError(f"cannot reach {self.where} for model {self.spec.name!r}{hint}") from None
+            raise self._unreachable() from None
         except openai.APIStatusError as exc:
             self._refuse_redirect(exc.response, "/models")
             if classify_error(exc) == "fatal":
@@ -219,6 +220,12 @@ class ChatBackend:
         if not served:
             raise FatalEndpointError(f"{self.where}/models lists no served model")
         return served
+
+    def _unreachable(self) -> UnreachableEndpointError:
+        hint = " (set BASE_URL to the vLLM server)" if self.spec.backend == "self_hosted" else ""
+        # The SDK goes through HTTP(S)_PROXY when set: then the proxy may be what is not there.
+        via = " through the proxy HTTP(S)_PROXY names" if {"http", "https"} & set(getproxies()) else ""
+        return UnreachableEndpointError(f"cannot reach {self.where}{via} for model {self.spec.name!r}{hint}")
 
     def _refuse_redirect(self, raw: httpx2.Response, path: str) -> None:
         if raw.is_redirect:
@@ -320,12 +327,17 @@ class ChatBackend:
                         f'{self.spec.name!r} (HTTP 400: {str(exc.message)[:200]}); set verdict_format = "seed" '
                         "in its models.toml entry, or serve it where structured outputs are supported"
                     ) from None
+                if not retry and isinstance(exc, openai.APIConnectionError) and not self.n_answers:
+                    # An OpenAI preset asks no /models first (its id is fixed): without this, a
+                    # mistyped OPENAI_BASE_URL or a dead proxy gave every image an error row.
+                    raise self._unreachable() from None
                 if not retry:
                     raise
                 self.n_retries += 1
                 await asyncio.sleep(self.policy.delay(attempt, exc))
                 continue
             self.limiter.release(epoch, "ok", latency_s=reply.latency_s)
+            self.n_answers += 1
             return reply
         raise AssertionError("unreachable: the last attempt returns or raises")
 

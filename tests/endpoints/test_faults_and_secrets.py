@@ -89,6 +89,19 @@ def test_unreachable_base_url_fails_fast_with_one_line(tmp_path, demo_jobs):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
 
 
+def test_an_openai_model_nothing_answers_for_stops_on_one_line_not_a_row_of_errors_per_image(tmp_path, demo_jobs):
+    """An OpenAI preset asks no /models first (its id is fixed): a mistyped OPENAI_BASE_URL, or a
+    dead proxy, gave each image an error row after its retries, read "Request timed out"."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    spec = get_model("gpt4o").with_endpoint_urls(None, f"http://127.0.0.1:{port}/v1")
+    journal = ResponseJournal(tmp_path / "j.sqlite")
+    with pytest.raises(FatalEndpointError, match=f"^cannot reach http://127.0.0.1:{port}/v1 for model 'gpt4o'"):
+        evaluate_sync(demo_jobs, make_evaluator(spec, SIMPLE, journal, "sk-test"))
+    journal.close()
+
+
 @pytest.mark.parametrize("given_in", ["models.toml", "BASE_URL"])
 def test_a_base_url_holding_a_query_is_one_line_that_does_not_show_it(chat_server, tmp_path, monkeypatch, given_in):
     """A key in a base URL's query (``?key=…``) was sent to a mangled path (``/v1?key=…/models``),
