@@ -101,6 +101,25 @@ _FILE_KINDS = (
 )
 
 
+def _not_regular(mode: int) -> RefusedFile:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return RefusedFile(f"not a regular file ({kind}); only regular files are read")
+
+
+def refuse_special_file(path: StoredPath) -> None:
+    """RefusedFile where a local ``path`` is there but is not a regular file (a named pipe, a
+    device, a folder, or a symlink to one): opened, a pipe blocks for good and ``/dev/zero``
+    never ends. An absent path passes: it is for the caller to create."""
+    if is_remote(path):
+        return
+    try:
+        mode = os.stat(str(path)).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise _not_regular(mode)
+
+
 def read_regular_file(path: str | os.PathLike[str], max_bytes: int, limit: str) -> bytes:
     """A local file's bytes. Only a regular file is read (a named pipe would block its reader,
     and ``/dev/zero`` never ends), and never more than ``max_bytes`` (``limit`` names that limit);
@@ -110,8 +129,7 @@ def read_regular_file(path: str | os.PathLike[str], max_bytes: int, limit: str) 
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-            raise RefusedFile(f"not a regular file ({kind}); only regular files are read")
+            raise _not_regular(mode)
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise RefusedFile(f"over the {limit}")

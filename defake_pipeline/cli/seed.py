@@ -273,8 +273,8 @@ def doc(experiment: str, summarize_to: str | None) -> None:
             print_line("note", f"no experiment CSV in {layout.home} (`mllmdf infer` writes them)")
     else:
         path = Path(experiment)
-        csvs = [path if path.is_file() else layout.home / f"{experiment}.csv"]
-        if not csvs[0].is_file():
+        csvs = [path if path.exists() and not path.is_dir() else layout.home / f"{experiment}.csv"]
+        if not csvs[0].exists():  # one that is there but no regular file is named as such below
             raise DefakeError(f"no experiment {experiment!r}: neither a CSV path nor {csvs[0]}")
     rows = []
     for csv_path in csvs:

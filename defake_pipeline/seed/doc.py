@@ -24,7 +24,7 @@ from defake_pipeline.records import (
     predictions_frame,
 )
 from defake_pipeline.reporting.render import relative_link, render_report
-from defake_pipeline.storage import StoredPath, sorted_glob
+from defake_pipeline.storage import RefusedFile, StoredPath, refuse_special_file, sorted_glob
 from defake_pipeline.warehouse.database import create_metrics
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
@@ -161,7 +161,10 @@ def _experiment_tables(
 def document_experiment(csv_path: StoredPath, markdown_path: StoredPath, dataset_names: list[str]) -> dict:
     """Write the markdown report of one experiment CSV; return the seed's summary row."""
     try:
+        refuse_special_file(csv_path)
         frame = pd.read_csv(str(csv_path), dtype={"path": str, "response": str}, keep_default_na=True)
+    except RefusedFile as exc:
+        raise DefakeError(f"{csv_path}: {exc}") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DefakeError(f"{csv_path}: cannot read CSV ({exc})") from None
     missing = [c for c in SEED_CSV_COLUMNS if c not in frame.columns]

@@ -19,7 +19,7 @@ from defake_pipeline.evaluation.run import RunOutcome, probed_jobs, run_evaluati
 from defake_pipeline.evaluation.tally import Tally
 from defake_pipeline.prompting.spec import LoadedPrompt
 from defake_pipeline.records import CSV_COLUMNS, Prediction
-from defake_pipeline.storage import StoredPath, relative_parts
+from defake_pipeline.storage import RefusedFile, StoredPath, refuse_special_file, relative_parts
 from defake_pipeline.text import printable
 from defake_pipeline.warehouse.files import local_working_copy
 from defake_pipeline.warehouse.layout import HomeLayout
@@ -139,6 +139,10 @@ def run_experiment(
 ) -> RunOutcome:
     """Evaluate images and append one CSV row per image the moment its answer arrives (in
     batch mode, an image waiting for its batch gets its row from a run with ``resume`` later)."""
+    try:
+        refuse_special_file(output)
+    except RefusedFile as exc:
+        raise DefakeError(f"{output}: {exc}") from None
     if output.exists() and not (resume or overwrite):
         raise DefakeError(f"{output} already exists; pass --continue to resume it or --overwrite to start again")
     done: set[str] = set()

@@ -726,3 +726,26 @@ def test_the_infer_summary_counts_answers_not_requests_that_failed(seed_cwd, cha
     assert "(6 errors, 0 unknown); this run: 6 images, 0 new answers, $0.0000" in out.stderr, (
         out.stderr
     )  # ...none answered
+
+
+def test_an_experiment_csv_that_is_a_pipe_or_a_device_is_one_line_never_a_hang(seed_cwd):
+    """`infer -o NAME --continue` or `--overwrite`, and `doc`, opened whatever DEFAKE_HOME/NAME.csv
+    was: a named pipe blocked them for good (SIGTERM too), and /dev/zero never ended."""
+    home = seed_cwd / "outputs"
+    home.mkdir()
+    os.mkfifo(home / "pipe.csv")
+    (home / "zero.csv").symlink_to("/dev/zero")
+    base = ["infer", "-m", "canny", "--real_dir", "demo/real", "--fake_dir", "demo/fake", "-c", "2"]
+    kinds = {"pipe": "a named pipe", "zero": "a character device"}
+    for name, kind in kinds.items():
+        for how in ("--continue", "--overwrite"):
+            ran = mllmdf_script([*base, "-o", name, how], seed_cwd, check=False)
+            assert ran.returncode == 2, ran.stderr
+            assert ran.stderr.strip().splitlines()[-1] == (
+                f"error: {home / name}.csv: not a regular file ({kind}); only regular files are read"
+            )
+        ran = mllmdf_script(["doc", name], seed_cwd, check=False)
+        assert ran.returncode == 2 and f"{home / name}.csv: not a regular file ({kind})" in ran.stderr, ran.stderr
+    mllmdf_script([*base, "-o", "good"], seed_cwd)
+    every = mllmdf_script(["doc", "all"], seed_cwd)
+    assert "good.md" in every.stdout and every.stderr.count("not a regular file") == 2, every.stderr
