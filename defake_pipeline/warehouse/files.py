@@ -17,6 +17,10 @@ from pathlib import Path
 
 from defake_pipeline.storage import StoredPath, is_remote
 
+# The process's umask: reading it means setting it, so it is read once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def temporary_beside(target: StoredPath, suffix: str = ".tmp") -> Path:
     """A new, empty temporary file to write ``target``'s content in: in its folder (so a rename
@@ -27,6 +31,9 @@ def temporary_beside(target: StoredPath, suffix: str = ".tmp") -> Path:
         folder = Path(str(target)).parent
         folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-{os.getpid()}-", suffix=suffix, dir=folder)
+    # mkstemp makes the file 0600; renamed into place, it should be as readable as any file
+    # written here (a report folder is served, or read by teammates), so the umask decides.
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(tmp)
 

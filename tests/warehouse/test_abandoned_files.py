@@ -44,3 +44,27 @@ def test_a_rebuild_removes_what_killed_rebuilds_left_and_spares_a_live_one(defak
     finally:
         live.kill()
         live.wait()
+
+
+def test_every_file_written_is_as_readable_as_the_umask_lets_any_file_be(tmp_path, monkeypatch):
+    """Files written under a temporary name and renamed (the manifests, predictions, the results
+    section) were 0600, as mkstemp makes them: a web server or a teammate reading the reports
+    folder could read the reports but not paper.md beside them."""
+    from click.testing import CliRunner
+
+    from conftest import demo_dataset, project_dagster_home
+    from defake_pipeline.cli import main
+
+    demo_dataset(tmp_path)
+    (tmp_path / "models.toml").write_text('registered = ["canny"]\n')
+    monkeypatch.chdir(tmp_path)
+    env = {"DEFAKE_HOME": str(tmp_path / "out"), "DAGSTER_HOME": str(project_dagster_home(tmp_path))}
+    before = os.umask(0o022)
+    try:
+        for command in (["materialize"], ["paper"]):
+            assert CliRunner().invoke(main, command, env=env).exit_code == 0
+    finally:
+        os.umask(before)
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(written) > 10 and {p.name for p in written} >= {"paper.md", "demo.parquet"}
+    assert [str(p) for p in written if p.stat().st_mode & 0o777 != 0o644] == []
