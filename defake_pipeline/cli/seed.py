@@ -264,6 +264,7 @@ def doc(experiment: str, summarize_to: str | None) -> None:
         experiment_csvs,
     )
     from defake_pipeline.seed.infer import SEED_DATASET_DIRS
+    from defake_pipeline.warehouse.files import write_text_atomic
 
     layout = HomeLayout()
     names = [*SEED_DATASET_DIRS, "ImageFolders", *(s.name for s in dataset_specs())]
@@ -291,5 +292,7 @@ def doc(experiment: str, summarize_to: str | None) -> None:
             f"{row['fails']} fails"
         )
     if summarize_to:
-        pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(summarize_to, index=False)
+        write_text_atomic(
+            Path(summarize_to).absolute(), pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(index=False)
+        )
         click.echo(f"summary: {summarize_to}")

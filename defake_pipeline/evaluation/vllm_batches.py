@@ -26,6 +26,7 @@ from defake_pipeline.evaluation.engine import evaluate
 from defake_pipeline.evaluation.generations import partition_generation
 from defake_pipeline.evaluation.journal import Journal, layout_journal
 from defake_pipeline.prompting.spec import LoadedPrompt
+from defake_pipeline.warehouse.files import atomic_path
 from defake_pipeline.warehouse.layout import HomeLayout
 
 
@@ -50,8 +51,7 @@ async def _export(
             generation = partition_generation(layout, spec, prompt)
             evaluator = BatchEvaluator(spec, prompt, journal, records, files, None, offline=True, generation=generation)
             await evaluate(jobs, evaluator, collect=False)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("wb") as out:
+            with atomic_path(target) as tmp, tmp.open("wb") as out:
                 for path, _ in files.files:
                     out.write(path.read_bytes())
             requests = [request for _, batch in files.files for request in batch]

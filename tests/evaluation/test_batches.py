@@ -261,6 +261,22 @@ def test_vllm_batch_export_then_import_round_trips_and_the_next_run_sends_nothin
     assert result.exit_code == 2 and f"{answered}: line 2 is not UTF-8" in result.output, result.output
 
 
+@pytest.mark.timeout(60)
+def test_a_batch_exported_to_a_named_pipe_is_written_whole_in_its_place(
+    tmp_path, monkeypatch, defake_home, vllm_endpoint
+):
+    """The export wrote into whatever the path was: a named pipe blocked it for good. It is now
+    written beside and renamed into place, as every file the pipeline writes."""
+    monkeypatch.chdir(tmp_path)
+    real_fake_dataset(tmp_path, "set", 2)
+    (tmp_path / "models.toml").write_text("registered = []\n")
+    exported = tmp_path / "in.jsonl"
+    os.mkfifo(exported)
+    result = CliRunner().invoke(main, ["batch", "export", "-m", "vllm", "-p", "simple", "-o", str(exported)])
+    assert result.exit_code == 0, result.output
+    assert exported.is_file() and len(exported.read_text().splitlines()) == 4
+
+
 def test_a_batch_exported_before_any_vllm_server_runs_names_the_id_run_batch_serves(tmp_path, monkeypatch, defake_home):
     """`vllm run-batch` needs no server: an export with none running at BASE_URL (and none
     asked before) takes the id run-batch will serve from --served-id, and a server started

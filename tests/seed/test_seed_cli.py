@@ -747,5 +747,7 @@ def test_an_experiment_csv_that_is_a_pipe_or_a_device_is_one_line_never_a_hang(s
         ran = mllmdf_script(["doc", name], seed_cwd, check=False)
         assert ran.returncode == 2 and f"{home / name}.csv: not a regular file ({kind})" in ran.stderr, ran.stderr
     mllmdf_script([*base, "-o", "good"], seed_cwd)
-    every = mllmdf_script(["doc", "all"], seed_cwd)
+    os.mkfifo(seed_cwd / "summary.csv")  # written beside and renamed into place, as every output
+    every = mllmdf_script(["doc", "all", "--summarize_to", "summary.csv"], seed_cwd)
     assert "good.md" in every.stdout and every.stderr.count("not a regular file") == 2, every.stderr
+    assert pd.read_csv(seed_cwd / "summary.csv")["experiment_name"].tolist() == ["good"]
