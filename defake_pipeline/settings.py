@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from defake_pipeline.errors import SettingsError, validation_line
 
@@ -54,6 +54,17 @@ class Settings(BaseModel):
     """The least time between two evaluations of each sensor. The daemon visits its sensors
     every 5 s at most, so an interval of up to 4 s has each sensor looked at on every visit;
     5 s, on about every second visit."""
+
+    @field_validator("OPENAI_API_KEY", mode="before")
+    @classmethod
+    def _key_as_one_token(cls, value: object) -> object:
+        # A key read from a file keeps its line ending ("\r\n" from a .env saved on Windows),
+        # which no HTTP header may hold: around the key it is no part of it; inside, it is refused.
+        if isinstance(value, str):
+            value = value.strip()
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ValueError("holds a control character (a line break?); a key has none")
+        return value
 
     @property
     def api_key(self) -> str | None:

@@ -178,3 +178,30 @@ def test_a_variable_the_product_cannot_use_is_one_line_naming_it(variable, value
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: environment variable {variable}: "), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_key_read_with_its_line_ending_is_taken_without_it_and_one_with_a_break_inside_is_one_line(
+    chat_server, tmp_path, monkeypatch
+):
+    """A key from a .env file saved with CRLF line endings ends in "\\r": every image was an error
+    row ("Forbidden control character detected in headers"). Around the key, whitespace is no part
+    of it; a control character inside it is one line that does not show the key."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    chat_server.state.api_key = "sk-proj-Abc123"
+    image = str(Path(__file__).parents[1] / "demo" / "real" / "coffee.jpg")
+    env = {"DEFAKE_HOME": str(tmp_path / "home"), "OPENAI_BASE_URL": chat_server.base_url}
+    monkeypatch.chdir(tmp_path)
+    ran = CliRunner().invoke(
+        main, ["classify", image, "-m", "gpt4o"], env={**env, "OPENAI_API_KEY": "sk-proj-Abc123\r\n"}
+    )
+    assert ran.exit_code == 0 and ran.stdout.strip() in ("real", "fake") and chat_server.state.n_chat == 1, ran.output
+    ran = CliRunner().invoke(
+        main, ["classify", image, "-m", "gpt4o"], env={**env, "OPENAI_API_KEY": "sk-proj\n-Abc123"}
+    )
+    assert ran.exit_code == 2 and "sk-proj" not in ran.output and chat_server.state.n_chat == 1
+    assert ran.output.strip().splitlines()[-1] == (
+        "error: environment variable OPENAI_API_KEY: holds a control character (a line break?); a key has none"
+    )
