@@ -1,12 +1,10 @@
 """A small OpenAI-compatible chat-completions server on 127.0.0.1, with fault injection.
 
-It speaks the wire format the ``openai`` SDK expects (``GET /v1/models``,
-``POST /v1/chat/completions``), answers deterministically, counts what it receives, and can
-be told to be slow, flaky, or limited the ways hosted APIs are: requests and tokens per
-minute (with or without OpenAI's ``x-ratelimit-*`` headers), and an uplink that carries so
-many bytes a second. Tests start it as a fixture; benchmarks start it in a subprocess. It
-binds to loopback only.
-"""
+It speaks the wire format the ``openai`` SDK expects (``GET /v1/models``, ``POST
+/v1/chat/completions``), answers deterministically, counts what it receives, and can be told
+to be slow, flaky, or limited the ways hosted APIs are: requests and tokens per minute (with or
+without OpenAI's ``x-ratelimit-*`` headers), and an uplink that carries so many bytes a second.
+Tests start it as a fixture; benchmarks start it in a subprocess. It binds to loopback only."""
 
 from __future__ import annotations
 
