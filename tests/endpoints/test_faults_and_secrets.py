@@ -96,6 +96,7 @@ def test_an_openai_model_nothing_answers_for_stops_on_one_line_not_a_row_of_erro
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     spec = get_model("gpt4o").with_endpoint_urls(None, f"http://127.0.0.1:{port}/v1")
+    spec = spec.model_copy(update={"max_retries": 2, "backoff_base_s": 0.01})  # retried, then stopped
     journal = ResponseJournal(tmp_path / "j.sqlite")
     with pytest.raises(FatalEndpointError, match=f"^cannot reach http://127.0.0.1:{port}/v1 for model 'gpt4o'"):
         evaluate_sync(demo_jobs, make_evaluator(spec, SIMPLE, journal, "sk-test"))
