@@ -106,6 +106,13 @@ def load_settings() -> Settings:
         raise SettingsError(f"environment variable {validation_line(exc)}") from None
 
 
+def proxy_is_set() -> bool:
+    """Whether HTTP_PROXY or HTTPS_PROXY (either case) is set: the SDK sends requests through it."""
+    import urllib.request  # only asked when an endpoint cannot be reached
+
+    return bool({"http", "https"} & set(urllib.request.getproxies()))
+
+
 def is_url(location: str) -> bool:
     """Whether a location (DEFAKE_HOME, a dataset root) names an object store, not a folder."""
     return "://" in location

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.request import getproxies
 
 import httpx2
 import openai
@@ -28,6 +27,7 @@ from defake_pipeline.endpoints.retry import (
 from defake_pipeline.endpoints.tokens import request_tokens
 from defake_pipeline.endpoints.verdict_formats import refuses_the_format
 from defake_pipeline.errors import DefakeError, FatalEndpointError, ModelConfigError, UnreachableEndpointError
+from defake_pipeline.settings import proxy_is_set
 from defake_pipeline.text import without_secret
 from defake_pipeline.verdict import score_from_logprobs
 
@@ -224,7 +224,7 @@ class ChatBackend:
     def _unreachable(self) -> UnreachableEndpointError:
         hint = " (set BASE_URL to the vLLM server)" if self.spec.backend == "self_hosted" else ""
         # The SDK goes through HTTP(S)_PROXY when set: then the proxy may be what is not there.
-        via = " through the proxy HTTP(S)_PROXY names" if {"http", "https"} & set(getproxies()) else ""
+        via = " through the proxy HTTP(S)_PROXY names" if proxy_is_set() else ""
         return UnreachableEndpointError(f"cannot reach {self.where}{via} for model {self.spec.name!r}{hint}")
 
     def _refuse_redirect(self, raw: httpx2.Response, path: str) -> None:
@@ -328,8 +328,8 @@ class ChatBackend:
                         "in its models.toml entry, or serve it where structured outputs are supported"
                     ) from None
                 if not retry and isinstance(exc, openai.APIConnectionError) and not self.n_answers:
-                    # An OpenAI preset asks no /models first (its id is fixed): without this, a
-                    # mistyped OPENAI_BASE_URL or a dead proxy gave every image an error row.
+                    # An OpenAI preset asks no /models first (its id is fixed), so this is where a
+                    # mistyped OPENAI_BASE_URL or a dead proxy shows: it would fail every image alike.
                     raise self._unreachable() from None
                 if not retry:
                     raise
