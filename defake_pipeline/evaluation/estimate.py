@@ -79,10 +79,18 @@ class EstimatingEvaluator(ChatEvaluator):
     """A chat evaluator that asks nothing: each journal miss is counted and given an empty answer."""
 
     def __init__(
-        self, spec: ModelSpec, prompt: LoadedPrompt, journal: Journal, api_key: str | None = None, generation: int = 0
+        self,
+        spec: ModelSpec,
+        prompt: LoadedPrompt,
+        journal: Journal,
+        api_key: str | None = None,
+        generation: int = 0,
+        held: set[AnswerKey] | None = None,
     ):
         # No request is paid for, so none needs a key; one given is used to ask for the served id.
-        super().__init__(spec, prompt, journal, api_key or "no-key-needed-to-estimate", generation=generation)
+        super().__init__(
+            spec, prompt, journal, api_key or "no-key-needed-to-estimate", generation=generation, held=held
+        )
         self.turns: Counter[str] = Counter()  # requests counted so far for each image
         self.images_to_ask: set[str] = set()
         self.requests = self.answered = self.in_batches = self.input_tokens = self.carried_tokens = 0
@@ -116,8 +124,10 @@ async def estimate_jobs(
     listed = list(jobs)
     journal = layout_journal(layout)
     try:
-        evaluator = EstimatingEvaluator(spec, prompt, journal, api_key, partition_generation(layout, spec, prompt))
-        evaluator.held = await asyncio.to_thread(open_batch_keys, layout)
+        held = await asyncio.to_thread(open_batch_keys, layout)
+        evaluator = EstimatingEvaluator(
+            spec, prompt, journal, api_key, partition_generation(layout, spec, prompt), held
+        )
         await evaluate(listed, evaluator, collect=False)
     finally:
         journal.close()
