@@ -1,6 +1,7 @@
 """A home the commands cannot write (a file where its folder should be, a full device) is one
 line naming it and the cause, never a traceback; answers stored before are kept."""
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
@@ -28,6 +29,22 @@ def test_a_defake_home_that_is_a_file_is_one_line(tmp_path, command):
     env = {"DEFAKE_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dagster")}
     line = last_error(CliRunner().invoke(main, COMMANDS[command], env=env))
     assert line.startswith(f"error: cannot make {home}/") and "is a file, not a folder" in line, line
+
+
+@pytest.mark.parametrize("home", ["a file", "ftp://host/home"])
+def test_materialize_names_an_unusable_home_before_it_starts_any_run(tmp_path, home):
+    """The command's whole output is the one line: no run is recorded as failed, and none of
+    Dagster's step-failure logs reach the terminal."""
+    if home == "a file":
+        home = str(tmp_path / "home")
+        (tmp_path / "home").write_text("not a folder")
+    env = {"DEFAKE_HOME": home, "DAGSTER_HOME": str(tmp_path / "dagster")}
+    result = CliRunner().invoke(main, COMMANDS["materialize"], env=env)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("error: ") and "dagster" not in result.output.lower(), result.output
+    (tmp_path / "dagster").mkdir(exist_ok=True)
+    assert dg.DagsterInstance.from_config(str(tmp_path / "dagster")).get_runs() == []
 
 
 def test_a_dagster_home_that_is_a_file_is_one_line(tmp_path):

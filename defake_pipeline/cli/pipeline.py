@@ -75,6 +75,9 @@ def materialize(
     A model not registered in models.toml is first checked (key set, endpoint answering);
     if the check fails, nothing is registered and nothing runs.
     """
+    # An unusable home is one line before Dagster and the SDK are even imported (about 3 s).
+    layout = HomeLayout()
+    layout.make_first_folder()
     from defake_pipeline.cli.instance import local_instance
     from defake_pipeline.cli.launch import gate_failures, materialize_evaluation
     from defake_pipeline.datasets.layouts import dataset_specs, defined_datasets, get_dataset
@@ -118,7 +121,6 @@ def materialize(
         rehash=rehash,
         batch=batch,
     )
-    layout = HomeLayout()
     click.echo(leaderboard_top(layout))
     click.echo(f"leaderboard: {layout.leaderboard_file}")
     pairs = [(m, p) for m in chat for p in prompt_keys] + [(b, NO_PROMPT) for b in baselines]

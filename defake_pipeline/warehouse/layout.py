@@ -21,6 +21,13 @@ class HomeLayout:
         # disk), else SQLite at ``journal``.
         self.journal_url = journal_url or load_settings().journal_url
 
+    def make_first_folder(self) -> None:
+        """Make a local home's manifests folder, the first a run writes: a home that cannot be
+        a folder (a file in its place, a parent no one may write) is then one line before any
+        run starts, not a failed run. A home on object storage has no folders to make."""
+        if not self.remote:
+            Path(str(self.manifests_dir)).mkdir(parents=True, exist_ok=True)
+
     @property
     def remote(self) -> bool:
         return is_remote(self.home)
