@@ -58,12 +58,7 @@ def test_a_dagster_home_that_is_a_file_is_one_line(tmp_path):
 @pytest.fixture
 def full_folder(tmp_path):
     with mounted_tmpfs(tmp_path / "full", "size=1m") as folder:
-        with open(folder / "filler", "wb") as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 65536)
-            except OSError:
-                pass
+        _fill(folder)
         yield folder
 
 
@@ -72,3 +67,35 @@ def test_a_full_device_is_one_line(full_folder, tmp_path, command):
     env = {"DEFAKE_HOME": str(full_folder / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
     line = last_error(CliRunner().invoke(main, COMMANDS[command], env=env))
     assert line.startswith("error: ") and ("disk is full" in line or "no space left" in line.lower()), line
+
+
+
+def _fill(folder) -> None:
+    with open(folder / "filler", "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 512)
+        except OSError:
+            pass
+
+
+def test_models_add_on_a_full_device_keeps_models_toml_whole(tmp_path, chat_server):
+    """models.toml is the user's own file: a write the device cannot finish leaves it as it was,
+    never cut short. Its text ends a few bytes short of a page, so the name added needs a page
+    the full device does not have."""
+    with mounted_tmpfs(tmp_path / "full", "size=1m") as folder:
+        project = folder / "project"
+        (project / "datasets").mkdir(parents=True)
+        text = f'registered = ["canny"]\n[models.mine]\npreset = "vllm"\nbase_url = "{chat_server.base_url}"\n'
+        text += "#" * (4090 - len(text)) + "\n"
+        (project / "models.toml").write_text(text)
+        _fill(folder)
+        env = {
+            "DEFAKE_HOME": str(tmp_path / "home"),
+            "DAGSTER_HOME": str(tmp_path / "dagster"),
+            "DEFAKE_PROJECT": str(project),
+        }
+        result = CliRunner().invoke(main, ["models", "add", "mine"], env=env)
+        assert result.exit_code == 2, result.output
+        assert "no space left" in result.output.strip().splitlines()[-1], result.output
+        assert (project / "models.toml").read_text() == text

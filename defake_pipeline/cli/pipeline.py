@@ -11,6 +11,7 @@ import click
 from defake_pipeline.cli.app import endpoint_spec, main, print_line
 from defake_pipeline.records import NO_PROMPT
 from defake_pipeline.settings import load_settings
+from defake_pipeline.warehouse.files import write_text_atomic
 from defake_pipeline.warehouse.layout import HomeLayout
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ def ui(port: int) -> None:
         "working_directory": str(project_root() or Path.cwd()),
     }
     workspace = home / "workspace.yaml"
-    workspace.write_text(json.dumps({"load_from": [{"python_module": location}]}, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(workspace, json.dumps({"load_from": [{"python_module": location}]}, indent=2) + "\n")
     command = dagster_dev_command(port, workspace)
     os.execv(command[0], command)
 

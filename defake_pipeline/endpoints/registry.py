@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tomllib
 import urllib.parse
 from functools import cache
@@ -22,6 +23,7 @@ from defake_pipeline.imaging.encode import EncodingPolicy
 from defake_pipeline.settings import project_dirs
 from defake_pipeline.storage import read_project_file
 from defake_pipeline.text import slugify, without_userinfo
+from defake_pipeline.warehouse.files import atomic_path
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -279,5 +281,9 @@ def write_registered(names: list[str]) -> Path:
     found = _REGISTERED_LINE.search(text)
     text = _REGISTERED_LINE.sub(lambda _: line, text, count=1) if found else f"{line}\n{text}"
     tomllib.loads(text)  # never leave a file that no longer parses
-    file.write_text(text, encoding="utf-8")
+    # The user's own file: written whole or not at all (a full disk must not cut it short).
+    with atomic_path(file) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        if file.exists():
+            shutil.copymode(file, tmp)
     return file

@@ -30,6 +30,7 @@ from defake_pipeline.reporting.thumbnails import ensure_thumbnails
 from defake_pipeline.storage import StoredPath, is_remote
 from defake_pipeline.text import KEY_JOINER, markdown_table, visible_controls
 from defake_pipeline.warehouse.database import export, query
+from defake_pipeline.warehouse.files import write_text_atomic
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import (
     DATASET_SCOPE,
@@ -240,6 +241,16 @@ def _digests_file(layout: HomeLayout) -> StoredPath:
     return layout.reports_dir / ".inputs.json"
 
 
+def _rendered_from(digests_file: StoredPath) -> dict[str, str]:
+    """What each report was last rendered from. Only a cache: where it is missing or cannot be
+    read, every report is rendered again."""
+    try:
+        old = json.loads(digests_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, or not JSON
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
 def _ui_file(report: StoredPath) -> StoredPath:
     """Where the UI form of a report is kept, so an unchanged report is shown without rendering."""
     return report.parent / ".ui" / report.name
@@ -271,7 +282,7 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
     charts, inlined = {}, {}
     for dataset, svg in report_score_charts(layout, metrics).items():
         chart = _score_chart_file(target, dataset)
-        chart.write_text(svg, encoding="utf-8")
+        write_text_atomic(chart, svg)
         charts[dataset], inlined[dataset] = chart.name, svg_data_uri(svg)
     generation = current_generation(layout, f"{model}|{prompt}") if prompt != NO_PROMPT else None
     text = render_report(
@@ -284,11 +295,11 @@ def write_report(layout: HomeLayout, model: str, prompt: str) -> WrittenReport:
         score_charts=charts,
         generation=generation,
     )
-    target.write_text(text, encoding="utf-8")
+    write_text_atomic(target, text)
     ui = render_report(metrics, scored, target.parent, model, prompt, embed=True, max_rows=UI_ROWS_PER_SECTION,
                        score_charts=inlined, generation=generation)  # fmt: skip
     _ui_file(target).parent.mkdir(exist_ok=True)
-    _ui_file(target).write_text(ui, encoding="utf-8")
+    write_text_atomic(_ui_file(target), ui)
     return WrittenReport(model, prompt, target, ui)
 
 
@@ -301,7 +312,7 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
     """
     wanted = passed_partitions(layout)
     digests_file = _digests_file(layout)
-    old = json.loads(digests_file.read_text(encoding="utf-8")) if digests_file.exists() else {}
+    old = _rendered_from(digests_file)
     digests, current = {}, []
     for model, prompt in wanted:
         target = layout.report_file(model, prompt)
@@ -321,7 +332,7 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
                 file.unlink(missing_ok=True)
             removed.append(stale)
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
-    digests_file.write_text(json.dumps(digests, indent=1, sort_keys=True), encoding="utf-8")
+    write_text_atomic(digests_file, json.dumps(digests, indent=1, sort_keys=True))
     return current, removed
 
 
@@ -354,7 +365,7 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
         charts[dataset], inlined[dataset] = {}, {}
         for kind, svg in figures.items():
             chart = layout.reports_dir / f"{kind}_{dataset}.svg"
-            chart.write_text(svg, encoding="utf-8")
+            write_text_atomic(chart, svg)
             charts[dataset][kind], inlined[dataset][kind] = chart.name, svg_data_uri(svg)
     drawn = {name for figures in charts.values() for name in figures.values()}
     for kind in ("accuracy", "scores", "matrix", "robustness"):  # a figure whose dataset or runs are gone
@@ -363,7 +374,7 @@ def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
                 old.unlink(missing_ok=True)
     text = render_leaderboard(ranked, links, comparisons, charts, unranked, leaks, snapshots)
     ui_text = render_leaderboard(ranked, {}, comparisons, inlined, unranked, leaks, snapshots)
-    layout.leaderboard_file.write_text(text, encoding="utf-8")
+    write_text_atomic(layout.leaderboard_file, text)
     return layout.leaderboard_file, text, ui_text
 
 

@@ -26,6 +26,7 @@ from defake_pipeline.records import (
 from defake_pipeline.reporting.render import relative_link, render_report
 from defake_pipeline.storage import RefusedFile, StoredPath, refuse_special_file, sorted_glob
 from defake_pipeline.warehouse.database import create_metrics
+from defake_pipeline.warehouse.files import write_text_atomic
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import DATASET_SCOPE
 
@@ -183,7 +184,8 @@ def document_experiment(csv_path: StoredPath, markdown_path: StoredPath, dataset
         metrics = con.execute("SELECT * FROM metrics").df()
         scored = con.execute("SELECT * FROM scored ORDER BY label DESC, path").df()
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text(
+    write_text_atomic(
+        markdown_path,
         render_report(
             metrics,
             scored,
@@ -192,7 +194,6 @@ def document_experiment(csv_path: StoredPath, markdown_path: StoredPath, dataset
             prompt or name,
             csv_name=relative_link(csv_path, markdown_path.parent),
         ),
-        encoding="utf-8",
     )
     m = metrics[metrics["scope"] == DATASET_SCOPE].iloc[0]
 

@@ -49,3 +49,20 @@ def test_markdown_for_the_ui_is_cut_at_a_line_so_no_inlined_image_is_broken():
     kept = text.split("\n_Truncated here")[0]
     assert kept.count("![chart]") == kept.count(">)") == _METADATA_MD_LIMIT // len(image)
     assert text.endswith("the full report is /reports/x.md._\n")
+
+
+def test_a_report_record_cut_short_by_a_crash_has_every_report_rendered_again(defake_home, tmp_path, monkeypatch):
+    """The record of what each report was rendered from (reports/.inputs.json) is a cache: cut
+    short, as a crash or a full disk leaves it, it is rendered from again, never a traceback on
+    every later publish."""
+    monkeypatch.chdir(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    assert all(r.success for r in materialize_evaluation(instance, ["canny"], ["simple"]))
+    layout = HomeLayout(defake_home)
+    record = layout.reports_dir / ".inputs.json"
+    whole = record.read_text()
+    record.write_text(whole[: len(whole) // 2])
+    report = layout.report_file("canny", NO_PROMPT)
+    report.write_text("stale")
+    assert all(r.success for r in materialize_evaluation(instance, ["canny"], ["simple"]))
+    assert record.read_text() == whole and report.read_text().startswith("# ")
