@@ -1,4 +1,5 @@
-"""Report and metrics benchmark: a report over 100k predictions, and metrics over 1M rows.
+"""Report and metrics benchmark: a report over 100k predictions, a publish of 60 reports of 1,000
+predictions each, and metrics over 1M rows.
 
 Prints JSON. The rows are synthetic (random labels, verdicts and scores) but go through the
 same Parquet files, warehouse rebuild, SQL and templates as a real run.
@@ -17,7 +18,7 @@ import pandas as pd
 
 from defake_pipeline.datasets.manifest import MANIFEST_COLUMNS
 from defake_pipeline.records import predictions_frame
-from defake_pipeline.reporting.render import write_leaderboard, write_report
+from defake_pipeline.reporting.render import write_leaderboard, write_report, write_reports
 from defake_pipeline.warehouse.database import create_metrics, rebuild_warehouse
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.parquet import write_parquet_atomic
@@ -76,6 +77,23 @@ def timed(fn):
     return round(time.perf_counter() - started, 2)
 
 
+def publish_many(n_models: int = 6, n_prompts: int = 10, rows: int = 1000) -> dict:
+    """What the daemon's publish step does after a change: every report checked, and rendered
+    again where its rows changed (here all of them: their record is removed first)."""
+    layout = HomeLayout(Path(tempfile.mkdtemp(prefix="defake-publish-")))
+    write_parquet_atomic(synthetic(rows)[0], layout.manifest_file("bench"))
+    for m in range(n_models):
+        for p in range(n_prompts):
+            preds = synthetic(rows, f"m{m}", f"p{p}", seed=m * n_prompts + p)[1]
+            write_parquet_atomic(preds, layout.predictions_file(f"m{m}", f"p{p}"))
+    rebuild_warehouse(layout)
+    out = {"publish_reports": n_models * n_prompts, "publish_first_s": timed(lambda: write_reports(layout))}
+    out["publish_unchanged_s"] = timed(lambda: write_reports(layout))
+    (layout.reports_dir / ".inputs.json").unlink()
+    out["publish_all_changed_s"] = timed(lambda: write_reports(layout))
+    return out
+
+
 def main() -> None:
     layout = HomeLayout(Path(tempfile.mkdtemp(prefix="defake-report-")))
     manifest, preds = synthetic(100_000)
@@ -90,6 +108,8 @@ def main() -> None:
     # The ROC and reliability chart of 100k scored images, as a file and inlined in the UI's markdown.
     out["scores_chart_bytes"] = (layout.reports_dir / "scores_bench.svg").stat().st_size
     out["leaderboard_ui_md_bytes"] = len(write_leaderboard(layout)[2])
+
+    out.update(publish_many())
 
     big_manifest, big_preds = synthetic(1_000_000, seed=1)
     with duckdb.connect() as con:

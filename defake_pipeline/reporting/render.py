@@ -29,23 +29,20 @@ from defake_pipeline.reporting.templating import missing as _missing
 from defake_pipeline.reporting.thumbnails import ensure_thumbnails
 from defake_pipeline.storage import StoredPath, is_remote
 from defake_pipeline.text import KEY_JOINER, markdown_table, visible_controls
-from defake_pipeline.warehouse.database import export, query
+from defake_pipeline.warehouse.database import export, query, reading
 from defake_pipeline.warehouse.files import write_text_atomic
 from defake_pipeline.warehouse.layout import HomeLayout
 from defake_pipeline.warehouse.metrics_sql import (
     DATASET_SCOPE,
     ECE_BINS,
+    LABEL_LEAKS_SQL,
+    REPORT_CSV_SQL,
+    REPORT_DIGEST_SQL,
     SUBSET_SCOPE,
 )
 
 # Rows of wrong / correct predictions shown in one report; the CSV beside it holds them all.
 MAX_ROWS_PER_SECTION = 300
-# The columns of `mllmdf infer` CSVs, seed's first, for the CSV written beside each report.
-REPORT_CSV_SQL = """
-SELECT path, label, pred, response, verdict, score, error, dataset, subset, sha256 AS image_sha256,
-       model, prompt, prompt_hash, latency_s, prompt_tokens, completion_tokens, cost_usd, created_at
-FROM scored WHERE model = ? AND prompt = ? ORDER BY dataset, label DESC, path
-"""
 LEADERBOARD_SORT = ["accuracy", "balanced_accuracy", "n_valid"]
 
 
@@ -218,12 +215,6 @@ def render_leaderboard(
     )
 
 
-# Report inputs: the digest changes whenever a row the report shows, or its metrics, change.
-_REPORT_DIGEST_SQL = """
-SELECT count(*) AS n, sum(hash(dataset, subset, path, label, pred, score, response, error, prompt_hash,
-                               served_model, verdict_format, cache_generation))::VARCHAR AS h
-FROM scored WHERE model = ? AND prompt = ?
-"""
 # Markdown attached to a Dagster materialization: rows per section with inlined thumbnails.
 UI_ROWS_PER_SECTION = 6
 
@@ -310,13 +301,18 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
     partition that failed its gate, or left the registry, is removed. Returns every current
     report (``rendered`` says which were rendered now) and the files removed.
     """
+    with reading(layout):
+        return _write_reports(layout)
+
+
+def _write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredPath]]:
     wanted = passed_partitions(layout)
     digests_file = _digests_file(layout)
     old = _rendered_from(digests_file)
     digests, current = {}, []
     for model, prompt in wanted:
         target = layout.report_file(model, prompt)
-        row = query(layout, _REPORT_DIGEST_SQL, [model, prompt]).iloc[0]
+        row = query(layout, REPORT_DIGEST_SQL, [model, prompt]).iloc[0]
         digests[target.name] = f"{row['n']}:{row['h']}"
         if old.get(target.name) == digests[target.name] and target.exists() and _ui_file(target).exists():
             ui = _ui_file(target).read_text(encoding="utf-8")
@@ -336,25 +332,21 @@ def write_reports(layout: HomeLayout) -> tuple[list[WrittenReport], list[StoredP
     return current, removed
 
 
-# Distinct contents per dataset filed under both labels (left out of paired comparisons).
-_LABEL_LEAKS_SQL = """
-SELECT dataset, count(*)::INTEGER AS n FROM (
-    SELECT dataset, sha256 FROM image_manifest WHERE sha256 IS NOT NULL
-    GROUP BY ALL HAVING count(DISTINCT label) > 1
-) GROUP BY dataset
-"""
-
-
 def write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
     """Write the leaderboard; returns its path, its markdown, and the markdown for the UI
     (the charts inlined as data URIs)."""
+    with reading(layout):
+        return _write_leaderboard(layout)
+
+
+def _write_leaderboard(layout: HomeLayout) -> tuple[StoredPath, str, str]:
     ranked = query(
         layout,
         "SELECT * FROM metrics WHERE gate_status = 'passed'",
     )
     unranked = query(layout, "SELECT * FROM partition_gate WHERE status <> 'passed' ORDER BY dataset, model, prompt")
     comparisons = query(layout, "SELECT * FROM comparisons")
-    leaks = dict(query(layout, _LABEL_LEAKS_SQL).itertuples(index=False, name=None))
+    leaks = dict(query(layout, LABEL_LEAKS_SQL).itertuples(index=False, name=None))
     snapshots = query(layout, SNAPSHOTS_SQL)
     pairs = ranked[["model", "prompt"]].drop_duplicates().itertuples(index=False)
     links = {(m, p): layout.report_file(m, p).name for m, p in pairs}

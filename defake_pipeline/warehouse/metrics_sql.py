@@ -257,3 +257,26 @@ def mcnemar_exact_p(only_a: int, only_b: int) -> float:
     lg = math.lgamma
     tail = sum(math.exp(lg(n + 1) - lg(i + 1) - lg(n - i + 1) - log_half_n) for i in range(k + 1))
     return min(1.0, 2 * tail)
+
+
+# The columns of `mllmdf infer` CSVs, seed's first, for the CSV written beside each report.
+REPORT_CSV_SQL = """
+SELECT path, label, pred, response, verdict, score, error, dataset, subset, sha256 AS image_sha256,
+       model, prompt, prompt_hash, latency_s, prompt_tokens, completion_tokens, cost_usd, created_at
+FROM scored WHERE model = ? AND prompt = ? ORDER BY dataset, label DESC, path
+"""
+
+# Report inputs: the digest changes whenever a row the report shows, or its metrics, change.
+REPORT_DIGEST_SQL = """
+SELECT count(*) AS n, sum(hash(dataset, subset, path, label, pred, score, response, error, prompt_hash,
+                               served_model, verdict_format, cache_generation))::VARCHAR AS h
+FROM scored WHERE model = ? AND prompt = ?
+"""
+
+# Distinct contents per dataset filed under both labels (left out of paired comparisons).
+LABEL_LEAKS_SQL = """
+SELECT dataset, count(*)::INTEGER AS n FROM (
+    SELECT dataset, sha256 FROM image_manifest WHERE sha256 IS NOT NULL
+    GROUP BY ALL HAVING count(DISTINCT label) > 1
+) GROUP BY dataset
+"""

@@ -155,3 +155,28 @@ def test_mcnemar_exact_and_comparison_table(tmp_path):
         0,
     )
     assert row.mcnemar_p == pytest.approx(2 / 1024)
+
+
+def test_a_reading_block_reads_one_warehouse_and_the_next_query_the_one_renamed_in_meanwhile(tmp_path):
+    """Publishing holds one read-only connection; a rebuild another process renames into place
+    meanwhile is not mixed into it, and is what the next query reads: DuckDB hands a connection
+    to a path the database already open there, so the block must not outlive its work."""
+    import os
+
+    import duckdb
+
+    from defake_pipeline.warehouse.database import reading
+
+    layout = HomeLayout(tmp_path)
+
+    def build(path, version: int) -> None:
+        with duckdb.connect(str(path)) as con:
+            con.execute(f"CREATE TABLE metrics AS SELECT {version} AS version")
+
+    build(layout.warehouse, 1)
+    with reading(layout):
+        assert query(layout, "SELECT version FROM metrics").version.tolist() == [1]
+        build(tmp_path / "rebuilt.duckdb", 2)
+        os.replace(tmp_path / "rebuilt.duckdb", layout.warehouse)
+        assert query(layout, "SELECT version FROM metrics").version.tolist() == [1]
+    assert query(layout, "SELECT version FROM metrics").version.tolist() == [2]
