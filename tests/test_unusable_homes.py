@@ -69,7 +69,6 @@ def test_a_full_device_is_one_line(full_folder, tmp_path, command):
     assert line.startswith("error: ") and ("disk is full" in line or "no space left" in line.lower()), line
 
 
-
 def _fill(folder) -> None:
     with open(folder / "filler", "wb", buffering=0) as filler:
         try:
