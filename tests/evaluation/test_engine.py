@@ -248,7 +248,7 @@ def test_rate_limited_endpoint_is_paced_not_hammered(chat_server, tmp_path):
         spec_for(chat_server, concurrency=32, backoff_base_s=0.05), many_jobs(tmp_path, 80), tmp_path
     )
     state = chat_server.state
-    assert all(p.error is None for p in preds)
+    assert all(p.error is None for p in preds), [p.error for p in preds if p.error]
     # 32 requests in flight at 0.1 s would be 320 a second, 97% of them refused. The opening
     # round (the whole concurrency at once, for short runs' sake) meets the limit once; after
     # it, AIMD keeps the client at the limit with few refusals.
