@@ -281,9 +281,11 @@ def write_registered(names: list[str]) -> Path:
     found = _REGISTERED_LINE.search(text)
     text = _REGISTERED_LINE.sub(lambda _: line, text, count=1) if found else f"{line}\n{text}"
     tomllib.loads(text)  # never leave a file that no longer parses
-    # The user's own file: written whole or not at all (a full disk must not cut it short).
-    with atomic_path(file) as tmp:
+    # The user's own file: written whole or not at all (a full disk must not cut it short), as
+    # the file a link names where it is one, with the mode it had.
+    target = file.resolve()
+    with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        if file.exists():
-            shutil.copymode(file, tmp)
+        if target.exists():
+            shutil.copymode(target, tmp)
     return file

@@ -479,6 +479,24 @@ def test_models_are_listed_added_and_removed(project, tmp_path, vllm_endpoint):
     assert not list(HomeLayout().reports_dir.glob("internvl3__*"))
 
 
+def test_models_add_writes_through_a_linked_models_toml(project, tmp_path):
+    """A models.toml that is a link to a file kept elsewhere (a shared configuration) stays a
+    link, and the file it names gets the new list."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    shared = tmp_path / "shared" / "models.toml"
+    shared.parent.mkdir()
+    shared.write_text('# shared\nregistered = ["canny"]\n')
+    (project / "models.toml").unlink(missing_ok=True)
+    (project / "models.toml").symlink_to(shared)
+    added = CliRunner().invoke(main, ["models", "add", "qwen2vl"], env={"DAGSTER_HOME": str(tmp_path / "dh")})
+    assert added.exit_code == 0, added.output
+    assert (project / "models.toml").is_symlink()
+    assert shared.read_text() == '# shared\nregistered = ["canny", "qwen2vl"]\n'
+
+
 def test_registry_sensor_reruns_baselines_when_models_toml_changes_them(project):
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(
