@@ -48,11 +48,12 @@ PARALLEL := -n 4 --dist loadscope --no-loadscope-reorder
 
 # The tests start about a hundred processes that import the project. Where PYTHONDONTWRITEBYTECODE
 # is set, each would compile its modules anew (about 0.6 s of CPU); unset here, the first writes
-# the bytecode for the rest. Their temporary folders are on a tmpfs where there is one: Dagster's
-# SQLite storage commits every run event with an fsync, about 1 ms each on this disk against
-# 0.08 ms in memory, and a run writes hundreds.
-PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest \
-	$(if $(wildcard /dev/shm/.),--basetemp=/dev/shm/mllmdf-tests-$(shell id -u))
+# the bytecode for the rest.
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
+# The untimed tests' temporary folders are on a tmpfs where there is one: Dagster's SQLite
+# storage commits every run event with an fsync, about 1 ms each on this disk against 0.08 ms in
+# memory, and a run writes hundreds. The timing tests keep the disk they were tuned on.
+IN_MEMORY := $(if $(wildcard /dev/shm/.),--basetemp=/dev/shm/mllmdf-tests-$(shell id -u))
 
 lint: install-dev
 	$(BIN)/ruff check $(LINTED)
@@ -61,12 +62,12 @@ lint: install-dev
 
 # The inner loop: lint and every test but the live and browser ones.
 check: lint $(DAGSTER_HOME)/dagster.yaml
-	$(PYTEST) -n 3 -m "not live and not browser and not timing"
+	$(PYTEST) $(IN_MEMORY) -n 3 -m "not live and not browser and not timing"
 	$(PYTEST) -m "timing"
 
 # Everything: the live scenarios on dagster dev and the UI in Chromium too.
 test: lint $(DAGSTER_HOME)/dagster.yaml
-	$(PYTEST) $(PARALLEL) -m "not timing"
+	$(PYTEST) $(IN_MEMORY) $(PARALLEL) -m "not timing"
 	$(PYTEST) -m "timing"
 
 PORT ?= 3000
