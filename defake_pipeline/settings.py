@@ -55,6 +55,15 @@ class Settings(BaseModel):
     every 5 s at most, so an interval of up to 4 s has each sensor looked at on every visit;
     5 s, on about every second visit."""
 
+    @field_validator("DAGSTER_HOME", mode="before")
+    @classmethod
+    def _a_folder(cls, value: object) -> object:
+        # The instance's folder: its dagster.yaml says where its storage is (Postgres, for
+        # a deployment), so it is never a URL, though DEFAKE_HOME may be one.
+        if isinstance(value, str) and is_url(value):
+            raise ValueError("is a URL; it must be a folder, whose dagster.yaml names the storage (docs/scaling.md)")
+        return value
+
     @field_validator("OPENAI_API_KEY", mode="before")
     @classmethod
     def _key_as_one_token(cls, value: object) -> object:

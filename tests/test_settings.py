@@ -205,3 +205,20 @@ def test_a_key_read_with_its_line_ending_is_taken_without_it_and_one_with_a_brea
     assert ran.output.strip().splitlines()[-1] == (
         "error: environment variable OPENAI_API_KEY: holds a control character (a line break?); a key has none"
     )
+
+
+def test_a_dagster_home_given_as_a_url_is_one_line_not_a_folder_named_after_it(tmp_path, monkeypatch):
+    """DEFAKE_HOME may be an s3:// URL; DAGSTER_HOME is the instance's folder, whose dagster.yaml
+    names where its storage is. Taken as a folder, ``s3://bucket/dh`` made ./s3:/bucket/dh and
+    the command ran on that, saying nothing."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": "s3://bucket/dh", "DEFAKE_HOME": str(tmp_path / "home")}
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny"], env=env)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: environment variable DAGSTER_HOME: "), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "s3:").exists()
