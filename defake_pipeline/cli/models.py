@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from defake_pipeline.cli.app import main
+from defake_pipeline.cli.app import main, print_line
 from defake_pipeline.errors import ModelConfigError
 
 
@@ -33,11 +33,24 @@ def list_models() -> None:
         click.echo(f"{spec.name:<18} {spec.key:<24} {spec.backend:<12} {status}")
 
 
+def _register(names: list[str]) -> None:
+    """Make ``names`` the registered list, and say where; outside any project, the working
+    folder's new models.toml makes it one, whose datasets it must then define."""
+    from defake_pipeline.endpoints.registry import write_registered
+    from defake_pipeline.settings import project_root
+
+    outside = project_root() is None
+    file = write_registered(names)
+    click.echo(f"{file}: registered = {names}")
+    if outside:
+        print_line("note", f"{file} makes {file.parent} a project: define its datasets in {file.parent / 'datasets'}")
+
+
 @models.command("add")
 @click.argument("names", nargs=-1, required=True)
 def add_models(names: tuple[str, ...]) -> None:
     """Register models in models.toml: the daemon evaluates them on every prompt and keeps them current."""
-    from defake_pipeline.endpoints.registry import get_model, registered_models, write_registered
+    from defake_pipeline.endpoints.registry import get_model, registered_models
 
     current = registered_models()
     wanted = list(current)
@@ -45,8 +58,7 @@ def add_models(names: tuple[str, ...]) -> None:
         spec = get_model(name)  # an unknown name is one error listing the known ones
         if spec.name not in wanted and name not in wanted:
             wanted.append(spec.name)
-    file = write_registered(wanted)
-    click.echo(f"{file}: registered = {wanted}")
+    _register(wanted)
 
 
 @models.command("remove")
@@ -57,7 +69,7 @@ def remove_models(names: tuple[str, ...]) -> None:
     from defake_pipeline.cli.instance import local_instance
     from defake_pipeline.cli.launch import publish
     from defake_pipeline.defs.partitions import MODEL
-    from defake_pipeline.endpoints.registry import get_model, registered_models, write_registered
+    from defake_pipeline.endpoints.registry import get_model, registered_models
     from defake_pipeline.warehouse.files import remove_tree
     from defake_pipeline.warehouse.layout import HomeLayout
 
@@ -70,7 +82,7 @@ def remove_models(names: tuple[str, ...]) -> None:
     if kept == current and not present:
         raise ModelConfigError(f"{', '.join(names)}: neither registered in models.toml nor evaluated before")
     if kept != current:
-        click.echo(f"{write_registered(kept)}: registered = {kept}")
+        _register(kept)
     layout = HomeLayout()
     for key in present:
         instance.delete_dynamic_partition(MODEL, key)

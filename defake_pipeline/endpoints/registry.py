@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from defake_pipeline.endpoints.verdict_formats import VerdictFormat
 from defake_pipeline.errors import ModelConfigError, validation_line
 from defake_pipeline.imaging.encode import EncodingPolicy
-from defake_pipeline.settings import project_dirs
+from defake_pipeline.settings import project_dirs, project_root
 from defake_pipeline.storage import read_project_file
 from defake_pipeline.text import slugify, without_userinfo
 from defake_pipeline.warehouse.files import atomic_path
@@ -268,9 +268,11 @@ _REGISTERED_LINE = re.compile(r"^registered\s*=\s*\[[^\]]*\]", re.M)
 
 
 def registry_file() -> Path:
-    """The ``models.toml`` that registering writes: the first one found, else the working directory's."""
-    files = registry_files()
-    return files[0] if files else Path.cwd() / "models.toml"
+    """The ``models.toml`` that registering writes: the project's, in its root (see
+    ``project_root``); outside any project, the working directory's, which makes it one. Never
+    the one shipped beside the package: it stands in for a project only to be read, and every
+    folder without a project shares it."""
+    return (project_root() or Path.cwd()) / "models.toml"
 
 
 def write_registered(names: list[str]) -> Path:

@@ -479,6 +479,33 @@ def test_models_are_listed_added_and_removed(project, tmp_path, vllm_endpoint):
     assert not list(HomeLayout().reports_dir.glob("internvl3__*"))
 
 
+def test_models_add_outside_any_project_writes_the_working_folders_models_toml_never_the_shipped_one(
+    tmp_path, monkeypatch
+):
+    """Outside any project the shipped demo stands in for one, to be read. Registering writes
+    the working folder's models.toml; the shipped one is the installation's, shared by every
+    folder without a project, and stays as it is."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+    from defake_pipeline.settings import PACKAGE_ROOT, project_root
+
+    shipped = PACKAGE_ROOT / "models.toml"
+    before = shipped.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert project_root() is None
+    env = {"DAGSTER_HOME": str(tmp_path / "dh"), "DEFAKE_HOME": str(tmp_path / "home")}
+    try:
+        added = CliRunner().invoke(main, ["models", "add", "vllm"], env=env)
+        removed = CliRunner().invoke(main, ["models", "remove", "canny"], env=env)
+        assert shipped.read_bytes() == before
+    finally:
+        shipped.write_bytes(before)
+    assert added.exit_code == 0 and removed.exit_code == 0, added.output + removed.output
+    assert 'registered = ["vllm"]' in (tmp_path / "models.toml").read_text()
+    assert f"note: {tmp_path / 'models.toml'} makes {tmp_path} a project: define its datasets" in added.output
+
+
 def test_models_add_writes_through_a_linked_models_toml(project, tmp_path):
     """A models.toml that is a link to a file kept elsewhere (a shared configuration) stays a
     link, and the file it names gets the new list."""
