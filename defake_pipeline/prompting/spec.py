@@ -168,7 +168,9 @@ def check_variables(spec: PromptSpec, path: Path) -> None:
 
 
 def prompt_files(extra_dirs: list[Path] | None = None) -> list[Path]:
-    """All prompt files: ``./prompts`` first, then the project's own ``prompts/`` (recursive)."""
+    """Every prompt file, recursively: those of ``extra_dirs`` first, then the project's
+    ``prompts/`` (outside any project, the working folder's and the shipped ones; see
+    ``project_dirs``)."""
     files: list[Path] = []
     for d in (extra_dirs or []) + project_dirs("prompts"):
         files.extend(sorted(d.rglob("*.json")))
