@@ -11,25 +11,29 @@ The subset (usually the generator) lands in the manifest and splits the metrics.
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from defake_pipeline.datasets.walk import walk_images
+from defake_pipeline.datasets.walk import FoundImage, walk_images
 from defake_pipeline.errors import DatasetError, validation_line
 from defake_pipeline.imaging.perturb import Perturbation
 from defake_pipeline.records import label_from_text
 from defake_pipeline.settings import is_url, project_dirs, project_root
-from defake_pipeline.storage import StoredPath, read_project_file, relative_parts, stored_path
+from defake_pipeline.storage import StoredPath, is_remote, read_project_file, relative_parts, stored_path
 from defake_pipeline.text import slugify
 
 Layout = Literal["real_fake", "image_folders", "generator_folders", "genimage", "csv"]
 REAL, FAKE = 1, 0
 # Images outside any generator subfolder; "all" is reserved for the whole-dataset metrics row.
 DEFAULT_SUBSET = "default"
+# The folder names that label the images below them, in the layouts that label by name.
+LABEL_FOLDERS = {"generator_folders": ({"0_real"}, {"1_fake"}), "genimage": ({"nature"}, {"ai"})}
 
 
 class DatasetSpec(BaseModel):
@@ -168,10 +172,51 @@ def get_dataset(name: str) -> DatasetSpec:
     raise DatasetError(f"unknown dataset {name!r}; datasets/ defines: {known}")
 
 
-def _images_under(folder: StoredPath, notes: list[str] | None) -> list[StoredPath]:
+def images_below(spec: DatasetSpec, folder: StoredPath, notes: list[str] | None = None) -> Iterator[FoundImage]:
+    """The walk of one of ``spec``'s image folders, which no symlink takes into a folder of the
+    other label: the listing and the sensors' fingerprint both walk this way."""
+    return walk_images(folder, notes, _crossing(spec, folder) if isinstance(folder, Path) else None)
+
+
+def _crossing(spec: DatasetSpec, folder: Path) -> Callable[[Path], str | None]:
+    """Where a folder or symlink below ``folder`` leads into a folder of the other label: it, or None."""
+    if spec.layout in LABEL_FOLDERS:
+        root = os.path.realpath(folder)
+
+        def into_other_label_folder(link: Path) -> str | None:
+            target = os.path.realpath(link)
+            if not _within(target, root):
+                return None
+            here = _label_of(relative_parts(link, folder), spec.layout)
+            there = _label_of(tuple(Path(target).relative_to(root).parts), spec.layout)
+            return f"{target}, a folder of the other label" if None not in (here, there) and here != there else None
+
+        return into_other_label_folder
+    others = [os.path.realpath(str(o)) for o in spec.image_dirs() if o != folder and not is_remote(o)]
+
+    def into_other_folder(link: Path) -> str | None:
+        target = os.path.realpath(link)
+        other = next((o for o in others if _within(target, o)), None)
+        return None if other is None else f"{other}, the folder of the other label"
+
+    return into_other_folder
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _label_of(folders: tuple[str, ...], layout: str) -> int | None:
+    """The label the innermost label folder among ``folders`` gives, if any."""
+    real_names, fake_names = LABEL_FOLDERS[layout]
+    labels = [REAL if name in real_names else FAKE for name in folders if name in real_names | fake_names]
+    return labels[-1] if labels else None
+
+
+def _images_under(spec: DatasetSpec, folder: StoredPath, notes: list[str] | None) -> list[StoredPath]:
     # Broken and looping symlinks are kept: they become manifest rows with a probe error
     # rather than images that silently vanish.
-    return sorted((found.path for found in walk_images(folder, notes)), key=str)
+    return sorted((found.path for found in images_below(spec, folder, notes)), key=str)
 
 
 def _require_dir(spec_name: str, folder: StoredPath) -> StoredPath:
@@ -180,11 +225,16 @@ def _require_dir(spec_name: str, folder: StoredPath) -> StoredPath:
     return folder
 
 
-def _from_label_dirs(spec_name: str, real: StoredPath, fake: StoredPath, subset_of, notes) -> list[LabeledImage]:
+def _from_label_dirs(spec: DatasetSpec, notes: list[str] | None) -> list[LabeledImage]:
+    real, fake = (_require_dir(spec.name, folder) for folder in spec.image_dirs())
+    if not (is_remote(real) or is_remote(fake)):
+        inner, outer = sorted((os.path.realpath(str(real)), os.path.realpath(str(fake))), key=len, reverse=True)
+        if _within(inner, outer):
+            raise DatasetError(f"dataset {spec.name!r}: {real} and {fake} overlap; each label needs its own folder")
     out = []
     for label, folder in ((REAL, real), (FAKE, fake)):
-        for path in _images_under(_require_dir(spec_name, folder), notes):
-            out.append(LabeledImage(path, label, subset_of(folder, path)))
+        for path in _images_under(spec, folder, notes):
+            out.append(LabeledImage(path, label, _first_subfolder(folder, path)))
     return out
 
 
@@ -196,21 +246,17 @@ def _first_subfolder(folder: StoredPath, path: StoredPath) -> str:
 def list_images(spec: DatasetSpec, notes: list[str] | None = None) -> list[LabeledImage]:
     """Every labelled image of a dataset, in a stable order; what the walk skipped (a folder
     reached twice, one that cannot be listed) goes to ``notes``."""
-    if spec.layout == "real_fake":
-        root = spec.path("root")
-        return _from_label_dirs(spec.name, root / "real", root / "fake", _first_subfolder, notes)
-    if spec.layout == "image_folders":
-        return _from_label_dirs(spec.name, spec.path("real_dir"), spec.path("fake_dir"), _first_subfolder, notes)
+    if spec.layout in ("real_fake", "image_folders"):
+        return _from_label_dirs(spec, notes)
     if spec.layout == "csv":
         return _from_csv(spec)
     root = _require_dir(spec.name, spec.path("root"))
-    real_names, fake_names = ({"0_real"}, {"1_fake"}) if spec.layout == "generator_folders" else ({"nature"}, {"ai"})
     out = []
-    for path in _images_under(root, notes):
+    for path in _images_under(spec, root, notes):
         rel = relative_parts(path, root)
-        labels = [REAL for p in rel[:-1] if p in real_names] + [FAKE for p in rel[:-1] if p in fake_names]
-        if labels and len(rel) > 2:
-            out.append(LabeledImage(path, labels[-1], rel[0]))
+        label = _label_of(rel[:-1], spec.layout)
+        if label is not None and len(rel) > 2:
+            out.append(LabeledImage(path, label, rel[0]))
     return out
 
 

@@ -4,7 +4,7 @@ the two always see the same files."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +24,24 @@ class FoundImage:
     mtime_ns: int
 
 
-def walk_images(folder: StoredPath, notes: list[str] | None = None) -> Iterator[FoundImage]:
+def walk_images(
+    folder: StoredPath, notes: list[str] | None = None, crossing: Callable[[Path], str | None] | None = None
+) -> Iterator[FoundImage]:
     """Every image candidate below ``folder``, hidden names skipped. Symlinked folders are
     followed (a generator's images often live on another disk); a folder reached a second
-    time, as through a symlink loop, is not walked again, and ``notes`` says so."""
+    time, as through a symlink loop, is not walked again, and ``notes`` says so.
+
+    ``crossing`` is asked of every symlink and of all a symlink leads to: where it says one
+    leads into a folder of the other label, it is skipped and ``notes`` says so. Followed, a link from real/ to the
+    dataset's root would list every fake image as real too."""
     if is_remote(folder):
         yield from _walk_store(folder, notes)
         return
     walked: set[tuple[int, int]] = set()
-    stack = [Path(str(folder))]
+    # Each folder with whether a symlink led to it: only what a link leads to can lie elsewhere.
+    stack = [(Path(str(folder)), False)]
     while stack:
-        current = stack.pop()
+        current, linked = stack.pop()
         try:
             st = current.stat()
             if (st.st_dev, st.st_ino) in walked:
@@ -55,8 +62,13 @@ def walk_images(folder: StoredPath, notes: list[str] | None = None) -> Iterator[
             except OSError:
                 is_dir = False
             path = Path(entry.path)
+            through_link = linked or entry.is_symlink()
+            if crossing is not None and through_link and (into := crossing(path)):
+                if notes is not None:
+                    notes.append(f"{path}: leads into {into}; skipped")
+                continue
             if is_dir:
-                stack.append(path)
+                stack.append((path, through_link))
             elif is_image_candidate(path):
                 try:
                     found = entry.stat()

@@ -115,6 +115,49 @@ def test_a_symlink_loop_is_named_once_and_the_rest_still_counts(dataset):
     assert dataset_fingerprint(dataset)
 
 
+def labels_by_content(manifest):
+    return manifest.groupby("sha256")["label"].agg(lambda labels: sorted(set(labels))).to_dict()
+
+
+def test_a_link_into_the_other_labels_folder_lists_no_image_under_both_labels(dataset):
+    """A link from real/ to the dataset's root, or to a fake image, would list fake images as
+    real too: the same content under both labels. Each link is named once and skipped, and
+    the sensors' fingerprint sees no more than the listing."""
+    before = dataset_fingerprint(dataset)
+    (dataset.root / "real" / "loop").symlink_to("..")
+    (dataset.root / "real" / "alias.png").symlink_to("../fake/b.png")
+    notes: list[str] = []
+    manifest = build_manifest(dataset, notes=notes)
+    assert sorted(manifest["label"]) == [0, 1] and all(len(v) == 1 for v in labels_by_content(manifest).values())
+    crossings = [note for note in notes if "the folder of the other label" in note]
+    assert sorted(note.split(":")[0].rsplit("/", 1)[-1] for note in crossings) == ["alias.png", "fake"], notes
+    assert dataset_fingerprint(dataset) == before
+
+
+def test_a_link_into_a_folder_of_the_other_label_in_generator_folders_is_skipped(tmp_path):
+    root = tmp_path / "bench"
+    image(root / "sd" / "0_real" / "a.png")
+    image(root / "sd" / "1_fake" / "b.png", "olive")
+    (root / "sd" / "0_real" / "more").symlink_to("../1_fake")
+    spec = DatasetSpec(name="gens", layout="generator_folders", root=root)
+    notes: list[str] = []
+    manifest = build_manifest(spec, notes=notes)
+    assert sorted(manifest["label"]) == [0, 1] and all(len(v) == 1 for v in labels_by_content(manifest).values())
+    assert (
+        len(notes) == 1 and "0_real/more: leads into" in notes[0] and "1_fake, a folder of the other label" in notes[0]
+    )
+
+
+def test_label_folders_that_overlap_are_one_dataset_error(tmp_path):
+    image(tmp_path / "all" / "b.png", "olive")
+    image(tmp_path / "all" / "real" / "a.png")
+    spec = DatasetSpec(
+        name="nested", layout="image_folders", real_dir=tmp_path / "all" / "real", fake_dir=tmp_path / "all"
+    )
+    with pytest.raises(DatasetError, match="overlap; each label needs its own folder"):
+        list_images(spec)
+
+
 def test_a_deeply_nested_dataset_definition_is_one_dataset_error(tmp_path):
     file = tmp_path / "deep.toml"
     file.write_text("root = " + "[" * 100_000 + "]" * 100_000 + "\n")
