@@ -158,6 +158,26 @@ def test_label_folders_that_overlap_are_one_dataset_error(tmp_path):
         list_images(spec)
 
 
+def test_an_image_listed_under_both_labels_is_said_on_the_terminal(tmp_path, monkeypatch):
+    """A CSV that lists one file as real and as fake: the run goes on (the no_label_leak check
+    fails), and the terminal says which image, as the figures count it under both labels."""
+    from click.testing import CliRunner
+
+    from defake_pipeline.cli import main
+
+    image(tmp_path / "imgs" / "a.png")
+    image(tmp_path / "imgs" / "b.png", "olive")
+    (tmp_path / "labels.csv").write_text("path,label\nimgs/a.png,real\nimgs/a.png,fake\nimgs/b.png,fake\n")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "twice.toml").write_text('layout = "csv"\ncsv = "../labels.csv"\n')
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": str(tmp_path / "dh"), "DEFAKE_HOME": str(tmp_path / "outputs")}
+    result = CliRunner().invoke(main, ["materialize", "-m", "canny"], env=env)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "labelled both real and fake" in line]
+    assert len(warned) == 1 and "dataset twice: 1 image(s)" in warned[0] and "imgs/a.png" in warned[0], result.output
+
+
 def test_a_deeply_nested_dataset_definition_is_one_dataset_error(tmp_path):
     file = tmp_path / "deep.toml"
     file.write_text("root = " + "[" * 100_000 + "]" * 100_000 + "\n")
