@@ -12,6 +12,10 @@ from PIL import Image, ImageOps
 
 # Formats the chat-completions endpoints accept as data URLs; others are re-encoded to PNG.
 _SENDABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+# The modes each re-encoding can hold. An image of another mode (a CMYK or LAB TIFF from print
+# work, a 32-bit integer or float TIFF) is sent as RGB, or RGBA where it has an alpha band: the
+# conversion open_rgb makes for the baselines, so every detector sees the same pixels.
+_MODES = {"JPEG": {"RGB", "L"}, "PNG": {"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"}}
 
 
 def open_rgb(data: bytes) -> Image.Image:
@@ -123,8 +127,8 @@ def encode_image(data: bytes, policy: EncodingPolicy = EncodingPolicy()) -> Enco
             # LANCZOS: the pixels reaching the model are what the provider's own resize would give.
             out_img = out_img.resize(target, Image.Resampling.LANCZOS)
         out_fmt = fmt if fmt in _SENDABLE and fmt != "GIF" else "PNG"
-        if out_fmt == "JPEG" and out_img.mode not in ("RGB", "L"):
-            out_img = out_img.convert("RGB")
+        if out_fmt in _MODES and out_img.mode not in _MODES[out_fmt]:
+            out_img = out_img.convert("RGBA" if out_fmt == "PNG" and out_img.has_transparency_data else "RGB")
         buf = io.BytesIO()
         out_img.save(buf, format=out_fmt, **({"quality": 95} if out_fmt == "JPEG" else {}))
     url = f"data:{_SENDABLE[out_fmt]};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"

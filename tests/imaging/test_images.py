@@ -61,6 +61,21 @@ def test_encoding_policy_downscales_and_keeps_format(tmp_path):
     assert base64.b64decode(original.split(",", 1)[1]) == buf.getvalue()
 
 
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("CMYK", "TIFF"), ("LAB", "TIFF"), ("I", "TIFF"), ("F", "TIFF"), ("PA", "WEBP"), ("RGBA", "JPEG2000")],
+)
+def test_an_image_of_any_mode_pillow_opens_is_sent(mode, fmt):
+    """A CMYK or LAB TIFF, a 32-bit integer or float TIFF: re-encoded for the request in a mode
+    its format holds, never an error row for an image the baselines read."""
+    buf = io.BytesIO()
+    Image.new(mode, (40, 30)).save(buf, format=fmt)
+    url = encode_data_url(buf.getvalue())
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (40, 30) and sent.format in ("PNG", "JPEG", "WEBP")
+    assert sent.mode == ("RGBA" if mode in ("PA", "RGBA") else "RGB")
+
+
 def _psnr(a: Image.Image, b: Image.Image) -> float:
     import numpy as np
 
