@@ -49,6 +49,11 @@ class NotMaterialized(DefakeError, FileNotFoundError):
     """What a command reads (the warehouse, the image manifests) has not been materialized yet."""
 
 
+class UnwritableTarget(DefakeError):
+    """A file cannot be written where it was asked for: its folder takes no file, or what is
+    there is no regular file (a device, a named pipe, a folder) and is never replaced."""
+
+
 class JournalWriteError(DefakeError):
     """An answer could not be stored (a full disk): sending more would pay for answers lost."""
 

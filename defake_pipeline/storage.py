@@ -101,9 +101,13 @@ _FILE_KINDS = (
 )
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words (``st_mode``)."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
 def _not_regular(mode: int) -> RefusedFile:
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return RefusedFile(f"not a regular file ({kind}); only regular files are read")
+    return RefusedFile(f"not a regular file ({file_kind(mode)}); only regular files are read")
 
 
 def refuse_special_file(path: StoredPath) -> None:

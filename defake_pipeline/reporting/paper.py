@@ -129,13 +129,12 @@ def write_paper(layout: HomeLayout, target: StoredPath | None = None) -> tuple[S
     target = target or layout.reports_dir / "paper.md"
     frames = [(table, query(layout, table.sql)) for table in TABLES]  # nothing is written without a warehouse
     target.parent.mkdir(parents=True, exist_ok=True)
-    parts, csvs = ["# Results", ""], []
+    parts, csvs = ["# Results", ""], {}
     for table, frame in frames:
         if frame.empty:
             continue
         csv = target.with_name(f"{target.stem}_{table.name}.csv")
-        write_text_atomic(csv, frame.to_csv(index=False))
-        csvs.append(csv)
+        csvs[csv] = frame.to_csv(index=False)
         columns, rows = _cells(frame, table.formats)
         align = "".join("r" if pd.api.types.is_numeric_dtype(frame[c]) else "l" for c in columns)
         parts += [
@@ -146,5 +145,9 @@ def write_paper(layout: HomeLayout, target: StoredPath | None = None) -> tuple[S
             markdown_table([HEADINGS.get(c, c) for c in columns], rows, align),
             "",
         ]
+    # The markdown first: where it cannot be written (a device, a folder that takes no file),
+    # no table is left beside it.
     write_text_atomic(target, "\n".join(parts))
-    return target, csvs
+    for csv, text in csvs.items():
+        write_text_atomic(csv, text)
+    return target, list(csvs)

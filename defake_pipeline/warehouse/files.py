@@ -10,12 +10,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from defake_pipeline.storage import StoredPath, is_remote
+from defake_pipeline.errors import UnwritableTarget
+from defake_pipeline.storage import StoredPath, file_kind, is_remote
 
 # The process's umask: reading it means setting it, so it is read once, at import.
 _UMASK = os.umask(0o022)
@@ -28,14 +30,30 @@ def temporary_beside(target: StoredPath, suffix: str = ".tmp") -> Path:
     the writer's pid, so ``remove_abandoned`` can tell a dead writer's file."""
     folder = None
     if not is_remote(target):
+        _refuse_special_target(Path(str(target)))
         folder = Path(str(target)).parent
         folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-{os.getpid()}-", suffix=suffix, dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-{os.getpid()}-", suffix=suffix, dir=folder)
+    except OSError as exc:
+        # Named by the file asked for, not by a temporary name the user never gave.
+        raise UnwritableTarget(f"cannot write {target}: {exc.strerror or exc}") from None
     # mkstemp makes the file 0600; renamed into place, it should be as readable as any file
     # written here (a report folder is served, or read by teammates), so the umask decides.
     os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(tmp)
+
+
+def _refuse_special_target(target: Path) -> None:
+    """Renamed over, a device or a named pipe (``-o /dev/null`` as root) would be replaced by a
+    regular file for everyone; a folder cannot be."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise UnwritableTarget(f"cannot write {target}: it is {file_kind(mode)}, and only a regular file is replaced")
 
 
 def publish(tmp: Path, target: StoredPath) -> None:
