@@ -32,8 +32,8 @@ def walk_images(
     time, as through a symlink loop, is not walked again, and ``notes`` says so.
 
     ``crossing`` is asked of every symlink and of all a symlink leads to: where it says one
-    leads into a folder of the other label, it is skipped and ``notes`` says so. Followed, a link from real/ to the
-    dataset's root would list every fake image as real too."""
+    leads into a folder of the other label, it is skipped and ``notes`` says so. Followed, a
+    link from real/ to the dataset's root would list every fake image as real too."""
     if is_remote(folder):
         yield from _walk_store(folder, notes)
         return
