@@ -50,8 +50,8 @@ class NotMaterialized(DefakeError, FileNotFoundError):
 
 
 class UnwritableTarget(DefakeError):
-    """A file cannot be written where it was asked for: its folder takes no file, or what is
-    there is no regular file (a device, a named pipe, a folder) and is never replaced."""
+    """A file cannot be written where it was asked for: its folder takes no file, or a device
+    or a socket is there, which is never replaced."""
 
 
 class JournalWriteError(DefakeError):

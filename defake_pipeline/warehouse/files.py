@@ -46,14 +46,15 @@ def temporary_beside(target: StoredPath, suffix: str = ".tmp") -> Path:
 
 
 def _refuse_special_target(target: Path) -> None:
-    """Renamed over, a device or a named pipe (``-o /dev/null`` as root) would be replaced by a
-    regular file for everyone; a folder cannot be."""
+    """Renamed over, a device (``-o /dev/null`` as root) would become a regular file for every
+    program of the machine. A named pipe or a symlink in the target's place is replaced, as any
+    file there is: the rename takes the name, not what a link points to."""
     try:
-        mode = os.stat(target).st_mode
+        mode = os.lstat(target).st_mode
     except OSError:
         return
-    if not stat.S_ISREG(mode):
-        raise UnwritableTarget(f"cannot write {target}: it is {file_kind(mode)}, and only a regular file is replaced")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise UnwritableTarget(f"cannot write {target}: it is {file_kind(mode)}, which is never replaced")
 
 
 def publish(tmp: Path, target: StoredPath) -> None:
