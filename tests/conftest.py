@@ -81,6 +81,20 @@ def project_dagster_home(tmp_path: Path) -> Path:
     return home
 
 
+def materialize_manifest(instance, project: Path, defake_home: Path | str, monkeypatch) -> None:
+    """The image manifest of ``project`` into ``defake_home`` on ``instance``, in this process:
+    set-up for tests whose point is the processes started after it, each of which costs seconds
+    of CPU to import the definitions."""
+    import dagster as dg
+
+    from defake_pipeline.definitions import defs
+
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("DEFAKE_HOME", str(defake_home))
+    monkeypatch.delenv("DEFAKE_PROJECT", raising=False)
+    dg.materialize([defs.get_assets_def("image_manifest")], instance=instance, resources=defs.resources)
+
+
 def upstream_or_skip(*parts: str) -> Path:
     path = UPSTREAM.joinpath(*parts)
     if not path.exists():

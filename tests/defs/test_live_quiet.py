@@ -100,8 +100,9 @@ def test_a_night_asks_the_drift_canary_and_launches_nothing_else(scenarios):
     opted_in = scenarios.models_toml.replace(f"[models.{VLM}]\n", f"[models.{VLM}]\ncanary = true\ncanary_min = 5\n")
     (live.project / "models.toml").write_text(opted_in)
     live.stop()
-    # The next whole minute at least a minute away: dagster dev is up well before it.
-    fires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=119)).replace(second=0, microsecond=0)
+    # The next whole minute at least 5 s away. Should dagster dev come up after it, the scheduler
+    # launches the tick it missed on its first visit, as after any restart of the daemon.
+    fires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=65)).replace(second=0, microsecond=0)
     live.env["DEFAKE_NIGHTLY_CRON"] = f"{fires.minute} {fires.hour} * * *"
     since = time.time()
     live.start()

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from conftest import INTERNVL3_ID, QWEN2VL_ID, REPO, demo_dataset, project_dagster_home
+from conftest import INTERNVL3_ID, QWEN2VL_ID, REPO, demo_dataset, materialize_manifest, project_dagster_home
 from defake_pipeline.cli.launch import materialize_evaluation
 from defake_pipeline.definitions import defs
 from defake_pipeline.defs.partitions import register_partitions
@@ -318,7 +318,7 @@ def test_automation_makes_metrics_and_reports_follow_predictions(defake_home, vl
     } == {"metrics": 1, "model_reports": 1, "leaderboard": 1, "predictions": 0}
 
 
-def test_parallel_partition_runs_land_every_row(defake_home, tmp_path, vllm_endpoint):
+def test_parallel_partition_runs_land_every_row(defake_home, tmp_path, vllm_endpoint, monkeypatch):
     """Three partitions and two warehouse rebuilds at once, as separate processes on one instance."""
     home = project_dagster_home(tmp_path)
     env = {**os.environ, "DAGSTER_HOME": str(home), "DEFAKE_HOME": str(defake_home)}
@@ -326,7 +326,7 @@ def test_parallel_partition_runs_land_every_row(defake_home, tmp_path, vllm_endp
     register_partitions(instance, ["vllm"], ["simple", "common_sense", "fusion"])
     dagster = str(Path(sys.executable).with_name("dagster"))
     base = [dagster, "asset", "materialize", "-m", "defake_pipeline.definitions"]
-    subprocess.run([*base, "--select", "image_manifest"], env=env, cwd=REPO, check=True, capture_output=True)
+    materialize_manifest(instance, REPO, defake_home, monkeypatch)
     procs = [
         subprocess.Popen(
             [*base, "--select", "predictions", "--partition", f"vllm|{p}"],

@@ -16,7 +16,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import PLANTED_PASSWORD, QWEN2VL_ID, REPO, assert_no_password_under, demo_dataset, project_dagster_home
+from conftest import (
+    PLANTED_PASSWORD,
+    QWEN2VL_ID,
+    REPO,
+    assert_no_password_under,
+    demo_dataset,
+    materialize_manifest,
+    project_dagster_home,
+)
 from defake_pipeline.cli import main
 from defake_pipeline.defs.partitions import register_partitions
 from defake_pipeline.endpoints.registry import get_model
@@ -143,13 +151,13 @@ def slow_project(tmp_path, chat_server, monkeypatch):
     return root, env
 
 
-def test_sigkill_of_a_dagster_partition_run_loses_nothing_answered(slow_project, chat_server, tmp_path):
+def test_sigkill_of_a_dagster_partition_run_loses_nothing_answered(slow_project, chat_server, tmp_path, monkeypatch):
     root, env = slow_project
     chat_server.state.latency_s = 0.3
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     register_partitions(instance, ["slowvllm"], ["simple"])
+    materialize_manifest(instance, root, env["DEFAKE_HOME"], monkeypatch)
     base = [str(BIN / "dagster"), "asset", "materialize", "-m", "defake_pipeline.definitions"]
-    subprocess.run([*base, "--select", "image_manifest"], cwd=root, env=env, check=True, capture_output=True)
     cmd = [*base, "--select", "predictions", "--partition", "slowvllm|simple"]
     proc = subprocess.Popen(
         cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -169,13 +177,13 @@ def test_sigkill_of_a_dagster_partition_run_loses_nothing_answered(slow_project,
     assert len(rows) == 16 and rows["image_sha256"].is_unique and rows["error"].isna().all()
 
 
-def test_concurrent_writers_lose_no_rows(slow_project, chat_server, tmp_path):
+def test_concurrent_writers_lose_no_rows(slow_project, chat_server, tmp_path, monkeypatch):
     root, env = slow_project
     chat_server.state.latency_s = 0.05
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     register_partitions(instance, ["slowvllm"], ["simple", "common_sense"])
+    materialize_manifest(instance, root, env["DEFAKE_HOME"], monkeypatch)
     base = [str(BIN / "dagster"), "asset", "materialize", "-m", "defake_pipeline.definitions"]
-    subprocess.run([*base, "--select", "image_manifest"], cwd=root, env=env, check=True, capture_output=True)
     demo = REPO / "demo"
     infer = [
         str(BIN / "mllmdf"),
